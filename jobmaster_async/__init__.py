@@ -1,0 +1,36 @@
+"""jobmaster_async: an asyncio-native job queue on PostgreSQL."""
+
+from __future__ import annotations
+
+from .app import JobMaster
+from .errors import (
+    ConfigurationError,
+    InvalidArguments,
+    JobMasterError,
+    JobNotFound,
+    NotRetryable,
+    SchemaVersionError,
+    TaskDefinitionError,
+    TaskNotFound,
+)
+from .jobs import Job, JobStatus
+from .tasks import Dependency, same, task
+
+__all__ = (
+    "ConfigurationError",
+    "Dependency",
+    "InvalidArguments",
+    "Job",
+    "JobMaster",
+    "JobMasterError",
+    "JobNotFound",
+    "JobStatus",
+    "NotRetryable",
+    "SchemaVersionError",
+    "TaskDefinitionError",
+    "TaskNotFound",
+    "same",
+    "task",
+)
+
+__version__ = "0.1.0"

@@ -1,0 +1,401 @@
+"""JobMaster: the entry point. Deploys the schema, inserts, claims, runs and inspects jobs."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib
+import json
+import logging
+import os
+import socket
+import uuid
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from types import TracebackType
+from typing import Any
+
+import asyncpg
+
+from .db.connection import DatabaseTarget, create_pool, dsn_from
+from .db.deploy import deploy_schema
+from .db.sql import Catalogue
+from .errors import (
+    REFUSAL_SQLSTATE,
+    ConfigurationError,
+    InvalidArguments,
+    JobMasterError,
+    JobNotFound,
+    NotRetryable,
+    TaskNotFound,
+)
+from .jobs import Job, JobStatus, as_job_id
+from .tasks import TaskDefinition, registry
+from .worker.executors import Outcome, run_task
+from .worker.outcomes import Claim, record_outcomes
+
+__all__ = ("JobMaster",)
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_SYSTEM_PROCESS_UNITS = 10_000
+
+
+def _refusal(exc: asyncpg.PostgresError) -> JobMasterError:
+    kind = getattr(exc, "detail", None)
+    message = getattr(exc, "message", None) or str(exc)
+    if kind == "unknown_task":
+        return TaskNotFound(message)
+    if kind == "not_retryable":
+        return NotRetryable(message)
+    return InvalidArguments(message)
+
+
+@contextlib.contextmanager
+def _refusals_as_errors() -> Any:
+    """Turns the SQL refusals (SQLSTATE JM400) into JobMaster exceptions."""
+    try:
+        yield
+    except asyncpg.PostgresError as exc:
+        if getattr(exc, "sqlstate", None) == REFUSAL_SQLSTATE:
+            raise _refusal(exc) from exc
+        raise
+
+
+class JobMaster:
+    """A job queue in one PostgreSQL schema.
+
+    ``db_engine`` is a SQLAlchemy ``AsyncEngine`` or ``Engine`` (any PostgreSQL driver: its URL is
+    reused with asyncpg) or a DSN string; without it, the ``JOBMASTER_DSN`` environment variable.
+    """
+
+    def __init__(
+        self,
+        db_engine: DatabaseTarget | None = None,
+        schema: str = "jobmaster",
+        *,
+        task_modules: Iterable[str] = (),
+        system_process_units: int | None = None,
+        connect_kwargs: Mapping[str, Any] | None = None,
+        pool_size: int = 10,
+        retry_backoff: float = 1.0,
+        heartbeat_interval: float = 5.0,
+        heartbeat_lapse: float = 30.0,
+        poll_interval: float = 5.0,
+    ) -> None:
+        if db_engine is None:
+            db_engine = os.environ.get("JOBMASTER_DSN")
+            if not db_engine:
+                raise ConfigurationError("JobMaster needs db_engine (an engine or DSN) or the JOBMASTER_DSN variable")
+        self.dsn = dsn_from(db_engine)
+        self.schema = schema
+        self.sql = Catalogue(schema)
+        for module in task_modules:
+            importlib.import_module(module)
+        if system_process_units is None:
+            system_process_units = int(os.environ.get("JOBMASTER_SYSTEM_PROCESS_UNITS", DEFAULT_SYSTEM_PROCESS_UNITS))
+        if system_process_units < 0:
+            raise ConfigurationError(f"system_process_units must be >= 0, got {system_process_units}")
+        self.system_process_units = system_process_units
+        self.connect_kwargs = dict(connect_kwargs or {})
+        self.pool_size = pool_size
+        self.retry_backoff = retry_backoff
+        self.heartbeat_interval = heartbeat_interval
+        self.heartbeat_lapse = heartbeat_lapse
+        self.poll_interval = poll_interval
+        self.worker_id = uuid.uuid4()
+        self.node = socket.gethostname()
+
+        self._pool: asyncpg.Pool | None = None
+        self._pool_lock: asyncio.Lock | None = None
+        self._definitions: dict[int, TaskDefinition] | None = None  # task_id -> definition
+        self._registered = False
+        self._units_in_use = 0
+        self._popped = 0
+        self._heartbeat: asyncio.Task[None] | None = None
+        self._too_large_logged: set[str] = set()
+
+    # -- lifecycle -------------------------------------------------------------------------------
+
+    async def pool(self) -> asyncpg.Pool:
+        """The asyncpg pool, opened on first use."""
+        if self._pool is None:
+            if self._pool_lock is None:
+                self._pool_lock = asyncio.Lock()
+            async with self._pool_lock:
+                if self._pool is None:
+                    self._pool = await create_pool(self.dsn, self.connect_kwargs, max_size=self.pool_size)
+        return self._pool
+
+    async def close(self) -> None:
+        """Closes the connections (and forgets this worker's heartbeat row)."""
+        if self._heartbeat is not None:
+            self._heartbeat.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._heartbeat
+            self._heartbeat = None
+        if self._pool is not None:
+            pool, self._pool = self._pool, None
+            if self._registered and self._popped == 0:
+                with contextlib.suppress(Exception):
+                    await pool.execute(self.sql["remove_worker"], self.worker_id)
+            self._registered = False
+            await pool.close()
+
+    async def __aenter__(self) -> JobMaster:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+    # -- deploy ----------------------------------------------------------------------------------
+
+    async def deploy(self, _reset: bool = False, *, prune: bool = False) -> None:
+        """Creates or migrates the schema and writes this process's task definitions. Idempotent
+        and safe to run from several processes at once. ``_reset=True`` drops every job first;
+        ``prune=True`` removes task definitions no longer registered here (and idle)."""
+        pool = await self.pool()
+        async with pool.acquire() as conn:
+            await deploy_schema(conn, self.sql, registry, reset=_reset, prune=prune)
+        self._definitions = None
+        if _reset:
+            self._registered = False
+
+    # -- inserting -------------------------------------------------------------------------------
+
+    async def insert_job(
+        self, type_key: str, task_key: str, priority: int = 0, arguments: Mapping[str, Any] | None = None
+    ) -> uuid.UUID:
+        """Inserts a job (validated and deduplicated in SQL) and returns its id, or the id of the
+        identical job already waiting, blocked or running."""
+        pool = await self.pool()
+        with _refusals_as_errors():
+            job_id: uuid.UUID = await pool.fetchval(
+                self.sql["insert_job"], type_key, task_key, priority, _as_json(arguments)
+            )
+        return job_id
+
+    async def insert_jobs(
+        self,
+        type_key: str,
+        task_key: str,
+        priority: int = 0,
+        arguments: Sequence[Mapping[str, Any]] = (),
+    ) -> list[uuid.UUID]:
+        """Inserts many jobs of one task in one round trip; one id per element, in order."""
+        if isinstance(arguments, Mapping):
+            raise TypeError("insert_jobs takes a list of argument mappings; use insert_job for one")
+        pool = await self.pool()
+        with _refusals_as_errors():
+            ids: list[uuid.UUID] = await pool.fetchval(
+                self.sql["insert_jobs"], type_key, task_key, priority, [_as_json(a) for a in arguments]
+            )
+        return ids
+
+    # -- claiming and running --------------------------------------------------------------------
+
+    async def definitions(self) -> dict[int, TaskDefinition]:
+        """task_id -> definition, for the tasks registered here and deployed."""
+        if self._definitions is None:
+            pool = await self.pool()
+            rows = await pool.fetch(self.sql["task_ids"])
+            found: dict[int, TaskDefinition] = {}
+            for row in rows:
+                definition = registry.get(row["type_key"], row["task_key"])
+                if definition is not None:
+                    found[row["task_id"]] = definition
+            missing = {d.key for d in registry} - {d.key for d in found.values()}
+            if missing:
+                logger.warning("tasks registered but not deployed (call deploy()): %s", ", ".join(sorted(missing)))
+            self._definitions = found
+        return self._definitions
+
+    async def claimable_task_ids(self) -> list[int]:
+        """The tasks this process may claim: registered, deployed, within the units budget."""
+        ids = []
+        for task_id, definition in (await self.definitions()).items():
+            if definition.process_units > self.system_process_units:
+                if definition.key not in self._too_large_logged:
+                    self._too_large_logged.add(definition.key)
+                    logger.warning(
+                        "task %s needs %d process units, more than this process's %d: never claimed here",
+                        definition.key,
+                        definition.process_units,
+                        self.system_process_units,
+                    )
+                continue
+            ids.append(task_id)
+        return ids
+
+    async def beat(self) -> None:
+        """Records this worker's heartbeat (registering it on first use)."""
+        pool = await self.pool()
+        await pool.execute(self.sql["heartbeat"], self.worker_id, self.node, os.getpid(), self.heartbeat_lapse)
+        self._registered = True
+
+    async def claim(self, limit: int, units: int) -> list[Claim]:
+        """Claims up to ``limit`` runnable jobs within ``units`` free process units."""
+        task_ids = await self.claimable_task_ids()
+        if not task_ids or limit <= 0:
+            return []
+        if not self._registered:
+            await self.beat()
+        pool = await self.pool()
+        rows = await pool.fetch(self.sql["claim_jobs"], self.worker_id, task_ids, limit, units)
+        definitions = await self.definitions()
+        return [
+            Claim(
+                job_id=row["job_id"],
+                definition=definitions[row["task_id"]],
+                priority=row["priority"],
+                arguments=row["arguments"],
+                attempts=row["attempts"],
+                max_attempts=row["max_attempts"],
+            )
+            for row in rows
+        ]
+
+    async def pop_job(self) -> Job | None:
+        """Claims the next runnable job (highest priority, then oldest) of a task registered in
+        this process; ``await job.execute()`` runs it. The worker heartbeats until then."""
+        claims = await self.claim(1, self.system_process_units - self._units_in_use)
+        if not claims:
+            return None
+        claim = claims[0]
+        self._units_in_use += claim.definition.process_units
+        self._popped += 1
+        self._start_heartbeat()
+        job = Job(
+            job_id=claim.job_id,
+            type_key=claim.definition.type_key,
+            task_key=claim.definition.task_key,
+            priority=claim.priority,
+            arguments=claim.arguments,
+            status=JobStatus.RUNNING,
+            attempts=claim.attempts,
+            max_attempts=claim.max_attempts,
+            worker_id=self.worker_id,
+        )
+        job._executor = lambda j: self._execute_popped(j, claim)
+        return job
+
+    async def _execute_popped(self, job: Job, claim: Claim) -> None:
+        recorded = False
+        try:
+            outcome = await run_task(claim.definition, claim.arguments)
+            await self.record([(claim, outcome)])
+            recorded = True
+            self._apply(job, claim, outcome)
+        finally:
+            self._units_in_use -= claim.definition.process_units
+            self._popped -= 1
+            if not recorded:  # cancelled: hand the job back rather than leave it running
+                with contextlib.suppress(Exception):
+                    pool = await self.pool()
+                    await asyncio.shield(
+                        pool.fetchval(self.sql["release_jobs"], self.worker_id, [claim.job_id], [claim.attempts])
+                    )
+            if self._popped == 0 and self._heartbeat is not None:
+                self._heartbeat.cancel()
+                self._heartbeat = None
+
+    def _apply(self, job: Job, claim: Claim, outcome: Outcome) -> None:
+        if outcome.ok:
+            job.status, job.result = JobStatus.COMPLETE, outcome.result
+        else:
+            retrying = claim.attempts < claim.max_attempts
+            job.status = JobStatus.WAITING if retrying else JobStatus.FAILED
+            job.error_type, job.message, job.traceback = outcome.error_type, outcome.message, outcome.traceback
+
+    async def record(self, outcomes: Sequence[tuple[Claim, Outcome]]) -> set[uuid.UUID]:
+        """Records outcomes of claimed jobs; returns the ids recorded (fencing drops the others)."""
+        pool = await self.pool()
+        return await record_outcomes(pool, self.sql, self.worker_id, outcomes, self.retry_backoff)
+
+    def _start_heartbeat(self) -> None:
+        if self._heartbeat is None:
+            self._heartbeat = asyncio.create_task(self._heartbeat_loop(), name="jobmaster-heartbeat")
+
+    async def _heartbeat_loop(self) -> None:
+        while True:
+            try:
+                await self.beat()
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                logger.warning("heartbeat failed: %s", exc)
+            await asyncio.sleep(self.heartbeat_interval)
+
+    async def run(self) -> int:
+        """Pops and executes jobs one at a time until none is runnable now; returns how many ran."""
+        count = 0
+        while (job := await self.pop_job()) is not None:
+            await job.execute()
+            count += 1
+        return count
+
+    # -- inspecting and managing -----------------------------------------------------------------
+
+    async def get_job(self, job_id: uuid.UUID | str) -> Job | None:
+        """The job with that id, or None."""
+        pool = await self.pool()
+        row = await pool.fetchrow(self.sql["get_job"], as_job_id(job_id))
+        return Job.from_row(row) if row is not None else None
+
+    async def jobs(
+        self,
+        status: str | None = None,
+        type_key: str | None = None,
+        task_key: str | None = None,
+        limit: int = 100,
+    ) -> list[Job]:
+        """Jobs, newest first, optionally of one status and task."""
+        if status is not None and status not in JobStatus.__members__.values():
+            raise ValueError(f"unknown status {status!r}; one of {', '.join(JobStatus)}")
+        pool = await self.pool()
+        rows = await pool.fetch(self.sql["list_jobs"], status, type_key, task_key, limit)
+        return [Job.from_row(row) for row in rows]
+
+    async def history(self, job_id: uuid.UUID | str) -> list[dict[str, Any]]:
+        """Every status change of a job: status, at, worker_id, node, pid, message."""
+        pool = await self.pool()
+        return [dict(row) for row in await pool.fetch(self.sql["job_events"], as_job_id(job_id))]
+
+    async def dependencies(self, job_id: uuid.UUID | str) -> list[dict[str, Any]]:
+        """The jobs a job waits (or waited) for: job_id, type_key, task_key, status."""
+        pool = await self.pool()
+        return [dict(row) for row in await pool.fetch(self.sql["job_dependencies"], as_job_id(job_id))]
+
+    async def cancel(self, job_id: uuid.UUID | str) -> bool:
+        """Cancels a waiting, blocked or running job (its blocked dependents fail). Returns
+        False when the job had already finished."""
+        pool = await self.pool()
+        status = await pool.fetchval(self.sql["cancel_job"], as_job_id(job_id))
+        if status is None:
+            raise JobNotFound(f"no job {job_id}")
+        return bool(status == JobStatus.CANCELLED)
+
+    async def retry(self, job_id: uuid.UUID | str) -> uuid.UUID:
+        """Queues a failed or cancelled job again; returns its id, or the id of an identical job
+        that is already active."""
+        pool = await self.pool()
+        with _refusals_as_errors():
+            new_id: uuid.UUID | None = await pool.fetchval(self.sql["retry_job"], as_job_id(job_id))
+        if new_id is None:
+            raise JobNotFound(f"no job {job_id}")
+        return new_id
+
+    @contextlib.asynccontextmanager
+    async def connection(self) -> AsyncIterator[asyncpg.Connection]:
+        """A pooled asyncpg connection (with JSON codecs), for your own queries."""
+        pool = await self.pool()
+        async with pool.acquire() as conn:
+            yield conn
+
+
+def _as_json(arguments: Mapping[str, Any] | None) -> str | None:
+    if arguments is None:
+        return None
+    try:
+        return json.dumps(arguments, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise InvalidArguments(f"arguments are not JSON: {exc}") from exc

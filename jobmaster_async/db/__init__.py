@@ -1,0 +1,1 @@
+"""Database access: connections, the SQL catalogue, deploy and migrations."""

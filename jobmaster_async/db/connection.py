@@ -1,0 +1,73 @@
+"""Connections: a user's engine or DSN turned into an asyncpg pool."""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import asyncpg
+from sqlalchemy.engine import URL, Engine, make_url
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from ..errors import ConfigurationError
+
+__all__ = ("DatabaseTarget", "connect", "create_pool", "dsn_from")
+
+DatabaseTarget = AsyncEngine | Engine | str | URL
+
+# Query parameters of other drivers that asyncpg does not understand.
+_DRIVER_ONLY = {"unix_sock", "client_encoding", "application_name", "connect_timeout", "async_fallback", "prepared_statement_cache_size"}
+
+
+def dsn_from(target: DatabaseTarget) -> str:
+    """An asyncpg DSN from a SQLAlchemy engine (sync or async, any PostgreSQL driver), URL or DSN."""
+    if isinstance(target, AsyncEngine | Engine):
+        url = target.url
+    elif isinstance(target, URL):
+        url = target
+    elif isinstance(target, str):
+        try:
+            url = make_url(target)
+        except Exception as exc:
+            raise ConfigurationError(f"not a database URL: {target!r}") from exc
+    else:
+        raise ConfigurationError(
+            f"db_engine must be a SQLAlchemy Engine/AsyncEngine or a DSN string, got {type(target).__name__}"
+        )
+    if url.get_backend_name() not in ("postgresql", "postgres"):
+        raise ConfigurationError(f"jobmaster_async needs PostgreSQL, got a {url.get_backend_name()} URL")
+    query = dict(url.query)
+    unix_sock = query.pop("unix_sock", None)
+    if isinstance(unix_sock, str):  # pg8000: /dir/.s.PGSQL.5432
+        directory, _, name = unix_sock.rpartition("/")
+        query["host"] = directory
+        port = name.rpartition(".")[2]
+        if port.isdigit():
+            url = url.set(port=int(port))
+    for key in _DRIVER_ONLY & set(query):
+        query.pop(key)
+    url = url.set(drivername="postgresql", query=query)
+    return url.render_as_string(hide_password=False)
+
+
+async def _init_connection(conn: asyncpg.Connection) -> None:
+    for type_name in ("json", "jsonb"):
+        await conn.set_type_codec(type_name, encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
+
+
+async def connect(dsn: str, connect_kwargs: dict[str, Any] | None = None) -> asyncpg.Connection:
+    """One connection with the JSON codecs (LISTEN, deploy)."""
+    conn = await asyncpg.connect(dsn, **(connect_kwargs or {}))
+    await _init_connection(conn)
+    return conn
+
+
+async def create_pool(
+    dsn: str, connect_kwargs: dict[str, Any] | None = None, min_size: int = 1, max_size: int = 10
+) -> asyncpg.Pool:
+    kwargs = dict(connect_kwargs or {})
+    kwargs.setdefault("server_settings", {}).setdefault("application_name", f"jobmaster_async:{os.getpid()}")
+    pool = await asyncpg.create_pool(dsn, min_size=min_size, max_size=max_size, init=_init_connection, **kwargs)
+    assert pool is not None
+    return pool

@@ -1,0 +1,52 @@
+"""Exceptions. Each one's docstring is its default message."""
+
+from __future__ import annotations
+
+__all__ = (
+    "ConfigurationError",
+    "InvalidArguments",
+    "JobMasterError",
+    "JobNotFound",
+    "NotRetryable",
+    "SchemaVersionError",
+    "TaskDefinitionError",
+    "TaskNotFound",
+)
+
+#: The SQLSTATE every refusal of bad input raises in SQL.
+REFUSAL_SQLSTATE = "JM400"
+
+
+class JobMasterError(Exception):
+    """A JobMaster error."""
+
+    def __init__(self, message: str | None = None) -> None:
+        super().__init__(message or self.__doc__)
+
+
+class TaskDefinitionError(JobMasterError):
+    """A task is defined wrongly."""
+
+
+class InvalidArguments(JobMasterError):
+    """The job's arguments do not fit its task."""
+
+
+class TaskNotFound(InvalidArguments):
+    """No task is deployed under that type key and task key."""
+
+
+class JobNotFound(JobMasterError):
+    """No job has that id."""
+
+
+class NotRetryable(JobMasterError):
+    """Only failed or cancelled jobs can be retried."""
+
+
+class SchemaVersionError(JobMasterError):
+    """The database schema was deployed by a newer version of jobmaster_async."""
+
+
+class ConfigurationError(JobMasterError):
+    """JobMaster is configured wrongly."""

@@ -1,0 +1,96 @@
+"""Jobs: what a job looks like from Python, and its statuses."""
+
+from __future__ import annotations
+
+import enum
+import uuid
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+__all__ = ("ACTIVE_STATUSES", "FINAL_STATUSES", "Job", "JobStatus", "as_job_id")
+
+
+class JobStatus(enum.StrEnum):
+    """A job's status; a plain string everywhere (``job.status == "complete"``)."""
+
+    WAITING = "waiting"
+    BLOCKED = "blocked"
+    RUNNING = "running"
+    COMPLETE = "complete"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+ACTIVE_STATUSES = frozenset({JobStatus.WAITING, JobStatus.BLOCKED, JobStatus.RUNNING})
+FINAL_STATUSES = frozenset({JobStatus.COMPLETE, JobStatus.FAILED, JobStatus.CANCELLED})
+
+
+def as_job_id(job_id: uuid.UUID | str) -> uuid.UUID:
+    """A job id from a UUID or its string form."""
+    if isinstance(job_id, uuid.UUID):
+        return job_id
+    try:
+        return uuid.UUID(str(job_id))
+    except ValueError:
+        raise ValueError(f"not a job id (a UUID): {job_id!r}") from None
+
+
+@dataclass
+class Job:
+    """A job: a task plus arguments, with its state as last read from the database."""
+
+    job_id: uuid.UUID
+    type_key: str
+    task_key: str
+    priority: int
+    arguments: dict[str, Any]
+    status: str
+    attempts: int = 0
+    max_attempts: int = 1
+    result: Any = None
+    message: str | None = None
+    error_type: str | None = None
+    traceback: str | None = None
+    is_parent: bool = False
+    created_at: datetime | None = None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    run_after: datetime | None = None
+    worker_id: uuid.UUID | None = None
+    _executor: Callable[[Job], Awaitable[None]] | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def task_name(self) -> str:
+        return f"{self.type_key}.{self.task_key}"
+
+    async def execute(self) -> None:
+        """Runs a job claimed by ``pop_job()`` and records its outcome (``status`` is updated)."""
+        if self._executor is None:
+            raise RuntimeError(f"job {self.job_id} was not claimed by pop_job(): only claimed jobs can be executed")
+        executor, self._executor = self._executor, None
+        await executor(self)
+
+    @classmethod
+    def from_row(cls, row: Mapping[str, Any]) -> Job:
+        return cls(
+            job_id=row["job_id"],
+            type_key=row["type_key"],
+            task_key=row["task_key"],
+            priority=row["priority"],
+            arguments=row["arguments"],
+            status=row["status"],
+            attempts=row["attempts"],
+            max_attempts=row["max_attempts"],
+            result=row["result"],
+            message=row["message"],
+            error_type=row["error_type"],
+            traceback=row["traceback"],
+            is_parent=row["is_parent"],
+            created_at=row["created_at"],
+            started_at=row["started_at"],
+            finished_at=row["finished_at"],
+            run_after=row["run_after"],
+            worker_id=row["worker_id"],
+        )

@@ -1,0 +1,880 @@
+-- Functions, triggers and views. Re-created by every deploy(), after the migrations.
+-- Placeholders: {schema} is the quoted schema name, {channel} the quoted NOTIFY channel literal.
+-- Refusals of bad input raise SQLSTATE JM400 with DETAIL naming the kind of refusal.
+
+
+-- ---------------------------------------------------------------------------------------------
+-- Validation
+-- ---------------------------------------------------------------------------------------------
+
+CREATE OR REPLACE FUNCTION {schema}._refuse(p_kind text, p_message text)
+RETURNS void LANGUAGE plpgsql AS $$
+BEGIN
+    RAISE EXCEPTION USING ERRCODE = 'JM400', MESSAGE = p_message, DETAIL = p_kind;
+END $$;
+
+
+-- One argument value checked against its parameter; returns the canonical value (5.0 -> 5).
+CREATE OR REPLACE FUNCTION {schema}._check_value(p_label text, p_param jsonb, p_value jsonb)
+RETURNS jsonb LANGUAGE plpgsql IMMUTABLE AS $$
+DECLARE
+    v_name   text := p_param->>'name';
+    v_type   text := p_param->>'type';
+    v_actual text := jsonb_typeof(p_value);
+BEGIN
+    IF v_actual = 'null' THEN
+        IF coalesce((p_param->>'nullable')::boolean, false) THEN
+            RETURN p_value;
+        END IF;
+        PERFORM {schema}._refuse('invalid_argument',
+            format('%s: argument "%s" must not be null', p_label, v_name));
+    END IF;
+    IF v_type = 'integer' THEN
+        IF v_actual <> 'number' OR p_value::numeric <> trunc(p_value::numeric) THEN
+            PERFORM {schema}._refuse('invalid_argument',
+                format('%s: argument "%s" must be an integer, got %s', p_label, v_name, p_value));
+        END IF;
+        p_value := to_jsonb(trunc(p_value::numeric));
+    ELSIF v_type IN ('number', 'string', 'boolean', 'array', 'object') AND v_actual <> v_type THEN
+        PERFORM {schema}._refuse('invalid_argument',
+            format('%s: argument "%s" must be a JSON %s, got %s', p_label, v_name, v_type, p_value));
+    END IF;
+    IF p_param ? 'options' AND NOT EXISTS (
+        SELECT 1 FROM jsonb_array_elements(p_param->'options') AS o WHERE o.value = p_value
+    ) THEN
+        PERFORM {schema}._refuse('invalid_argument',
+            format('%s: argument "%s" must be one of %s, got %s',
+                   p_label, v_name, p_param->'options', p_value));
+    END IF;
+    RETURN p_value;
+END $$;
+
+
+-- The canonical arguments of a job: validated, defaults filled in. "ALL" passes for write_all
+-- parameters when p_allow_all.
+CREATE OR REPLACE FUNCTION {schema}._canonical_arguments(
+    p_task {schema}.tasks, p_arguments jsonb, p_allow_all boolean)
+RETURNS jsonb LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    v_label   text := p_task.type_key || '.' || p_task.task_key;
+    v_param   jsonb;
+    v_name    text;
+    v_value   jsonb;
+    v_unknown text;
+    v_result  jsonb := '{}';
+BEGIN
+    IF p_arguments IS NULL THEN
+        p_arguments := '{}';
+    END IF;
+    IF jsonb_typeof(p_arguments) <> 'object' THEN
+        PERFORM {schema}._refuse('invalid_arguments',
+            format('%s: arguments must be a JSON object, got %s', v_label, p_arguments));
+    END IF;
+    SELECT k INTO v_unknown
+      FROM jsonb_object_keys(p_arguments) AS k
+     WHERE NOT EXISTS (SELECT 1 FROM jsonb_array_elements(p_task.parameters) AS p
+                        WHERE p.value->>'name' = k)
+     ORDER BY k LIMIT 1;
+    IF v_unknown IS NOT NULL THEN
+        PERFORM {schema}._refuse('unknown_argument',
+            format('%s: unknown argument "%s" (parameters: %s)', v_label, v_unknown,
+                   (SELECT coalesce(string_agg(p.value->>'name', ', '), 'none')
+                      FROM jsonb_array_elements(p_task.parameters) AS p)));
+    END IF;
+    FOR v_param IN SELECT p.value FROM jsonb_array_elements(p_task.parameters) AS p LOOP
+        v_name := v_param->>'name';
+        IF p_arguments ? v_name THEN
+            v_value := p_arguments->v_name;
+            IF NOT (p_allow_all AND v_value = '"ALL"' AND v_name = ANY (p_task.write_all)) THEN
+                v_value := {schema}._check_value(v_label, v_param, v_value);
+            END IF;
+        ELSIF v_param ? 'default' THEN
+            v_value := v_param->'default';
+        ELSE
+            PERFORM {schema}._refuse('missing_argument',
+                format('%s: missing required argument "%s"', v_label, v_name));
+        END IF;
+        v_result := v_result || jsonb_build_object(v_name, v_value);
+    END LOOP;
+    RETURN v_result;
+END $$;
+
+
+-- ---------------------------------------------------------------------------------------------
+-- Dependencies
+-- ---------------------------------------------------------------------------------------------
+
+-- The arguments a dependency is matched on: its constants and `same` values (with arithmetic)
+-- taken from the dependent's arguments. failure says why they cannot be computed.
+CREATE OR REPLACE FUNCTION {schema}._specified_arguments(
+    p_dep jsonb, p_dep_task {schema}.tasks, p_arguments jsonb,
+    OUT specified jsonb, OUT failure text)
+LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    v_label  text := p_dep_task.type_key || '.' || p_dep_task.task_key;
+    v_name   text;
+    v_spec   jsonb;
+    v_value  jsonb;
+    v_number numeric;
+    v_op     jsonb;
+BEGIN
+    specified := '{}';
+    FOR v_name, v_spec IN SELECT a.key, a.value FROM jsonb_each(p_dep->'arguments') AS a LOOP
+        IF v_spec ? 'value' THEN
+            v_value := v_spec->'value';
+        ELSE
+            v_value := p_arguments->(v_spec->>'same');
+            IF jsonb_array_length(coalesce(v_spec->'ops', '[]')) > 0 THEN
+                IF jsonb_typeof(v_value) IS DISTINCT FROM 'number' THEN
+                    failure := format('dependency %s: argument "%s" is computed from "%s" = %s, '
+                                      'which is not a number', v_label, v_name, v_spec->>'same',
+                                      coalesce(v_value::text, 'nothing'));
+                    RETURN;
+                END IF;
+                v_number := v_value::numeric;
+                FOR v_op IN SELECT o.value FROM jsonb_array_elements(v_spec->'ops') AS o LOOP
+                    v_number := CASE v_op->>0
+                        WHEN '+'  THEN v_number + (v_op->>1)::numeric
+                        WHEN '-'  THEN v_number - (v_op->>1)::numeric
+                        WHEN 'r-' THEN (v_op->>1)::numeric - v_number
+                        WHEN '*'  THEN v_number * (v_op->>1)::numeric
+                        WHEN '/'  THEN v_number / (v_op->>1)::numeric
+                        WHEN 'r/' THEN (v_op->>1)::numeric / nullif(v_number, 0)
+                    END;
+                END LOOP;
+                IF v_number IS NULL THEN
+                    failure := format('dependency %s: argument "%s" divides by zero', v_label, v_name);
+                    RETURN;
+                END IF;
+                v_number := trim_scale(v_number);
+                IF EXISTS (SELECT 1 FROM jsonb_array_elements(p_dep_task.parameters) AS p
+                            WHERE p.value->>'name' = v_name AND p.value->>'type' = 'integer')
+                   AND v_number <> trunc(v_number) THEN
+                    failure := format('dependency %s: argument "%s" = %s is not a whole number',
+                                      v_label, v_name, v_number);
+                    RETURN;
+                END IF;
+                v_value := to_jsonb(v_number);
+            END IF;
+        END IF;
+        specified := specified || jsonb_build_object(v_name, v_value);
+    END LOOP;
+END $$;
+
+
+-- Classifies every dependency of a job about to be inserted: satisfied (a fresh complete match),
+-- pending (an active match, locked FOR SHARE so its completion waits for our link), or missing
+-- (created here, priority + 1). blocked_on lists the pending and created jobs. failure says why a
+-- missing one cannot be created; then nothing is created. Nested creations that fail raise JM409.
+CREATE OR REPLACE FUNCTION {schema}._resolve_dependencies(
+    p_task {schema}.tasks, p_priority int, p_arguments jsonb, p_depth int,
+    OUT blocked_on uuid[], OUT failure text)
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_dep       jsonb;
+    v_dep_task  {schema}.tasks;
+    v_specified jsonb;
+    v_create    jsonb;
+    v_param     jsonb;
+    v_found     uuid;
+    v_to_create jsonb[] := '{}';
+BEGIN
+    blocked_on := '{}';
+    FOR v_dep IN SELECT d.value FROM jsonb_array_elements(p_task.dependencies) AS d LOOP
+        SELECT * INTO v_dep_task FROM {schema}.tasks
+         WHERE type_key = v_dep->>'type_key' AND task_key = v_dep->>'task_key';
+        IF NOT FOUND THEN
+            failure := format('dependency %s.%s is not deployed', v_dep->>'type_key', v_dep->>'task_key');
+            RETURN;
+        END IF;
+        SELECT s.specified, s.failure INTO v_specified, failure
+          FROM {schema}._specified_arguments(v_dep, v_dep_task, p_arguments) AS s;
+        IF failure IS NOT NULL THEN
+            RETURN;
+        END IF;
+
+        -- pending: an active matching job, locked until we commit the link
+        SELECT j.job_id INTO v_found FROM {schema}.jobs AS j
+         WHERE j.task_id = v_dep_task.task_id AND j.is_dependency
+           AND j.status IN ('waiting', 'blocked', 'running')
+           AND j.arguments @> v_specified
+         ORDER BY j.priority DESC, j.seq
+         LIMIT 1
+         FOR SHARE;
+        IF v_found IS NOT NULL THEN
+            blocked_on := blocked_on || v_found;
+            UPDATE {schema}.jobs SET priority = p_priority + 1
+             WHERE job_id = v_found AND priority < p_priority + 1;
+            CONTINUE;
+        END IF;
+
+        -- satisfied: a complete match within the freshness window
+        PERFORM 1 FROM {schema}.jobs AS j
+         WHERE j.task_id = v_dep_task.task_id AND j.is_dependency AND j.status = 'complete'
+           AND j.finished_at >= now() - (v_dep->>'hours')::double precision * interval '1 hour'
+           AND j.arguments @> v_specified;
+        IF FOUND THEN
+            CONTINUE;
+        END IF;
+
+        -- missing: specified arguments, then the dependent's of the same name, then defaults
+        v_create := v_specified;
+        FOR v_param IN SELECT p.value FROM jsonb_array_elements(v_dep_task.parameters) AS p LOOP
+            CONTINUE WHEN v_create ? (v_param->>'name');
+            IF p_arguments ? (v_param->>'name') THEN
+                v_create := v_create || jsonb_build_object(v_param->>'name', p_arguments->(v_param->>'name'));
+            ELSIF NOT v_param ? 'default' THEN
+                failure := format('dependency %s.%s: required argument "%s" is unknown '
+                                  '(not specified by the dependency, not an argument of %s.%s)',
+                                  v_dep_task.type_key, v_dep_task.task_key, v_param->>'name',
+                                  p_task.type_key, p_task.task_key);
+                RETURN;
+            END IF;
+        END LOOP;
+        v_to_create := v_to_create || jsonb_build_object(
+            'type_key', v_dep_task.type_key, 'task_key', v_dep_task.task_key, 'arguments', v_create);
+    END LOOP;
+
+    FOREACH v_create IN ARRAY v_to_create LOOP
+        blocked_on := blocked_on || {schema}._insert_job(
+            v_create->>'type_key', v_create->>'task_key', p_priority + 1, v_create->'arguments',
+            p_depth + 1, true);
+    END LOOP;
+END $$;
+
+
+-- Moves the dependents of jobs that just reached a final status: a dependency failed or was
+-- cancelled -> failed (final, transitively); all dependencies complete -> waiting, or complete for
+-- an "ALL" parent (whose own dependents are then settled in the next round).
+CREATE OR REPLACE FUNCTION {schema}._settle(p_finished uuid[])
+RETURNS void LANGUAGE plpgsql AS $$
+BEGIN
+    WHILE cardinality(p_finished) > 0 LOOP
+        WITH
+        -- blocked jobs waiting for one of the finished jobs
+        dependents AS (
+            SELECT DISTINCT d.job_id
+              FROM {schema}.job_dependencies AS d
+              JOIN {schema}.jobs AS j ON j.job_id = d.job_id
+             WHERE d.depends_on = ANY (p_finished) AND j.status = 'blocked'
+        ),
+        -- for each: are all its dependencies complete, and which one failed (if any)
+        verdicts AS (
+            SELECT dep.job_id,
+                   bool_and(x.status = 'complete') AS all_complete,
+                   (array_agg(format('%s.%s (%s) %s', t.type_key, t.task_key, x.job_id, x.status))
+                       FILTER (WHERE x.status IN ('failed', 'cancelled')))[1] AS failed_dependency
+              FROM dependents AS dep
+              JOIN {schema}.job_dependencies AS d ON d.job_id = dep.job_id
+              JOIN {schema}.jobs AS x ON x.job_id = d.depends_on
+              JOIN {schema}.tasks AS t ON t.task_id = x.task_id
+             GROUP BY dep.job_id
+        ),
+        -- the dependents that can move, moved
+        moved AS (
+            UPDATE {schema}.jobs AS j
+               SET status = CASE WHEN v.failed_dependency IS NOT NULL THEN 'failed'
+                                 WHEN j.is_parent THEN 'complete'
+                                 ELSE 'waiting' END,
+                   finished_at = CASE WHEN v.failed_dependency IS NOT NULL OR j.is_parent
+                                      THEN now() END,
+                   message = CASE WHEN v.failed_dependency IS NOT NULL
+                                  THEN 'dependency ' || v.failed_dependency END,
+                   run_after = now()
+              FROM verdicts AS v
+             WHERE j.job_id = v.job_id AND j.status = 'blocked'
+               AND (v.failed_dependency IS NOT NULL OR v.all_complete)
+            RETURNING j.job_id, j.status
+        )
+        SELECT coalesce(array_agg(m.job_id) FILTER (WHERE m.status <> 'waiting'), '{}')
+          INTO p_finished FROM moved AS m;
+    END LOOP;
+END $$;
+
+
+-- ---------------------------------------------------------------------------------------------
+-- Inserting jobs
+-- ---------------------------------------------------------------------------------------------
+
+-- Inserts one job (or hands back an identical active one) and resolves its dependencies.
+-- p_nested: the job is a dependency being created; a failure then raises JM409 (rolled back by
+-- the outermost insert, which records its own job as failed) instead of inserting a failed job.
+CREATE OR REPLACE FUNCTION {schema}._insert_job(
+    p_type_key text, p_task_key text, p_priority int, p_arguments jsonb,
+    p_depth int DEFAULT 0, p_nested boolean DEFAULT false)
+RETURNS uuid LANGUAGE plpgsql AS $$
+DECLARE
+    v_task     {schema}.tasks;
+    v_args     jsonb;
+    v_hash     uuid;
+    v_id       uuid;
+    v_inserted boolean;
+    v_status   text := 'waiting';
+    v_blocked  uuid[] := '{}';
+    v_failure  text;
+BEGIN
+    SELECT * INTO v_task FROM {schema}.tasks WHERE type_key = p_type_key AND task_key = p_task_key;
+    IF NOT FOUND THEN
+        PERFORM {schema}._refuse('unknown_task',
+            format('unknown task %s.%s (is it deployed?)', p_type_key, p_task_key));
+    END IF;
+    IF p_depth > 100 THEN
+        PERFORM {schema}._refuse('dependency_depth',
+            format('%s.%s: dependency chain deeper than 100', p_type_key, p_task_key));
+    END IF;
+    v_args := {schema}._canonical_arguments(v_task, p_arguments, true);
+    IF EXISTS (SELECT 1 FROM unnest(v_task.write_all) AS p WHERE v_args->p = '"ALL"') THEN
+        RETURN {schema}._fan_out(v_task, coalesce(p_priority, 0), v_args, p_depth);
+    END IF;
+    v_hash := md5(v_args::text)::uuid;
+
+    -- an identical active job: hand back its id, resolve nothing
+    SELECT job_id INTO v_id FROM {schema}.jobs
+     WHERE task_id = v_task.task_id AND args_hash = v_hash
+       AND status IN ('waiting', 'blocked', 'running');
+    IF v_id IS NOT NULL THEN
+        RETURN v_id;
+    END IF;
+
+    IF jsonb_array_length(v_task.dependencies) > 0 THEN
+        IF p_nested THEN
+            SELECT r.blocked_on, r.failure INTO v_blocked, v_failure
+              FROM {schema}._resolve_dependencies(v_task, coalesce(p_priority, 0), v_args, p_depth) AS r;
+            IF v_failure IS NOT NULL THEN
+                RAISE EXCEPTION USING ERRCODE = 'JM409', MESSAGE = v_failure;
+            END IF;
+        ELSE
+            BEGIN
+                SELECT r.blocked_on, r.failure INTO v_blocked, v_failure
+                  FROM {schema}._resolve_dependencies(v_task, coalesce(p_priority, 0), v_args, p_depth) AS r;
+            EXCEPTION WHEN SQLSTATE 'JM409' OR SQLSTATE 'JM400' THEN
+                v_blocked := '{}';
+                v_failure := SQLERRM;
+            END;
+        END IF;
+        v_status := CASE WHEN v_failure IS NOT NULL THEN 'failed'
+                         WHEN cardinality(v_blocked) > 0 THEN 'blocked'
+                         ELSE 'waiting' END;
+    END IF;
+
+    LOOP
+        INSERT INTO {schema}.jobs AS j (task_id, priority, arguments, args_hash, status,
+                                        is_dependency, max_attempts, message, finished_at)
+        VALUES (v_task.task_id, coalesce(p_priority, 0), v_args, v_hash, v_status,
+                v_task.is_dependency, v_task.retries + 1, v_failure,
+                CASE WHEN v_status = 'failed' THEN now() END)
+        ON CONFLICT (task_id, args_hash) WHERE status IN ('waiting', 'blocked', 'running')
+        DO NOTHING
+        RETURNING j.job_id INTO v_id;
+        v_inserted := v_id IS NOT NULL;
+        EXIT WHEN v_inserted;
+        -- lost a race with an identical insert: hand back that one (unless it finished already)
+        SELECT job_id INTO v_id FROM {schema}.jobs
+         WHERE task_id = v_task.task_id AND args_hash = v_hash
+           AND status IN ('waiting', 'blocked', 'running');
+        EXIT WHEN v_id IS NOT NULL;
+    END LOOP;
+
+    IF v_inserted AND cardinality(v_blocked) > 0 THEN
+        INSERT INTO {schema}.job_dependencies (job_id, depends_on)
+        SELECT v_id, b FROM unnest(v_blocked) AS b
+        ON CONFLICT DO NOTHING;
+    END IF;
+    RETURN v_id;
+END $$;
+
+
+-- "ALL" for write_all parameters: a parent job blocked on one child per option (the cartesian
+-- product over several such parameters). The parent completes when all children complete.
+CREATE OR REPLACE FUNCTION {schema}._fan_out(
+    p_task {schema}.tasks, p_priority int, p_arguments jsonb, p_depth int)
+RETURNS uuid LANGUAGE plpgsql AS $$
+DECLARE
+    v_hash   uuid := md5(p_arguments::text)::uuid;
+    v_parent uuid;
+    v_param  text;
+    v_combos jsonb[] := ARRAY[p_arguments];
+    v_child  jsonb;
+    v_failed uuid;
+BEGIN
+    LOOP
+        INSERT INTO {schema}.jobs AS j (task_id, priority, arguments, args_hash, status, is_parent,
+                                        is_dependency, max_attempts)
+        VALUES (p_task.task_id, p_priority, p_arguments, v_hash, 'blocked', true,
+                p_task.is_dependency, 1)
+        ON CONFLICT (task_id, args_hash) WHERE status IN ('waiting', 'blocked', 'running')
+        DO NOTHING
+        RETURNING j.job_id INTO v_parent;
+        EXIT WHEN v_parent IS NOT NULL;
+        SELECT job_id INTO v_parent FROM {schema}.jobs
+         WHERE task_id = p_task.task_id AND args_hash = v_hash
+           AND status IN ('waiting', 'blocked', 'running');
+        IF v_parent IS NOT NULL THEN
+            RETURN v_parent;
+        END IF;
+    END LOOP;
+
+    FOREACH v_param IN ARRAY p_task.write_all LOOP
+        CONTINUE WHEN p_arguments->v_param IS DISTINCT FROM '"ALL"';
+        SELECT array_agg(c || jsonb_build_object(v_param, o.value))
+          INTO v_combos
+          FROM unnest(v_combos) AS c,
+               jsonb_array_elements((SELECT p.value->'options'
+                                       FROM jsonb_array_elements(p_task.parameters) AS p
+                                      WHERE p.value->>'name' = v_param)) AS o;
+    END LOOP;
+
+    FOREACH v_child IN ARRAY v_combos LOOP
+        INSERT INTO {schema}.job_dependencies (job_id, depends_on)
+        VALUES (v_parent, {schema}._insert_job(p_task.type_key, p_task.task_key, p_priority,
+                                               v_child, p_depth + 1, false))
+        ON CONFLICT DO NOTHING;
+    END LOOP;
+
+    -- a child inserted as failed (its dependencies could not be created) fails the parent
+    SELECT d.depends_on INTO v_failed
+      FROM {schema}.job_dependencies AS d JOIN {schema}.jobs AS x ON x.job_id = d.depends_on
+     WHERE d.job_id = v_parent AND x.status IN ('failed', 'cancelled')
+     LIMIT 1;
+    IF v_failed IS NOT NULL THEN
+        PERFORM {schema}._settle(ARRAY[v_failed]);
+    END IF;
+    RETURN v_parent;
+END $$;
+
+
+-- The SQL interface: CALL insert_job(...) hands back the id through INOUT job_id.
+CREATE OR REPLACE PROCEDURE {schema}.insert_job(
+    type_key text, task_key text, priority int, arguments json, INOUT job_id uuid DEFAULT NULL)
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    job_id := {schema}._insert_job(type_key, task_key, priority, arguments::jsonb);
+END $$;
+
+
+-- The same as a function, for SELECT and for trigger functions.
+CREATE OR REPLACE FUNCTION {schema}.add_job(
+    type_key text, task_key text, priority int, arguments json)
+RETURNS uuid LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+    SELECT {schema}._insert_job(type_key, task_key, priority, arguments::jsonb);
+$$;
+
+
+-- Bulk insert: one id per element, in order (identical elements share one id).
+CREATE OR REPLACE FUNCTION {schema}.insert_jobs(
+    p_type_key text, p_task_key text, p_priority int, p_arguments jsonb[])
+RETURNS uuid[] LANGUAGE plpgsql AS $$
+DECLARE
+    v_ids  uuid[] := '{}';
+    v_args jsonb;
+BEGIN
+    FOREACH v_args IN ARRAY p_arguments LOOP
+        v_ids := v_ids || {schema}._insert_job(p_type_key, p_task_key, p_priority, v_args);
+    END LOOP;
+    RETURN v_ids;
+END $$;
+
+
+-- ---------------------------------------------------------------------------------------------
+-- Claiming and recording outcomes (the hot path)
+-- ---------------------------------------------------------------------------------------------
+
+-- Claims up to p_limit runnable jobs of the given tasks for a worker whose free process units
+-- are p_units: highest priority first, then oldest; process_limit exact across all workers.
+CREATE OR REPLACE FUNCTION {schema}.claim_jobs(
+    p_worker uuid, p_task_ids int[], p_limit int, p_units int)
+RETURNS TABLE (job_id uuid, task_id int, priority int, arguments jsonb, attempts int,
+               max_attempts int)
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_limited   int[];
+    v_max_units int;
+    v_eligible  int[];
+    v_caps      int[];
+    v_ids       uuid[] := '{}';
+    v_taken     jsonb := '{}';
+    v_left      int := p_units;
+    v_row       record;
+BEGIN
+    SELECT array_agg(t.task_id) FILTER (WHERE t.process_limit IS NOT NULL), max(t.process_units)
+      INTO v_limited, v_max_units
+      FROM {schema}.tasks AS t WHERE t.task_id = ANY (p_task_ids);
+
+    IF v_limited IS NULL AND v_max_units * p_limit <= p_units THEN
+        -- fast path: no limits to respect, the units budget cannot be exceeded
+        RETURN QUERY
+        WITH
+        -- the next runnable jobs, locked; rows other claimers hold are skipped
+        next_jobs AS (
+            SELECT j.job_id FROM {schema}.jobs AS j
+             WHERE j.status = 'waiting' AND j.run_after <= now() AND j.task_id = ANY (p_task_ids)
+             ORDER BY j.priority DESC, j.seq
+             LIMIT p_limit
+             FOR UPDATE SKIP LOCKED
+        )
+        UPDATE {schema}.jobs AS j
+           SET status = 'running', worker_id = p_worker, attempts = j.attempts + 1,
+               started_at = now(), message = NULL
+          FROM next_jobs AS n
+         WHERE j.job_id = n.job_id
+        RETURNING j.job_id, j.task_id, j.priority, j.arguments, j.attempts, j.max_attempts;
+        RETURN;
+    END IF;
+
+    -- Limited tasks: lock their rows (those another claimer holds are skipped this round), then
+    -- count their running jobs in a later statement, whose snapshot sees every committed claim.
+    SELECT coalesce(array_agg(t.task_id), '{}') INTO v_limited
+      FROM (SELECT t.task_id FROM {schema}.tasks AS t
+             WHERE t.task_id = ANY (v_limited) ORDER BY t.task_id
+               FOR NO KEY UPDATE SKIP LOCKED) AS t;
+    SELECT array_agg(t.task_id), array_agg(least(p_limit, coalesce(t.process_limit - r.running, t.process_limit, p_limit)))
+      INTO v_eligible, v_caps
+      FROM {schema}.tasks AS t
+      LEFT JOIN LATERAL (SELECT count(*)::int AS running FROM {schema}.jobs AS j
+                          WHERE j.task_id = t.task_id AND j.status = 'running') AS r ON true
+     WHERE t.task_id = ANY (p_task_ids) AND t.process_units <= p_units
+       AND (t.process_limit IS NULL OR t.task_id = ANY (v_limited));
+
+    -- candidates: up to each task's cap, locked; then taken greedily within the units budget
+    FOR v_row IN
+        SELECT c.job_id, c.task_id, c.process_units
+          FROM unnest(v_eligible, v_caps) AS e(task_id, cap)
+         CROSS JOIN LATERAL (
+               SELECT j.job_id, j.task_id, j.priority, j.seq, t.process_units
+                 FROM {schema}.jobs AS j JOIN {schema}.tasks AS t ON t.task_id = j.task_id
+                WHERE j.task_id = e.task_id AND j.status = 'waiting' AND j.run_after <= now()
+                ORDER BY j.priority DESC, j.seq
+                LIMIT greatest(e.cap, 0)
+                  FOR UPDATE OF j SKIP LOCKED) AS c
+         ORDER BY c.priority DESC, c.seq
+    LOOP
+        CONTINUE WHEN v_row.process_units > v_left;
+        v_left := v_left - v_row.process_units;
+        v_ids := v_ids || v_row.job_id;
+        EXIT WHEN cardinality(v_ids) >= p_limit;
+    END LOOP;
+
+    RETURN QUERY
+    UPDATE {schema}.jobs AS j
+       SET status = 'running', worker_id = p_worker, attempts = j.attempts + 1,
+           started_at = now(), message = NULL
+     WHERE j.job_id = ANY (v_ids)
+    RETURNING j.job_id, j.task_id, j.priority, j.arguments, j.attempts, j.max_attempts;
+END $$;
+
+
+-- Records successes. Fenced: only jobs still running for this worker and attempt are touched,
+-- so the late result of a rescued job is dropped. Returns the ids recorded.
+CREATE OR REPLACE FUNCTION {schema}.complete_jobs(
+    p_worker uuid, p_ids uuid[], p_attempts int[], p_results jsonb[])
+RETURNS uuid[] LANGUAGE plpgsql AS $$
+DECLARE
+    v_done uuid[];
+BEGIN
+    WITH done AS (
+        UPDATE {schema}.jobs AS j
+           SET status = 'complete', result = u.result, finished_at = now()
+          FROM unnest(p_ids, p_attempts, p_results) AS u(job_id, attempt, result)
+         WHERE j.job_id = u.job_id AND j.status = 'running'
+           AND j.worker_id = p_worker AND j.attempts = u.attempt
+        RETURNING j.job_id
+    )
+    SELECT coalesce(array_agg(d.job_id), '{}') INTO v_done FROM done AS d;
+    -- a later statement: its snapshot sees every dependent linked before our row locks
+    PERFORM {schema}._settle(v_done);
+    RETURN v_done;
+END $$;
+
+
+-- Records failures (fenced like complete_jobs). A job with attempts left and a retry delay goes
+-- back to waiting after that delay; otherwise it fails for good and fails its dependents.
+CREATE OR REPLACE FUNCTION {schema}.fail_jobs(
+    p_worker uuid, p_ids uuid[], p_attempts int[], p_error_types text[], p_messages text[],
+    p_tracebacks text[], p_retry_delays double precision[])
+RETURNS uuid[] LANGUAGE plpgsql AS $$
+DECLARE
+    v_final uuid[];
+    v_all   uuid[];
+BEGIN
+    WITH failed AS (
+        UPDATE {schema}.jobs AS j
+           SET status = CASE WHEN u.delay IS NOT NULL AND j.attempts < j.max_attempts
+                             THEN 'waiting' ELSE 'failed' END,
+               run_after = now() + coalesce(u.delay, 0) * interval '1 second',
+               finished_at = CASE WHEN u.delay IS NOT NULL AND j.attempts < j.max_attempts
+                                  THEN NULL ELSE now() END,
+               worker_id = CASE WHEN u.delay IS NOT NULL AND j.attempts < j.max_attempts
+                                THEN NULL ELSE j.worker_id END,
+               error_type = u.error_type, message = u.message, traceback = u.traceback
+          FROM unnest(p_ids, p_attempts, p_error_types, p_messages, p_tracebacks, p_retry_delays)
+               AS u(job_id, attempt, error_type, message, traceback, delay)
+         WHERE j.job_id = u.job_id AND j.status = 'running'
+           AND j.worker_id = p_worker AND j.attempts = u.attempt
+        RETURNING j.job_id, j.status
+    )
+    SELECT coalesce(array_agg(f.job_id) FILTER (WHERE f.status = 'failed'), '{}'),
+           coalesce(array_agg(f.job_id), '{}')
+      INTO v_final, v_all FROM failed AS f;
+    PERFORM {schema}._settle(v_final);
+    RETURN v_all;
+END $$;
+
+
+-- Puts running jobs of a worker back to waiting (graceful shutdown), without counting the attempt.
+CREATE OR REPLACE FUNCTION {schema}.release_jobs(p_worker uuid, p_ids uuid[], p_attempts int[])
+RETURNS int LANGUAGE sql AS $$
+    WITH released AS (
+        UPDATE {schema}.jobs AS j
+           SET status = 'waiting', worker_id = NULL, attempts = j.attempts - 1, started_at = NULL,
+               run_after = now(), message = 'released by a worker shutting down'
+          FROM unnest(p_ids, p_attempts) AS u(job_id, attempt)
+         WHERE j.job_id = u.job_id AND j.status = 'running'
+           AND j.worker_id = p_worker AND j.attempts = u.attempt
+        RETURNING 1
+    )
+    SELECT count(*)::int FROM released;
+$$;
+
+
+-- ---------------------------------------------------------------------------------------------
+-- Workers: heartbeats and rescue
+-- ---------------------------------------------------------------------------------------------
+
+CREATE OR REPLACE FUNCTION {schema}.heartbeat(
+    p_worker uuid, p_node text, p_pid int, p_lapse double precision)
+RETURNS void LANGUAGE sql AS $$
+    INSERT INTO {schema}.workers AS w (worker_id, node, pid, lapse)
+    VALUES (p_worker, p_node, p_pid, p_lapse * interval '1 second')
+    ON CONFLICT (worker_id) DO UPDATE SET heartbeat_at = now(), lapse = excluded.lapse;
+$$;
+
+
+-- Jobs of workers whose heartbeat lapsed (or that are gone) go back to waiting, or fail when
+-- their attempts are used up. Dead worker rows are locked SKIP LOCKED: one rescuer each.
+CREATE OR REPLACE FUNCTION {schema}.rescue_jobs()
+RETURNS int LANGUAGE plpgsql AS $$
+DECLARE
+    v_dead  uuid[];
+    v_count int;
+    v_final uuid[];
+BEGIN
+    SELECT coalesce(array_agg(w.worker_id), '{}') INTO v_dead
+      FROM (SELECT w.worker_id FROM {schema}.workers AS w
+             WHERE w.heartbeat_at < now() - w.lapse
+               FOR UPDATE SKIP LOCKED) AS w;
+    WITH
+    -- running jobs of dead or unknown workers
+    lost AS (
+        SELECT j.job_id FROM {schema}.jobs AS j
+         WHERE j.status = 'running'
+           AND (j.worker_id = ANY (v_dead)
+                OR NOT EXISTS (SELECT 1 FROM {schema}.workers AS w WHERE w.worker_id = j.worker_id))
+           FOR UPDATE OF j SKIP LOCKED
+    ),
+    rescued AS (
+        UPDATE {schema}.jobs AS j
+           SET status = CASE WHEN j.attempts < j.max_attempts THEN 'waiting' ELSE 'failed' END,
+               finished_at = CASE WHEN j.attempts < j.max_attempts THEN NULL ELSE now() END,
+               run_after = now(),
+               message = format('worker %s lost (heartbeat lapsed) during attempt %s',
+                                j.worker_id, j.attempts)
+          FROM lost AS l
+         WHERE j.job_id = l.job_id
+        RETURNING j.job_id, j.status
+    )
+    SELECT count(*)::int, coalesce(array_agg(r.job_id) FILTER (WHERE r.status = 'failed'), '{}')
+      INTO v_count, v_final FROM rescued AS r;
+    DELETE FROM {schema}.workers WHERE worker_id = ANY (v_dead);
+    PERFORM {schema}._settle(v_final);
+    RETURN v_count;
+END $$;
+
+
+-- ---------------------------------------------------------------------------------------------
+-- Cancel and retry
+-- ---------------------------------------------------------------------------------------------
+
+-- Cancels a waiting, blocked or running job (a running one's worker is told through NOTIFY);
+-- an "ALL" parent takes its unfinished children along. Returns the job's status afterwards.
+CREATE OR REPLACE FUNCTION {schema}.cancel_job(p_job_id uuid)
+RETURNS text LANGUAGE plpgsql AS $$
+DECLARE
+    v_status   text;
+    v_children uuid[];
+BEGIN
+    SELECT status INTO v_status FROM {schema}.jobs WHERE job_id = p_job_id FOR UPDATE;
+    IF NOT FOUND THEN
+        RETURN NULL;
+    END IF;
+    IF v_status NOT IN ('waiting', 'blocked', 'running') THEN
+        RETURN v_status;
+    END IF;
+    WITH cancelled AS (
+        UPDATE {schema}.jobs AS j
+           SET status = 'cancelled', finished_at = now(), message = 'cancelled'
+         WHERE j.status IN ('waiting', 'blocked', 'running')
+           AND (j.job_id = p_job_id
+                OR j.job_id IN (SELECT d.depends_on FROM {schema}.job_dependencies AS d
+                                  JOIN {schema}.jobs AS p ON p.job_id = d.job_id
+                                 WHERE d.job_id = p_job_id AND p.is_parent))
+        RETURNING j.job_id
+    )
+    SELECT array_agg(c.job_id) INTO v_children FROM cancelled AS c;
+    PERFORM {schema}._settle(v_children);
+    RETURN 'cancelled';
+END $$;
+
+
+-- Queues a failed or cancelled job again (same id, attempts from zero, dependencies resolved
+-- afresh). If an identical job is active, its id is returned instead.
+CREATE OR REPLACE FUNCTION {schema}.retry_job(p_job_id uuid)
+RETURNS uuid LANGUAGE plpgsql AS $$
+DECLARE
+    v_job     {schema}.jobs;
+    v_task    {schema}.tasks;
+    v_twin    uuid;
+    v_blocked uuid[] := '{}';
+    v_failure text;
+    v_child   uuid;
+BEGIN
+    SELECT * INTO v_job FROM {schema}.jobs WHERE job_id = p_job_id FOR UPDATE;
+    IF NOT FOUND THEN
+        RETURN NULL;
+    END IF;
+    IF v_job.status NOT IN ('failed', 'cancelled') THEN
+        PERFORM {schema}._refuse('not_retryable',
+            format('job %s is %s: only failed or cancelled jobs can be retried', p_job_id, v_job.status));
+    END IF;
+    SELECT job_id INTO v_twin FROM {schema}.jobs
+     WHERE task_id = v_job.task_id AND args_hash = v_job.args_hash
+       AND status IN ('waiting', 'blocked', 'running');
+    IF v_twin IS NOT NULL THEN
+        RETURN v_twin;
+    END IF;
+    SELECT * INTO v_task FROM {schema}.tasks WHERE task_id = v_job.task_id;
+
+    IF v_job.is_parent THEN
+        -- retry the children that did not complete; the parent waits for them again
+        FOR v_child IN
+            SELECT d.depends_on FROM {schema}.job_dependencies AS d
+              JOIN {schema}.jobs AS x ON x.job_id = d.depends_on
+             WHERE d.job_id = p_job_id AND x.status IN ('failed', 'cancelled')
+        LOOP
+            v_twin := {schema}.retry_job(v_child);
+            IF v_twin <> v_child THEN
+                UPDATE {schema}.job_dependencies SET depends_on = v_twin
+                 WHERE job_id = p_job_id AND depends_on = v_child;
+            END IF;
+        END LOOP;
+        v_blocked := ARRAY[p_job_id];  -- stays blocked until _settle moves it
+    ELSIF jsonb_array_length(v_task.dependencies) > 0 THEN
+        DELETE FROM {schema}.job_dependencies WHERE job_id = p_job_id;
+        BEGIN
+            SELECT r.blocked_on, r.failure INTO v_blocked, v_failure
+              FROM {schema}._resolve_dependencies(v_task, v_job.priority, v_job.arguments, 0) AS r;
+        EXCEPTION WHEN SQLSTATE 'JM409' OR SQLSTATE 'JM400' THEN
+            v_blocked := '{}';
+            v_failure := SQLERRM;
+        END;
+    END IF;
+
+    UPDATE {schema}.jobs
+       SET status = CASE WHEN v_failure IS NOT NULL THEN 'failed'
+                         WHEN cardinality(v_blocked) > 0 THEN 'blocked' ELSE 'waiting' END,
+           attempts = 0, max_attempts = v_task.retries + 1, run_after = now(),
+           started_at = NULL, finished_at = CASE WHEN v_failure IS NOT NULL THEN now() END,
+           worker_id = NULL, result = NULL, error_type = NULL, traceback = NULL,
+           message = coalesce(v_failure, 'retried')
+     WHERE job_id = p_job_id;
+    IF NOT v_job.is_parent AND cardinality(v_blocked) > 0 THEN
+        INSERT INTO {schema}.job_dependencies (job_id, depends_on)
+        SELECT p_job_id, b FROM unnest(v_blocked) AS b ON CONFLICT DO NOTHING;
+    END IF;
+    RETURN p_job_id;
+END $$;
+
+
+-- ---------------------------------------------------------------------------------------------
+-- Triggers: history of every status change, NOTIFY when jobs become runnable
+-- ---------------------------------------------------------------------------------------------
+
+CREATE OR REPLACE FUNCTION {schema}._jobs_inserted()
+RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO {schema}.job_events (job_id, status, worker_id, node, pid, message)
+    SELECT n.job_id, n.status, NULL, coalesce(host(inet_client_addr()), 'local'),
+           pg_backend_pid(), n.message
+      FROM new_jobs AS n;
+    IF EXISTS (SELECT 1 FROM new_jobs WHERE status = 'waiting') THEN
+        PERFORM pg_notify({channel}, 'wake');
+    END IF;
+    RETURN NULL;
+END $$;
+
+
+CREATE OR REPLACE FUNCTION {schema}._jobs_updated()
+RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE
+    v_wake      boolean;
+    v_cancelled uuid[];
+    v_job_id    uuid;
+BEGIN
+    WITH
+    -- rows whose status changed in this statement
+    changes AS (
+        SELECT n.job_id, n.status, o.status AS old_status,
+               coalesce(n.worker_id, o.worker_id) AS worker_id, n.message
+          FROM new_jobs AS n JOIN old_jobs AS o ON o.job_id = n.job_id
+         WHERE n.status <> o.status
+    ),
+    -- each change in the history, with the worker's node and pid (else the client's)
+    logged AS (
+        INSERT INTO {schema}.job_events (job_id, status, worker_id, node, pid, message)
+        SELECT c.job_id, c.status, c.worker_id,
+               coalesce(w.node, host(inet_client_addr()), 'local'),
+               coalesce(w.pid, pg_backend_pid()), c.message
+          FROM changes AS c
+          LEFT JOIN {schema}.workers AS w ON w.worker_id = c.worker_id
+    )
+    SELECT coalesce(bool_or(c.status = 'waiting'), false),
+           array_agg(c.job_id) FILTER (WHERE c.old_status = 'running' AND c.status = 'cancelled')
+      INTO v_wake, v_cancelled
+      FROM changes AS c;
+    IF v_wake THEN
+        PERFORM pg_notify({channel}, 'wake');
+    END IF;
+    FOREACH v_job_id IN ARRAY coalesce(v_cancelled, '{}') LOOP
+        PERFORM pg_notify({channel}, 'cancel:' || v_job_id);
+    END LOOP;
+    RETURN NULL;
+END $$;
+
+
+DROP TRIGGER IF EXISTS jobs_inserted ON {schema}.jobs;
+CREATE TRIGGER jobs_inserted AFTER INSERT ON {schema}.jobs
+    REFERENCING NEW TABLE AS new_jobs
+    FOR EACH STATEMENT EXECUTE FUNCTION {schema}._jobs_inserted();
+
+DROP TRIGGER IF EXISTS jobs_updated ON {schema}.jobs;
+CREATE TRIGGER jobs_updated AFTER UPDATE ON {schema}.jobs
+    REFERENCING OLD TABLE AS old_jobs NEW TABLE AS new_jobs
+    FOR EACH STATEMENT EXECUTE FUNCTION {schema}._jobs_updated();
+
+
+-- ---------------------------------------------------------------------------------------------
+-- For people in psql
+-- ---------------------------------------------------------------------------------------------
+
+DROP VIEW IF EXISTS {schema}.job_list;
+CREATE VIEW {schema}.job_list AS
+SELECT j.job_id, t.type_key, t.task_key, j.status, j.priority, j.arguments, j.attempts,
+       j.created_at, j.started_at, j.finished_at,
+       w.node AS worker_node, w.pid AS worker_pid, j.message
+  FROM {schema}.jobs AS j
+  JOIN {schema}.tasks AS t ON t.task_id = j.task_id
+  LEFT JOIN {schema}.workers AS w ON w.worker_id = j.worker_id
+ ORDER BY j.status IN ('running', 'waiting', 'blocked') DESC, j.created_at DESC, j.seq DESC;
+
+
+-- Only the SQL interface is for everyone who is granted it; nothing else is callable by PUBLIC.
+REVOKE ALL ON ALL ROUTINES IN SCHEMA {schema} FROM PUBLIC;

@@ -1,0 +1,113 @@
+-- Queries the Python side runs, as named blocks ("-- name: <name>"). {schema} is the quoted
+-- schema name; parameters are $n only.
+
+-- name: insert_job
+SELECT {schema}._insert_job($1, $2, $3, $4::text::jsonb)
+
+-- name: insert_jobs
+SELECT {schema}.insert_jobs($1, $2, $3, $4::text[]::jsonb[])
+
+-- name: claim_jobs
+SELECT job_id, task_id, priority, arguments, attempts, max_attempts
+  FROM {schema}.claim_jobs($1, $2, $3, $4)
+
+-- name: complete_jobs
+SELECT {schema}.complete_jobs($1, $2, $3, $4::text[]::jsonb[])
+
+-- name: fail_jobs
+SELECT {schema}.fail_jobs($1, $2, $3, $4, $5, $6, $7)
+
+-- name: release_jobs
+SELECT {schema}.release_jobs($1, $2, $3)
+
+-- name: heartbeat
+SELECT {schema}.heartbeat($1, $2, $3, $4)
+
+-- name: remove_worker
+DELETE FROM {schema}.workers WHERE worker_id = $1
+
+-- name: rescue_jobs
+SELECT {schema}.rescue_jobs()
+
+-- name: cancel_job
+SELECT {schema}.cancel_job($1)
+
+-- name: retry_job
+SELECT {schema}.retry_job($1)
+
+-- name: task_ids
+SELECT task_id, type_key, task_key FROM {schema}.tasks
+
+-- name: get_job
+SELECT j.job_id, t.type_key, t.task_key, j.priority, j.arguments, j.status, j.attempts,
+       j.max_attempts, j.result, j.message, j.error_type, j.traceback, j.is_parent,
+       j.created_at, j.started_at, j.finished_at, j.run_after, j.worker_id
+  FROM {schema}.jobs AS j JOIN {schema}.tasks AS t ON t.task_id = j.task_id
+ WHERE j.job_id = $1
+
+-- name: list_jobs
+SELECT j.job_id, t.type_key, t.task_key, j.priority, j.arguments, j.status, j.attempts,
+       j.max_attempts, j.result, j.message, j.error_type, j.traceback, j.is_parent,
+       j.created_at, j.started_at, j.finished_at, j.run_after, j.worker_id
+  FROM {schema}.jobs AS j JOIN {schema}.tasks AS t ON t.task_id = j.task_id
+ WHERE ($1::text IS NULL OR j.status = $1)
+   AND ($2::text IS NULL OR t.type_key = $2)
+   AND ($3::text IS NULL OR t.task_key = $3)
+ ORDER BY j.seq DESC
+ LIMIT $4
+
+-- name: job_events
+SELECT status, at, worker_id, node, pid, message
+  FROM {schema}.job_events WHERE job_id = $1 ORDER BY event_id
+
+-- name: job_dependencies
+SELECT d.depends_on AS job_id, t.type_key, t.task_key, j.status
+  FROM {schema}.job_dependencies AS d
+  JOIN {schema}.jobs AS j ON j.job_id = d.depends_on
+  JOIN {schema}.tasks AS t ON t.task_id = j.task_id
+ WHERE d.job_id = $1
+
+-- name: next_run_after
+SELECT min(run_after) FROM {schema}.jobs
+ WHERE status = 'waiting' AND task_id = ANY ($1::int[])
+
+-- name: deployed_tasks
+SELECT type_key, task_key, parameters, dependencies FROM {schema}.tasks
+
+-- name: upsert_task
+INSERT INTO {schema}.tasks AS t (type_key, task_key, parameters, write_all, dependencies,
+                                 process_units, process_limit, retries, timeout, executor,
+                                 description)
+VALUES ($1, $2, $3::text::jsonb, $4, $5::text::jsonb, $6, $7, $8, $9, $10, $11)
+ON CONFLICT (type_key, task_key) DO UPDATE
+   SET parameters = excluded.parameters, write_all = excluded.write_all,
+       dependencies = excluded.dependencies, process_units = excluded.process_units,
+       process_limit = excluded.process_limit, retries = excluded.retries,
+       timeout = excluded.timeout, executor = excluded.executor,
+       description = excluded.description, updated_at = now()
+
+-- name: mark_dependency_targets
+WITH
+-- every task some task depends on
+targets AS (
+    SELECT DISTINCT d.value->>'type_key' AS type_key, d.value->>'task_key' AS task_key
+      FROM {schema}.tasks AS t, jsonb_array_elements(t.dependencies) AS d
+),
+-- the flag on the tasks
+flagged AS (
+    UPDATE {schema}.tasks AS t
+       SET is_dependency = EXISTS (SELECT 1 FROM targets AS g
+                                    WHERE g.type_key = t.type_key AND g.task_key = t.task_key)
+    RETURNING t.task_id, t.is_dependency
+)
+-- and on their jobs, so their arguments are indexed for matching
+UPDATE {schema}.jobs AS j SET is_dependency = f.is_dependency
+  FROM flagged AS f
+ WHERE j.task_id = f.task_id AND j.is_dependency <> f.is_dependency
+
+-- name: prune_tasks
+DELETE FROM {schema}.tasks AS t
+ WHERE NOT ((t.type_key, t.task_key) IN (SELECT * FROM unnest($1::text[], $2::text[])))
+   AND NOT EXISTS (SELECT 1 FROM {schema}.jobs AS j
+                    WHERE j.task_id = t.task_id AND j.status IN ('waiting', 'blocked', 'running'))
+RETURNING t.type_key, t.task_key

@@ -1,0 +1,137 @@
+"""A blocking facade: the same methods as ``jobmaster_async.JobMaster`` without ``await``, for
+scripts and cron jobs (``job = jobmaster.pop_job(); if job: job.execute()``)."""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import threading
+import uuid
+import weakref
+from collections.abc import Coroutine, Mapping, Sequence
+from types import TracebackType
+from typing import Any, TypeVar
+
+from . import app
+from .db.connection import DatabaseTarget
+from .jobs import Job
+
+__all__ = ("JobMaster", "SyncJob")
+
+T = TypeVar("T")
+
+
+class _LoopThread:
+    """An event loop in a daemon thread: it keeps heartbeats going between blocking calls and
+    never holds up interpreter exit."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, name="jobmaster-sync-loop", daemon=True)
+        self.thread.start()
+
+    def call(self, coro: Coroutine[Any, Any, T]) -> T:
+        if threading.current_thread() is self.thread:
+            raise RuntimeError("the blocking JobMaster cannot be called from its own event loop")
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result()
+
+    def stop(self) -> None:
+        if self.loop.is_running():
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self.thread.join(timeout=5)
+
+
+class SyncJob:
+    """A job claimed through the blocking facade; ``execute()`` blocks until it is recorded."""
+
+    def __init__(self, job: Job, runner: _LoopThread) -> None:
+        self._job = job
+        self._runner = runner
+
+    def execute(self) -> None:
+        self._runner.call(self._job.execute())
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._job, name)
+
+    def __repr__(self) -> str:
+        return f"Sync{self._job!r}"
+
+
+def _close_at_exit(ref: weakref.ref[JobMaster]) -> None:
+    jobmaster = ref()
+    if jobmaster is not None:
+        jobmaster.close()
+
+
+class JobMaster:
+    """Blocking JobMaster. Takes the same arguments as ``jobmaster_async.JobMaster``."""
+
+    def __init__(self, db_engine: DatabaseTarget | None = None, schema: str = "jobmaster", **options: Any) -> None:
+        self.aio = app.JobMaster(db_engine, schema, **options)
+        self._runner = _LoopThread()
+        self._closed = False
+        atexit.register(_close_at_exit, weakref.ref(self))
+
+    def _call(self, coro: Coroutine[Any, Any, T]) -> T:
+        if self._closed:
+            coro.close()
+            raise RuntimeError("this JobMaster is closed")
+        return self._runner.call(coro)
+
+    def deploy(self, _reset: bool = False, *, prune: bool = False) -> None:
+        self._call(self.aio.deploy(_reset, prune=prune))
+
+    def insert_job(
+        self, type_key: str, task_key: str, priority: int = 0, arguments: Mapping[str, Any] | None = None
+    ) -> uuid.UUID:
+        return self._call(self.aio.insert_job(type_key, task_key, priority, arguments))
+
+    def insert_jobs(
+        self, type_key: str, task_key: str, priority: int = 0, arguments: Sequence[Mapping[str, Any]] = ()
+    ) -> list[uuid.UUID]:
+        return self._call(self.aio.insert_jobs(type_key, task_key, priority, arguments))
+
+    def pop_job(self) -> SyncJob | None:
+        job = self._call(self.aio.pop_job())
+        return SyncJob(job, self._runner) if job is not None else None
+
+    def run(self) -> int:
+        return self._call(self.aio.run())
+
+    def run_forever(self, concurrency: int = 8, **options: Any) -> None:
+        self._call(self.aio.run_forever(concurrency, **options))
+
+    def stop(self) -> None:
+        self._call(self.aio.stop())
+
+    def get_job(self, job_id: uuid.UUID | str) -> Job | None:
+        return self._call(self.aio.get_job(job_id))
+
+    def jobs(
+        self, status: str | None = None, type_key: str | None = None, task_key: str | None = None, limit: int = 100
+    ) -> list[Job]:
+        return self._call(self.aio.jobs(status, type_key, task_key, limit))
+
+    def history(self, job_id: uuid.UUID | str) -> list[dict[str, Any]]:
+        return self._call(self.aio.history(job_id))
+
+    def cancel(self, job_id: uuid.UUID | str) -> bool:
+        return self._call(self.aio.cancel(job_id))
+
+    def retry(self, job_id: uuid.UUID | str) -> uuid.UUID:
+        return self._call(self.aio.retry(job_id))
+
+    def close(self) -> None:
+        if not self._closed:
+            self._runner.call(self.aio.close())
+            self._closed = True
+            self._runner.stop()
+
+    def __enter__(self) -> JobMaster:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()

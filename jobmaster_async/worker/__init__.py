@@ -1,0 +1,1 @@
+"""Running jobs: executors, outcome recording, the dispatcher and its background services."""

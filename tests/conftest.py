@@ -1,0 +1,62 @@
+"""Fixtures: one real PostgreSQL per test session; each test gets its own schema."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Iterator
+
+import asyncpg
+import pytest
+
+import jobmaster_async.examples.my_tasks
+import jobmaster_async.examples.nice_tasks  # noqa: F401
+from jobmaster_async import JobMaster
+from jobmaster_async.db.sql import quote_identifier
+from tests import tasks_for_tests  # noqa: F401
+from tests.pg import TestServer, test_server
+
+
+@pytest.fixture(scope="session")
+def pg() -> Iterator[TestServer]:
+    with test_server() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def dsn(pg: TestServer) -> str:
+    return pg.dsn
+
+
+@pytest.fixture
+def schema_name() -> str:
+    return f"jm_test_{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture
+async def jm(dsn: str, schema_name: str) -> AsyncIterator[JobMaster]:
+    """A deployed JobMaster in a fresh schema, dropped afterwards."""
+    master = JobMaster(dsn, schema=schema_name, retry_backoff=0.0)
+    await master.deploy()
+    try:
+        yield master
+    finally:
+        await master.close()
+        await drop_schema(dsn, schema_name)
+
+
+@pytest.fixture
+async def conn(dsn: str) -> AsyncIterator[asyncpg.Connection]:
+    """A plain asyncpg connection, as another client (psql, a web app) would have."""
+    connection = await asyncpg.connect(dsn)
+    try:
+        yield connection
+    finally:
+        await connection.close()
+
+
+async def drop_schema(dsn: str, schema: str) -> None:
+    connection = await asyncpg.connect(dsn)
+    try:
+        await connection.execute(f"DROP SCHEMA IF EXISTS {quote_identifier(schema)} CASCADE")
+    finally:
+        await connection.close()

