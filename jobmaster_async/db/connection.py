@@ -44,7 +44,7 @@ def dsn_from(target: DatabaseTarget) -> str:
         query["host"] = directory
         port = name.rpartition(".")[2]
         if port.isdigit():
-            url = url.set(port=int(port))
+            query["port"] = port
     for key in _DRIVER_ONLY & set(query):
         query.pop(key)
     url = url.set(drivername="postgresql", query=query)

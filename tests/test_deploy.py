@@ -1,0 +1,168 @@
+"""deploy(): idempotent, concurrent, reset, versioned, validating."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import asyncpg
+import pytest
+
+from jobmaster_async import Dependency, JobMaster, SchemaVersionError, TaskDefinitionError, task
+from jobmaster_async.db.sql import Catalogue, quote_identifier
+from jobmaster_async.tasks import registry
+from tests.conftest import drop_schema
+
+
+@pytest.fixture
+def forget() -> object:
+    yield
+    for definition in list(registry):
+        if definition.type_key == "scratch_deploy":
+            registry.remove(definition.type_key, definition.task_key)
+
+
+async def test_deploy_twice_keeps_jobs_and_reset_drops_them(jm: JobMaster) -> None:
+    job_id = await jm.insert_job("tasks_for_tests", "add", 1, {"a": 1})
+    await jm.deploy()
+    job = await jm.get_job(job_id)
+    assert job is not None and job.status == "waiting"
+    await jm.deploy(_reset=True)
+    assert await jm.get_job(job_id) is None
+    assert await jm.jobs() == []
+    await jm.insert_job("tasks_for_tests", "add", 1, {"a": 1})  # usable again at once
+    assert await jm.run() == 1
+
+
+async def test_concurrent_deploys(dsn: str, schema_name: str) -> None:
+    masters = [JobMaster(dsn, schema=schema_name) for _ in range(5)]
+    try:
+        await asyncio.gather(*(m.deploy() for m in masters))
+        versions = await (await masters[0].pool()).fetch(
+            f"SELECT version FROM {quote_identifier(schema_name)}.schema_version"
+        )
+        assert [v["version"] for v in versions] == [Catalogue(schema_name).latest_version]
+    finally:
+        for m in masters:
+            await m.close()
+        await drop_schema(dsn, schema_name)
+
+
+async def test_refuses_a_newer_schema(jm: JobMaster) -> None:
+    pool = await jm.pool()
+    await pool.execute(f"INSERT INTO {quote_identifier(jm.schema)}.schema_version VALUES (9999, 'future')")
+    with pytest.raises(SchemaVersionError, match="9999"):
+        await jm.deploy()
+
+
+async def test_fresh_install_equals_all_migrations(dsn: str, schema_name: str) -> None:
+    """One table layout whether deployed fresh or migrated step by step (today: one step)."""
+    master = JobMaster(dsn, schema=schema_name)
+    try:
+        await master.deploy()
+        pool = await master.pool()
+        first = await pool.fetch(
+            "SELECT table_name, column_name, data_type FROM information_schema.columns "
+            "WHERE table_schema = $1 ORDER BY 1, 2",
+            schema_name,
+        )
+        await master.deploy()
+        second = await pool.fetch(
+            "SELECT table_name, column_name, data_type FROM information_schema.columns "
+            "WHERE table_schema = $1 ORDER BY 1, 2",
+            schema_name,
+        )
+        assert first == second and len(first) > 20
+    finally:
+        await master.close()
+        await drop_schema(dsn, schema_name)
+
+
+async def test_deploy_upserts_and_never_deletes_other_services_tasks(
+    jm: JobMaster, conn: asyncpg.Connection, forget: object
+) -> None:
+    schema = quote_identifier(jm.schema)
+    await conn.execute(
+        f"INSERT INTO {schema}.tasks (type_key, task_key, parameters) VALUES ('elsewhere', 'thing', '[]')"
+    )
+
+    @task(type_key="scratch_deploy", retries=1)
+    def changing(a: int) -> None: ...
+
+    await jm.deploy()
+    assert await conn.fetchval(f"SELECT retries FROM {schema}.tasks WHERE task_key = 'changing'") == 1
+    registry.remove("scratch_deploy", "changing")
+
+    @task(type_key="scratch_deploy", task_key="changing", retries=4)
+    def changing2(a: int) -> None: ...
+
+    await jm.deploy()
+    assert await conn.fetchval(f"SELECT retries FROM {schema}.tasks WHERE task_key = 'changing'") == 4
+    assert await conn.fetchval(f"SELECT count(*) FROM {schema}.tasks WHERE type_key = 'elsewhere'") == 1
+    await jm.deploy(prune=True)
+    assert await conn.fetchval(f"SELECT count(*) FROM {schema}.tasks WHERE type_key = 'elsewhere'") == 0
+
+
+async def test_deploy_refuses_unknown_dependency_and_cycles(jm: JobMaster, forget: object) -> None:
+    @task(type_key="scratch_deploy", dependencies=Dependency("nowhere.nothing"))
+    def orphan() -> None: ...
+
+    with pytest.raises(TaskDefinitionError, match=r"scratch_deploy.orphan.*nowhere.nothing"):
+        await jm.deploy()
+    registry.remove("scratch_deploy", "orphan")
+
+    @task(type_key="scratch_deploy", dependencies=Dependency("scratch_deploy.ping"))
+    def pong() -> None: ...
+
+    @task(type_key="scratch_deploy", dependencies=Dependency("scratch_deploy.pong"))
+    def ping() -> None: ...
+
+    with pytest.raises(TaskDefinitionError, match="cycle"):
+        await jm.deploy()
+    registry.remove("scratch_deploy", "ping")
+    registry.remove("scratch_deploy", "pong")
+
+    @task(type_key="scratch_deploy", dependencies=Dependency("tasks_for_tests.add", zz=1))
+    def wrong_arg() -> None: ...
+
+    with pytest.raises(TaskDefinitionError, match="'zz'"):
+        await jm.deploy()
+
+
+async def test_deploy_warns_about_unknowable_required_arguments(
+    dsn: str, schema_name: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    master = JobMaster(dsn, schema=schema_name)
+    try:
+        with caplog.at_level(logging.WARNING, logger="jobmaster_async"):
+            await master.deploy()
+        assert any("nice_tasks.baz" in r.message and "'number'" in r.message for r in caplog.records)
+    finally:
+        await master.close()
+        await drop_schema(dsn, schema_name)
+
+
+async def test_engines_and_dsn_forms(dsn: str, schema_name: str) -> None:
+    import sqlalchemy
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    url = sqlalchemy.engine.make_url(dsn)
+    host = url.query["host"]
+    sync_engine = sqlalchemy.create_engine(
+        url.set(drivername="postgresql+pg8000", query={"unix_sock": f"{host}/.s.PGSQL.{url.port or 5432}"})
+    )
+    async_engine = create_async_engine(url.set(drivername="postgresql+asyncpg"))
+    try:
+        for target in (sync_engine, async_engine, dsn):
+            master = JobMaster(target, schema=schema_name)
+            try:
+                await master.deploy()
+                await master.insert_job("tasks_for_tests", "add", 1, {"a": 1})
+            finally:
+                await master.close()
+        with sync_engine.connect() as c:  # the sync engine itself works: the URL we reused is real
+            assert c.execute(sqlalchemy.text(f"SELECT count(*) FROM {quote_identifier(schema_name)}.jobs")).scalar() == 1
+    finally:
+        sync_engine.dispose()
+        await async_engine.dispose()
+        await drop_schema(dsn, schema_name)
