@@ -9,6 +9,7 @@ import json
 import logging
 import os
 import socket
+import time
 import uuid
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from types import TracebackType
@@ -28,7 +29,7 @@ from .errors import (
     NotRetryable,
     TaskNotFound,
 )
-from .jobs import Job, JobStatus, as_job_id
+from .jobs import ACTIVE_STATUSES, Job, JobStatus, as_job_id
 from .tasks import TaskDefinition, registry
 from .worker.executors import Outcome, run_task
 from .worker.outcomes import Claim, record_outcomes
@@ -109,6 +110,7 @@ class JobMaster:
         self._pool_lock: asyncio.Lock | None = None
         self._definitions: dict[int, TaskDefinition] | None = None  # task_id -> definition
         self._registered = False
+        self._last_beat = 0.0
         self._units_in_use = 0
         self._popped = 0
         self._heartbeat: asyncio.Task[None] | None = None
@@ -233,14 +235,15 @@ class JobMaster:
         pool = await self.pool()
         await pool.execute(self.sql["heartbeat"], self.worker_id, self.node, os.getpid(), self.heartbeat_lapse)
         self._registered = True
+        self._last_beat = time.monotonic()
 
     async def claim(self, limit: int, units: int) -> list[Claim]:
         """Claims up to ``limit`` runnable jobs within ``units`` free process units."""
         task_ids = await self.claimable_task_ids()
         if not task_ids or limit <= 0:
             return []
-        if not self._registered:
-            await self.beat()
+        if not self._registered or time.monotonic() - self._last_beat > self.heartbeat_interval:
+            await self.beat()  # a fresh heartbeat before holding jobs: never claimed by a 'dead' worker
         pool = await self.pool()
         rows = await pool.fetch(self.sql["claim_jobs"], self.worker_id, task_ids, limit, units)
         definitions = await self.definitions()
@@ -319,11 +322,11 @@ class JobMaster:
 
     async def _heartbeat_loop(self) -> None:
         while True:
+            await asyncio.sleep(self.heartbeat_interval)
             try:
                 await self.beat()
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
                 logger.warning("heartbeat failed: %s", exc)
-            await asyncio.sleep(self.heartbeat_interval)
 
     async def run(self) -> int:
         """Pops and executes jobs one at a time until none is runnable now; returns how many ran."""
@@ -369,10 +372,10 @@ class JobMaster:
         """Cancels a waiting, blocked or running job (its blocked dependents fail). Returns
         False when the job had already finished."""
         pool = await self.pool()
-        status = await pool.fetchval(self.sql["cancel_job"], as_job_id(job_id))
-        if status is None:
+        before = await pool.fetchval(self.sql["cancel_job"], as_job_id(job_id))
+        if before is None:
             raise JobNotFound(f"no job {job_id}")
-        return bool(status == JobStatus.CANCELLED)
+        return before in ACTIVE_STATUSES
 
     async def retry(self, job_id: uuid.UUID | str) -> uuid.UUID:
         """Queues a failed or cancelled job again; returns its id, or the id of an identical job

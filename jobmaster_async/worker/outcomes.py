@@ -38,7 +38,7 @@ def retry_delay(claim: Claim, backoff: float) -> float | None:
     """Seconds until the next attempt (exponential), or None when attempts are used up."""
     if claim.attempts >= claim.max_attempts:
         return None
-    return min(backoff * 2 ** (claim.attempts - 1), MAX_RETRY_DELAY)
+    return float(min(backoff * 2.0 ** (claim.attempts - 1), MAX_RETRY_DELAY))
 
 
 async def record_outcomes(

@@ -1,0 +1,145 @@
+"""Claiming: order, exactly-once under concurrency, process_limit, process_units, registration."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+import asyncpg
+import pytest
+
+from jobmaster_async import JobMaster
+from jobmaster_async.db.sql import quote_identifier
+
+
+async def test_priority_then_age(jm: JobMaster) -> None:
+    low = await jm.insert_job("tasks_for_tests", "add", 1, {"a": 1})
+    high_old = await jm.insert_job("tasks_for_tests", "add", 9, {"a": 2})
+    high_new = await jm.insert_job("tasks_for_tests", "add", 9, {"a": 3})
+    order = []
+    while (job := await jm.pop_job()) is not None:
+        order.append(job.job_id)
+        await job.execute()
+    assert order == [high_old, high_new, low]
+
+
+async def test_only_registered_tasks_are_claimed(jm: JobMaster, conn: asyncpg.Connection) -> None:
+    schema = quote_identifier(jm.schema)
+    await conn.execute(f"INSERT INTO {schema}.tasks (type_key, task_key) VALUES ('elsewhere', 'job')")
+    await conn.execute(f"SELECT {schema}.add_job('elsewhere', 'job', 100, '{{}}')")
+    mine = await jm.insert_job("tasks_for_tests", "add", 1, {"a": 1})
+    job = await jm.pop_job()
+    assert job is not None and job.job_id == mine
+    await job.execute()
+    assert await jm.pop_job() is None
+    assert [j.status for j in await jm.jobs(type_key="elsewhere")] == ["waiting"]
+
+
+async def claim_all(dsn: str, schema: str, claimers: int, batch: int) -> list[list[uuid.UUID]]:
+    masters = [JobMaster(dsn, schema=schema) for _ in range(claimers)]
+    start = asyncio.Event()
+
+    async def drain(master: JobMaster) -> list[uuid.UUID]:
+        await master.claimable_task_ids()
+        await start.wait()
+        got: list[uuid.UUID] = []
+        while claims := await master.claim(batch, 10_000):
+            got.extend(c.job_id for c in claims)
+        return got
+
+    try:
+        tasks = [asyncio.create_task(drain(m)) for m in masters]
+        await asyncio.sleep(0.2)  # let every claimer connect before the race starts (not a sync point)
+        start.set()
+        return list(await asyncio.gather(*tasks))
+    finally:
+        for m in masters:
+            await m.close()
+
+
+@pytest.mark.parametrize("batch", [1, 7])
+async def test_concurrent_claimers_claim_each_job_exactly_once(jm: JobMaster, dsn: str, batch: int) -> None:
+    ids = await jm.insert_jobs("tasks_for_tests", "add", 1, [{"a": i} for i in range(1000)])
+    results = await claim_all(dsn, jm.schema, 8, batch)
+    claimed = [job_id for got in results for job_id in got]
+    assert len(claimed) == 1000
+    assert set(claimed) == set(ids)
+    assert sum(1 for got in results if got) > 1  # several claimers really took part
+
+
+async def test_process_limit_is_never_exceeded(jm: JobMaster, dsn: str, conn: asyncpg.Connection) -> None:
+    await jm.insert_jobs("tasks_for_tests", "limited", 1, [{"n": i} for i in range(60)])
+    schema = quote_identifier(jm.schema)
+    masters = [JobMaster(dsn, schema=jm.schema, retry_backoff=0.0) for _ in range(8)]
+    peak = 0
+    done = 0
+
+    async def work(master: JobMaster) -> None:
+        nonlocal peak, done
+        while True:
+            claims = await master.claim(3, 10_000)
+            if not claims:
+                if done >= 60:
+                    return
+                await asyncio.sleep(0.005)
+                continue
+            running = await conn.fetchval(
+                f"SELECT count(*) FROM {schema}.jobs j JOIN {schema}.tasks t USING (task_id) "
+                "WHERE t.task_key = 'limited' AND j.status = 'running'"
+            )
+            peak = max(peak, running)
+            assert len(claims) <= 2
+            from jobmaster_async.worker.executors import Outcome
+
+            await master.record([(c, Outcome(ok=True, result=None)) for c in claims])
+            done += len(claims)
+
+    try:
+        await asyncio.wait_for(asyncio.gather(*(work(m) for m in masters)), 60)
+    finally:
+        for m in masters:
+            await m.close()
+    assert done == 60
+    assert 1 <= peak <= 2
+    # and exact even in one claim: never more than the limit at once
+    await jm.insert_jobs("tasks_for_tests", "limited", 1, [{"n": 100 + i} for i in range(5)])
+    claims = await jm.claim(10, 10_000)
+    assert len(claims) == 2
+    assert await jm.claim(10, 10_000) == []
+
+
+async def test_process_units_budget(dsn: str, schema_name: str) -> None:
+    master = JobMaster(dsn, schema=schema_name, system_process_units=10)
+    try:
+        await master.deploy()
+        await master.insert_jobs("tasks_for_tests", "heavy", 5, [{"n": i} for i in range(4)])  # 4 units each
+        await master.insert_job("tasks_for_tests", "add", 1, {"a": 1})  # 1 unit, lower priority
+        first = await master.pop_job()
+        second = await master.pop_job()
+        assert first is not None and second is not None
+        assert {first.task_key, second.task_key} == {"heavy"}
+        third = await master.pop_job()  # 8 units in use: a heavy one does not fit, the small one does
+        assert third is not None and third.task_key == "add"
+        assert await master.pop_job() is None
+        for job in (first, second, third):
+            await job.execute()
+        assert await master.run() == 2
+    finally:
+        await master.close()
+        from tests.conftest import drop_schema
+
+        await drop_schema(dsn, schema_name)
+
+
+async def test_a_job_larger_than_the_budget_is_never_claimed(dsn: str, schema_name: str) -> None:
+    master = JobMaster(dsn, schema=schema_name, system_process_units=3)
+    try:
+        await master.deploy()
+        await master.insert_job("tasks_for_tests", "heavy", 5, {"n": 1})
+        assert await master.pop_job() is None
+        assert [j.status for j in await master.jobs()] == ["waiting"]
+    finally:
+        await master.close()
+        from tests.conftest import drop_schema
+
+        await drop_schema(dsn, schema_name)
