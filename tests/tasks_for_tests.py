@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from typing import Literal
 
-from jobmaster_async import task
+from jobmaster_async import Dependency, same, task
 
 
 @task
@@ -57,3 +57,61 @@ def untyped(thing, other=None):  # type: ignore[no-untyped-def]
 @task(retries=3)
 async def steady(a: int) -> int:
     return a
+
+
+# Dependencies: `same` arithmetic
+@task
+async def base(n: int) -> int:
+    return n
+
+
+@task(dependencies=Dependency(base, 1, n=same * 2))
+async def doubled(n: int) -> int:
+    return n
+
+
+@task(dependencies=Dependency(base, 1, n=same / 2))
+async def halved(n: int) -> int:
+    return n
+
+
+# Fan-in: many dependents on one shared dependency
+@task
+async def shared_setup(key: str) -> str:
+    return key
+
+
+@task(dependencies=Dependency(shared_setup, key=same))
+async def fan(i: int, key: str) -> int:
+    return i
+
+
+# Failure propagation through two levels
+@task
+def broken(key: str) -> None:
+    raise RuntimeError(f"broken {key}")
+
+
+@task(dependencies=Dependency(broken, key=same))
+async def above_broken(key: str) -> None: ...
+
+
+@task(dependencies=Dependency(above_broken, key=same))
+async def top_of_broken(key: str) -> None: ...
+
+
+# A chain of CHAIN_DEPTH tasks: link_k depends on link_(k-1); each records when it ran.
+CHAIN_DEPTH = 20
+
+
+def _make_link(k: int) -> None:
+    async def link(run: str) -> int:
+        return k
+
+    link.__name__ = link.__qualname__ = f"link_{k}"
+    dependency = Dependency(f"tasks_for_tests.link_{k - 1}", 1, run=same) if k else None
+    task(dependencies=dependency)(link)
+
+
+for _k in range(CHAIN_DEPTH):
+    _make_link(_k)

@@ -1,6 +1,6 @@
-"""The seed's dependency example, exactly as in the original README (list-style options)."""
+"""The seed's dependency example, exactly as in the original README (list-style options).
 
-from __future__ import annotations
+No ``from __future__ import annotations`` here: the list annotation stays a plain list."""
 
 from jobmaster_async import Dependency, same, task
 
@@ -12,7 +12,7 @@ def foo(file_path: str, number: int) -> None:
 
 
 @task(dependencies=Dependency(foo, 6, file_path=same))
-def bar(file_path: str, number: int, letter: [A, B, C] = "A") -> None:  # type: ignore[valid-type,name-defined]  # noqa: F821
+def bar(file_path: str, number: int, letter: ["A", "B", "C"] = "A") -> None:  # type: ignore[valid-type,name-defined]  # noqa: F821
     with open(file_path) as f:
         _n = int(f.read())
 
