@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 from pathlib import Path
 
@@ -13,6 +14,10 @@ import pytest
 from jobmaster_async import JobMaster
 from jobmaster_async.db.sql import quote_identifier
 from tests.tasks_for_tests import CHAIN_DEPTH
+
+
+def read(path: str) -> str:
+    return Path(path).read_text()
 
 
 def q(jm: JobMaster) -> str:
@@ -28,7 +33,7 @@ async def test_seed_example(jm: JobMaster, tmp_path: Path) -> None:
     [foo] = await jm.jobs(task_key="foo")
     assert foo.arguments == {"file_path": f, "number": 5} and foo.priority == 11
     assert await jm.run() == 2
-    assert Path(f).read_text() == "10A"
+    assert read(f) == "10A"
 
     # baz(F): foo(F, number=10) is created; bar is fresh so it is not re-run
     baz_id = await jm.insert_job("nice_tasks", "baz", 1, {"file_path": f})
@@ -37,7 +42,7 @@ async def test_seed_example(jm: JobMaster, tmp_path: Path) -> None:
     assert await jm.run() == 2
     baz = await jm.get_job(baz_id)
     assert baz is not None and baz.status == "complete"
-    assert Path(f).read_text() == "10"  # foo(F, 10) rewrote the file; bar did not run again
+    assert read(f) == "10"  # foo(F, 10) rewrote the file; bar did not run again
     assert len(await jm.jobs(task_key="bar")) == 1
 
     # baz(G): no bar ever ran for G, and bar's number cannot be known: baz fails, nothing created
@@ -103,7 +108,7 @@ async def test_chain_inserted_with_add_job_runs_in_order(jm: JobMaster, conn: as
         "ORDER BY j.started_at"
     )
     assert [r["task_key"] for r in rows] == [f"link_{k}" for k in range(CHAIN_DEPTH)]
-    for before, after in zip(rows, rows[1:], strict=False):
+    for before, after in itertools.pairwise(rows):
         assert before["finished_at"] <= after["started_at"]
     job = await jm.get_job(top)
     assert job is not None and job.status == "complete"
