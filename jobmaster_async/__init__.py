@@ -15,6 +15,7 @@ from .errors import (
 )
 from .jobs import Job, JobStatus
 from .tasks import Dependency, same, task
+from .worker.executors import cancel_requested
 
 __all__ = (
     "ConfigurationError",
@@ -29,6 +30,7 @@ __all__ = (
     "SchemaVersionError",
     "TaskDefinitionError",
     "TaskNotFound",
+    "cancel_requested",
     "same",
     "task",
 )

@@ -31,8 +31,10 @@ from .errors import (
 )
 from .jobs import ACTIVE_STATUSES, Job, JobStatus, as_job_id
 from .tasks import TaskDefinition, registry
-from .worker.executors import Outcome, run_task
+from .worker.dispatcher import Dispatcher, DispatcherSettings
+from .worker.executors import DaemonThreadPool, Outcome, run_task
 from .worker.outcomes import Claim, record_outcomes
+from .worker.signals import Signal
 
 __all__ = ("JobMaster",)
 
@@ -106,6 +108,7 @@ class JobMaster:
         self.worker_id = uuid.uuid4()
         self.node = socket.gethostname()
 
+        self.threads = DaemonThreadPool(max_workers=32)
         self._pool: asyncpg.Pool | None = None
         self._pool_lock: asyncio.Lock | None = None
         self._definitions: dict[int, TaskDefinition] | None = None  # task_id -> definition
@@ -115,6 +118,11 @@ class JobMaster:
         self._popped = 0
         self._heartbeat: asyncio.Task[None] | None = None
         self._too_large_logged: set[str] = set()
+        self._dispatcher: Dispatcher | None = None
+        self._stop_requested = False
+        #: fired with the number of jobs claimed / whose outcome was recorded by run_forever
+        self.claimed = Signal()
+        self.finished = Signal()
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -286,7 +294,7 @@ class JobMaster:
     async def _execute_popped(self, job: Job, claim: Claim) -> None:
         recorded = False
         try:
-            outcome = await run_task(claim.definition, claim.arguments)
+            outcome = await run_task(claim.definition, claim.arguments, self.threads)
             await self.record([(claim, outcome)])
             recorded = True
             self._apply(job, claim, outcome)
@@ -327,6 +335,48 @@ class JobMaster:
                 await self.beat()
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
                 logger.warning("heartbeat failed: %s", exc)
+
+    async def run_forever(
+        self,
+        concurrency: int = 8,
+        *,
+        handle_signals: bool = False,
+        grace_period: float = 30.0,
+    ) -> None:
+        """The dispatcher: runs jobs as they become runnable, at most ``concurrency`` at once,
+        until ``stop()`` is called or the calling task is cancelled (then running jobs get
+        ``grace_period`` seconds to finish and the rest go back to waiting). With
+        ``handle_signals``, SIGTERM and SIGINT stop it gracefully (a second one at once)."""
+        if concurrency < 1:
+            raise ConfigurationError(f"concurrency must be >= 1, got {concurrency}")
+        if self._dispatcher is not None:
+            raise RuntimeError("run_forever is already running on this JobMaster")
+        settings = DispatcherSettings(
+            concurrency=concurrency,
+            system_process_units=self.system_process_units,
+            grace_period=grace_period,
+            poll_interval=self.poll_interval,
+            heartbeat_interval=self.heartbeat_interval,
+            rescue_interval=self.heartbeat_lapse / 2,
+            handle_signals=handle_signals,
+        )
+        if self.threads.max_workers < concurrency:
+            self.threads.max_workers = concurrency
+        self._dispatcher = Dispatcher(self, settings, self.claimed, self.finished)
+        if self._stop_requested:
+            self._dispatcher.stop()
+        try:
+            await self._dispatcher.run()
+        finally:
+            self._dispatcher = None
+            self._stop_requested = False
+
+    async def stop(self) -> None:
+        """Stops ``run_forever`` gracefully (it returns once running jobs are done)."""
+        if self._dispatcher is not None:
+            self._dispatcher.stop()
+        else:
+            self._stop_requested = True
 
     async def run(self) -> int:
         """Pops and executes jobs one at a time until none is runnable now; returns how many ran."""

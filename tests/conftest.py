@@ -13,17 +13,17 @@ import jobmaster_async.examples.nice_tasks  # noqa: F401
 from jobmaster_async import JobMaster
 from jobmaster_async.db.sql import quote_identifier
 from tests import tasks_for_tests  # noqa: F401
-from tests.pg import TestServer, test_server
+from tests.pg import PgServer, pg_server
 
 
 @pytest.fixture(scope="session")
-def pg() -> Iterator[TestServer]:
-    with test_server() as server:
+def pg() -> Iterator[PgServer]:
+    with pg_server() as server:
         yield server
 
 
 @pytest.fixture(scope="session")
-def dsn(pg: TestServer) -> str:
+def dsn(pg: PgServer) -> str:
     return pg.dsn
 
 

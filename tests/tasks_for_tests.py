@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Literal
 
-from jobmaster_async import Dependency, same, task
+from jobmaster_async import Dependency, cancel_requested, same, task
 
 
 @task
@@ -115,3 +116,40 @@ def _make_link(k: int) -> None:
 
 for _k in range(CHAIN_DEPTH):
     _make_link(_k)
+
+
+# The dispatcher
+@task
+async def sleepy(seconds: float) -> float:
+    await asyncio.sleep(seconds)
+    return seconds
+
+
+@task(timeout=0.2, retries=1)
+async def async_too_slow(seconds: float) -> None:
+    await asyncio.sleep(seconds)
+
+
+@task(timeout=0.2, retries=1)
+def thread_too_slow(seconds: float) -> None:
+    time.sleep(seconds)
+
+
+@task(timeout=0.5, retries=1, executor="process")
+def process_too_slow(seconds: float) -> None:
+    time.sleep(seconds)
+
+
+@task(executor="process")
+def in_process(n: int) -> int:
+    return n * 2
+
+
+@task
+def thread_until_cancelled(limit: float) -> str:
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        if cancel_requested():
+            return "noticed"
+        time.sleep(0.01)
+    return "timed out"

@@ -131,9 +131,9 @@ async def test_failure_propagates_through_two_levels(jm: JobMaster) -> None:
         ("above_broken", "tasks_for_tests.broken"),
         ("top_of_broken", "tasks_for_tests.above_broken"),
     ):
-        [job] = await jm.jobs(task_key=task_key)
-        assert job.status == "failed"
-        assert job.message is not None and names in job.message
+        [failed] = await jm.jobs(task_key=task_key)
+        assert failed.status == "failed"
+        assert failed.message is not None and names in failed.message
     job = await jm.get_job(top)
     assert job is not None and job.attempts == 0  # never started: a dependency failure is final
 

@@ -531,7 +531,8 @@ BEGIN
       INTO v_eligible, v_caps
       FROM {schema}.tasks AS t
       LEFT JOIN LATERAL (SELECT count(*)::int AS running FROM {schema}.jobs AS j
-                          WHERE j.task_id = t.task_id AND j.status = 'running') AS r ON true
+                          WHERE j.task_id = t.task_id
+                            AND (j.status = 'running' OR j.abandoned)) AS r ON true
      WHERE t.task_id = ANY (p_task_ids) AND t.process_units <= p_units
        AND (t.process_limit IS NULL OR t.task_id = ANY (v_limited));
 
@@ -684,6 +685,7 @@ BEGIN
     )
     SELECT count(*)::int, coalesce(array_agg(r.job_id) FILTER (WHERE r.status = 'failed'), '{}')
       INTO v_count, v_final FROM rescued AS r;
+    UPDATE {schema}.jobs SET abandoned = false WHERE abandoned AND worker_id = ANY (v_dead);
     DELETE FROM {schema}.workers WHERE worker_id = ANY (v_dead);
     PERFORM {schema}._settle(v_final);
     RETURN v_count;
@@ -823,7 +825,9 @@ BEGIN
     -- rows whose status changed in this statement
     changes AS (
         SELECT n.job_id, n.status, o.status AS old_status,
-               coalesce(n.worker_id, o.worker_id) AS worker_id, n.message
+               coalesce(n.worker_id, o.worker_id) AS worker_id, n.message,
+               EXISTS (SELECT 1 FROM {schema}.tasks AS t
+                        WHERE t.task_id = n.task_id AND t.process_limit IS NOT NULL) AS limited
           FROM new_jobs AS n JOIN old_jobs AS o ON o.job_id = n.job_id
          WHERE n.status <> o.status
     ),
@@ -836,7 +840,8 @@ BEGIN
           FROM changes AS c
           LEFT JOIN {schema}.workers AS w ON w.worker_id = c.worker_id
     )
-    SELECT coalesce(bool_or(c.status = 'waiting'), false),
+    SELECT coalesce(bool_or(c.status = 'waiting'
+                            OR (c.old_status = 'running' AND c.limited)), false),
            array_agg(c.job_id) FILTER (WHERE c.old_status = 'running' AND c.status = 'cancelled')
       INTO v_wake, v_cancelled
       FROM changes AS c;

@@ -23,6 +23,9 @@ SELECT {schema}.release_jobs($1, $2, $3)
 -- name: heartbeat
 SELECT {schema}.heartbeat($1, $2, $3, $4)
 
+-- name: set_abandoned
+UPDATE {schema}.jobs SET abandoned = $2 WHERE job_id = $1
+
 -- name: remove_worker
 DELETE FROM {schema}.workers WHERE worker_id = $1
 

@@ -43,6 +43,7 @@ CREATE TABLE {schema}.jobs (
                        ('waiting', 'blocked', 'running', 'complete', 'failed', 'cancelled')),
     is_parent      boolean NOT NULL DEFAULT false,         -- "ALL" fan-out parent: never claimed
     is_dependency  boolean NOT NULL DEFAULT false,         -- copied from tasks.is_dependency
+    abandoned      boolean NOT NULL DEFAULT false,         -- cancelled, but its thread still runs
     attempts       int NOT NULL DEFAULT 0,                 -- starts so far, rescues included
     max_attempts   int NOT NULL DEFAULT 1,                 -- retries + 1
     run_after      timestamptz NOT NULL DEFAULT now(),
@@ -70,6 +71,7 @@ CREATE INDEX jobs_dependency_args_idx ON {schema}.jobs USING gin (arguments json
 CREATE INDEX jobs_task_status_idx ON {schema}.jobs (task_id, status, finished_at);
 -- Running jobs per worker: rescue and process_limit counts.
 CREATE INDEX jobs_running_idx ON {schema}.jobs (worker_id) WHERE status = 'running';
+CREATE INDEX jobs_abandoned_idx ON {schema}.jobs (task_id) WHERE abandoned;
 
 -- Edges of the dependency graph: job_id waits for depends_on.
 CREATE TABLE {schema}.job_dependencies (

@@ -1,0 +1,281 @@
+"""run_forever in-process: NOTIFY wake-up, concurrency, executors, timeouts, retries, cancel,
+graceful shutdown, and surviving dropped connections."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+
+import asyncpg
+import pytest
+
+from jobmaster_async import JobMaster
+from jobmaster_async.db.sql import quote_identifier
+from tests.conftest import drop_schema
+from tests.pg import PgServer
+
+
+@asynccontextmanager
+async def worker(master: JobMaster, concurrency: int = 4, **options: float) -> AsyncIterator[asyncio.Task[None]]:
+    """run_forever in a task; stopped gracefully on exit."""
+    task = asyncio.create_task(master.run_forever(concurrency, **options))  # type: ignore[arg-type]
+    try:
+        yield task
+    finally:
+        await master.stop()
+        await asyncio.wait_for(task, 30)
+
+
+@pytest.fixture
+async def idle_jm(dsn: str, schema_name: str) -> AsyncIterator[JobMaster]:
+    """A JobMaster whose safety poll is an hour: anything it does promptly, NOTIFY woke it for."""
+    master = JobMaster(dsn, schema=schema_name, poll_interval=3600, retry_backoff=0.2)
+    await master.deploy()
+    try:
+        yield master
+    finally:
+        await master.close()
+        await drop_schema(dsn, schema_name)
+
+
+async def status_of(master: JobMaster, job_id: uuid.UUID) -> str:
+    job = await master.get_job(job_id)
+    assert job is not None
+    return job.status
+
+
+async def until(check: Callable[[], Awaitable[bool]], what: str, seconds: float = 30) -> None:
+    """Waits for a state of the database that no event of ours announces (another process's
+    doing); polls it, failing after `seconds`."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + seconds
+    while not await check():
+        if loop.time() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.02)
+
+
+async def test_drains_and_wakes_on_notify(idle_jm: JobMaster) -> None:
+    await idle_jm.insert_jobs("tasks_for_tests", "add", 1, [{"a": i} for i in range(50)])
+    async with worker(idle_jm, concurrency=8):
+        await idle_jm.finished.wait_for(50)
+        # idle now; a new insert wakes it (the poll is an hour away)
+        job_id = await idle_jm.insert_job("tasks_for_tests", "add", 1, {"a": 1000})
+        await idle_jm.finished.wait_for(51)
+    assert await status_of(idle_jm, job_id) == "complete"
+    assert len(await idle_jm.jobs(status="complete", limit=100)) == 51
+
+
+async def test_a_trigger_in_another_schema_wakes_an_idle_worker(idle_jm: JobMaster, conn: asyncpg.Connection) -> None:
+    other = f"shop_{uuid.uuid4().hex[:8]}"
+    await conn.execute(f"""
+        CREATE SCHEMA {other};
+        CREATE TABLE {other}.orders (id int PRIMARY KEY);
+        CREATE FUNCTION {other}.order_added() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+            PERFORM {quote_identifier(idle_jm.schema)}.add_job('tasks_for_tests', 'add', 1,
+                                                               json_build_object('a', NEW.id));
+            RETURN NEW;
+        END $$;
+        CREATE TRIGGER order_added AFTER INSERT ON {other}.orders
+            FOR EACH ROW EXECUTE FUNCTION {other}.order_added();
+    """)
+    try:
+        async with worker(idle_jm):
+            await idle_jm.claimed.wait_for(0)
+            await conn.execute(f"INSERT INTO {other}.orders VALUES (7)")
+            await idle_jm.finished.wait_for(1)
+        [job] = await idle_jm.jobs()
+        assert job.status == "complete" and job.result == 8
+    finally:
+        await conn.execute(f"DROP SCHEMA {other} CASCADE")
+
+
+async def test_never_more_than_concurrency(idle_jm: JobMaster) -> None:
+    running = 0
+    peak = 0
+    original = idle_jm.claim
+
+    async def counting_claim(limit: int, units: int) -> list:  # type: ignore[type-arg]
+        nonlocal running, peak
+        claims = await original(limit, units)
+        running += len(claims)
+        peak = max(peak, running)
+        return claims
+
+    idle_jm.claim = counting_claim  # type: ignore[method-assign]
+    original_record = idle_jm.record
+
+    async def counting_record(outcomes: list) -> set:  # type: ignore[type-arg]
+        nonlocal running
+        running -= len(outcomes)
+        return await original_record(outcomes)
+
+    idle_jm.record = counting_record  # type: ignore[method-assign,assignment]
+    await idle_jm.insert_jobs(
+        "tasks_for_tests", "sleepy", 1, [{"seconds": (i % 5) / 100 + i / 100_000} for i in range(40)]
+    )
+    async with worker(idle_jm, concurrency=3):
+        await idle_jm.finished.wait_for(40)
+    assert 1 <= peak <= 3 + 3  # claimed-but-unrecorded includes finished jobs awaiting their batch
+    assert len(await idle_jm.jobs(status="complete", limit=100)) == 40
+
+
+async def test_executors_and_timeouts(idle_jm: JobMaster) -> None:
+    ids = {
+        "process": await idle_jm.insert_job("tasks_for_tests", "in_process", 1, {"n": 21}),
+        "async_slow": await idle_jm.insert_job("tasks_for_tests", "async_too_slow", 1, {"seconds": 30}),
+        "thread_slow": await idle_jm.insert_job("tasks_for_tests", "thread_too_slow", 1, {"seconds": 0.6}),
+        "process_slow": await idle_jm.insert_job("tasks_for_tests", "process_too_slow", 1, {"seconds": 30}),
+    }
+    async with worker(idle_jm, concurrency=4):
+        # each slow one: 2 attempts (retries=1), each recorded; the process one once
+        await idle_jm.finished.wait_for(7)
+    jobs = {k: await idle_jm.get_job(v) for k, v in ids.items()}
+    assert jobs["process"] is not None and jobs["process"].result == 42
+    for key in ("async_slow", "thread_slow", "process_slow"):
+        job = jobs[key]
+        assert job is not None and job.status == "failed" and job.attempts == 2, key
+        assert job.error_type == "TimeoutError" and "timed out" in (job.message or "")
+        events = [e["status"] for e in await idle_jm.history(job.job_id)]
+        assert events == ["waiting", "running", "waiting", "running", "failed"], key
+
+
+async def test_thread_timeout_keeps_its_slot_until_the_thread_returns(idle_jm: JobMaster) -> None:
+    slow = await idle_jm.insert_job("tasks_for_tests", "thread_too_slow", 1, {"seconds": 1.0})
+    async with worker(idle_jm, concurrency=1):
+        await idle_jm.claimed.wait_for(1)
+        quick = await idle_jm.insert_job("tasks_for_tests", "add", 1, {"a": 1})
+        await idle_jm.finished.wait_for(1)
+        # the timed-out attempt is recorded only once its thread returned, so the quick job,
+        # which needed the single slot, cannot have started before that
+        slow_job = await idle_jm.get_job(slow)
+        quick_job = await idle_jm.get_job(quick)
+        assert slow_job is not None and quick_job is not None
+        first_fail = [e for e in await idle_jm.history(slow) if e["status"] == "waiting"][1]["at"]
+        await idle_jm.finished.wait_for(2)
+        quick_job = await idle_jm.get_job(quick)
+        assert quick_job is not None and quick_job.started_at is not None
+        assert quick_job.started_at >= first_fail
+        await idle_jm.finished.wait_for(3)
+
+
+async def test_retry_due_wakes_the_dispatcher(idle_jm: JobMaster) -> None:
+    job_id = await idle_jm.insert_job("tasks_for_tests", "flaky", 1, {"key": "x"})  # retries=2, backoff 0.2s
+    async with worker(idle_jm):
+        await idle_jm.finished.wait_for(3)
+    job = await idle_jm.get_job(job_id)
+    assert job is not None and job.status == "failed" and job.attempts == 3
+
+
+async def test_cancel_a_running_async_job(idle_jm: JobMaster) -> None:
+    job_id = await idle_jm.insert_job("tasks_for_tests", "sleepy", 1, {"seconds": 60})
+    async with worker(idle_jm):
+        await idle_jm.claimed.wait_for(1)
+        assert await idle_jm.cancel(job_id) is True
+        await idle_jm.finished.wait_for(1)
+        assert await status_of(idle_jm, job_id) == "cancelled"
+        # the slot is free again
+        other = await idle_jm.insert_job("tasks_for_tests", "add", 1, {"a": 1})
+        await idle_jm.finished.wait_for(2)
+        assert await status_of(idle_jm, other) == "complete"
+
+
+async def test_cancel_a_running_thread_job_is_cooperative(idle_jm: JobMaster, conn: asyncpg.Connection) -> None:
+    job_id = await idle_jm.insert_job("tasks_for_tests", "thread_until_cancelled", 1, {"limit": 30})
+    async with worker(idle_jm):
+        await idle_jm.claimed.wait_for(1)
+        assert await idle_jm.cancel(job_id) is True
+        await idle_jm.finished.wait_for(1)
+        assert await status_of(idle_jm, job_id) == "cancelled"
+        # the thread noticed cancel_requested() and returned: its slot and abandoned mark go
+        await until(
+            lambda: _not_abandoned(conn, idle_jm, job_id), "the abandoned mark to clear once the thread returned"
+        )
+
+
+async def _not_abandoned(conn: asyncpg.Connection, master: JobMaster, job_id: uuid.UUID) -> bool:
+    return not await conn.fetchval(
+        f"SELECT abandoned FROM {quote_identifier(master.schema)}.jobs WHERE job_id = $1", job_id
+    )
+
+
+async def test_graceful_stop_lets_running_jobs_finish(idle_jm: JobMaster) -> None:
+    ids = await idle_jm.insert_jobs("tasks_for_tests", "sleepy", 1, [{"seconds": 0.3 + i / 100} for i in range(4)])
+    async with worker(idle_jm, concurrency=4, grace_period=30):
+        await idle_jm.claimed.wait_for(4)
+    for job_id in ids:
+        assert await status_of(idle_jm, job_id) == "complete"
+    assert await idle_jm.jobs(status="running") == []
+
+
+async def test_grace_period_over_puts_jobs_back(idle_jm: JobMaster, conn: asyncpg.Connection) -> None:
+    job_id = await idle_jm.insert_job("tasks_for_tests", "sleepy", 1, {"seconds": 60})
+    async with worker(idle_jm, concurrency=2, grace_period=0.1):
+        await idle_jm.claimed.wait_for(1)
+    job = await idle_jm.get_job(job_id)
+    assert job is not None and job.status == "waiting" and job.attempts == 0
+    assert await conn.fetchval(f"SELECT count(*) FROM {quote_identifier(idle_jm.schema)}.workers") == 0
+
+
+async def test_cancelling_run_forever_is_a_graceful_stop(idle_jm: JobMaster) -> None:
+    quick = await idle_jm.insert_job("tasks_for_tests", "sleepy", 1, {"seconds": 0.2})
+    task = asyncio.create_task(idle_jm.run_forever(2, grace_period=10))
+    await idle_jm.claimed.wait_for(1)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert await status_of(idle_jm, quick) == "complete"
+    assert await idle_jm.jobs(status="running") == []
+
+
+async def test_a_failing_task_never_disturbs_the_dispatcher(idle_jm: JobMaster) -> None:
+    await idle_jm.insert_jobs("tasks_for_tests", "explode", 1, [{"reason": str(i)} for i in range(10)])
+    await idle_jm.insert_jobs("tasks_for_tests", "add", 1, [{"a": i} for i in range(10)])
+    async with worker(idle_jm):
+        await idle_jm.finished.wait_for(20)
+    assert len(await idle_jm.jobs(status="failed")) == 10
+    assert len(await idle_jm.jobs(status="complete")) == 10
+
+
+async def test_survives_killed_connections(idle_jm: JobMaster, conn: asyncpg.Connection) -> None:
+    async with worker(idle_jm):
+        await idle_jm.insert_job("tasks_for_tests", "add", 1, {"a": 1})
+        await idle_jm.finished.wait_for(1)
+        # kill every connection of this worker: the LISTEN one and the pool's
+        killed = await conn.fetchval(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+            "WHERE application_name LIKE 'jobmaster_async%' OR query LIKE 'LISTEN%'"
+        )
+        assert killed >= 2
+        await until(lambda: _listening(conn), "the listener to reconnect")
+        job_id = await conn.fetchval(
+            f"SELECT {quote_identifier(idle_jm.schema)}.add_job('tasks_for_tests', 'add', 1, $1::json)",
+            json.dumps({"a": 2}),
+        )
+        await idle_jm.finished.wait_for(2)
+        assert await status_of(idle_jm, job_id) == "complete"
+
+
+async def _listening(conn: asyncpg.Connection) -> bool:
+    return bool(await conn.fetchval("SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'LISTEN%'"))
+
+
+async def test_survives_a_database_restart(pg: PgServer, idle_jm: JobMaster, dsn: str) -> None:
+    if pg.handle is None:
+        pytest.skip("needs the embedded server (JOBMASTER_TEST_DSN is set)")
+    async with worker(idle_jm):
+        await idle_jm.insert_job("tasks_for_tests", "add", 1, {"a": 1})
+        await idle_jm.finished.wait_for(1)
+        await asyncio.to_thread(pg.restart)
+        probe = await asyncpg.connect(dsn)
+        try:
+            await until(lambda: _listening(probe), "the listener to reconnect after the restart")
+        finally:
+            await probe.close()
+        job_id = await idle_jm.insert_job("tasks_for_tests", "add", 1, {"a": 2})
+        await idle_jm.finished.wait_for(2)
+        assert await status_of(idle_jm, job_id) == "complete"
