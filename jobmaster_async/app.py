@@ -408,6 +408,12 @@ class JobMaster:
         rows = await pool.fetch(self.sql["list_jobs"], status, type_key, task_key, limit)
         return [Job.from_row(row) for row in rows]
 
+    async def counts(self) -> dict[str, int]:
+        """How many jobs there are of each status."""
+        pool = await self.pool()
+        rows = await pool.fetch(self.sql["status_counts"])
+        return {row["status"]: row["count"] for row in rows}
+
     async def history(self, job_id: uuid.UUID | str) -> list[dict[str, Any]]:
         """Every status change of a job: status, at, worker_id, node, pid, message."""
         pool = await self.pool()

@@ -63,6 +63,11 @@ class Catalogue:
         return self.render(_read("functions.sql"))
 
     @cached_property
+    def interface(self) -> str:
+        """The SQL interface, as a text to copy from."""
+        return self.render(_read("interface.sql")).strip()
+
+    @cached_property
     def migrations(self) -> tuple[Migration, ...]:
         folder = resources.files("jobmaster_async").joinpath("sql", "migrations")
         found = []

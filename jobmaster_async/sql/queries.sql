@@ -133,3 +133,6 @@ SELECT coalesce(max(version), 0) FROM {schema}.schema_version
 
 -- name: record_migration
 INSERT INTO {schema}.schema_version (version, name) VALUES ($1, $2)
+
+-- name: status_counts
+SELECT status, count(*)::int AS count FROM {schema}.jobs GROUP BY status

@@ -306,7 +306,7 @@ class Dispatcher:
             try:
                 conn = await connect(self.backend.dsn, self.backend.connect_kwargs)
                 lost = asyncio.Event()
-                conn.add_termination_listener(lambda _c, lost=lost: lost.set())  # type: ignore[misc]
+                conn.add_termination_listener(lambda _c, lost=lost: lost.set())
                 await conn.add_listener(channel, self._on_notify)
                 outage.ok()
                 self._wake.set()  # catch up on anything notified while we were not listening

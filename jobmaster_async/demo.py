@@ -1,0 +1,105 @@
+"""``jobmaster-async demo``: the original README's examples, inserted through SQL and run."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import tempfile
+from pathlib import Path
+
+import asyncpg
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+from .app import JobMaster
+from .db.sql import quote_identifier
+
+__all__ = ("run_demo",)
+
+EXAMPLES = ["jobmaster_async.examples.my_tasks", "jobmaster_async.examples.nice_tasks"]
+
+
+async def run_demo(dsn: str, schema: str, console: Console) -> list[str]:
+    """Runs the demo; returns the job statuses at the end (for tests)."""
+    from .cli import jobs_table
+
+    folder = Path(tempfile.mkdtemp(prefix="jobmaster-demo-"))
+    s = quote_identifier(schema)
+    f, g = folder / "f.txt", folder / "g.txt"
+    statements = [
+        (
+            "the seed's task1: writes 1 + 2 to a file",
+            "my_tasks",
+            "task1",
+            10,
+            {"file_path": str(folder / "sum.txt"), "a": 1, "b": 2},
+        ),
+        (
+            "bar(F, 5): depends on foo(F), which is created first (priority 6)",
+            "nice_tasks",
+            "bar",
+            5,
+            {"file_path": str(f), "number": 5},
+        ),
+        ("baz(F): waits for that bar, creates foo(F, number=10)", "nice_tasks", "baz", 1, {"file_path": str(f)}),
+        (
+            "baz(G): no bar for G and bar's number is unknown: inserted as failed",
+            "nice_tasks",
+            "baz",
+            1,
+            {"file_path": str(g)},
+        ),
+        (
+            "a bad insert: letter must be A, B or C",
+            "nice_tasks",
+            "bar",
+            1,
+            {"file_path": str(f), "number": 1, "letter": "Z"},
+        ),
+    ]
+    async with JobMaster(dsn, schema=schema, task_modules=EXAMPLES) as jm:
+        console.print(f"[bold]1. deploy[/] schema {schema} (reset) with the tasks of {', '.join(EXAMPLES)}")
+        await jm.deploy(_reset=True)
+        console.print("[bold]2. insert jobs through SQL[/], as psql or a web app would")
+        async with jm.connection() as conn:
+            for comment, type_key, task_key, priority, arguments in statements:
+                sql = f"CALL {s}.insert_job('{type_key}', '{task_key}', {priority}, '{json.dumps(arguments)}'::json)"
+                console.print(f"  [dim]-- {comment}[/]\n  {sql}", highlight=False)
+                try:
+                    row = await conn.fetchrow(
+                        f"CALL {s}.insert_job($1, $2, $3, $4::json)",
+                        type_key,
+                        task_key,
+                        priority,
+                        json.dumps(arguments),
+                    )
+                    console.print(f"  [green]-> job_id {row['job_id'] if row else '?'}[/]")
+                except asyncpg.PostgresError as exc:
+                    console.print(f"  [red]-> ERROR {exc.sqlstate}: {exc}[/]")
+        console.print(jobs_table(await jm.jobs(), title="before running"))
+        console.print("[bold]3. run a worker until the queue is empty[/]")
+        await _run_until_empty(jm, console)
+        jobs = await jm.jobs()
+        console.print(jobs_table(jobs, title="after running"))
+        console.print(f"{f.name} holds {f.read_text()!r}; sum.txt holds {(folder / 'sum.txt').read_text()!r}")
+        console.print(
+            f"[dim]files in {folder}. Look around with: jobmaster-async --schema {schema} jobs, or\n"
+            f'psql "$(jobmaster-async db url)" -c "SELECT * FROM {schema}.job_list"[/]'
+        )
+        return [job.status for job in jobs]
+
+
+async def _run_until_empty(jm: JobMaster, console: Console) -> None:
+    total = len(await jm.jobs(status="waiting")) + len(await jm.jobs(status="blocked"))
+    # one at a time: the seed's tasks all write the same file, so they are not safe side by side
+    worker = asyncio.create_task(jm.run_forever(concurrency=1))
+    with Progress(TextColumn("jobs"), BarColumn(), MofNCompleteColumn(), console=console) as progress:
+        bar = progress.add_task("jobs", total=total)
+        while True:
+            active = [j for j in await jm.jobs(limit=1000) if j.status in ("waiting", "blocked", "running")]
+            progress.update(bar, completed=total - len(active))
+            if not active:
+                break
+            await asyncio.sleep(0.1)
+    await jm.stop()
+    await worker

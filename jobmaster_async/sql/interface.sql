@@ -1,0 +1,15 @@
+-- The SQL interface of schema {schema} (printed by `jobmaster-async sql`).
+
+-- Insert a job; hands back its id (INOUT job_id). An identical active job is not duplicated.
+CALL {schema}.insert_job('type_key', 'task_key', 10, '{"arg": "value"}'::json);
+
+-- The same as a function, for SELECT and for trigger functions (a jsonb value needs ::json).
+SELECT {schema}.add_job('type_key', 'task_key', 10, '{"arg": "value"}');
+
+-- What is going on.
+SELECT * FROM {schema}.job_list LIMIT 20;
+
+-- A web app role that may insert jobs and do nothing else.
+GRANT USAGE ON SCHEMA {schema} TO webapp;
+GRANT EXECUTE ON PROCEDURE {schema}.insert_job(text, text, int, json, uuid) TO webapp;
+GRANT EXECUTE ON FUNCTION {schema}.add_job(text, text, int, json) TO webapp;
