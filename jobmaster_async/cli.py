@@ -70,9 +70,9 @@ def _modules(apps: tuple[str, ...]) -> list[str]:
 pass_settings = click.make_pass_decorator(Settings)
 
 
-def _call(settings: Settings, fn: Callable[[JobMaster], Awaitable[T]], apps: tuple[str, ...] = ()) -> T:
+def _call(settings: Settings, fn: Callable[[JobMaster], Awaitable[T]], apps: tuple[str, ...] = (), **options: Any) -> T:
     async def main() -> T:
-        async with settings.master(apps) as jm:
+        async with settings.master(apps, **options) as jm:
             return await fn(jm)
 
     with settings.errors():
@@ -108,6 +108,11 @@ def main(ctx: click.Context, dsn: str | None, schema: str, verbose: int) -> None
 @click.option("--grace-period", default=30.0, show_default=True, help="Seconds running jobs get on shutdown.")
 @click.option("--progress", is_flag=True, help="A live view of job counts and throughput.")
 @click.option("--until-empty", is_flag=True, help="Stop once no job is waiting, blocked or running.")
+@click.option("--poll-interval", default=5.0, show_default=True, help="Seconds between safety polls.")
+@click.option("--heartbeat-interval", default=5.0, show_default=True, help="Seconds between heartbeats.")
+@click.option(
+    "--heartbeat-lapse", default=30.0, show_default=True, help="Seconds without heartbeat before jobs are rescued."
+)
 @pass_settings
 def worker(
     settings: Settings,
@@ -117,6 +122,9 @@ def worker(
     grace_period: float,
     progress: bool,
     until_empty: bool,
+    poll_interval: float,
+    heartbeat_interval: float,
+    heartbeat_lapse: float,
 ) -> None:
     """Run jobs of the given task modules until SIGTERM/SIGINT (graceful)."""
     if settings.verbose == 0:
@@ -130,7 +138,12 @@ def worker(
             if progress or until_empty:
                 group.create_task(_watch(jm, worker_task, show=progress, stop_when_empty=until_empty))
 
-    _call(settings, run, apps)
+    options = {
+        "poll_interval": poll_interval,
+        "heartbeat_interval": heartbeat_interval,
+        "heartbeat_lapse": heartbeat_lapse,
+    }
+    _call(settings, run, apps, **options)
 
 
 async def _watch(jm: JobMaster, worker_task: asyncio.Task[None], *, show: bool, stop_when_empty: bool) -> None:

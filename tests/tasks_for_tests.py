@@ -153,3 +153,27 @@ def thread_until_cancelled(limit: float) -> str:
             return "noticed"
         time.sleep(0.01)
     return "timed out"
+
+
+# Worker processes: every execution appends a line to a file (O_APPEND: whole lines)
+def _append(path: str, line: str) -> None:
+    with open(path, "a") as f:
+        f.write(line + "\n")
+
+
+@task
+async def record(path: str, key: int) -> None:
+    _append(path, str(key))
+
+
+@task(retries=3)
+async def record_after(path: str, key: int, seconds: float) -> None:
+    await asyncio.sleep(seconds)
+    _append(path, str(key))
+
+
+@task(process_limit=2)
+async def record_limited(path: str, key: int) -> None:
+    _append(path, f"start {key} {time.time()}")
+    await asyncio.sleep(0.01)
+    _append(path, f"end {key} {time.time()}")

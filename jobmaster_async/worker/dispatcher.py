@@ -203,6 +203,7 @@ class Dispatcher:
         self._running[claim.job_id] = (task, claim)
 
     async def _run_job(self, claim: Claim) -> None:
+        started = time.monotonic()
         try:
             outcome = await run_task(
                 claim.definition, claim.arguments, self.backend.threads, lambda f: self._hold_slot(claim, f)
@@ -220,13 +221,14 @@ class Dispatcher:
         self._outcomes_ready.set()
         self._running.pop(claim.job_id, None)
         self._wake.set()
-        if not outcome.ok:
+        if logger.isEnabledFor(logging.INFO):
             logger.info(
-                "job %s (%s) failed: %s: %s",
+                "job %s (%s) %s in %.3fs%s",
                 claim.job_id,
                 claim.definition.key,
-                outcome.error_type,
-                outcome.message,
+                "done" if outcome.ok else "failed",
+                time.monotonic() - started,
+                "" if outcome.ok else f": {outcome.error_type}: {outcome.message}",
                 extra={"job_id": str(claim.job_id)},
             )
 
