@@ -12,6 +12,7 @@ import os
 import signal
 import subprocess
 import sys
+import uuid
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
@@ -99,8 +100,8 @@ async def test_kill_9_mid_job_another_worker_completes_it_once(jm: JobMaster, ds
     assert history == ["waiting", "running", "waiting", "running", "complete"]
 
 
-async def _status_is(jm: JobMaster, job_id: object, status: str) -> bool:
-    job = await jm.get_job(job_id)  # type: ignore[arg-type]
+async def _status_is(jm: JobMaster, job_id: uuid.UUID, status: str) -> bool:
+    job = await jm.get_job(job_id)
     return job is not None and job.status == status
 
 
@@ -122,8 +123,8 @@ async def test_sigterm_is_graceful(jm: JobMaster, dsn: str, tmp_path: Path) -> N
     assert sorted(int(k) for k in out.read_text().split())[:4] == [0, 1, 2, 3]
 
 
-async def _all_running(jm: JobMaster, ids: list[object]) -> bool:
-    jobs = [await jm.get_job(i) for i in ids]  # type: ignore[arg-type]
+async def _all_running(jm: JobMaster, ids: list[uuid.UUID]) -> bool:
+    jobs = [await jm.get_job(i) for i in ids]
     return all(j is not None and j.status == "running" for j in jobs)
 
 
