@@ -1,0 +1,28 @@
+"""A worker process for the benchmarks: ``python -m benchmarks.worker DSN SCHEMA CONCURRENCY``.
+
+Logs at WARNING only (the CLI worker logs a line per job), uses uvloop when installed."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+
+import benchmarks.bench_tasks  # noqa: F401
+from jobmaster_async import JobMaster
+
+
+async def main(dsn: str, schema: str, concurrency: int) -> None:
+    async with JobMaster(dsn, schema=schema, poll_interval=5.0) as jm:
+        await jm.run_forever(concurrency, handle_signals=True, grace_period=5)
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.WARNING)
+    dsn, schema, concurrency = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    try:
+        import uvloop
+
+        uvloop.run(main(dsn, schema, concurrency))
+    except ImportError:
+        asyncio.run(main(dsn, schema, concurrency))
