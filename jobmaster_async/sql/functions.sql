@@ -250,6 +250,9 @@ CREATE OR REPLACE FUNCTION {schema}._settle(p_finished uuid[])
 RETURNS void LANGUAGE plpgsql AS $$
 BEGIN
     WHILE cardinality(p_finished) > 0 LOOP
+        -- the common case, cheaply: nothing waits for these jobs
+        EXIT WHEN NOT EXISTS (SELECT 1 FROM {schema}.job_dependencies AS d
+                               WHERE d.depends_on = ANY (p_finished));
         WITH
         -- blocked jobs waiting for one of the finished jobs
         dependents AS (
@@ -485,7 +488,9 @@ CREATE OR REPLACE FUNCTION {schema}.claim_jobs(
     p_worker uuid, p_task_ids int[], p_limit int, p_units int)
 RETURNS TABLE (job_id uuid, task_id int, priority int, arguments jsonb, attempts int,
                max_attempts int)
-LANGUAGE plpgsql AS $$
+-- A queue table's statistics are always stale: without this, a plan that reads every waiting job
+-- and sorts them looks cheaper than walking the claim index in order, and is far slower.
+LANGUAGE plpgsql SET enable_sort = off AS $$
 DECLARE
     v_limited   int[];
     v_max_units int;
@@ -572,12 +577,14 @@ RETURNS uuid[] LANGUAGE plpgsql AS $$
 DECLARE
     v_done uuid[];
 BEGIN
+    -- (array_position instead of a join with unnest: with a queue's ever-stale statistics the
+    -- planner would pick a nested loop over the batch, quadratic in its size)
     WITH done AS (
         UPDATE {schema}.jobs AS j
-           SET status = 'complete', result = u.result, finished_at = now()
-          FROM unnest(p_ids, p_attempts, p_results) AS u(job_id, attempt, result)
-         WHERE j.job_id = u.job_id AND j.status = 'running'
-           AND j.worker_id = p_worker AND j.attempts = u.attempt
+           SET status = 'complete', result = p_results[array_position(p_ids, j.job_id)],
+               finished_at = now()
+         WHERE j.job_id = ANY (p_ids) AND j.status = 'running' AND j.worker_id = p_worker
+           AND j.attempts = p_attempts[array_position(p_ids, j.job_id)]
         RETURNING j.job_id
     )
     SELECT coalesce(array_agg(d.job_id), '{}') INTO v_done FROM done AS d;
@@ -597,20 +604,26 @@ DECLARE
     v_final uuid[];
     v_all   uuid[];
 BEGIN
-    WITH failed AS (
+    WITH
+    -- the batch, positioned (see complete_jobs)
+    batch AS (
+        SELECT j.job_id, array_position(p_ids, j.job_id) AS i,
+               j.attempts < j.max_attempts
+                   AND p_retry_delays[array_position(p_ids, j.job_id)] IS NOT NULL AS retry
+          FROM {schema}.jobs AS j
+         WHERE j.job_id = ANY (p_ids) AND j.status = 'running' AND j.worker_id = p_worker
+           AND j.attempts = p_attempts[array_position(p_ids, j.job_id)]
+    ),
+    failed AS (
         UPDATE {schema}.jobs AS j
-           SET status = CASE WHEN u.delay IS NOT NULL AND j.attempts < j.max_attempts
-                             THEN 'waiting' ELSE 'failed' END,
-               run_after = now() + coalesce(u.delay, 0) * interval '1 second',
-               finished_at = CASE WHEN u.delay IS NOT NULL AND j.attempts < j.max_attempts
-                                  THEN NULL ELSE now() END,
-               worker_id = CASE WHEN u.delay IS NOT NULL AND j.attempts < j.max_attempts
-                                THEN NULL ELSE j.worker_id END,
-               error_type = u.error_type, message = u.message, traceback = u.traceback
-          FROM unnest(p_ids, p_attempts, p_error_types, p_messages, p_tracebacks, p_retry_delays)
-               AS u(job_id, attempt, error_type, message, traceback, delay)
-         WHERE j.job_id = u.job_id AND j.status = 'running'
-           AND j.worker_id = p_worker AND j.attempts = u.attempt
+           SET status = CASE WHEN b.retry THEN 'waiting' ELSE 'failed' END,
+               run_after = now() + coalesce(p_retry_delays[b.i], 0) * interval '1 second',
+               finished_at = CASE WHEN b.retry THEN NULL ELSE now() END,
+               worker_id = CASE WHEN b.retry THEN NULL ELSE j.worker_id END,
+               error_type = p_error_types[b.i], message = p_messages[b.i],
+               traceback = p_tracebacks[b.i]
+          FROM batch AS b
+         WHERE j.job_id = b.job_id
         RETURNING j.job_id, j.status
     )
     SELECT coalesce(array_agg(f.job_id) FILTER (WHERE f.status = 'failed'), '{}'),
@@ -628,9 +641,8 @@ RETURNS int LANGUAGE sql AS $$
         UPDATE {schema}.jobs AS j
            SET status = 'waiting', worker_id = NULL, attempts = j.attempts - 1, started_at = NULL,
                run_after = now(), message = 'released by a worker shutting down'
-          FROM unnest(p_ids, p_attempts) AS u(job_id, attempt)
-         WHERE j.job_id = u.job_id AND j.status = 'running'
-           AND j.worker_id = p_worker AND j.attempts = u.attempt
+         WHERE j.job_id = ANY (p_ids) AND j.status = 'running' AND j.worker_id = p_worker
+           AND j.attempts = p_attempts[array_position(p_ids, j.job_id)]
         RETURNING 1
     )
     SELECT count(*)::int FROM released;
@@ -820,14 +832,15 @@ DECLARE
     v_wake      boolean;
     v_cancelled uuid[];
     v_job_id    uuid;
+    -- a running job of these ending frees a process_limit slot: that wakes workers too
+    v_limited   int[] := ARRAY(SELECT t.task_id FROM {schema}.tasks AS t WHERE t.process_limit IS NOT NULL);
 BEGIN
     WITH
     -- rows whose status changed in this statement
     changes AS (
         SELECT n.job_id, n.status, o.status AS old_status,
                coalesce(n.worker_id, o.worker_id) AS worker_id, n.message,
-               EXISTS (SELECT 1 FROM {schema}.tasks AS t
-                        WHERE t.task_id = n.task_id AND t.process_limit IS NOT NULL) AS limited
+               n.task_id = ANY (v_limited) AS limited
           FROM new_jobs AS n JOIN old_jobs AS o ON o.job_id = n.job_id
          WHERE n.status <> o.status
     ),

@@ -68,9 +68,8 @@ CREATE UNIQUE INDEX jobs_dedupe_idx ON {schema}.jobs (task_id, args_hash)
 -- Dependency matching: arguments containment, only for tasks that something depends on.
 CREATE INDEX jobs_dependency_args_idx ON {schema}.jobs USING gin (arguments jsonb_path_ops)
     WHERE is_dependency;
-CREATE INDEX jobs_task_status_idx ON {schema}.jobs (task_id, status, finished_at);
--- Running jobs per worker: rescue and process_limit counts.
-CREATE INDEX jobs_running_idx ON {schema}.jobs (worker_id) WHERE status = 'running';
+-- Running jobs per worker (fencing, rescue) and per task (process_limit counts).
+CREATE INDEX jobs_running_idx ON {schema}.jobs (worker_id, task_id) WHERE status = 'running';
 CREATE INDEX jobs_abandoned_idx ON {schema}.jobs (task_id) WHERE abandoned;
 
 -- Edges of the dependency graph: job_id waits for depends_on.
