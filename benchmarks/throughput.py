@@ -98,11 +98,11 @@ async def drain(dsn: str, task_key: str, jobs: int, processes: int, concurrency:
     schema = await fresh_schema(dsn)
     conn = await asyncpg.connect(dsn)
     try:
+        async with JobMaster(dsn, schema=schema) as jm:  # pre-inserted, in slices of one transaction each
+            for start in range(0, jobs, 5000):
+                arguments = [{"i": i} for i in range(start, min(jobs, start + 5000))]
+                await jm.insert_jobs("bench_tasks", task_key, 0, arguments)
         with workers(dsn, schema, processes, concurrency):
-            await _wait_workers(conn, schema, processes)
-            async with JobMaster(dsn, schema=schema) as jm:
-                for start in range(0, jobs, 5000):  # in slices, one transaction each
-                    await jm.insert_jobs("bench_tasks", task_key, 0, [{"i": i} for i in range(start, min(jobs, start + 5000))])
             await _wait_done(conn, schema, jobs)
         q = quote_identifier(schema)
         seconds = await conn.fetchval(
