@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from jobmaster_async import task
+from jobmaster_async import Dependency, same, task
 
 
 @task
@@ -21,3 +21,30 @@ def noop_sync(i: int) -> None:
 async def probe(i: int) -> float:
     """Returns when it started (wall clock), for insert -> start latency."""
     return time.time()
+
+
+# Dependencies: a chain of CHAIN_DEPTH tasks, and fan-in on one shared dependency
+CHAIN_DEPTH = 20
+
+
+def _make_link(k: int) -> None:
+    async def link(run: int) -> None:
+        return None
+
+    link.__name__ = link.__qualname__ = f"link_{k}"
+    dependency = Dependency(f"bench_tasks.link_{k - 1}", 1, run=same) if k else None
+    task(dependencies=dependency)(link)
+
+
+for _k in range(CHAIN_DEPTH):
+    _make_link(_k)
+
+
+@task
+async def shared(run: int) -> None:
+    return None
+
+
+@task(dependencies=Dependency(shared, 1, run=same))
+async def fan(run: int, i: int) -> None:
+    return None

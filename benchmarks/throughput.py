@@ -105,9 +105,7 @@ async def drain(dsn: str, task_key: str, jobs: int, processes: int, concurrency:
         with workers(dsn, schema, processes, concurrency):
             await _wait_done(conn, schema, jobs)
         q = quote_identifier(schema)
-        seconds = await conn.fetchval(
-            f"SELECT extract(epoch FROM max(finished_at) - min(started_at)) FROM {q}.jobs"
-        )
+        seconds = await conn.fetchval(f"SELECT extract(epoch FROM max(finished_at) - min(started_at)) FROM {q}.jobs")
         await check_exactly_once(conn, schema, jobs)
     finally:
         await conn.execute(f"DROP SCHEMA {quote_identifier(schema)} CASCADE")
@@ -128,7 +126,9 @@ async def latency(dsn: str, jobs: int = 500, per_second: float = 200) -> dict[st
             next_at = time.monotonic()
             for i in range(jobs):
                 now = time.time()
-                job_id = await conn.fetchval(f"SELECT {q}.add_job('bench_tasks', 'probe', 0, $1::json)", json.dumps({"i": i}))
+                job_id = await conn.fetchval(
+                    f"SELECT {q}.add_job('bench_tasks', 'probe', 0, $1::json)", json.dumps({"i": i})
+                )
                 sent[job_id] = now
                 next_at += interval
                 await asyncio.sleep(max(0.0, next_at - time.monotonic()))
@@ -153,7 +153,10 @@ async def run_all(dsn: str, jobs: int, concurrency: int) -> dict[str, Any]:
     for task_key in ("noop_async", "noop_sync"):
         for processes in (1, 2):
             results[f"drain_{task_key}_{processes}p"] = await drain(dsn, task_key, jobs, processes, concurrency)
-            print(f"drain {task_key} x{processes} process(es): {results[f'drain_{task_key}_{processes}p']['rate']:,.0f} jobs/s", flush=True)
+            print(
+                f"drain {task_key} x{processes} process(es): {results[f'drain_{task_key}_{processes}p']['rate']:,.0f} jobs/s",
+                flush=True,
+            )
     results["latency"] = await latency(dsn)
     return results
 
@@ -164,7 +167,9 @@ def table(results: dict[str, Any]) -> str:
         if key.startswith("drain_"):
             lines.append(f"| {key} ({value['jobs']} jobs) | {value['rate']:,.0f} jobs/s |")
     lat = results["latency"]
-    lines.append(f"| insert -> start latency, p50 / p95 / p99 | {lat['p50_ms']:.2f} / {lat['p95_ms']:.2f} / {lat['p99_ms']:.2f} ms |")
+    lines.append(
+        f"| insert -> start latency, p50 / p95 / p99 | {lat['p50_ms']:.2f} / {lat['p95_ms']:.2f} / {lat['p99_ms']:.2f} ms |"
+    )
     return "\n".join(lines)
 
 

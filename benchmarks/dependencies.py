@@ -1,0 +1,94 @@
+"""Dependency resolution and execution, against the same number of independent jobs.
+
+    python -m benchmarks.dependencies [--dsn DSN] [--json out.json]
+
+- chain: one insert of link_19, whose dependencies link_18 ... link_0 are created by SQL in the
+  same statement; then one worker process runs the 20 jobs in order.
+- fan-in: 1,000 dependents inserted in one insert_jobs call, sharing one dependency that the
+  first creates and the other 999 link to; then the worker runs 1,001 jobs.
+- baseline: the same numbers of independent no-op jobs.
+Insert time is the round trip of the insert; run time is first start to last finish.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+
+from benchmarks.bench_tasks import CHAIN_DEPTH
+from benchmarks.throughput import SERVER_SETTINGS, _wait_done, check_exactly_once, fresh_schema, workers
+from jobmaster_async import JobMaster
+from jobmaster_async.db.sql import quote_identifier
+from jobmaster_async.embedded import temporary_server
+
+
+async def measure(dsn: str, insert: Any, total: int) -> dict[str, float]:
+    schema = await fresh_schema(dsn)
+    conn = await asyncpg.connect(dsn)
+    try:
+        async with JobMaster(dsn, schema=schema) as jm:
+            started = time.perf_counter()
+            await insert(jm)
+            insert_ms = (time.perf_counter() - started) * 1000
+        with workers(dsn, schema, 1, 100):
+            await _wait_done(conn, schema, total)
+        q = quote_identifier(schema)
+        run_s = await conn.fetchval(f"SELECT extract(epoch FROM max(finished_at) - min(started_at)) FROM {q}.jobs")
+        await check_exactly_once(conn, schema, total)
+    finally:
+        await conn.execute(f"DROP SCHEMA {quote_identifier(schema)} CASCADE")
+        await conn.close()
+    return {"jobs": total, "insert_ms": insert_ms, "run_ms": float(run_s) * 1000}
+
+
+async def run_all(dsn: str) -> dict[str, Any]:
+    async def chain(jm: JobMaster) -> None:
+        await jm.insert_job("bench_tasks", f"link_{CHAIN_DEPTH - 1}", 0, {"run": 1})
+
+    async def chain_baseline(jm: JobMaster) -> None:
+        await jm.insert_jobs("bench_tasks", "noop_async", 0, [{"i": i} for i in range(CHAIN_DEPTH)])
+
+    async def fan_in(jm: JobMaster) -> None:
+        await jm.insert_jobs("bench_tasks", "fan", 0, [{"run": 1, "i": i} for i in range(1000)])
+
+    async def fan_in_baseline(jm: JobMaster) -> None:
+        await jm.insert_jobs("bench_tasks", "noop_async", 0, [{"i": i} for i in range(1001)])
+
+    return {
+        "chain_20": await measure(dsn, chain, CHAIN_DEPTH),
+        "independent_20": await measure(dsn, chain_baseline, CHAIN_DEPTH),
+        "fan_in_1000": await measure(dsn, fan_in, 1001),
+        "independent_1001": await measure(dsn, fan_in_baseline, 1001),
+    }
+
+
+def table(results: dict[str, Any]) -> str:
+    lines = ["| workload | jobs | insert (ms) | run (ms) |", "|---|---|---|---|"]
+    for name, r in results.items():
+        lines.append(f"| {name} | {r['jobs']} | {r['insert_ms']:.1f} | {r['run_ms']:.1f} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dsn")
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+    if args.dsn:
+        results = asyncio.run(run_all(args.dsn))
+    else:
+        with temporary_server(SERVER_SETTINGS) as server:
+            results = asyncio.run(run_all(server.dsn))
+    print(table(results))
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
