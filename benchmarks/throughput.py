@@ -65,15 +65,15 @@ async def _wait_workers(conn: asyncpg.Connection, schema: str, count: int) -> No
     raise RuntimeError("workers did not start")
 
 
-async def _wait_done(conn: asyncpg.Connection, schema: str, total: int, timeout: float = 600) -> None:
-    deadline = time.monotonic() + timeout
+async def _wait_done(conn: asyncpg.Connection, schema: str, total: int, limit: float = 600) -> None:
+    deadline = time.monotonic() + limit
     q = quote_identifier(schema)
     while time.monotonic() < deadline:
         done = await conn.fetchval(f"SELECT count(*) FROM {q}.jobs WHERE status IN ('complete', 'failed')")
         if done >= total:
             return
         await asyncio.sleep(0.05)
-    raise RuntimeError(f"jobs not done within {timeout}s")
+    raise RuntimeError(f"jobs not done within {limit}s")
 
 
 async def fresh_schema(dsn: str) -> str:
@@ -152,11 +152,10 @@ async def run_all(dsn: str, jobs: int, concurrency: int) -> dict[str, Any]:
     results: dict[str, Any] = {}
     for task_key in ("noop_async", "noop_sync"):
         for processes in (1, 2):
-            results[f"drain_{task_key}_{processes}p"] = await drain(dsn, task_key, jobs, processes, concurrency)
-            print(
-                f"drain {task_key} x{processes} process(es): {results[f'drain_{task_key}_{processes}p']['rate']:,.0f} jobs/s",
-                flush=True,
+            result = results[f"drain_{task_key}_{processes}p"] = await drain(
+                dsn, task_key, jobs, processes, concurrency
             )
+            print(f"drain {task_key} x{processes} process(es): {result['rate']:,.0f} jobs/s", flush=True)
     results["latency"] = await latency(dsn)
     return results
 
@@ -167,9 +166,8 @@ def table(results: dict[str, Any]) -> str:
         if key.startswith("drain_"):
             lines.append(f"| {key} ({value['jobs']} jobs) | {value['rate']:,.0f} jobs/s |")
     lat = results["latency"]
-    lines.append(
-        f"| insert -> start latency, p50 / p95 / p99 | {lat['p50_ms']:.2f} / {lat['p95_ms']:.2f} / {lat['p99_ms']:.2f} ms |"
-    )
+    figures = f"{lat['p50_ms']:.2f} / {lat['p95_ms']:.2f} / {lat['p99_ms']:.2f} ms"
+    lines.append(f"| insert -> start latency, p50 / p95 / p99 | {figures} |")
     return "\n".join(lines)
 
 
