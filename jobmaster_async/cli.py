@@ -224,7 +224,9 @@ def list_jobs(settings: Settings, status: str | None, type_key: str | None, task
 
 def jobs_table(jobs: list[Job], title: str | None = None) -> Table:
     table = Table(title=title)
-    for column in ("job id", "task", "status", "prio", "arguments", "result / message"):
+    for column in ("job id", "task", "status", "prio"):
+        table.add_column(column, no_wrap=True)
+    for column in ("arguments", "result / message"):
         table.add_column(column, overflow="fold")
     colours = {"complete": "green", "failed": "red", "cancelled": "yellow", "running": "cyan", "blocked": "magenta"}
     for job in jobs:

@@ -83,8 +83,8 @@ async def run_demo(dsn: str, schema: str, console: Console) -> list[str]:
         console.print(jobs_table(jobs, title="after running"))
         console.print(f"{f.name} holds {f.read_text()!r}; sum.txt holds {(folder / 'sum.txt').read_text()!r}")
         view = f"{quote_identifier(schema)}.job_list"
-        console.print(f"[dim]files in {folder}. Look around with: jobmaster-async --schema {schema} jobs, or")
-        console.print(f"psql \"$(jobmaster-async db url)\" -c 'TABLE {view}'[/]", highlight=False)
+        console.print(f"files in {folder}. Look around with: jobmaster-async --schema {schema} jobs, or", style="dim")
+        console.print(f"psql \"$(jobmaster-async db url)\" -c 'TABLE {view}'", style="dim", highlight=False)
         return [job.status for job in jobs]
 
 

