@@ -146,11 +146,10 @@ async def test_engines_and_dsn_forms(dsn: str, schema_name: str) -> None:
     import sqlalchemy
     from sqlalchemy.ext.asyncio import create_async_engine
 
+    from tests.test_execute import pg8000_url
+
     url = sqlalchemy.engine.make_url(dsn)
-    host = url.query["host"]
-    sync_engine = sqlalchemy.create_engine(
-        url.set(drivername="postgresql+pg8000", query={"unix_sock": f"{host}/.s.PGSQL.{url.port or 5432}"})
-    )
+    sync_engine = sqlalchemy.create_engine(pg8000_url(dsn))
     async_engine = create_async_engine(url.set(drivername="postgresql+asyncpg"))
     try:
         for target in (sync_engine, async_engine, dsn):
