@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 
 from jobmaster_async import Dependency, same, task
@@ -48,3 +49,14 @@ async def shared(run: int) -> None:
 @task(dependencies=Dependency(shared, 1, run=same))
 async def fan(run: int, i: int) -> None:
     return None
+
+
+def _append_start(i: int) -> None:
+    with open(os.environ["BENCH_PROBE_FILE"], "a") as f:
+        f.write(f"{i} {time.time()}\n")
+
+
+@task
+async def probe_file(i: int) -> None:
+    """Appends ``i time`` to the file named by BENCH_PROBE_FILE (the comparison harness)."""
+    _append_start(i)

@@ -1,0 +1,417 @@
+"""jobmaster_async against pgqueuer and procrastinate, in one run on one PostgreSQL.
+
+    python -m benchmarks [--dsn DSN] [--only jobmaster_async,pgqueuer] [--rounds 3] [--quick]
+                         [--json FILE] [--out benchmarks/results]
+
+Needs the ``bench`` extra. Systems run alternately (A B C A B C ...); every figure is the median of
+the rounds with its min-max; every run first checks its own work (each job executed exactly once).
+Writes a markdown table (ratios against each peer), JSON and PNG charts to ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import signal
+import statistics
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import psutil
+
+from benchmarks.systems import SYSTEMS, System
+from benchmarks.throughput import SERVER_SETTINGS
+from jobmaster_async.embedded import temporary_server
+
+ROOT = Path(__file__).parent.parent
+
+
+@contextmanager
+def worker(system: System, dsn: str, concurrency: int, probe_file: str) -> Iterator[psutil.Process]:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "BENCH_PROBE_FILE": probe_file}
+    process = subprocess.Popen(system.worker_argv(dsn, "any", concurrency), cwd=ROOT, env=env)
+    watched = psutil.Process(process.pid)
+    _workers.append(watched)
+    try:
+        yield watched
+    finally:
+        _workers.remove(watched)
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def _cpu(process: psutil.Process) -> float:
+    times = process.cpu_times()
+    return float(times.user + times.system)
+
+
+_workers: list[psutil.Process] = []
+
+
+async def _until(check: Callable[[], Any], limit: float = 300) -> None:
+    deadline = time.monotonic() + limit
+    while not await check():
+        if time.monotonic() > deadline:
+            raise TimeoutError("benchmark step did not finish")
+        for process in _workers:
+            if not process.is_running() or process.status() == psutil.STATUS_ZOMBIE:
+                raise RuntimeError("the worker process died (its error is above)")
+        await asyncio.sleep(0.005)
+
+
+async def measure_enqueue(system: System, dsn: str, one: int, bulk: int) -> dict[str, float]:
+    await system.reset(dsn)
+    await system.open(dsn)
+    try:
+        started = time.perf_counter()
+        await system.enqueue_each("async", range(one))
+        one_rate = one / (time.perf_counter() - started)
+        started = time.perf_counter()
+        await system.enqueue_bulk("async", range(one, one + bulk))
+        bulk_rate = bulk / (time.perf_counter() - started)
+    finally:
+        await system.close()
+    return {"enqueue_one_per_call": one_rate, "enqueue_bulk": bulk_rate}
+
+
+async def _below(system: System, conn: asyncpg.Connection, count: int) -> bool:
+    return await system.remaining(conn) < count
+
+
+async def measure_drain(system: System, dsn: str, kind: str, jobs: int, concurrency: int) -> dict[str, float]:
+    """Pre-inserted jobs drained by one worker process: from the first job taken to the last."""
+    await system.reset(dsn)
+    await system.open(dsn)
+    try:
+        await system.enqueue_bulk(kind, range(jobs))
+    finally:
+        await system.close()
+    conn = await asyncpg.connect(dsn)
+    try:
+        with worker(system, dsn, concurrency, os.devnull) as process:
+            await _until(lambda: _below(system, conn, jobs))
+            started, cpu0 = time.perf_counter(), _cpu(process)
+            await _until(lambda: _below(system, conn, 1))
+            seconds, cpu = time.perf_counter() - started, _cpu(process) - cpu0
+            rss = process.memory_info().rss
+        await system.verify(conn, jobs)
+    finally:
+        await conn.close()
+    return {
+        f"drain_{kind}": jobs / seconds,
+        f"cpu_s_per_1000_{kind}": cpu / jobs * 1000,
+        f"rss_mb_{kind}": rss / 2**20,
+    }
+
+
+async def measure_steady(system: System, dsn: str, seconds: float, concurrency: int) -> dict[str, float]:
+    """A producer inserting batches of 100 as fast as it can while one worker drains."""
+    await system.reset(dsn)
+    conn = await asyncpg.connect(dsn)
+    await system.open(dsn)
+    produced = 0
+    try:
+        with worker(system, dsn, concurrency, os.devnull):
+            await asyncio.sleep(1.0)  # let the worker start: a warm-up, not a synchronisation point
+            started = time.perf_counter()
+            while time.perf_counter() - started < seconds:
+                await system.enqueue_bulk("async", range(produced, produced + 100))
+                produced += 100
+            elapsed = time.perf_counter() - started
+            left = await system.remaining(conn)
+            await _until(lambda: _below(system, conn, 1))
+        await system.verify(conn, produced)
+    finally:
+        await system.close()
+        await conn.close()
+    return {"steady_done_per_s": (produced - left) / elapsed, "steady_inserted_per_s": produced / elapsed}
+
+
+async def measure_latency(system: System, dsn: str, jobs: int, per_second: float = 200) -> dict[str, Any]:
+    """Jobs inserted one at a time (~per_second) into an idle worker: insert -> start."""
+    await system.reset(dsn)
+    with tempfile.NamedTemporaryFile(prefix="bench-probe-", delete=False) as probe:
+        probe_file = probe.name
+    sent: dict[int, float] = {}
+    conn = await asyncpg.connect(dsn)
+    await system.open(dsn)
+    try:
+        with worker(system, dsn, 8, probe_file):
+            await asyncio.sleep(1.5)  # let the worker start and go idle: a warm-up
+            next_at = time.monotonic()
+            for i in range(jobs):
+                sent[i] = time.time()
+                await system.enqueue_each("probe", range(i, i + 1))
+                next_at += 1 / per_second
+                await asyncio.sleep(max(0.0, next_at - time.monotonic()))
+            await _until(lambda: _below(system, conn, 1))
+        await system.verify(conn, jobs)
+        started = _read_probe(probe_file)
+    finally:
+        await system.close()
+        await conn.close()
+        os.unlink(probe_file)
+    delays = sorted((started[i] - sent[i]) * 1000 for i in sent)
+    return {
+        "latency_p50_ms": statistics.median(delays),
+        "latency_p95_ms": delays[int(len(delays) * 0.95) - 1],
+        "latency_p99_ms": delays[int(len(delays) * 0.99) - 1],
+        "latencies_ms": delays,
+    }
+
+
+def _read_probe(path: str) -> dict[int, float]:
+    lines = Path(path).read_text().splitlines()
+    return {int(i): float(at) for i, at in (line.split() for line in lines)}
+
+
+async def measure_raw_ceiling(dsn: str, jobs: int, batch: int = 100) -> dict[str, float]:
+    """PostgreSQL's own ceiling for the pattern: batched claim (UPDATE ... FOR UPDATE SKIP LOCKED
+    RETURNING) and completion, one connection, no Python work per job."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute(
+            "DROP TABLE IF EXISTS raw_jobs; CREATE TABLE raw_jobs (id bigserial PRIMARY KEY, payload jsonb,"
+            " status text NOT NULL DEFAULT 'waiting');"
+            " CREATE INDEX ON raw_jobs (id) WHERE status = 'waiting';"
+            f" INSERT INTO raw_jobs (payload) SELECT jsonb_build_object('i', i) FROM generate_series(1, {jobs}) i;"
+            " ANALYZE raw_jobs"
+        )
+        claim = await conn.prepare(
+            "UPDATE raw_jobs SET status = 'running' WHERE id IN (SELECT id FROM raw_jobs WHERE status = 'waiting'"
+            " ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED) RETURNING id, payload"
+        )
+        complete = await conn.prepare("UPDATE raw_jobs SET status = 'complete' WHERE id = ANY ($1::bigint[])")
+        started = time.perf_counter()
+        done = 0
+        while rows := await claim.fetch(batch):
+            await complete.fetch([r["id"] for r in rows])
+            done += len(rows)
+        seconds = time.perf_counter() - started
+        await conn.execute("DROP TABLE raw_jobs")
+    finally:
+        await conn.close()
+    return {"raw_ceiling": done / seconds}
+
+
+async def measure_dependencies(dsn: str) -> dict[str, float]:
+    from benchmarks.dependencies import run_all
+
+    results = await run_all(dsn)
+    return {f"deps_{name}_{what}": value[what] for name, value in results.items() for what in ("insert_ms", "run_ms")}
+
+
+async def run_round(system: System, dsn: str, sizes: dict[str, Any], concurrency: int) -> dict[str, Any]:
+    figures: dict[str, Any] = {}
+    figures.update(await measure_enqueue(system, dsn, sizes["one"], sizes["bulk"]))
+    for kind in ("async", "sync"):
+        figures.update(await measure_drain(system, dsn, kind, sizes["drain"], concurrency))
+    figures.update(await measure_steady(system, dsn, sizes["steady_s"], concurrency))
+    figures.update(await measure_latency(system, dsn, sizes["latency"]))
+    if system.name == "jobmaster_async":
+        figures.update(await measure_dependencies(dsn))
+    return figures
+
+
+# ------------------------------------------------------------------------------------------------
+# Reporting
+# ------------------------------------------------------------------------------------------------
+
+ROWS = [  # (key, label, higher is better, format)
+    ("enqueue_one_per_call", "enqueue, one job per call (jobs/s)", True, "{:,.0f}"),
+    ("enqueue_bulk", "enqueue, bulk API (jobs/s)", True, "{:,.0f}"),
+    ("drain_async", "drain no-op async jobs, 1 worker process (jobs/s)", True, "{:,.0f}"),
+    ("drain_sync", "drain no-op sync jobs, 1 worker process (jobs/s)", True, "{:,.0f}"),
+    ("steady_done_per_s", "steady state: producer + worker (jobs/s done)", True, "{:,.0f}"),
+    ("latency_p50_ms", "insert -> start latency p50 (ms)", False, "{:.2f}"),
+    ("latency_p95_ms", "insert -> start latency p95 (ms)", False, "{:.2f}"),
+    ("latency_p99_ms", "insert -> start latency p99 (ms)", False, "{:.2f}"),
+    ("cpu_s_per_1000_async", "worker CPU s per 1,000 async jobs", False, "{:.3f}"),
+    ("rss_mb_async", "worker RSS after the async drain (MB)", False, "{:.0f}"),
+]
+
+
+def summarise(rounds: dict[str, list[dict[str, Any]]]) -> dict[str, dict[str, dict[str, float]]]:
+    summary: dict[str, dict[str, dict[str, float]]] = {}
+    for name, runs in rounds.items():
+        keys = [k for k in runs[0] if isinstance(runs[0][k], int | float)]
+        summary[name] = {
+            k: {
+                "median": statistics.median(r[k] for r in runs),
+                "min": min(r[k] for r in runs),
+                "max": max(r[k] for r in runs),
+            }
+            for k in keys
+        }
+    return summary
+
+
+def markdown(summary: dict[str, dict[str, dict[str, float]]], raw: float | None) -> str:
+    names = list(summary)
+    ours = "jobmaster_async"
+    peers = [n for n in names if n != ours]
+    head = "| measure | " + " | ".join(names) + "".join(f" | vs {p}" for p in peers if ours in names) + " |"
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for key, label, higher, fmt in ROWS:
+        if not all(key in summary[n] for n in names):
+            continue
+        cells = []
+        for n in names:
+            s = summary[n][key]
+            cells.append(f"{fmt.format(s['median'])} ({fmt.format(s['min'])} to {fmt.format(s['max'])})")
+        ratios = []
+        if ours in names:
+            for p in peers:
+                a, b = summary[ours][key]["median"], summary[p][key]["median"]
+                ratio = (a / b) if higher else (b / a)
+                ratios.append(f"{ratio:.2f}x")
+        lines.append(f"| {label} | " + " | ".join(cells) + "".join(f" | {r}" for r in ratios) + " |")
+    if raw is not None:
+        lines.append("")
+        lines.append(
+            "PostgreSQL's raw ceiling for the pattern (batched claim + complete, one connection, "
+            f"no Python work): {raw:,.0f} jobs/s."
+        )
+    lines.append("")
+    lines.append(
+        "Ratios are jobmaster_async's advantage: > 1 means better (for latency, CPU and memory: "
+        "the peer's figure over ours)."
+    )
+    if ours in summary:
+        deps = {k: v["median"] for k, v in summary[ours].items() if k.startswith("deps_")}
+        if deps:
+            lines.append("")
+            lines.append(
+                "jobmaster_async dependencies (median ms): " + ", ".join(f"{k[5:]} {v:.1f}" for k, v in deps.items())
+            )
+    return "\n".join(lines)
+
+
+def charts(summary: dict[str, dict[str, dict[str, float]]], latencies: dict[str, list[float]], out: Path) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(summary)
+    keys = [
+        k
+        for k in ("enqueue_one_per_call", "enqueue_bulk", "drain_async", "drain_sync", "steady_done_per_s")
+        if all(k in summary[n] for n in names)
+    ]
+    fig, ax = plt.subplots(figsize=(10, 5))
+    width = 0.8 / len(names)
+    for i, n in enumerate(names):
+        ax.bar([x + i * width for x in range(len(keys))], [summary[n][k]["median"] for k in keys], width, label=n)
+    ax.set_xticks([x + width * (len(names) - 1) / 2 for x in range(len(keys))])
+    ax.set_xticklabels([k.replace("_", " ") for k in keys], rotation=15)
+    ax.set_ylabel("jobs/s (median of rounds)")
+    ax.set_yscale("log")
+    ax.legend()
+    ax.set_title("throughput")
+    fig.tight_layout()
+    bars = out / "throughput.png"
+    fig.savefig(bars, dpi=110)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(10, 5))
+    for n, values in latencies.items():
+        ax.plot(sorted(values), [i / len(values) for i in range(len(values))], label=n)
+    ax.set_xscale("log")
+    ax.set_xlabel("insert -> start latency (ms, log scale)")
+    ax.set_ylabel("fraction of jobs")
+    ax.set_title("latency distribution (last round)")
+    ax.legend()
+    fig.tight_layout()
+    dist = out / "latency.png"
+    fig.savefig(dist, dpi=110)
+    plt.close(fig)
+    return [bars, dist]
+
+
+async def run(dsn: str, names: list[str], rounds: int, sizes: dict[str, Any], concurrency: int) -> dict[str, Any]:
+    systems = [SYSTEMS[n]() for n in names]
+    results: dict[str, list[dict[str, Any]]] = {n: [] for n in names}
+    for r in range(rounds):
+        for system in systems:
+            print(f"round {r + 1}/{rounds}: {system.name}", flush=True)
+            results[system.name].append(await run_round(system, dsn, sizes, concurrency))
+    raw = statistics.median([(await measure_raw_ceiling(dsn, sizes["drain"]))["raw_ceiling"] for _ in range(rounds)])
+    return {"rounds": results, "raw_ceiling": raw}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dsn", help="an existing server (default: a temporary embedded one)")
+    parser.add_argument("--only", help="comma-separated systems: " + ", ".join(SYSTEMS))
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--quick", action="store_true", help="small sizes, one round: a smoke run")
+    parser.add_argument("--concurrency", type=int, default=100)
+    parser.add_argument("--json", type=Path, help="also write the JSON here")
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    args = parser.parse_args()
+    names = args.only.split(",") if args.only else list(SYSTEMS)
+    for n in names:
+        if n not in SYSTEMS:
+            parser.error(f"unknown system {n!r}")
+    if args.quick:
+        sizes = {"one": 200, "bulk": 2000, "drain": 2000, "steady_s": 2.0, "latency": 50}
+        rounds = 1
+    else:
+        sizes = {"one": 2000, "bulk": 20000, "drain": 20000, "steady_s": 15.0, "latency": 500}
+        rounds = args.rounds
+
+    def go(dsn: str) -> dict[str, Any]:
+        return asyncio.run(run(dsn, names, rounds, sizes, args.concurrency))
+
+    if args.dsn:
+        results = go(args.dsn)
+        settings: dict[str, str] = {}
+    else:
+        with temporary_server(SERVER_SETTINGS) as server:
+            results = go(server.dsn)
+            settings = dict(server.settings)
+    summary = summarise(results["rounds"])
+    latencies = {n: runs[-1].pop("latencies_ms") for n, runs in results["rounds"].items()}
+    for runs in results["rounds"].values():
+        for r in runs:
+            r.pop("latencies_ms", None)
+    table = markdown(summary, results["raw_ceiling"])
+    machine = f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
+    report = {
+        "machine": machine,
+        "server_settings": settings,
+        "sizes": sizes,
+        "rounds": rounds,
+        "concurrency": args.concurrency,
+        "summary": summary,
+        "raw_ceiling": results["raw_ceiling"],
+        "runs": results["rounds"],
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "results.json").write_text(json.dumps(report, indent=2))
+    (args.out / "results.md").write_text(
+        f"Machine: {machine}; server settings: {settings or 'as given'}; sizes: {sizes}; rounds: {rounds}.\n\n{table}\n"
+    )
+    paths = charts(summary, latencies, args.out)
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=2))
+    print(table)
+    print("wrote", args.out / "results.json", args.out / "results.md", *paths)
+
+
+if __name__ == "__main__":
+    main()
