@@ -445,10 +445,14 @@ class JobMaster:
 
     @contextlib.asynccontextmanager
     async def connection(self) -> AsyncIterator[asyncpg.Connection]:
-        """A pooled asyncpg connection (with JSON codecs), for your own queries."""
+        """A pooled asyncpg connection (with the jsonb codec), for your own queries; its session
+        state is reset when you are done with it."""
         pool = await self.pool()
         async with pool.acquire() as conn:
-            yield conn
+            try:
+                yield conn
+            finally:
+                await conn.reset()
 
 
 def _as_json(arguments: Mapping[str, Any] | None) -> str | None:

@@ -63,6 +63,11 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
     await conn.set_type_codec("jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
 
 
+async def _keep_session(conn: asyncpg.Connection) -> None:
+    """Pool release without asyncpg's default RESET ALL / UNLISTEN / CLOSE ALL round trip: our own
+    queries leave no session state (an open transaction is still rolled back)."""
+
+
 async def connect(dsn: str, connect_kwargs: dict[str, Any] | None = None) -> asyncpg.Connection:
     """One connection with the JSON codecs (LISTEN, deploy)."""
     conn = await asyncpg.connect(dsn, **(connect_kwargs or {}))
@@ -75,6 +80,8 @@ async def create_pool(
 ) -> asyncpg.Pool:
     kwargs = dict(connect_kwargs or {})
     kwargs.setdefault("server_settings", {}).setdefault("application_name", f"jobmaster_async:{os.getpid()}")
-    pool = await asyncpg.create_pool(dsn, min_size=min_size, max_size=max_size, init=_init_connection, **kwargs)
+    pool = await asyncpg.create_pool(
+        dsn, min_size=min_size, max_size=max_size, init=_init_connection, reset=_keep_session, **kwargs
+    )
     assert pool is not None
     return pool

@@ -14,44 +14,88 @@ BEGIN
 END $$;
 
 
--- One argument value checked against its parameter; returns the canonical value (5.0 -> 5).
+-- Does a value fit its parameter (JSON type, nullability, options)? Plain SQL, so the bulk insert
+-- checks whole batches in one statement; _check_value says what is wrong when it does not.
+CREATE OR REPLACE FUNCTION {schema}._value_ok(p_param jsonb, p_value jsonb)
+RETURNS boolean LANGUAGE sql IMMUTABLE AS $$
+    SELECT CASE
+        WHEN jsonb_typeof(p_value) = 'null' THEN coalesce((p_param->>'nullable')::boolean, false)
+        ELSE CASE p_param->>'type'
+                 WHEN 'any' THEN true
+                 WHEN 'integer' THEN jsonb_typeof(p_value) = 'number'
+                                     AND p_value::numeric = trunc(p_value::numeric)
+                 ELSE jsonb_typeof(p_value) = p_param->>'type'
+             END
+             AND (NOT p_param ? 'options'
+                  OR EXISTS (SELECT 1 FROM jsonb_array_elements(p_param->'options') AS o
+                              WHERE o.value = p_value))
+    END
+$$;
+
+
+-- The canonical spelling of a value that fits: 5.0 for an integer parameter is 5.
+CREATE OR REPLACE FUNCTION {schema}._canonical_value(p_param jsonb, p_value jsonb)
+RETURNS jsonb LANGUAGE sql IMMUTABLE AS $$
+    SELECT CASE WHEN p_param->>'type' = 'integer' AND jsonb_typeof(p_value) = 'number'
+                THEN to_jsonb(trunc(p_value::numeric)) ELSE p_value END
+$$;
+
+
+-- Do a job's arguments fit the parameters (an object, no unknown key, nothing required
+-- missing, every value fitting)?
+CREATE OR REPLACE FUNCTION {schema}._arguments_ok(p_parameters jsonb, p_arguments jsonb)
+RETURNS boolean LANGUAGE sql IMMUTABLE AS $$
+    SELECT jsonb_typeof(p_arguments) = 'object'
+       AND NOT EXISTS (SELECT 1 FROM jsonb_object_keys(p_arguments) AS k
+                        WHERE NOT EXISTS (SELECT 1 FROM jsonb_array_elements(p_parameters) AS p
+                                           WHERE p.value->>'name' = k))
+       AND NOT EXISTS (SELECT 1 FROM jsonb_array_elements(p_parameters) AS p
+                        WHERE CASE WHEN p_arguments ? (p.value->>'name')
+                                   THEN NOT {schema}._value_ok(p.value, p_arguments->(p.value->>'name'))
+                                   ELSE NOT p.value ? 'default' END)
+$$;
+
+
+-- The canonical arguments of arguments that fit: values canonical, defaults filled in.
+CREATE OR REPLACE FUNCTION {schema}._canonical_of(p_parameters jsonb, p_arguments jsonb)
+RETURNS jsonb LANGUAGE sql IMMUTABLE AS $$
+    SELECT coalesce(jsonb_object_agg(
+               p.value->>'name',
+               CASE WHEN p_arguments ? (p.value->>'name')
+                    THEN {schema}._canonical_value(p.value, p_arguments->(p.value->>'name'))
+                    ELSE p.value->'default' END), '{}')
+      FROM jsonb_array_elements(p_parameters) AS p
+$$;
+
+
+-- One argument value checked against its parameter: refused, naming task and argument, if it
+-- does not fit.
 CREATE OR REPLACE FUNCTION {schema}._check_value(p_label text, p_param jsonb, p_value jsonb)
-RETURNS jsonb LANGUAGE plpgsql IMMUTABLE AS $$
+RETURNS void LANGUAGE plpgsql IMMUTABLE AS $$
 DECLARE
-    v_name   text := p_param->>'name';
-    v_type   text := p_param->>'type';
-    v_actual text := jsonb_typeof(p_value);
+    v_name text := p_param->>'name';
 BEGIN
-    IF v_actual = 'null' THEN
-        IF coalesce((p_param->>'nullable')::boolean, false) THEN
-            RETURN p_value;
-        END IF;
+    IF {schema}._value_ok(p_param, p_value) THEN
+        RETURN;
+    END IF;
+    IF jsonb_typeof(p_value) = 'null' THEN
         PERFORM {schema}._refuse('invalid_argument',
             format('%s: argument "%s" must not be null', p_label, v_name));
     END IF;
-    IF v_type = 'integer' THEN
-        IF v_actual <> 'number' OR p_value::numeric <> trunc(p_value::numeric) THEN
-            PERFORM {schema}._refuse('invalid_argument',
-                format('%s: argument "%s" must be an integer, got %s', p_label, v_name, p_value));
-        END IF;
-        p_value := to_jsonb(trunc(p_value::numeric));
-    ELSIF v_type IN ('number', 'string', 'boolean', 'array', 'object') AND v_actual <> v_type THEN
-        PERFORM {schema}._refuse('invalid_argument',
-            format('%s: argument "%s" must be a JSON %s, got %s', p_label, v_name, v_type, p_value));
-    END IF;
-    IF p_param ? 'options' AND NOT EXISTS (
-        SELECT 1 FROM jsonb_array_elements(p_param->'options') AS o WHERE o.value = p_value
-    ) THEN
+    IF p_param ? 'options' THEN
         PERFORM {schema}._refuse('invalid_argument',
             format('%s: argument "%s" must be one of %s, got %s',
                    p_label, v_name, p_param->'options', p_value));
     END IF;
-    RETURN p_value;
+    PERFORM {schema}._refuse('invalid_argument',
+        format('%s: argument "%s" must be %s, got %s', p_label, v_name,
+               CASE p_param->>'type' WHEN 'integer' THEN 'an integer'
+                                     ELSE 'a JSON ' || (p_param->>'type') END, p_value));
 END $$;
 
 
 -- The canonical arguments of a job: validated, defaults filled in. "ALL" passes for write_all
--- parameters when p_allow_all.
+-- parameters when p_allow_all. Refuses what does not fit, naming task and argument.
 CREATE OR REPLACE FUNCTION {schema}._canonical_arguments(
     p_task {schema}.tasks, p_arguments jsonb, p_allow_all boolean)
 RETURNS jsonb LANGUAGE plpgsql STABLE AS $$
@@ -59,13 +103,13 @@ DECLARE
     v_label   text := p_task.type_key || '.' || p_task.task_key;
     v_param   jsonb;
     v_name    text;
-    v_value   jsonb;
     v_unknown text;
-    v_result  jsonb := '{}';
 BEGIN
-    IF p_arguments IS NULL THEN
-        p_arguments := '{}';
+    p_arguments := coalesce(p_arguments, '{}');
+    IF {schema}._arguments_ok(p_task.parameters, p_arguments) THEN
+        RETURN {schema}._canonical_of(p_task.parameters, p_arguments);
     END IF;
+    -- something does not fit ("ALL", or a mistake): find out what, refusing mistakes
     IF jsonb_typeof(p_arguments) <> 'object' THEN
         PERFORM {schema}._refuse('invalid_arguments',
             format('%s: arguments must be a JSON object, got %s', v_label, p_arguments));
@@ -84,19 +128,15 @@ BEGIN
     FOR v_param IN SELECT p.value FROM jsonb_array_elements(p_task.parameters) AS p LOOP
         v_name := v_param->>'name';
         IF p_arguments ? v_name THEN
-            v_value := p_arguments->v_name;
-            IF NOT (p_allow_all AND v_value = '"ALL"' AND v_name = ANY (p_task.write_all)) THEN
-                v_value := {schema}._check_value(v_label, v_param, v_value);
+            IF NOT (p_allow_all AND p_arguments->v_name = '"ALL"' AND v_name = ANY (p_task.write_all)) THEN
+                PERFORM {schema}._check_value(v_label, v_param, p_arguments->v_name);
             END IF;
-        ELSIF v_param ? 'default' THEN
-            v_value := v_param->'default';
-        ELSE
+        ELSIF NOT v_param ? 'default' THEN
             PERFORM {schema}._refuse('missing_argument',
                 format('%s: missing required argument "%s"', v_label, v_name));
         END IF;
-        v_result := v_result || jsonb_build_object(v_name, v_value);
     END LOOP;
-    RETURN v_result;
+    RETURN {schema}._canonical_of(p_task.parameters, p_arguments);
 END $$;
 
 
@@ -463,18 +503,69 @@ RETURNS uuid LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 $$;
 
 
--- Bulk insert: one id per element, in order (identical elements share one id).
+-- Bulk insert: one id per element, in order (identical elements share one id); all or nothing.
+-- Tasks without dependencies or "ALL": one set-based statement (one trigger run, one NOTIFY).
 CREATE OR REPLACE FUNCTION {schema}.insert_jobs(
     p_type_key text, p_task_key text, p_priority int, p_arguments jsonb[])
 RETURNS uuid[] LANGUAGE plpgsql AS $$
 DECLARE
+    v_task {schema}.tasks;
+    v_bad  jsonb;
     v_ids  uuid[] := '{}';
     v_args jsonb;
+    v_i    int;
 BEGIN
-    FOREACH v_args IN ARRAY p_arguments LOOP
-        v_ids := v_ids || {schema}._insert_job(p_type_key, p_task_key, p_priority, v_args);
+    SELECT * INTO v_task FROM {schema}.tasks WHERE type_key = p_type_key AND task_key = p_task_key;
+    IF NOT FOUND OR jsonb_array_length(v_task.dependencies) > 0 OR cardinality(v_task.write_all) > 0 THEN
+        FOREACH v_args IN ARRAY p_arguments LOOP
+            v_ids := v_ids || {schema}._insert_job(p_type_key, p_task_key, p_priority, v_args);
+        END LOOP;
+        RETURN v_ids;
+    END IF;
+
+    -- the first element that does not fit is refused with its precise message
+    SELECT a INTO v_bad FROM unnest(p_arguments) AS a
+     WHERE NOT {schema}._arguments_ok(v_task.parameters, coalesce(a, '{}'))
+     LIMIT 1;
+    IF FOUND THEN
+        PERFORM {schema}._canonical_arguments(v_task, v_bad, false);
+    END IF;
+
+    WITH
+    -- each element in canonical form, numbered
+    batch AS (
+        SELECT u.ord, c.args, md5(c.args::text)::uuid AS args_hash
+          FROM unnest(p_arguments) WITH ORDINALITY AS u(a, ord),
+               LATERAL (SELECT {schema}._canonical_of(v_task.parameters, coalesce(u.a, '{}')) AS args) AS c
+    ),
+    -- one row per distinct job; identical active jobs already there are not inserted again
+    inserted AS (
+        INSERT INTO {schema}.jobs (task_id, priority, arguments, args_hash, status, is_dependency,
+                                   max_attempts)
+        SELECT DISTINCT ON (b.args_hash) v_task.task_id, coalesce(p_priority, 0), b.args, b.args_hash,
+               'waiting', v_task.is_dependency, v_task.retries + 1
+          FROM batch AS b
+         ORDER BY b.args_hash, b.ord
+        ON CONFLICT (task_id, args_hash) WHERE status IN ('waiting', 'blocked', 'running')
+        DO NOTHING
+        RETURNING job_id, args_hash
+    ),
+    -- the ids of the identical jobs that were already active
+    existing AS (
+        SELECT j.job_id, j.args_hash FROM {schema}.jobs AS j
+         WHERE j.task_id = v_task.task_id AND j.status IN ('waiting', 'blocked', 'running')
+           AND j.args_hash IN (SELECT b.args_hash FROM batch AS b)
+    )
+    SELECT array_agg(coalesce(i.job_id, e.job_id) ORDER BY b.ord) INTO v_ids
+      FROM batch AS b
+      LEFT JOIN inserted AS i ON i.args_hash = b.args_hash
+      LEFT JOIN existing AS e ON e.args_hash = b.args_hash;
+
+    -- an identical job inserted by a concurrent transaction is not in our snapshot: ask again
+    FOR v_i IN SELECT i FROM generate_subscripts(v_ids, 1) AS i WHERE v_ids[i] IS NULL LOOP
+        v_ids[v_i] := {schema}._insert_job(p_type_key, p_task_key, p_priority, p_arguments[v_i]);
     END LOOP;
-    RETURN v_ids;
+    RETURN coalesce(v_ids, '{}');
 END $$;
 
 
