@@ -509,11 +509,12 @@ CREATE OR REPLACE FUNCTION {schema}.insert_jobs(
     p_type_key text, p_task_key text, p_priority int, p_arguments jsonb[])
 RETURNS uuid[] LANGUAGE plpgsql AS $$
 DECLARE
-    v_task {schema}.tasks;
-    v_bad  jsonb;
-    v_ids  uuid[] := '{}';
-    v_args jsonb;
-    v_i    int;
+    v_task      {schema}.tasks;
+    v_bad       jsonb;
+    v_canonical jsonb[];
+    v_ids       uuid[] := '{}';
+    v_args      jsonb;
+    v_i         int;
 BEGIN
     SELECT * INTO v_task FROM {schema}.tasks WHERE type_key = p_type_key AND task_key = p_task_key;
     IF NOT FOUND OR jsonb_array_length(v_task.dependencies) > 0 OR cardinality(v_task.write_all) > 0 THEN
@@ -523,20 +524,36 @@ BEGIN
         RETURN v_ids;
     END IF;
 
+    -- each element against each parameter, in one pass: its canonical form, and whether it fits
+    SELECT array_agg(c.args ORDER BY c.ord), (array_agg(c.a ORDER BY c.ord) FILTER (WHERE NOT c.fits))[1]
+      INTO v_canonical, v_bad
+      FROM (SELECT u.ord, u.a,
+                   coalesce(jsonb_object_agg(
+                       p.value->>'name',
+                       CASE WHEN u.a ? (p.value->>'name')
+                            THEN {schema}._canonical_value(p.value, u.a->(p.value->>'name'))
+                            ELSE p.value->'default' END) FILTER (WHERE p.value IS NOT NULL), '{}') AS args,
+                   jsonb_typeof(u.a) = 'object'
+                   AND coalesce(bool_and(CASE WHEN u.a ? (p.value->>'name')
+                                              THEN {schema}._value_ok(p.value, u.a->(p.value->>'name'))
+                                              ELSE p.value ? 'default' END), true)
+                   -- and no key that is not a parameter
+                   AND count(p.value) FILTER (WHERE u.a ? (p.value->>'name'))
+                       = (SELECT count(*) FROM jsonb_object_keys(u.a)) AS fits
+              FROM (SELECT coalesce(x.a, '{}') AS a, x.ord
+                      FROM unnest(p_arguments) WITH ORDINALITY AS x(a, ord)) AS u
+              LEFT JOIN jsonb_array_elements(v_task.parameters) AS p ON true
+             GROUP BY u.ord, u.a) AS c;
     -- the first element that does not fit is refused with its precise message
-    SELECT a INTO v_bad FROM unnest(p_arguments) AS a
-     WHERE NOT {schema}._arguments_ok(v_task.parameters, coalesce(a, '{}'))
-     LIMIT 1;
-    IF FOUND THEN
+    IF v_bad IS NOT NULL THEN
         PERFORM {schema}._canonical_arguments(v_task, v_bad, false);
     END IF;
 
     WITH
-    -- each element in canonical form, numbered
+    -- the canonical elements, numbered and hashed
     batch AS (
-        SELECT u.ord, c.args, md5(c.args::text)::uuid AS args_hash
-          FROM unnest(p_arguments) WITH ORDINALITY AS u(a, ord),
-               LATERAL (SELECT {schema}._canonical_of(v_task.parameters, coalesce(u.a, '{}')) AS args) AS c
+        SELECT u.ord, u.args, md5(u.args::text)::uuid AS args_hash
+          FROM unnest(v_canonical) WITH ORDINALITY AS u(args, ord)
     ),
     -- one row per distinct job; identical active jobs already there are not inserted again
     inserted AS (
