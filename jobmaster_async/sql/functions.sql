@@ -371,15 +371,15 @@ BEGIN
     END IF;
     v_hash := md5(v_args::text)::uuid;
 
-    -- an identical active job: hand back its id, resolve nothing
-    SELECT job_id INTO v_id FROM {schema}.jobs
-     WHERE task_id = v_task.task_id AND args_hash = v_hash
-       AND status IN ('waiting', 'blocked', 'running');
-    IF v_id IS NOT NULL THEN
-        RETURN v_id;
-    END IF;
-
     IF jsonb_array_length(v_task.dependencies) > 0 THEN
+        -- an identical active job: hand back its id, resolve nothing
+        SELECT job_id INTO v_id FROM {schema}.jobs
+         WHERE task_id = v_task.task_id AND args_hash = v_hash
+           AND status IN ('waiting', 'blocked', 'running');
+        IF v_id IS NOT NULL THEN
+            RETURN v_id;
+        END IF;
+
         IF p_nested THEN
             SELECT r.blocked_on, r.failure INTO v_blocked, v_failure
               FROM {schema}._resolve_dependencies(v_task, coalesce(p_priority, 0), v_args, p_depth) AS r;
