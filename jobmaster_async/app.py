@@ -373,6 +373,10 @@ class JobMaster:
 
     async def stop(self) -> None:
         """Stops ``run_forever`` gracefully (it returns once running jobs are done)."""
+        self.request_stop()
+
+    def request_stop(self) -> None:
+        """``stop()`` for callbacks that cannot await (call it on the event loop's thread)."""
         if self._dispatcher is not None:
             self._dispatcher.stop()
         else:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import signal
 import threading
 import uuid
 import weakref
@@ -99,8 +100,25 @@ class JobMaster:
     def run(self) -> int:
         return self._call(self.aio.run())
 
-    def run_forever(self, concurrency: int = 8, **options: Any) -> None:
-        self._call(self.aio.run_forever(concurrency, **options))
+    def run_forever(self, concurrency: int = 8, *, handle_signals: bool = False, **options: Any) -> None:
+        """Blocks while the dispatcher runs in the background loop. Ctrl-C (and SIGTERM with
+        ``handle_signals``, from the main thread) stops it gracefully."""
+        future = asyncio.run_coroutine_threadsafe(self.aio.run_forever(concurrency, **options), self._runner.loop)
+        previous = None
+        if handle_signals and threading.current_thread() is threading.main_thread():
+            previous = signal.signal(
+                signal.SIGTERM, lambda *_: self._runner.loop.call_soon_threadsafe(self.aio.request_stop)
+            )
+        try:
+            while True:
+                try:
+                    future.result()
+                    return
+                except KeyboardInterrupt:
+                    self._runner.loop.call_soon_threadsafe(self.aio.request_stop)
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)
 
     def stop(self) -> None:
         self._call(self.aio.stop())

@@ -227,3 +227,30 @@ def test_seed_script_runs_verbatim_with_the_sync_facade(dsn: str, schema_name: s
         import asyncio
 
         asyncio.run(drop_schema(dsn, schema_name))
+
+
+def test_sync_facade_run_forever_and_stop(dsn: str, schema_name: str) -> None:
+    import threading
+
+    from jobmaster_async.sync import JobMaster as SyncJobMaster
+
+    master = SyncJobMaster(dsn, schema=schema_name, poll_interval=3600)
+    try:
+        master.deploy()
+        job_id = master.insert_job("tasks_for_tests", "add", 1, {"a": 5})
+        runner = threading.Thread(target=master.run_forever, kwargs={"concurrency": 2})
+        runner.start()
+        import asyncio
+
+        # the async counter of recorded outcomes, awaited on the facade's loop
+        asyncio.run_coroutine_threadsafe(master.aio.finished.wait_for(1), master._runner.loop).result(30)
+        master.stop()
+        runner.join(30)
+        assert not runner.is_alive()
+        job = master.get_job(job_id)
+        assert job is not None and job.status == "complete" and job.result == 6
+    finally:
+        master.close()
+        import asyncio
+
+        asyncio.run(drop_schema(dsn, schema_name))
