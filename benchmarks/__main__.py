@@ -36,7 +36,10 @@ ROOT = Path(__file__).parent.parent
 
 
 @contextmanager
-def worker(system: System, dsn: str, concurrency: int, probe_file: str) -> Iterator[psutil.Process]:
+def worker(
+    system: System, dsn: str, concurrency: int, probe_file: str, usage: dict[str, float] | None = None
+) -> Iterator[psutil.Process]:
+    """A worker process, stopped with SIGTERM on exit; ``usage`` gets its peak RSS (MB)."""
     env = {**os.environ, "PYTHONPATH": str(ROOT), "BENCH_PROBE_FILE": probe_file}
     process = subprocess.Popen(system.worker_argv(dsn, "any", concurrency), cwd=ROOT, env=env)
     watched = psutil.Process(process.pid)
@@ -46,11 +49,15 @@ def worker(system: System, dsn: str, concurrency: int, probe_file: str) -> Itera
     finally:
         _workers.remove(watched)
         process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(30)
-        except subprocess.TimeoutExpired:
+        deadline = time.monotonic() + 30
+        while (waited := os.wait4(process.pid, os.WNOHANG))[0] == 0 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        if waited[0] == 0:
             process.kill()
-            process.wait()
+            waited = os.wait4(process.pid, 0)
+        process.returncode = 0  # reaped here
+        if usage is not None:
+            usage["peak_rss_mb"] = waited[2].ru_maxrss / 1024  # kB on Linux
 
 
 def _cpu(process: psutil.Process) -> float:
@@ -100,25 +107,29 @@ async def measure_drain(system: System, dsn: str, kind: str, jobs: int, concurre
     finally:
         await system.close()
     conn = await asyncpg.connect(dsn)
+    usage: dict[str, float] = {}
     try:
-        with worker(system, dsn, concurrency, os.devnull) as process:
+        with worker(system, dsn, concurrency, os.devnull, usage) as process:
             await _until(lambda: _below(system, conn, jobs))
             started, cpu0 = time.perf_counter(), _cpu(process)
             await _until(lambda: _below(system, conn, 1))
             seconds, cpu = time.perf_counter() - started, _cpu(process) - cpu0
-            rss = process.memory_info().rss
         await system.verify(conn, jobs)
     finally:
         await conn.close()
     return {
         f"drain_{kind}": jobs / seconds,
         f"cpu_s_per_1000_{kind}": cpu / jobs * 1000,
-        f"rss_mb_{kind}": rss / 2**20,
+        f"peak_rss_mb_{kind}": usage["peak_rss_mb"],
     }
 
 
+STEADY_BACKLOG = 1000
+
+
 async def measure_steady(system: System, dsn: str, seconds: float, concurrency: int) -> dict[str, float]:
-    """A producer inserting batches of 100 as fast as it can while one worker drains."""
+    """A producer inserting batches of 100 while one worker drains, keeping at most
+    STEADY_BACKLOG jobs queued (a steady state, not a growing backlog)."""
     await system.reset(dsn)
     conn = await asyncpg.connect(dsn)
     await system.open(dsn)
@@ -128,8 +139,11 @@ async def measure_steady(system: System, dsn: str, seconds: float, concurrency: 
             await asyncio.sleep(1.0)  # let the worker start: a warm-up, not a synchronisation point
             started = time.perf_counter()
             while time.perf_counter() - started < seconds:
-                await system.enqueue_bulk("async", range(produced, produced + 100))
-                produced += 100
+                if await system.remaining(conn) < STEADY_BACKLOG:
+                    await system.enqueue_bulk("async", range(produced, produced + 100))
+                    produced += 100
+                else:
+                    await asyncio.sleep(0.001)
             elapsed = time.perf_counter() - started
             left = await system.remaining(conn)
             await _until(lambda: _below(system, conn, 1))
@@ -240,7 +254,7 @@ ROWS = [  # (key, label, higher is better, format)
     ("latency_p95_ms", "insert -> start latency p95 (ms)", False, "{:.2f}"),
     ("latency_p99_ms", "insert -> start latency p99 (ms)", False, "{:.2f}"),
     ("cpu_s_per_1000_async", "worker CPU s per 1,000 async jobs", False, "{:.3f}"),
-    ("rss_mb_async", "worker RSS after the async drain (MB)", False, "{:.0f}"),
+    ("peak_rss_mb_async", "worker peak RSS, async drain (MB)", False, "{:.0f}"),
 ]
 
 
