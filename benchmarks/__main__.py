@@ -57,7 +57,8 @@ def worker(
             waited = os.wait4(process.pid, 0)
         process.returncode = 0  # reaped here
         if usage is not None:
-            usage["peak_rss_mb"] = waited[2].ru_maxrss / 1024  # kB on Linux
+            # sampled while waiting (ru_maxrss would count the fork of this harness before exec)
+            usage["peak_rss_mb"] = _peak_rss.pop(process.pid, 0) / 2**20
 
 
 def _cpu(process: psutil.Process) -> float:
@@ -66,6 +67,7 @@ def _cpu(process: psutil.Process) -> float:
 
 
 _workers: list[psutil.Process] = []
+_peak_rss: dict[int, int] = {}  # pid -> the largest RSS seen while waiting
 
 
 async def _until(check: Callable[[], Any], limit: float = 300) -> None:
@@ -76,6 +78,7 @@ async def _until(check: Callable[[], Any], limit: float = 300) -> None:
         for process in _workers:
             if not process.is_running() or process.status() == psutil.STATUS_ZOMBIE:
                 raise RuntimeError("the worker process died (its error is above)")
+            _peak_rss[process.pid] = max(_peak_rss.get(process.pid, 0), process.memory_info().rss)
         await asyncio.sleep(0.005)
 
 
