@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import tempfile
 from pathlib import Path
@@ -89,16 +88,12 @@ async def run_demo(dsn: str, schema: str, console: Console) -> list[str]:
 
 
 async def _run_until_empty(jm: JobMaster, console: Console) -> None:
+    """One job at a time, each outcome recorded before the next claim (the seed's tasks all write
+    the same file, so they are not safe side by side): exactly the original's order."""
     total = len(await jm.jobs(status="waiting")) + len(await jm.jobs(status="blocked"))
-    # one at a time: the seed's tasks all write the same file, so they are not safe side by side
-    worker = asyncio.create_task(jm.run_forever(concurrency=1))
     with Progress(TextColumn("jobs"), BarColumn(), MofNCompleteColumn(), console=console) as progress:
         bar = progress.add_task("jobs", total=total)
-        while True:
-            active = [j for j in await jm.jobs(limit=1000) if j.status in ("waiting", "blocked", "running")]
-            progress.update(bar, completed=total - len(active))
-            if not active:
-                break
-            await asyncio.sleep(0.1)
-    await jm.stop()
-    await worker
+        while (job := await jm.pop_job()) is not None:
+            await job.execute()
+            progress.advance(bar)
+            console.print(f"  ran {job.task_name} {json.dumps(job.arguments)}: {job.status}", highlight=False)
