@@ -611,6 +611,9 @@ DECLARE
     v_left      int := p_units;
     v_row       record;
 BEGIN
+    -- A claim need not wait for its WAL flush: lost in a crash, it only puts the job back to
+    -- waiting, as a crash does anyway (outcomes are still committed durably).
+    PERFORM set_config('synchronous_commit', 'off', true);
     SELECT array_agg(t.task_id) FILTER (WHERE t.process_limit IS NOT NULL), max(t.process_units)
       INTO v_limited, v_max_units
       FROM {schema}.tasks AS t WHERE t.task_id = ANY (p_task_ids);
