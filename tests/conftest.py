@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 
 import asyncpg
 import pytest
@@ -52,6 +53,29 @@ async def conn(dsn: str) -> AsyncIterator[asyncpg.Connection]:
         yield connection
     finally:
         await connection.close()
+
+
+@asynccontextmanager
+async def orders_table(conn: asyncpg.Connection, schema: str, task_key: str, arguments_sql: str) -> AsyncIterator[str]:
+    """A table ``orders (id int, path text)`` in another schema whose AFTER INSERT trigger queues a
+    job of ``tasks_for_tests.<task_key>`` through ``add_job``, as an application would; yields its
+    qualified name. ``arguments_sql`` builds the json from ``NEW``."""
+    other = f"shop_{uuid.uuid4().hex[:8]}"
+    await conn.execute(f"""
+        CREATE SCHEMA {other};
+        CREATE TABLE {other}.orders (id int PRIMARY KEY, path text);
+        CREATE FUNCTION {other}.order_added() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+            PERFORM {quote_identifier(schema)}.add_job('tasks_for_tests', '{task_key}', 1, {arguments_sql});
+            RETURN NEW;
+        END $$;
+        CREATE TRIGGER order_added AFTER INSERT ON {other}.orders
+            FOR EACH ROW EXECUTE FUNCTION {other}.order_added();
+    """)
+    try:
+        yield f"{other}.orders"
+    finally:
+        await conn.execute(f"DROP SCHEMA {other} CASCADE")
 
 
 async def drop_schema(dsn: str, schema: str) -> None:

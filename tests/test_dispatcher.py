@@ -14,7 +14,7 @@ import pytest
 
 from jobmaster_async import JobMaster
 from jobmaster_async.db.sql import quote_identifier
-from tests.conftest import drop_schema
+from tests.conftest import drop_schema, orders_table
 from tests.pg import PgServer
 
 
@@ -70,28 +70,12 @@ async def test_drains_and_wakes_on_notify(idle_jm: JobMaster) -> None:
 
 
 async def test_a_trigger_in_another_schema_wakes_an_idle_worker(idle_jm: JobMaster, conn: asyncpg.Connection) -> None:
-    other = f"shop_{uuid.uuid4().hex[:8]}"
-    await conn.execute(f"""
-        CREATE SCHEMA {other};
-        CREATE TABLE {other}.orders (id int PRIMARY KEY);
-        CREATE FUNCTION {other}.order_added() RETURNS trigger LANGUAGE plpgsql AS $$
-        BEGIN
-            PERFORM {quote_identifier(idle_jm.schema)}.add_job('tasks_for_tests', 'add', 1,
-                                                               json_build_object('a', NEW.id));
-            RETURN NEW;
-        END $$;
-        CREATE TRIGGER order_added AFTER INSERT ON {other}.orders
-            FOR EACH ROW EXECUTE FUNCTION {other}.order_added();
-    """)
-    try:
+    async with orders_table(conn, idle_jm.schema, "add", "json_build_object('a', NEW.id)") as orders:
         async with worker(idle_jm):
-            await idle_jm.claimed.wait_for(0)
-            await conn.execute(f"INSERT INTO {other}.orders VALUES (7)")
+            await conn.execute(f"INSERT INTO {orders} VALUES (7, '')")
             await idle_jm.finished.wait_for(1)
         [job] = await idle_jm.jobs()
         assert job.status == "complete" and job.result == 8
-    finally:
-        await conn.execute(f"DROP SCHEMA {other} CASCADE")
 
 
 async def test_never_more_than_concurrency(idle_jm: JobMaster) -> None:

@@ -12,7 +12,7 @@ import pytest
 
 from jobmaster_async import JobMaster
 from jobmaster_async.db.sql import channel_name, quote_identifier
-from tests.conftest import drop_schema
+from tests.conftest import drop_schema, orders_table
 
 
 def q(jm: JobMaster) -> str:
@@ -36,27 +36,13 @@ async def test_call_insert_job_hands_back_the_id(jm: JobMaster, conn: asyncpg.Co
 
 
 async def test_add_job_from_a_trigger_in_another_schema(jm: JobMaster, conn: asyncpg.Connection) -> None:
-    other = f"app_{uuid.uuid4().hex[:8]}"
-    await conn.execute(f"""
-        CREATE SCHEMA {other};
-        CREATE TABLE {other}.orders (id int PRIMARY KEY, amount int);
-        CREATE FUNCTION {other}.order_added() RETURNS trigger LANGUAGE plpgsql AS $$
-        BEGIN
-            PERFORM {q(jm)}.add_job('tasks_for_tests', 'add', 1, json_build_object('a', NEW.amount));
-            RETURN NEW;
-        END $$;
-        CREATE TRIGGER order_added AFTER INSERT ON {other}.orders
-            FOR EACH ROW EXECUTE FUNCTION {other}.order_added();
-    """)
-    try:
-        await conn.execute(f"INSERT INTO {other}.orders VALUES (1, 41)")
+    async with orders_table(conn, jm.schema, "add", "json_build_object('a', NEW.id)") as orders:
+        await conn.execute(f"INSERT INTO {orders} VALUES (41, '')")
         jobs = await jm.jobs(task_key="add")
         assert [j.arguments for j in jobs] == [{"a": 41, "b": 1}]
         assert await jm.run() == 1
         done = await jm.get_job(jobs[0].job_id)
         assert done is not None and done.result == 42
-    finally:
-        await conn.execute(f"DROP SCHEMA {other} CASCADE")
 
 
 @pytest.mark.parametrize(

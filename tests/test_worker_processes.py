@@ -23,6 +23,7 @@ import pytest
 
 from jobmaster_async import JobMaster
 from jobmaster_async.db.sql import quote_identifier
+from tests.conftest import orders_table
 from tests.pg import PgServer
 
 ROOT = Path(__file__).parent.parent
@@ -148,28 +149,14 @@ async def test_trigger_in_another_schema_wakes_an_idle_worker_process(
     jm: JobMaster, dsn: str, conn: asyncpg.Connection, tmp_path: Path
 ) -> None:
     out = tmp_path / "out.txt"
-    other = f"shop_{uuid.uuid4().hex[:8]}"
-    await conn.execute(f"""
-        CREATE SCHEMA {other};
-        CREATE TABLE {other}.orders (id int PRIMARY KEY, path text);
-        CREATE FUNCTION {other}.order_added() RETURNS trigger LANGUAGE plpgsql AS $$
-        BEGIN
-            PERFORM {quote_identifier(jm.schema)}.add_job('tasks_for_tests', 'record', 1,
-                                                          json_build_object('path', NEW.path, 'key', NEW.id));
-            RETURN NEW;
-        END $$;
-        CREATE TRIGGER order_added AFTER INSERT ON {other}.orders
-            FOR EACH ROW EXECUTE FUNCTION {other}.order_added();
-    """)
-    try:
+    arguments = "json_build_object('path', NEW.path, 'key', NEW.id)"
+    async with orders_table(conn, jm.schema, "record", arguments) as orders:
         # the safety poll is an hour away: only NOTIFY can wake this worker in time
         with worker_process(dsn, jm.schema, "--poll-interval", "3600"):
             await until(lambda: _worker_registered(conn, jm), "the worker to start")
-            await conn.execute(f"INSERT INTO {other}.orders VALUES (7, $1)", str(out))
+            await conn.execute(f"INSERT INTO {orders} VALUES (7, $1)", str(out))
             await until(lambda: finished(jm, 1), "the job queued by the trigger")
-        assert out.read_text().split() == ["7"]
-    finally:
-        await conn.execute(f"DROP SCHEMA {other} CASCADE")
+    assert out.read_text().split() == ["7"]
 
 
 async def _worker_registered(conn: asyncpg.Connection, jm: JobMaster) -> bool:
