@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 import asyncpg
 import pytest
@@ -33,16 +34,23 @@ def schema_name() -> str:
     return f"jm_test_{uuid.uuid4().hex[:12]}"
 
 
-@pytest.fixture
-async def jm(dsn: str, schema_name: str) -> AsyncIterator[JobMaster]:
-    """A deployed JobMaster in a fresh schema, dropped afterwards."""
-    master = JobMaster(dsn, schema=schema_name, retry_backoff=0.0)
+@asynccontextmanager
+async def deployed(dsn: str, schema: str, **options: Any) -> AsyncIterator[JobMaster]:
+    """A JobMaster deployed in ``schema``; closed, and the schema dropped, afterwards."""
+    master = JobMaster(dsn, schema=schema, **options)
     await master.deploy()
     try:
         yield master
     finally:
         await master.close()
-        await drop_schema(dsn, schema_name)
+        await drop_schema(dsn, schema)
+
+
+@pytest.fixture
+async def jm(dsn: str, schema_name: str) -> AsyncIterator[JobMaster]:
+    """A deployed JobMaster in a fresh schema (retries without backoff), dropped afterwards."""
+    async with deployed(dsn, schema_name, retry_backoff=0.0) as master:
+        yield master
 
 
 @pytest.fixture

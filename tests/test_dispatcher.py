@@ -14,7 +14,7 @@ import pytest
 
 from jobmaster_async import JobMaster
 from jobmaster_async.db.sql import quote_identifier
-from tests.conftest import drop_schema, orders_table
+from tests.conftest import deployed, orders_table
 from tests.pg import PgServer
 
 
@@ -32,13 +32,8 @@ async def worker(master: JobMaster, concurrency: int = 4, **options: float) -> A
 @pytest.fixture
 async def idle_jm(dsn: str, schema_name: str) -> AsyncIterator[JobMaster]:
     """A JobMaster whose safety poll is an hour: anything it does promptly, NOTIFY woke it for."""
-    master = JobMaster(dsn, schema=schema_name, poll_interval=3600, retry_backoff=0.2)
-    await master.deploy()
-    try:
+    async with deployed(dsn, schema_name, poll_interval=3600, retry_backoff=0.2) as master:
         yield master
-    finally:
-        await master.close()
-        await drop_schema(dsn, schema_name)
 
 
 async def status_of(master: JobMaster, job_id: uuid.UUID) -> str:
