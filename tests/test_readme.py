@@ -36,3 +36,28 @@ def test_ci_runs_the_readme_test_command() -> None:
     command = "python -m pytest -q"
     assert f"\n{command}" in README.split("\n\n", 3)[2] or command in README[:1500]
     assert command in (ROOT / ".ci" / "run").read_text()
+
+
+def test_every_cli_command_in_the_readme_exists() -> None:
+    from click.testing import CliRunner
+
+    from jobmaster_async.cli import main
+
+    commands = set(re.findall(r"^jobmaster-async (?:--schema \S+ )?([a-z]+(?: (?:url|stop))?)", README, re.MULTILINE))
+    table = README.split("| command | what it does |", 1)[1].split("\n\n", 1)[0]
+    commands |= set(re.findall(r"`([a-z]+(?: (?:url|stop))?)(?: [^`]*)?`", table))
+    assert {"demo", "deploy", "worker", "jobs", "show", "insert", "sql", "db url", "db stop"} <= commands
+    runner = CliRunner()
+    for command in commands:
+        result = runner.invoke(main, [*command.split(), "--help"])
+        assert result.exit_code == 0, command
+
+
+def test_readme_sql_grants_match_the_cli() -> None:
+    from click.testing import CliRunner
+
+    from jobmaster_async.cli import main
+
+    printed = CliRunner().invoke(main, ["sql"]).output
+    for line in re.findall(r"^\s*(GRANT EXECUTE ON .*;)$", README, re.MULTILINE):
+        assert line.replace("jobmaster.", '"jobmaster".') in printed, line
