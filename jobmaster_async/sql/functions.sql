@@ -339,6 +339,15 @@ END $$;
 -- Inserting jobs
 -- ---------------------------------------------------------------------------------------------
 
+-- The identical job (same task, same canonical arguments) that is waiting, blocked or running.
+CREATE OR REPLACE FUNCTION {schema}._active_twin(p_task_id int, p_args_hash uuid)
+RETURNS uuid LANGUAGE sql STABLE AS $$
+    SELECT job_id FROM {schema}.jobs
+     WHERE task_id = p_task_id AND args_hash = p_args_hash
+       AND status IN ('waiting', 'blocked', 'running')
+$$;
+
+
 -- Inserts one job (or hands back an identical active one) and resolves its dependencies.
 -- p_nested: the job is a dependency being created; a failure then raises JM409 (rolled back by
 -- the outermost insert, which records its own job as failed) instead of inserting a failed job.
@@ -373,9 +382,7 @@ BEGIN
 
     IF jsonb_array_length(v_task.dependencies) > 0 THEN
         -- an identical active job: hand back its id, resolve nothing
-        SELECT job_id INTO v_id FROM {schema}.jobs
-         WHERE task_id = v_task.task_id AND args_hash = v_hash
-           AND status IN ('waiting', 'blocked', 'running');
+        v_id := {schema}._active_twin(v_task.task_id, v_hash);
         IF v_id IS NOT NULL THEN
             RETURN v_id;
         END IF;
@@ -412,9 +419,7 @@ BEGIN
         v_inserted := v_id IS NOT NULL;
         EXIT WHEN v_inserted;
         -- lost a race with an identical insert: hand back that one (unless it finished already)
-        SELECT job_id INTO v_id FROM {schema}.jobs
-         WHERE task_id = v_task.task_id AND args_hash = v_hash
-           AND status IN ('waiting', 'blocked', 'running');
+        v_id := {schema}._active_twin(v_task.task_id, v_hash);
         EXIT WHEN v_id IS NOT NULL;
     END LOOP;
 
@@ -449,9 +454,7 @@ BEGIN
         DO NOTHING
         RETURNING j.job_id INTO v_parent;
         EXIT WHEN v_parent IS NOT NULL;
-        SELECT job_id INTO v_parent FROM {schema}.jobs
-         WHERE task_id = p_task.task_id AND args_hash = v_hash
-           AND status IN ('waiting', 'blocked', 'running');
+        v_parent := {schema}._active_twin(p_task.task_id, v_hash);
         IF v_parent IS NOT NULL THEN
             RETURN v_parent;
         END IF;
@@ -872,9 +875,7 @@ BEGIN
         PERFORM {schema}._refuse('not_retryable',
             format('job %s is %s: only failed or cancelled jobs can be retried', p_job_id, v_job.status));
     END IF;
-    SELECT job_id INTO v_twin FROM {schema}.jobs
-     WHERE task_id = v_job.task_id AND args_hash = v_job.args_hash
-       AND status IN ('waiting', 'blocked', 'running');
+    v_twin := {schema}._active_twin(v_job.task_id, v_job.args_hash);
     IF v_twin IS NOT NULL THEN
         RETURN v_twin;
     END IF;

@@ -70,8 +70,8 @@ SELECT d.depends_on AS job_id, t.type_key, t.task_key, j.status
   JOIN {schema}.tasks AS t ON t.task_id = j.task_id
  WHERE d.job_id = $1
 
--- name: next_run_after
-SELECT min(run_after) FROM {schema}.jobs
+-- name: seconds_to_next_run
+SELECT extract(epoch FROM min(run_after) - clock_timestamp())::float8 FROM {schema}.jobs
  WHERE status = 'waiting' AND task_id = ANY ($1::int[])
 
 -- name: deployed_tasks

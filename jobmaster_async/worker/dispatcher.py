@@ -184,12 +184,11 @@ class Dispatcher:
         try:
             pool = await self.backend.pool()
             task_ids = await self.backend.claimable_task_ids()
-            next_at = await pool.fetchval(self.backend.sql["next_run_after"], task_ids)
+            seconds = await pool.fetchval(self.backend.sql["seconds_to_next_run"], task_ids)
         except TRANSIENT_ERRORS:
             return timeout
-        if next_at is not None:
-            now = await pool.fetchval("SELECT clock_timestamp()")
-            timeout = min(timeout, max((next_at - now).total_seconds(), 0.0) + 0.005)
+        if seconds is not None:
+            timeout = min(timeout, max(seconds, 0.0) + 0.005)
         return timeout
 
     async def _sleep(self, seconds: float) -> None:
