@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-__all__ = ("ACTIVE_STATUSES", "FINAL_STATUSES", "Job", "JobStatus", "as_job_id")
+__all__ = ("ACTIVE_STATUSES", "Job", "JobStatus", "as_job_id")
 
 
 class JobStatus(enum.StrEnum):
@@ -24,7 +24,6 @@ class JobStatus(enum.StrEnum):
 
 
 ACTIVE_STATUSES = frozenset({JobStatus.WAITING, JobStatus.BLOCKED, JobStatus.RUNNING})
-FINAL_STATUSES = frozenset({JobStatus.COMPLETE, JobStatus.FAILED, JobStatus.CANCELLED})
 
 
 def as_job_id(job_id: uuid.UUID | str) -> uuid.UUID:
