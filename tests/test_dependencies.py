@@ -13,6 +13,7 @@ import pytest
 
 from jobmaster_async import JobMaster
 from jobmaster_async.db.sql import quote_identifier
+from tests.polling import until
 from tests.tasks_for_tests import CHAIN_DEPTH
 
 
@@ -167,6 +168,62 @@ async def test_linking_cannot_race_with_completion(jm: JobMaster, dsn: str, tmp_
         bar = await jm.get_job(bar_id)
         assert bar is not None and bar.status == "waiting", round_
         assert await jm.run() == 1
+
+
+async def test_a_dependency_finishing_while_being_linked_is_seen_finished(
+    jm: JobMaster, dsn: str, conn: asyncpg.Connection
+) -> None:
+    """The insert plans with foo running, then waits for the row lock held by foo's completion;
+    after it commits, the insert must notice foo finished and plan again (satisfied), not link
+    bar to a job whose completion has already settled its dependents."""
+    foo_id = await jm.insert_job("nice_tasks", "foo", 1, {"file_path": "/lock", "number": 1})
+    job = await jm.pop_job()
+    assert job is not None and job.job_id == foo_id
+    completer = await asyncpg.connect(dsn)
+    inserter = await asyncpg.connect(dsn)
+    try:
+        transaction = completer.transaction()
+        await transaction.start()
+        await completer.execute(
+            f"UPDATE {q(jm)}.jobs SET status = 'complete', finished_at = now() WHERE job_id = $1", foo_id
+        )
+        await completer.execute(f"SELECT {q(jm)}._settle(ARRAY[$1::uuid])", foo_id)
+        args = json.dumps({"file_path": "/lock", "number": 2})
+        insert = asyncio.create_task(
+            inserter.fetchval(f"SELECT {q(jm)}.add_job('nice_tasks', 'bar', 1, $1::json)", args)
+        )
+        waiting_pid = inserter.get_server_pid()
+
+        async def insert_waits_for_the_lock() -> bool:
+            query = "SELECT wait_event_type = 'Lock' FROM pg_stat_activity WHERE pid = $1"
+            return bool(await conn.fetchval(query, waiting_pid))
+
+        await until(insert_waits_for_the_lock, "the insert to wait for the row lock")
+        await transaction.commit()
+        bar = await jm.get_job(await insert)
+    finally:
+        await completer.close()
+        await inserter.close()
+    assert bar is not None and bar.status == "waiting"
+    assert await jm.dependencies(bar.job_id) == []
+
+
+async def test_a_batch_fails_only_the_elements_whose_dependencies_cannot_be_created(
+    jm: JobMaster, tmp_path: Path
+) -> None:
+    f, g = str(tmp_path / "f.txt"), str(tmp_path / "g.txt")
+    await jm.insert_job("nice_tasks", "bar", 1, {"file_path": f, "number": 1})
+    assert await jm.run() == 2
+    # baz(F): bar(F) is fresh, foo(F, 10) is created. baz(G): bar(G) cannot be created (number
+    # unknown), so baz(G) fails and foo(G, 10) is not created either.
+    ok, failed, same_ok = await jm.insert_jobs(
+        "nice_tasks", "baz", 1, [{"file_path": f}, {"file_path": g}, {"file_path": f}]
+    )
+    assert ok == same_ok
+    statuses = {j.job_id: j for j in await jm.jobs(task_key="baz")}
+    assert statuses[ok].status == "blocked" and statuses[failed].status == "failed"
+    assert [j.arguments for j in await jm.jobs(task_key="foo", status="waiting")] == [{"file_path": f, "number": 10}]
+    assert await jm.run() == 2
 
 
 async def test_dependents_never_run_before_their_dependencies(

@@ -41,7 +41,8 @@ async def test_concurrent_deploys(dsn: str, schema_name: str) -> None:
         versions = await (await masters[0].pool()).fetch(
             f"SELECT version FROM {quote_identifier(schema_name)}.schema_version"
         )
-        assert [v["version"] for v in versions] == [Catalogue(schema_name).latest_version]
+        latest = Catalogue(schema_name).latest_version
+        assert sorted(v["version"] for v in versions) == list(range(1, latest + 1))
     finally:
         for m in masters:
             await m.close()
@@ -76,6 +77,23 @@ async def test_fresh_install_equals_all_migrations(dsn: str, schema_name: str) -
     finally:
         await master.close()
         await drop_schema(dsn, schema_name)
+
+
+async def test_upgrade_from_version_1_drops_the_replaced_functions(jm: JobMaster, conn: asyncpg.Connection) -> None:
+    """A schema deployed at version 1 had _insert_job with two more (defaulted) parameters; left in
+    place, every insert_job call would be ambiguous."""
+    schema = quote_identifier(jm.schema)
+    await conn.execute(f"""
+        DELETE FROM {schema}.schema_version WHERE version > 1;
+        DROP TYPE {schema}.plan_step CASCADE;
+        CREATE FUNCTION {schema}._insert_job(text, text, int, jsonb, int DEFAULT 0, boolean DEFAULT false)
+        RETURNS uuid LANGUAGE sql AS 'SELECT NULL::uuid';
+    """)
+    await jm.deploy()
+    job_id = await conn.fetchval(
+        f"SELECT {schema}.add_job('nice_tasks', 'bar', 1, $1::json)", '{"file_path": "f", "number": 1}'
+    )
+    assert (await jm.get_job(job_id)).status == "blocked"  # type: ignore[union-attr]
 
 
 async def test_deploy_upserts_and_never_deletes_other_services_tasks(

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import asyncpg
@@ -16,6 +16,7 @@ from jobmaster_async import JobMaster
 from jobmaster_async.db.sql import quote_identifier
 from tests.conftest import deployed, orders_table
 from tests.pg import PgServer
+from tests.polling import until
 
 
 @asynccontextmanager
@@ -40,17 +41,6 @@ async def status_of(master: JobMaster, job_id: uuid.UUID) -> str:
     job = await master.get_job(job_id)
     assert job is not None
     return job.status
-
-
-async def until(check: Callable[[], Awaitable[bool]], what: str, seconds: float = 30) -> None:
-    """Waits for a state of the database that no event of ours announces (another process's
-    doing); polls it, failing after `seconds`."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + seconds
-    while not await check():
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.02)
 
 
 async def test_drains_and_wakes_on_notify(idle_jm: JobMaster) -> None:

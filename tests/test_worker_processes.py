@@ -14,7 +14,7 @@ import subprocess
 import sys
 import uuid
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -25,6 +25,7 @@ from jobmaster_async import JobMaster
 from jobmaster_async.db.sql import quote_identifier
 from tests.conftest import orders_table
 from tests.pg import PgServer
+from tests.polling import until
 
 ROOT = Path(__file__).parent.parent
 
@@ -43,15 +44,6 @@ def worker_process(dsn: str, schema: str, *options: str) -> Iterator[subprocess.
         if process.poll() is None:
             process.kill()
         process.wait(30)
-
-
-async def until(check: Callable[[], Awaitable[bool]], what: str, seconds: float = 60) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + seconds
-    while not await check():
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.05)
 
 
 async def finished(jm: JobMaster, count: int) -> bool:

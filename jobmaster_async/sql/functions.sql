@@ -144,11 +144,14 @@ END $$;
 -- Dependencies
 -- ---------------------------------------------------------------------------------------------
 
--- The arguments a dependency is matched on: its constants and `same` values (with arithmetic)
--- taken from the dependent's arguments. failure says why they cannot be computed.
-CREATE OR REPLACE FUNCTION {schema}._specified_arguments(
-    p_dep jsonb, p_dep_task {schema}.tasks, p_arguments jsonb,
-    OUT specified jsonb, OUT failure text)
+-- The arguments of one dependency of a job: those it is matched on (its constants, and `same`
+-- values with arithmetic, taken from the dependent's arguments) and those it is created with
+-- (then the dependent's argument of the same name, then the default; canonical). failure says
+-- why the specified ones cannot be computed, creation_failure why the job could not be created
+-- (which matters only when no matching job exists).
+CREATE OR REPLACE FUNCTION {schema}._dependency_arguments(
+    p_dep jsonb, p_dep_task {schema}.tasks, p_dependent {schema}.tasks, p_arguments jsonb,
+    OUT specified jsonb, OUT creation jsonb, OUT failure text, OUT creation_failure text)
 LANGUAGE plpgsql STABLE AS $$
 DECLARE
     v_label  text := p_dep_task.type_key || '.' || p_dep_task.task_key;
@@ -157,7 +160,12 @@ DECLARE
     v_value  jsonb;
     v_number numeric;
     v_op     jsonb;
+    v_param  jsonb;
 BEGIN
+    IF p_dep_task.task_id IS NULL THEN
+        failure := format('dependency %s.%s is not deployed', p_dep->>'type_key', p_dep->>'task_key');
+        RETURN;
+    END IF;
     specified := '{}';
     FOR v_name, v_spec IN SELECT a.key, a.value FROM jsonb_each(p_dep->'arguments') AS a LOOP
         IF v_spec ? 'value' THEN
@@ -199,87 +207,222 @@ BEGIN
         END IF;
         specified := specified || jsonb_build_object(v_name, v_value);
     END LOOP;
+
+    -- creation: the specified arguments, then the dependent's of the same name, then defaults
+    creation := specified;
+    FOR v_param IN SELECT p.value FROM jsonb_array_elements(p_dep_task.parameters) AS p LOOP
+        CONTINUE WHEN creation ? (v_param->>'name');
+        IF p_arguments ? (v_param->>'name') THEN
+            creation := creation || jsonb_build_object(v_param->>'name', p_arguments->(v_param->>'name'));
+        ELSIF NOT v_param ? 'default' THEN
+            creation_failure := format('dependency %s: required argument "%s" is unknown '
+                                       '(not specified by the dependency, not an argument of %s.%s)',
+                                       v_label, v_param->>'name', p_dependent.type_key, p_dependent.task_key);
+            creation := NULL;
+            RETURN;
+        END IF;
+    END LOOP;
+    IF {schema}._arguments_ok(p_dep_task.parameters, creation) THEN
+        creation := {schema}._canonical_of(p_dep_task.parameters, creation);
+    ELSE
+        -- "ALL" (a fan-out dependency), or a value that does not fit: say which
+        BEGIN
+            creation := {schema}._canonical_arguments(p_dep_task, creation, true);
+        EXCEPTION WHEN SQLSTATE 'JM400' THEN
+            creation_failure := SQLERRM;
+            creation := NULL;
+        END;
+    END IF;
 END $$;
 
 
--- Classifies every dependency of a job about to be inserted: satisfied (a fresh complete match),
--- pending (an active match, locked FOR SHARE so its completion waits for our link), or missing
--- (created here, priority + 1). blocked_on lists the pending and created jobs. failure says why a
--- missing one cannot be created; then nothing is created. Nested creations that fail raise JM409.
-CREATE OR REPLACE FUNCTION {schema}._resolve_dependencies(
-    p_task {schema}.tasks, p_priority int, p_arguments jsonb, p_depth int,
-    OUT blocked_on uuid[], OUT failure text)
-LANGUAGE plpgsql AS $$
+-- The plan for inserting a batch of jobs of one task (canonical arguments, in batch order): the
+-- tree of their dependencies, every level and every element at once, each step classified:
+--   twin       the requested job is identical to an active job: that job's id, nothing to do
+--   new        to be inserted (a requested job, or a missing dependency: priority + 1)
+--   pending    a matching job is waiting, blocked or running: link to it (match)
+--   satisfied  a matching job completed within the dependency's window: nothing to do
+--   fan_out    a missing dependency with "ALL" arguments: created through _fan_out
+--   failed     the dependency cannot be created (failure says why): its requested job fails
+-- The pending jobs are locked FOR SHARE and re-checked before the plan is returned, so none of
+-- them can finish before the links to them commit; if one finished meanwhile, plan again.
+CREATE OR REPLACE FUNCTION {schema}._plan_dependencies(
+    p_task {schema}.tasks, p_priority int, p_arguments jsonb[])
+RETURNS {schema}.plan_step[] LANGUAGE plpgsql AS $$
 DECLARE
-    v_dep       jsonb;
-    v_dep_task  {schema}.tasks;
-    v_specified jsonb;
-    v_create    jsonb;
-    v_param     jsonb;
-    v_found     uuid;
-    v_to_create jsonb[] := '{}';
+    v_plan    {schema}.plan_step[];
+    v_pending uuid[];
+    v_locked  int;
 BEGIN
-    blocked_on := '{}';
-    FOR v_dep IN SELECT d.value FROM jsonb_array_elements(p_task.dependencies) AS d LOOP
-        SELECT * INTO v_dep_task FROM {schema}.tasks
-         WHERE type_key = v_dep->>'type_key' AND task_key = v_dep->>'task_key';
-        IF NOT FOUND THEN
-            failure := format('dependency %s.%s is not deployed', v_dep->>'type_key', v_dep->>'task_key');
-            RETURN;
-        END IF;
-        SELECT s.specified, s.failure INTO v_specified, failure
-          FROM {schema}._specified_arguments(v_dep, v_dep_task, p_arguments) AS s;
-        IF failure IS NOT NULL THEN
-            RETURN;
-        END IF;
+    LOOP
+        WITH RECURSIVE
+        -- the requested jobs (depth 0), then, level by level, the dependencies of every job
+        -- that is to be inserted
+        tree AS (
+            SELECT r.ord::int AS root, 0 AS depth, NULL::int AS parent_task, NULL::uuid AS parent_hash,
+                   p_task.task_id AS task_id, r.args AS arguments, r.args_hash, p_priority AS priority,
+                   CASE WHEN twin.job_id IS NULL THEN 'new' ELSE 'twin' END AS kind,
+                   twin.job_id AS match, NULL::text AS failure
+              FROM (SELECT u.args, u.ord, md5(u.args::text)::uuid AS args_hash
+                      FROM unnest(p_arguments) WITH ORDINALITY AS u(args, ord)) AS r
+              LEFT JOIN LATERAL (SELECT {schema}._active_twin(p_task.task_id, r.args_hash) AS job_id) AS twin
+                ON true
+            UNION ALL
+            SELECT t.root, t.depth + 1, t.task_id, t.args_hash, dt.task_id, a.creation,
+                   md5(a.creation::text)::uuid, t.priority + 1,
+                   CASE WHEN a.failure IS NOT NULL OR t.depth >= 100 THEN 'failed'
+                        WHEN pending.job_id IS NOT NULL THEN 'pending'
+                        WHEN satisfied.found THEN 'satisfied'
+                        WHEN a.creation_failure IS NOT NULL THEN 'failed'
+                        WHEN EXISTS (SELECT 1 FROM unnest(dt.write_all) AS w
+                                      WHERE a.creation->w = '"ALL"') THEN 'fan_out'
+                        ELSE 'new' END,
+                   pending.job_id,
+                   coalesce(a.failure,
+                            CASE WHEN pending.job_id IS NULL AND satisfied.found IS NULL
+                                 THEN a.creation_failure END,
+                            CASE WHEN t.depth >= 100
+                                 THEN format('%s.%s: dependency chain deeper than 100',
+                                             tt.type_key, tt.task_key) END)
+              FROM tree AS t
+              JOIN {schema}.tasks AS tt ON tt.task_id = t.task_id
+             CROSS JOIN LATERAL jsonb_array_elements(tt.dependencies) AS d(dep)
+              LEFT JOIN {schema}.tasks AS dt
+                ON dt.type_key = d.dep->>'type_key' AND dt.task_key = d.dep->>'task_key'
+             CROSS JOIN LATERAL {schema}._dependency_arguments(d.dep, dt, tt, t.arguments) AS a
+              -- pending: an active job whose arguments contain the specified ones
+              LEFT JOIN LATERAL (
+                    SELECT j.job_id FROM {schema}.jobs AS j
+                     WHERE a.failure IS NULL AND j.task_id = dt.task_id AND j.is_dependency
+                       AND j.status IN ('waiting', 'blocked', 'running')
+                       AND j.arguments @> a.specified
+                     ORDER BY j.priority DESC, j.seq
+                     LIMIT 1) AS pending ON true
+              -- satisfied: such a job completed within the freshness window
+              LEFT JOIN LATERAL (
+                    SELECT true AS found FROM {schema}.jobs AS j
+                     WHERE a.failure IS NULL AND j.task_id = dt.task_id AND j.is_dependency
+                       AND j.status = 'complete'
+                       AND j.finished_at >= now() - (d.dep->>'hours')::double precision * interval '1 hour'
+                       AND j.arguments @> a.specified
+                     LIMIT 1) AS satisfied ON true
+             WHERE t.kind = 'new'
+        )
+        SELECT array_agg(ROW(t.*)::{schema}.plan_step ORDER BY t.root, t.depth) INTO v_plan FROM tree AS t;
 
-        -- pending: an active matching job, locked until we commit the link
-        SELECT j.job_id INTO v_found FROM {schema}.jobs AS j
-         WHERE j.task_id = v_dep_task.task_id AND j.is_dependency
-           AND j.status IN ('waiting', 'blocked', 'running')
-           AND j.arguments @> v_specified
-         ORDER BY j.priority DESC, j.seq
-         LIMIT 1
-         FOR SHARE;
-        IF v_found IS NOT NULL THEN
-            blocked_on := blocked_on || v_found;
-            UPDATE {schema}.jobs SET priority = p_priority + 1
-             WHERE job_id = v_found AND priority < p_priority + 1;
-            CONTINUE;
-        END IF;
-
-        -- satisfied: a complete match within the freshness window
-        PERFORM 1 FROM {schema}.jobs AS j
-         WHERE j.task_id = v_dep_task.task_id AND j.is_dependency AND j.status = 'complete'
-           AND j.finished_at >= now() - (v_dep->>'hours')::double precision * interval '1 hour'
-           AND j.arguments @> v_specified;
-        IF FOUND THEN
-            CONTINUE;
-        END IF;
-
-        -- missing: specified arguments, then the dependent's of the same name, then defaults
-        v_create := v_specified;
-        FOR v_param IN SELECT p.value FROM jsonb_array_elements(v_dep_task.parameters) AS p LOOP
-            CONTINUE WHEN v_create ? (v_param->>'name');
-            IF p_arguments ? (v_param->>'name') THEN
-                v_create := v_create || jsonb_build_object(v_param->>'name', p_arguments->(v_param->>'name'));
-            ELSIF NOT v_param ? 'default' THEN
-                failure := format('dependency %s.%s: required argument "%s" is unknown '
-                                  '(not specified by the dependency, not an argument of %s.%s)',
-                                  v_dep_task.type_key, v_dep_task.task_key, v_param->>'name',
-                                  p_task.type_key, p_task.task_key);
-                RETURN;
-            END IF;
-        END LOOP;
-        v_to_create := v_to_create || jsonb_build_object(
-            'type_key', v_dep_task.type_key, 'task_key', v_dep_task.task_key, 'arguments', v_create);
+        SELECT coalesce(array_agg(DISTINCT s.match), '{}') INTO v_pending
+          FROM unnest(v_plan) AS s WHERE s.kind = 'pending';
+        EXIT WHEN cardinality(v_pending) = 0;
+        SELECT count(*) INTO v_locked
+          FROM (SELECT 1 FROM {schema}.jobs
+                 WHERE job_id = ANY (v_pending) AND status IN ('waiting', 'blocked', 'running')
+                 ORDER BY job_id
+                   FOR SHARE) AS l;
+        EXIT WHEN v_locked = cardinality(v_pending);
     END LOOP;
+    RETURN v_plan;
+END $$;
 
-    FOREACH v_create IN ARRAY v_to_create LOOP
-        blocked_on := blocked_on || {schema}._insert_job(
-            v_create->>'type_key', v_create->>'task_key', p_priority + 1, v_create->'arguments',
-            p_depth + 1, true);
+
+-- What a plan means for each requested job: its active twin, or the status to insert it with
+-- (failed, naming the shallowest dependency that cannot be created; blocked when it waits for
+-- a dependency; else waiting) and that failure.
+CREATE OR REPLACE FUNCTION {schema}._plan_verdicts(p_plan {schema}.plan_step[])
+RETURNS TABLE (root int, args_hash uuid, twin uuid, status text, failure text)
+LANGUAGE sql IMMUTABLE AS $$
+    SELECT s.root,
+           (array_agg(s.args_hash) FILTER (WHERE s.depth = 0))[1],
+           (array_agg(s.match) FILTER (WHERE s.depth = 0))[1],
+           CASE WHEN bool_or(s.kind = 'failed') THEN 'failed'
+                WHEN bool_or(s.depth = 1 AND s.kind IN ('new', 'pending', 'fan_out')) THEN 'blocked'
+                ELSE 'waiting' END,
+           (array_agg(s.failure ORDER BY s.depth) FILTER (WHERE s.kind = 'failed'))[1]
+      FROM unnest(p_plan) AS s
+     GROUP BY s.root
+$$;
+
+
+-- Carries out the dependency steps of a plan for the requested jobs that were inserted blocked
+-- (p_root_ids[root]; NULL for the others), in one statement: raises pending dependencies'
+-- priorities, creates the missing ones (once each, however many jobs need them) and links
+-- every dependent to its dependencies. "ALL" dependencies are fanned out first.
+CREATE OR REPLACE FUNCTION {schema}._carry_out_plan(p_plan {schema}.plan_step[], p_root_ids uuid[])
+RETURNS void LANGUAGE plpgsql AS $$
+DECLARE
+    v_fanned  uuid[] := '{}';
+    v_step    {schema}.plan_step;
+BEGIN
+    -- rare: a dependency with "ALL" arguments becomes a fan-out parent, then a pending step
+    FOR v_step IN SELECT s.* FROM unnest(p_plan) AS s
+                   WHERE s.kind = 'fan_out' AND p_root_ids[s.root] IS NOT NULL LOOP
+        v_fanned := v_fanned || {schema}._fan_out(
+            (SELECT t FROM {schema}.tasks AS t WHERE t.task_id = v_step.task_id),
+            v_step.priority, v_step.arguments);
     END LOOP;
+    IF cardinality(v_fanned) > 0 THEN
+        SELECT array_agg(CASE WHEN s.kind = 'fan_out' AND p_root_ids[s.root] IS NOT NULL
+                              THEN ROW(s.root, s.depth, s.parent_task, s.parent_hash, s.task_id,
+                                       s.arguments, s.args_hash, s.priority, 'pending',
+                                       {schema}._active_twin(s.task_id, s.args_hash),
+                                       NULL)::{schema}.plan_step
+                              ELSE ROW(s.*)::{schema}.plan_step END)
+          INTO p_plan FROM unnest(p_plan) AS s;
+    END IF;
+
+    WITH
+    -- the steps to carry out: links to pending jobs and jobs to create, of blocked requested jobs
+    steps AS (
+        SELECT s.* FROM unnest(p_plan) AS s
+         WHERE s.depth > 0 AND s.kind IN ('new', 'pending') AND p_root_ids[s.root] IS NOT NULL
+    ),
+    -- pending dependencies below the priority a dependent gives them (its own + 1): raised
+    raised AS (
+        UPDATE {schema}.jobs AS j
+           SET priority = w.priority
+          FROM (SELECT s.match, max(s.priority) AS priority FROM steps AS s
+                 WHERE s.kind = 'pending' GROUP BY s.match) AS w
+         WHERE j.job_id = w.match AND j.priority < w.priority
+    ),
+    -- missing dependencies, created once each; blocked when they have dependencies to wait for.
+    -- An identical job inserted meanwhile by another transaction is taken instead (locked by the
+    -- update, so it cannot finish before our links commit); inserted tells them apart.
+    created AS (
+        INSERT INTO {schema}.jobs AS j (task_id, priority, arguments, args_hash, status,
+                                        is_dependency, max_attempts)
+        SELECT n.task_id, max(n.priority), n.arguments, n.args_hash,
+               CASE WHEN EXISTS (SELECT 1 FROM steps AS c
+                                  WHERE c.parent_task = n.task_id AND c.parent_hash = n.args_hash)
+                    THEN 'blocked' ELSE 'waiting' END,
+               t.is_dependency, t.retries + 1
+          FROM steps AS n
+          JOIN {schema}.tasks AS t ON t.task_id = n.task_id
+         WHERE n.kind = 'new'
+         GROUP BY n.task_id, n.args_hash, n.arguments, t.is_dependency, t.retries
+        ON CONFLICT (task_id, args_hash) WHERE status IN ('waiting', 'blocked', 'running')
+        DO UPDATE SET priority = greatest(j.priority, excluded.priority)
+        RETURNING j.job_id, j.task_id, j.args_hash, j.xmax = 0 AS inserted
+    ),
+    -- each step's edge: its dependent (a requested job, or a job created here) and its job
+    edges AS (
+        SELECT CASE WHEN s.depth = 1 THEN p_root_ids[s.root] ELSE dependent.job_id END AS job_id,
+               CASE WHEN s.kind = 'pending' THEN s.match ELSE dependency.job_id END AS depends_on
+          FROM steps AS s
+          LEFT JOIN created AS dependent
+            ON dependent.task_id = s.parent_task AND dependent.args_hash = s.parent_hash
+           AND dependent.inserted
+          LEFT JOIN created AS dependency
+            ON dependency.task_id = s.task_id AND dependency.args_hash = s.args_hash
+    )
+    INSERT INTO {schema}.job_dependencies (job_id, depends_on)
+    SELECT DISTINCT e.job_id, e.depends_on FROM edges AS e
+     WHERE e.job_id IS NOT NULL AND e.depends_on IS NOT NULL
+    ON CONFLICT DO NOTHING;
+
+    -- a fan-out parent that failed at creation (a child could not be created) fails its dependents
+    IF cardinality(v_fanned) > 0 THEN
+        PERFORM {schema}._settle(ARRAY(SELECT j.job_id FROM {schema}.jobs AS j
+                                        WHERE j.job_id = ANY (v_fanned) AND j.status = 'failed'));
+    END IF;
 END $$;
 
 
@@ -348,101 +491,108 @@ RETURNS uuid LANGUAGE sql STABLE AS $$
 $$;
 
 
--- Inserts one job (or hands back an identical active one) and resolves its dependencies.
--- p_nested: the job is a dependency being created; a failure then raises JM409 (rolled back by
--- the outermost insert, which records its own job as failed) instead of inserting a failed job.
+-- Inserts a batch of jobs of a task that has dependencies (canonical arguments), resolving the
+-- dependencies of all of them together: one id per element, in order. A job whose dependency
+-- cannot be created is inserted failed, and nothing is created for it.
+CREATE OR REPLACE FUNCTION {schema}._insert_batch(
+    p_task {schema}.tasks, p_priority int, p_arguments jsonb[])
+RETURNS uuid[] LANGUAGE plpgsql AS $$
+DECLARE
+    v_plan    {schema}.plan_step[] := {schema}._plan_dependencies(p_task, p_priority, p_arguments);
+    v_ids     uuid[];
+    v_blocked uuid[];
+    v_i       int;
+BEGIN
+    WITH
+    -- each requested job's twin, or the status to insert it with
+    verdicts AS (
+        SELECT * FROM {schema}._plan_verdicts(v_plan)
+    ),
+    -- the requested jobs that have no active twin, once each
+    inserted AS (
+        INSERT INTO {schema}.jobs AS j (task_id, priority, arguments, args_hash, status,
+                                        is_dependency, max_attempts, message, finished_at)
+        SELECT DISTINCT ON (v.args_hash) p_task.task_id, p_priority, p_arguments[v.root],
+               v.args_hash, v.status, p_task.is_dependency, p_task.retries + 1, v.failure,
+               CASE WHEN v.status = 'failed' THEN now() END
+          FROM verdicts AS v
+         WHERE v.twin IS NULL
+         ORDER BY v.args_hash, v.root
+        ON CONFLICT (task_id, args_hash) WHERE status IN ('waiting', 'blocked', 'running')
+        DO NOTHING
+        RETURNING j.job_id, j.args_hash, j.status
+    )
+    SELECT array_agg(coalesce(v.twin, i.job_id) ORDER BY v.root),
+           array_agg(CASE WHEN i.status = 'blocked' THEN i.job_id END ORDER BY v.root)
+      INTO v_ids, v_blocked
+      FROM verdicts AS v
+      LEFT JOIN inserted AS i ON i.args_hash = v.args_hash;
+
+    IF EXISTS (SELECT 1 FROM unnest(v_blocked) AS b WHERE b IS NOT NULL) THEN
+        PERFORM {schema}._carry_out_plan(v_plan, v_blocked);
+    END IF;
+
+    -- an identical job inserted by a concurrent transaction is not in our snapshot: ask again
+    FOR v_i IN SELECT i FROM generate_subscripts(v_ids, 1) AS i WHERE v_ids[i] IS NULL LOOP
+        v_ids[v_i] := coalesce({schema}._active_twin(p_task.task_id, md5(p_arguments[v_i]::text)::uuid),
+                               ({schema}._insert_batch(p_task, p_priority, ARRAY[p_arguments[v_i]]))[1]);
+    END LOOP;
+    RETURN v_ids;
+END $$;
+
+
+-- Inserts one job (or hands back an identical active one), resolving its dependencies.
 CREATE OR REPLACE FUNCTION {schema}._insert_job(
-    p_type_key text, p_task_key text, p_priority int, p_arguments jsonb,
-    p_depth int DEFAULT 0, p_nested boolean DEFAULT false)
+    p_type_key text, p_task_key text, p_priority int, p_arguments jsonb)
 RETURNS uuid LANGUAGE plpgsql AS $$
 DECLARE
-    v_task     {schema}.tasks;
-    v_args     jsonb;
-    v_hash     uuid;
-    v_id       uuid;
-    v_inserted boolean;
-    v_status   text := 'waiting';
-    v_blocked  uuid[] := '{}';
-    v_failure  text;
+    v_task {schema}.tasks;
+    v_args jsonb;
+    v_hash uuid;
+    v_id   uuid;
 BEGIN
     SELECT * INTO v_task FROM {schema}.tasks WHERE type_key = p_type_key AND task_key = p_task_key;
     IF NOT FOUND THEN
         PERFORM {schema}._refuse('unknown_task',
             format('unknown task %s.%s (is it deployed?)', p_type_key, p_task_key));
     END IF;
-    IF p_depth > 100 THEN
-        PERFORM {schema}._refuse('dependency_depth',
-            format('%s.%s: dependency chain deeper than 100', p_type_key, p_task_key));
-    END IF;
     v_args := {schema}._canonical_arguments(v_task, p_arguments, true);
     IF EXISTS (SELECT 1 FROM unnest(v_task.write_all) AS p WHERE v_args->p = '"ALL"') THEN
-        RETURN {schema}._fan_out(v_task, coalesce(p_priority, 0), v_args, p_depth);
+        RETURN {schema}._fan_out(v_task, coalesce(p_priority, 0), v_args);
     END IF;
-    v_hash := md5(v_args::text)::uuid;
-
     IF jsonb_array_length(v_task.dependencies) > 0 THEN
-        -- an identical active job: hand back its id, resolve nothing
-        v_id := {schema}._active_twin(v_task.task_id, v_hash);
-        IF v_id IS NOT NULL THEN
-            RETURN v_id;
-        END IF;
-
-        IF p_nested THEN
-            SELECT r.blocked_on, r.failure INTO v_blocked, v_failure
-              FROM {schema}._resolve_dependencies(v_task, coalesce(p_priority, 0), v_args, p_depth) AS r;
-            IF v_failure IS NOT NULL THEN
-                RAISE EXCEPTION USING ERRCODE = 'JM409', MESSAGE = v_failure;
-            END IF;
-        ELSE
-            BEGIN
-                SELECT r.blocked_on, r.failure INTO v_blocked, v_failure
-                  FROM {schema}._resolve_dependencies(v_task, coalesce(p_priority, 0), v_args, p_depth) AS r;
-            EXCEPTION WHEN SQLSTATE 'JM409' OR SQLSTATE 'JM400' THEN
-                v_blocked := '{}';
-                v_failure := SQLERRM;
-            END;
-        END IF;
-        v_status := CASE WHEN v_failure IS NOT NULL THEN 'failed'
-                         WHEN cardinality(v_blocked) > 0 THEN 'blocked'
-                         ELSE 'waiting' END;
+        RETURN ({schema}._insert_batch(v_task, coalesce(p_priority, 0), ARRAY[v_args]))[1];
     END IF;
 
+    v_hash := md5(v_args::text)::uuid;
     LOOP
         INSERT INTO {schema}.jobs AS j (task_id, priority, arguments, args_hash, status,
-                                        is_dependency, max_attempts, message, finished_at)
-        VALUES (v_task.task_id, coalesce(p_priority, 0), v_args, v_hash, v_status,
-                v_task.is_dependency, v_task.retries + 1, v_failure,
-                CASE WHEN v_status = 'failed' THEN now() END)
+                                        is_dependency, max_attempts)
+        VALUES (v_task.task_id, coalesce(p_priority, 0), v_args, v_hash, 'waiting',
+                v_task.is_dependency, v_task.retries + 1)
         ON CONFLICT (task_id, args_hash) WHERE status IN ('waiting', 'blocked', 'running')
         DO NOTHING
         RETURNING j.job_id INTO v_id;
-        v_inserted := v_id IS NOT NULL;
-        EXIT WHEN v_inserted;
-        -- lost a race with an identical insert: hand back that one (unless it finished already)
+        EXIT WHEN v_id IS NOT NULL;
+        -- an identical active job: hand back its id (unless it finished meanwhile: insert again)
         v_id := {schema}._active_twin(v_task.task_id, v_hash);
         EXIT WHEN v_id IS NOT NULL;
     END LOOP;
-
-    IF v_inserted AND cardinality(v_blocked) > 0 THEN
-        INSERT INTO {schema}.job_dependencies (job_id, depends_on)
-        SELECT v_id, b FROM unnest(v_blocked) AS b
-        ON CONFLICT DO NOTHING;
-    END IF;
     RETURN v_id;
 END $$;
 
 
 -- "ALL" for write_all parameters: a parent job blocked on one child per option (the cartesian
--- product over several such parameters). The parent completes when all children complete.
+-- product over several such parameters), the children inserted as one batch. The parent
+-- completes when all children complete.
 CREATE OR REPLACE FUNCTION {schema}._fan_out(
-    p_task {schema}.tasks, p_priority int, p_arguments jsonb, p_depth int)
+    p_task {schema}.tasks, p_priority int, p_arguments jsonb)
 RETURNS uuid LANGUAGE plpgsql AS $$
 DECLARE
     v_hash   uuid := md5(p_arguments::text)::uuid;
     v_parent uuid;
     v_param  text;
     v_combos jsonb[] := ARRAY[p_arguments];
-    v_child  jsonb;
     v_failed uuid;
 BEGIN
     LOOP
@@ -470,12 +620,10 @@ BEGIN
                                       WHERE p.value->>'name' = v_param)) AS o;
     END LOOP;
 
-    FOREACH v_child IN ARRAY v_combos LOOP
-        INSERT INTO {schema}.job_dependencies (job_id, depends_on)
-        VALUES (v_parent, {schema}._insert_job(p_task.type_key, p_task.task_key, p_priority,
-                                               v_child, p_depth + 1, false))
-        ON CONFLICT DO NOTHING;
-    END LOOP;
+    INSERT INTO {schema}.job_dependencies (job_id, depends_on)
+    SELECT DISTINCT v_parent, c
+      FROM unnest({schema}.insert_jobs(p_task.type_key, p_task.task_key, p_priority, v_combos)) AS c
+    ON CONFLICT DO NOTHING;
 
     -- a child inserted as failed (its dependencies could not be created) fails the parent
     SELECT d.depends_on INTO v_failed
@@ -507,7 +655,8 @@ $$;
 
 
 -- Bulk insert: one id per element, in order (identical elements share one id); all or nothing.
--- Tasks without dependencies or "ALL": one set-based statement (one trigger run, one NOTIFY).
+-- One set-based statement (one trigger run, one NOTIFY); tasks with dependencies resolve them
+-- for the whole batch at once. Only elements with "ALL" are inserted one by one.
 CREATE OR REPLACE FUNCTION {schema}.insert_jobs(
     p_type_key text, p_task_key text, p_priority int, p_arguments jsonb[])
 RETURNS uuid[] LANGUAGE plpgsql AS $$
@@ -520,7 +669,15 @@ DECLARE
     v_i         int;
 BEGIN
     SELECT * INTO v_task FROM {schema}.tasks WHERE type_key = p_type_key AND task_key = p_task_key;
-    IF NOT FOUND OR jsonb_array_length(v_task.dependencies) > 0 OR cardinality(v_task.write_all) > 0 THEN
+    IF NOT FOUND THEN
+        PERFORM {schema}._refuse('unknown_task',
+            format('unknown task %s.%s (is it deployed?)', p_type_key, p_task_key));
+    END IF;
+    IF coalesce(cardinality(p_arguments), 0) = 0 THEN
+        RETURN '{}';
+    END IF;
+    IF EXISTS (SELECT 1 FROM unnest(p_arguments) AS a, unnest(v_task.write_all) AS w
+                WHERE a->w = '"ALL"') THEN
         FOREACH v_args IN ARRAY p_arguments LOOP
             v_ids := v_ids || {schema}._insert_job(p_type_key, p_task_key, p_priority, v_args);
         END LOOP;
@@ -550,6 +707,9 @@ BEGIN
     -- the first element that does not fit is refused with its precise message
     IF v_bad IS NOT NULL THEN
         PERFORM {schema}._canonical_arguments(v_task, v_bad, false);
+    END IF;
+    IF jsonb_array_length(v_task.dependencies) > 0 THEN
+        RETURN {schema}._insert_batch(v_task, coalesce(p_priority, 0), v_canonical);
     END IF;
 
     WITH
@@ -863,8 +1023,9 @@ DECLARE
     v_job     {schema}.jobs;
     v_task    {schema}.tasks;
     v_twin    uuid;
-    v_blocked uuid[] := '{}';
+    v_status  text := 'waiting';
     v_failure text;
+    v_plan    {schema}.plan_step[];
     v_child   uuid;
 BEGIN
     SELECT * INTO v_job FROM {schema}.jobs WHERE job_id = p_job_id FOR UPDATE;
@@ -894,29 +1055,22 @@ BEGIN
                  WHERE job_id = p_job_id AND depends_on = v_child;
             END IF;
         END LOOP;
-        v_blocked := ARRAY[p_job_id];  -- stays blocked until _settle moves it
+        v_status := 'blocked';  -- until _settle moves it
     ELSIF jsonb_array_length(v_task.dependencies) > 0 THEN
         DELETE FROM {schema}.job_dependencies WHERE job_id = p_job_id;
-        BEGIN
-            SELECT r.blocked_on, r.failure INTO v_blocked, v_failure
-              FROM {schema}._resolve_dependencies(v_task, v_job.priority, v_job.arguments, 0) AS r;
-        EXCEPTION WHEN SQLSTATE 'JM409' OR SQLSTATE 'JM400' THEN
-            v_blocked := '{}';
-            v_failure := SQLERRM;
-        END;
+        v_plan := {schema}._plan_dependencies(v_task, v_job.priority, ARRAY[v_job.arguments]);
+        SELECT v.status, v.failure INTO v_status, v_failure FROM {schema}._plan_verdicts(v_plan) AS v;
     END IF;
 
     UPDATE {schema}.jobs
-       SET status = CASE WHEN v_failure IS NOT NULL THEN 'failed'
-                         WHEN cardinality(v_blocked) > 0 THEN 'blocked' ELSE 'waiting' END,
+       SET status = v_status,
            attempts = 0, max_attempts = v_task.retries + 1, run_after = now(),
            started_at = NULL, finished_at = CASE WHEN v_failure IS NOT NULL THEN now() END,
            worker_id = NULL, result = NULL, error_type = NULL, traceback = NULL,
            message = coalesce(v_failure, 'retried')
      WHERE job_id = p_job_id;
-    IF NOT v_job.is_parent AND cardinality(v_blocked) > 0 THEN
-        INSERT INTO {schema}.job_dependencies (job_id, depends_on)
-        SELECT p_job_id, b FROM unnest(v_blocked) AS b ON CONFLICT DO NOTHING;
+    IF NOT v_job.is_parent AND v_status = 'blocked' THEN
+        PERFORM {schema}._carry_out_plan(v_plan, ARRAY[p_job_id]);
     END IF;
     RETURN p_job_id;
 END $$;
