@@ -50,6 +50,12 @@ async def paint(item: str, colour: Literal["red", "green"], size: Literal[1, 2, 
     return f"{item}-{colour}-{size}"
 
 
+# A dependency on every colour: the "ALL" fan-out parent of paint
+@task(dependencies=Dependency(paint, item=same, colour="ALL"))
+async def painted_in_every_colour(item: str) -> str:
+    return item
+
+
 @task
 def untyped(thing, other=None):  # type: ignore[no-untyped-def]
     return [thing, other]

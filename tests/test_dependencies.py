@@ -226,6 +226,17 @@ async def test_a_batch_fails_only_the_elements_whose_dependencies_cannot_be_crea
     assert await jm.run() == 2
 
 
+async def test_a_dependency_with_all_waits_for_every_child(jm: JobMaster) -> None:
+    job_id = await jm.insert_job("tasks_for_tests", "painted_in_every_colour", 1, {"item": "car"})
+    [parent] = await jm.dependencies(job_id)
+    children = await jm.dependencies(parent["job_id"])
+    assert parent["status"] == "blocked" and len(children) == 2
+    assert await jm.run() == 3
+    job = await jm.get_job(job_id)
+    assert job is not None and job.status == "complete"
+    assert (await jm.get_job(parent["job_id"])).status == "complete"  # type: ignore[union-attr]
+
+
 async def test_dependents_never_run_before_their_dependencies(
     jm: JobMaster, dsn: str, conn: asyncpg.Connection
 ) -> None:
