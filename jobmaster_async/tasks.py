@@ -454,7 +454,8 @@ def _json_type(label: str, name: str, annotation: Any) -> tuple[str, bool, tuple
     if base in (dict, Mapping, typing.Dict):  # noqa: UP006
         return "object", False, None
     if base in _SIMPLE_TYPES:
-        return _SIMPLE_TYPES[base], False, None
+        json_type = _SIMPLE_TYPES[base]
+        return json_type, json_type == "any", None  # None is an Any (and an object)
     raise TaskDefinitionError(
         f"task {label}: parameter {name!r}: annotation {annotation!r} is not a JSON type "
         "(use str, int, float, bool, list, dict, a Literal or a list of options)"

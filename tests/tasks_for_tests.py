@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Literal
+from typing import Any, Literal
 
 from jobmaster_async import Dependency, cancel_requested, same, task
 
@@ -32,6 +32,19 @@ def flaky(key: str) -> None:
 @task
 async def echo(value: dict, flag: bool = False, items: list | None = None) -> dict:  # type: ignore[type-arg]
     return {"value": value, "flag": flag, "items": items}
+
+
+@task
+async def every_kind(
+    n: int,
+    x: float = 1.5,
+    s: str = "s",
+    flag: bool = False,
+    mode: Literal["a", "b", 3] = "a",
+    maybe: int | None = None,
+    anything: Any = None,
+    obj: dict | None = None,  # type: ignore[type-arg]
+) -> None: ...
 
 
 @task(process_limit=2)

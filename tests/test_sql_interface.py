@@ -140,6 +140,56 @@ async def test_insert_jobs_bulk(jm: JobMaster) -> None:
     assert len(await jm.jobs(limit=5000)) == 2000  # the refused batch wrote nothing
 
 
+GOOD_ARGUMENTS = [
+    {"n": 1},
+    {"n": 2.0},
+    {"n": -0},
+    {"n": 3, "x": 2},
+    {"n": 4, "mode": 3},
+    {"n": 5, "mode": 3.0},
+    {"n": 6, "maybe": None},
+    {"n": 7, "anything": [1, {"k": 2}]},
+    {"n": 8, "anything": None, "obj": {"a": [1]}, "s": 'quote " and \\ and é'},
+    {"n": 1e2},
+]
+BAD_ARGUMENTS = [
+    {},
+    {"n": 1.5},
+    {"n": "1"},
+    {"n": None},
+    {"n": [1]},
+    {"n": 1, "unknown": 1},
+    {"n": 1, "mode": "c"},
+    {"n": 1, "mode": ["a"]},
+    {"n": 1, "flag": "true"},
+    {"n": 1, "s": None},
+    {"n": 1, "obj": [1]},
+    [1, 2],
+    "text",
+]
+
+
+@pytest.mark.parametrize("arguments", GOOD_ARGUMENTS + BAD_ARGUMENTS)
+async def test_bulk_and_single_inserts_agree(jm: JobMaster, conn: asyncpg.Connection, arguments: object) -> None:
+    """insert_jobs checks a batch with a jsonpath built from the parameters, insert_job/add_job
+    argument by argument: they accept and refuse the same arguments, with the same messages, and
+    store the same canonical form (the same active job, so the same id)."""
+    text = json.dumps(arguments)
+    outcomes = []
+    for query in (
+        f"SELECT ({q(jm)}.insert_jobs('tasks_for_tests', 'every_kind', 1, ARRAY[$1::jsonb]))[1]",
+        f"SELECT {q(jm)}.add_job('tasks_for_tests', 'every_kind', 1, $1::json)",
+    ):
+        try:
+            outcomes.append(await conn.fetchval(query, text))
+        except asyncpg.PostgresError as exc:
+            assert exc.sqlstate == "JM400"
+            outcomes.append(str(exc))
+    bulk, single = outcomes
+    assert bulk == single
+    assert isinstance(bulk, uuid.UUID) == (arguments in GOOD_ARGUMENTS)
+
+
 async def test_all_fans_out_to_one_child_per_combination(jm: JobMaster, conn: asyncpg.Connection) -> None:
     parent = await conn.fetchval(
         f"SELECT {q(jm)}.add_job('tasks_for_tests', 'paint', 1, $1::json)",

@@ -68,6 +68,46 @@ RETURNS jsonb LANGUAGE sql IMMUTABLE AS $$
 $$;
 
 
+-- The parameters as one jsonpath predicate that arguments without unknown keys match when they
+-- fit (JSON types, whole integers, nullability, options, required ones present): the same rules
+-- as _arguments_ok, but run by jsonb_path_match in C, so a bulk insert checks thousands of
+-- elements in milliseconds. NULL when an option is not a scalar (then _arguments_ok checks).
+CREATE OR REPLACE FUNCTION {schema}._arguments_path(p_parameters jsonb)
+RETURNS jsonpath LANGUAGE plpgsql IMMUTABLE AS $$
+DECLARE
+    v_param  jsonb;
+    v_x      text;
+    v_check  text;
+    v_checks text[] := '{}';
+BEGIN
+    FOR v_param IN SELECT p.value FROM jsonb_array_elements(p_parameters) AS p LOOP
+        v_x := '$.' || to_jsonb(v_param->>'name')::text;
+        v_check := CASE v_param->>'type'
+            WHEN 'any' THEN format('%s.type() != "null"', v_x)
+            WHEN 'integer' THEN format('(%1$s.type() == "number" && %1$s.floor() == %1$s)', v_x)
+            ELSE format('%s.type() == %s', v_x, to_jsonb(v_param->>'type')::text) END;
+        IF v_param ? 'options' THEN
+            IF EXISTS (SELECT 1 FROM jsonb_array_elements(v_param->'options') AS o
+                        WHERE jsonb_typeof(o.value) IN ('object', 'array')) THEN
+                RETURN NULL;
+            END IF;
+            v_check := format('(%s && %2$s.type() != "array" && %2$s.type() != "object" && (%s))',
+                              v_check, v_x,
+                              (SELECT string_agg(format('%s == %s', v_x, o.value::text), ' || ')
+                                 FROM jsonb_array_elements(v_param->'options') AS o));
+        END IF;
+        IF coalesce((v_param->>'nullable')::boolean, false) THEN
+            v_check := format('(%s.type() == "null" || %s)', v_x, v_check);
+        END IF;
+        IF v_param ? 'default' THEN
+            v_check := format('(!(exists(%s)) || %s)', v_x, v_check);
+        END IF;
+        v_checks := v_checks || v_check;
+    END LOOP;
+    RETURN coalesce(nullif(array_to_string(v_checks, ' && '), ''), 'true')::jsonpath;
+END $$;
+
+
 -- One argument value checked against its parameter: refused, naming task and argument, if it
 -- does not fit.
 CREATE OR REPLACE FUNCTION {schema}._check_value(p_label text, p_param jsonb, p_value jsonb)
@@ -667,6 +707,10 @@ DECLARE
     v_ids       uuid[] := '{}';
     v_args      jsonb;
     v_i         int;
+    v_path      jsonpath;
+    v_names     text[];
+    v_defaults  jsonb;
+    v_integers  boolean;
 BEGIN
     SELECT * INTO v_task FROM {schema}.tasks WHERE type_key = p_type_key AND task_key = p_task_key;
     IF NOT FOUND THEN
@@ -684,26 +728,30 @@ BEGIN
         RETURN v_ids;
     END IF;
 
-    -- each element against each parameter, in one pass: its canonical form, and whether it fits
-    SELECT array_agg(c.args ORDER BY c.ord), (array_agg(c.a ORDER BY c.ord) FILTER (WHERE NOT c.fits))[1]
+    -- every element checked in one pass (jsonpath, see _arguments_path) and made canonical:
+    -- defaults filled in; integers given with a decimal point (5.0) the slow way
+    v_path := {schema}._arguments_path(v_task.parameters);
+    SELECT array_agg(p.value->>'name'),
+           coalesce(jsonb_object_agg(p.value->>'name', p.value->'default')
+                        FILTER (WHERE p.value ? 'default'), '{}'),
+           coalesce(bool_or(p.value->>'type' = 'integer'), false)
+      INTO v_names, v_defaults, v_integers
+      FROM jsonb_array_elements(v_task.parameters) AS p;
+    SELECT array_agg(CASE WHEN v_integers AND u.a::text LIKE '%.%'
+                          THEN {schema}._canonical_of(v_task.parameters, u.a)
+                          ELSE v_defaults || u.a END ORDER BY u.ord),
+           (array_agg(u.a ORDER BY u.ord) FILTER (WHERE NOT u.fits))[1]
       INTO v_canonical, v_bad
-      FROM (SELECT u.ord, u.a,
-                   coalesce(jsonb_object_agg(
-                       p.value->>'name',
-                       CASE WHEN u.a ? (p.value->>'name')
-                            THEN {schema}._canonical_value(p.value, u.a->(p.value->>'name'))
-                            ELSE p.value->'default' END) FILTER (WHERE p.value IS NOT NULL), '{}') AS args,
-                   jsonb_typeof(u.a) = 'object'
-                   AND coalesce(bool_and(CASE WHEN u.a ? (p.value->>'name')
-                                              THEN {schema}._value_ok(p.value, u.a->(p.value->>'name'))
-                                              ELSE p.value ? 'default' END), true)
-                   -- and no key that is not a parameter
-                   AND count(p.value) FILTER (WHERE u.a ? (p.value->>'name'))
-                       = (SELECT count(*) FROM jsonb_object_keys(u.a)) AS fits
-              FROM (SELECT coalesce(x.a, '{}') AS a, x.ord
-                      FROM unnest(p_arguments) WITH ORDINALITY AS x(a, ord)) AS u
-              LEFT JOIN jsonb_array_elements(v_task.parameters) AS p ON true
-             GROUP BY u.ord, u.a) AS c;
+      FROM (SELECT x.ord, x.a,
+                   CASE WHEN jsonb_typeof(x.a) = 'object'
+                        THEN x.a - coalesce(v_names, '{}') = '{}'
+                             AND coalesce(CASE WHEN v_path IS NULL
+                                               THEN {schema}._arguments_ok(v_task.parameters, x.a)
+                                               ELSE jsonb_path_match(x.a, v_path, '{}', true) END,
+                                          false)
+                        ELSE false END AS fits
+              FROM (SELECT coalesce(e.a, '{}') AS a, e.ord
+                      FROM unnest(p_arguments) WITH ORDINALITY AS e(a, ord)) AS x) AS u;
     -- the first element that does not fit is refused with its precise message
     IF v_bad IS NOT NULL THEN
         PERFORM {schema}._canonical_arguments(v_task, v_bad, false);
