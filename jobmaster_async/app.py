@@ -19,6 +19,7 @@ import asyncpg
 
 from .db.connection import DatabaseTarget, create_pool, dsn_from
 from .db.deploy import deploy_schema
+from .db.pool import Pool
 from .db.sql import Catalogue
 from .errors import (
     REFUSAL_SQLSTATE,
@@ -109,7 +110,7 @@ class JobMaster:
         self.node = socket.gethostname()
 
         self.threads = DaemonThreadPool(max_workers=32)
-        self._pool: asyncpg.Pool | None = None
+        self._pool: Pool | None = None
         self._pool_lock: asyncio.Lock | None = None
         self._definitions: dict[int, TaskDefinition] | None = None  # task_id -> definition
         self._registered = False
@@ -126,7 +127,7 @@ class JobMaster:
 
     # -- lifecycle -------------------------------------------------------------------------------
 
-    async def pool(self) -> asyncpg.Pool:
+    async def pool(self) -> Pool:
         """The asyncpg pool, opened on first use."""
         if self._pool is None:
             if self._pool_lock is None:

@@ -1,4 +1,4 @@
-"""Connections: a user's engine or DSN turned into an asyncpg pool."""
+"""Connections: a user's engine or DSN turned into asyncpg connections and a pool."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from sqlalchemy.engine import URL, Engine, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ..errors import ConfigurationError
+from .pool import Pool
 
 __all__ = ("DatabaseTarget", "connect", "create_pool", "dsn_from")
 
@@ -63,11 +64,6 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
     await conn.set_type_codec("jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
 
 
-async def _keep_session(conn: asyncpg.Connection) -> None:
-    """Pool release without asyncpg's default RESET ALL / UNLISTEN / CLOSE ALL round trip: our own
-    queries leave no session state (an open transaction is still rolled back)."""
-
-
 async def connect(dsn: str, connect_kwargs: dict[str, Any] | None = None) -> asyncpg.Connection:
     """One connection with the JSON codecs (LISTEN, deploy)."""
     conn = await asyncpg.connect(dsn, **(connect_kwargs or {}))
@@ -75,13 +71,12 @@ async def connect(dsn: str, connect_kwargs: dict[str, Any] | None = None) -> asy
     return conn
 
 
-async def create_pool(
-    dsn: str, connect_kwargs: dict[str, Any] | None = None, min_size: int = 1, max_size: int = 10
-) -> asyncpg.Pool:
+async def create_pool(dsn: str, connect_kwargs: dict[str, Any] | None = None, max_size: int = 10) -> Pool:
+    """The pool a JobMaster runs its statements on (connections named after this process)."""
     kwargs = dict(connect_kwargs or {})
-    kwargs.setdefault("server_settings", {}).setdefault("application_name", f"jobmaster_async:{os.getpid()}")
-    pool = await asyncpg.create_pool(
-        dsn, min_size=min_size, max_size=max_size, init=_init_connection, reset=_keep_session, **kwargs
-    )
-    assert pool is not None
-    return pool
+    settings = {"application_name": f"jobmaster_async:{os.getpid()}", **kwargs.pop("server_settings", {})}
+
+    async def open_connection() -> asyncpg.Connection:
+        return await connect(dsn, {**kwargs, "server_settings": settings})
+
+    return Pool(open_connection, max_size)

@@ -108,6 +108,43 @@ BEGIN
 END $$;
 
 
+-- Derives what inserting needs from a task's parameters (see migration 0003).
+CREATE OR REPLACE FUNCTION {schema}._derive_task_checks()
+RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    SELECT coalesce(array_agg(p.value->>'name'), '{}'),
+           coalesce(jsonb_object_agg(p.value->>'name', p.value->'default')
+                        FILTER (WHERE p.value ? 'default'), '{}'),
+           coalesce(bool_or(p.value->>'type' = 'integer'), false)
+      INTO NEW.parameter_names, NEW.defaults, NEW.has_integers
+      FROM jsonb_array_elements(NEW.parameters) AS p;
+    NEW.arguments_path := {schema}._arguments_path(NEW.parameters);
+    RETURN NEW;
+END $$;
+
+DROP TRIGGER IF EXISTS tasks_derive_checks ON {schema}.tasks;
+CREATE TRIGGER tasks_derive_checks BEFORE INSERT OR UPDATE ON {schema}.tasks
+    FOR EACH ROW EXECUTE FUNCTION {schema}._derive_task_checks();
+
+-- derived again by these functions, for tasks deployed before them
+UPDATE {schema}.tasks SET parameters = parameters;
+
+
+-- Canonical arguments, the fast way: NULL unless they fit the task's arguments_path; then the
+-- defaults filled in (an integer given as 5.0 made 5 the slow way).
+CREATE OR REPLACE FUNCTION {schema}._fast_canonical(p_task {schema}.tasks, p_arguments jsonb)
+RETURNS jsonb LANGUAGE sql IMMUTABLE AS $$
+    SELECT CASE
+        WHEN p_task.arguments_path IS NULL OR jsonb_typeof(p_arguments) IS DISTINCT FROM 'object' THEN NULL
+        WHEN p_arguments - p_task.parameter_names <> '{}' THEN NULL
+        WHEN NOT coalesce(jsonb_path_match(p_arguments, p_task.arguments_path, '{}', true), false) THEN NULL
+        WHEN p_task.has_integers AND p_arguments::text LIKE '%.%'
+            THEN {schema}._canonical_of(p_task.parameters, p_arguments)
+        ELSE p_task.defaults || p_arguments
+    END
+$$;
+
+
 -- One argument value checked against its parameter: refused, naming task and argument, if it
 -- does not fit.
 CREATE OR REPLACE FUNCTION {schema}._check_value(p_label text, p_param jsonb, p_value jsonb)
@@ -144,8 +181,13 @@ DECLARE
     v_param   jsonb;
     v_name    text;
     v_unknown text;
+    v_fast    jsonb;
 BEGIN
     p_arguments := coalesce(p_arguments, '{}');
+    v_fast := {schema}._fast_canonical(p_task, p_arguments);
+    IF v_fast IS NOT NULL THEN
+        RETURN v_fast;
+    END IF;
     IF {schema}._arguments_ok(p_task.parameters, p_arguments) THEN
         RETURN {schema}._canonical_of(p_task.parameters, p_arguments);
     END IF;
@@ -597,8 +639,10 @@ BEGIN
             format('unknown task %s.%s (is it deployed?)', p_type_key, p_task_key));
     END IF;
     v_args := {schema}._canonical_arguments(v_task, p_arguments, true);
-    IF EXISTS (SELECT 1 FROM unnest(v_task.write_all) AS p WHERE v_args->p = '"ALL"') THEN
-        RETURN {schema}._fan_out(v_task, coalesce(p_priority, 0), v_args);
+    IF cardinality(v_task.write_all) > 0 THEN
+        IF EXISTS (SELECT 1 FROM unnest(v_task.write_all) AS p WHERE v_args->p = '"ALL"') THEN
+            RETURN {schema}._fan_out(v_task, coalesce(p_priority, 0), v_args);
+        END IF;
     END IF;
     IF jsonb_array_length(v_task.dependencies) > 0 THEN
         RETURN ({schema}._insert_batch(v_task, coalesce(p_priority, 0), ARRAY[v_args]))[1];
@@ -702,15 +746,10 @@ CREATE OR REPLACE FUNCTION {schema}.insert_jobs(
 RETURNS uuid[] LANGUAGE plpgsql AS $$
 DECLARE
     v_task      {schema}.tasks;
-    v_bad       jsonb;
     v_canonical jsonb[];
     v_ids       uuid[] := '{}';
     v_args      jsonb;
     v_i         int;
-    v_path      jsonpath;
-    v_names     text[];
-    v_defaults  jsonb;
-    v_integers  boolean;
 BEGIN
     SELECT * INTO v_task FROM {schema}.tasks WHERE type_key = p_type_key AND task_key = p_task_key;
     IF NOT FOUND THEN
@@ -728,34 +767,13 @@ BEGIN
         RETURN v_ids;
     END IF;
 
-    -- every element checked in one pass (jsonpath, see _arguments_path) and made canonical:
-    -- defaults filled in; integers given with a decimal point (5.0) the slow way
-    v_path := {schema}._arguments_path(v_task.parameters);
-    SELECT array_agg(p.value->>'name'),
-           coalesce(jsonb_object_agg(p.value->>'name', p.value->'default')
-                        FILTER (WHERE p.value ? 'default'), '{}'),
-           coalesce(bool_or(p.value->>'type' = 'integer'), false)
-      INTO v_names, v_defaults, v_integers
-      FROM jsonb_array_elements(v_task.parameters) AS p;
-    SELECT array_agg(CASE WHEN v_integers AND u.a::text LIKE '%.%'
-                          THEN {schema}._canonical_of(v_task.parameters, u.a)
-                          ELSE v_defaults || u.a END ORDER BY u.ord),
-           (array_agg(u.a ORDER BY u.ord) FILTER (WHERE NOT u.fits))[1]
-      INTO v_canonical, v_bad
-      FROM (SELECT x.ord, x.a,
-                   CASE WHEN jsonb_typeof(x.a) = 'object'
-                        THEN x.a - coalesce(v_names, '{}') = '{}'
-                             AND coalesce(CASE WHEN v_path IS NULL
-                                               THEN {schema}._arguments_ok(v_task.parameters, x.a)
-                                               ELSE jsonb_path_match(x.a, v_path, '{}', true) END,
-                                          false)
-                        ELSE false END AS fits
-              FROM (SELECT coalesce(e.a, '{}') AS a, e.ord
-                      FROM unnest(p_arguments) WITH ORDINALITY AS e(a, ord)) AS x) AS u;
-    -- the first element that does not fit is refused with its precise message
-    IF v_bad IS NOT NULL THEN
-        PERFORM {schema}._canonical_arguments(v_task, v_bad, false);
-    END IF;
+    -- every element made canonical in one pass, the fast way where it can (see _fast_canonical);
+    -- the first one that does not fit is refused with its precise message
+    SELECT array_agg(coalesce({schema}._fast_canonical(v_task, u.a),
+                              {schema}._canonical_arguments(v_task, u.a, false)) ORDER BY u.ord)
+      INTO v_canonical
+      FROM (SELECT coalesce(e.a, '{}') AS a, e.ord
+              FROM unnest(p_arguments) WITH ORDINALITY AS e(a, ord)) AS u;
     IF jsonb_array_length(v_task.dependencies) > 0 THEN
         RETURN {schema}._insert_batch(v_task, coalesce(p_priority, 0), v_canonical);
     END IF;
@@ -766,33 +784,34 @@ BEGIN
         SELECT u.ord, u.args, md5(u.args::text)::uuid AS args_hash
           FROM unnest(v_canonical) WITH ORDINALITY AS u(args, ord)
     ),
-    -- one row per distinct job; identical active jobs already there are not inserted again
+    -- the jobs; an element identical to an active job, or to an earlier element, is skipped
     inserted AS (
         INSERT INTO {schema}.jobs (task_id, priority, arguments, args_hash, status, is_dependency,
                                    max_attempts)
-        SELECT DISTINCT ON (b.args_hash) v_task.task_id, coalesce(p_priority, 0), b.args, b.args_hash,
+        SELECT v_task.task_id, coalesce(p_priority, 0), b.args, b.args_hash,
                'waiting', v_task.is_dependency, v_task.retries + 1
           FROM batch AS b
-         ORDER BY b.args_hash, b.ord
         ON CONFLICT (task_id, args_hash) WHERE status IN ('waiting', 'blocked', 'running')
         DO NOTHING
         RETURNING job_id, args_hash
-    ),
-    -- the ids of the identical jobs that were already active
-    existing AS (
-        SELECT j.job_id, j.args_hash FROM {schema}.jobs AS j
-         WHERE j.task_id = v_task.task_id AND j.status IN ('waiting', 'blocked', 'running')
-           AND j.args_hash IN (SELECT b.args_hash FROM batch AS b)
     )
-    SELECT array_agg(coalesce(i.job_id, e.job_id) ORDER BY b.ord) INTO v_ids
+    SELECT array_agg(i.job_id ORDER BY b.ord) INTO v_ids
       FROM batch AS b
-      LEFT JOIN inserted AS i ON i.args_hash = b.args_hash
-      LEFT JOIN existing AS e ON e.args_hash = b.args_hash;
+      LEFT JOIN inserted AS i ON i.args_hash = b.args_hash;
 
-    -- an identical job inserted by a concurrent transaction is not in our snapshot: ask again
-    FOR v_i IN SELECT i FROM generate_subscripts(v_ids, 1) AS i WHERE v_ids[i] IS NULL LOOP
-        v_ids[v_i] := {schema}._insert_job(p_type_key, p_task_key, p_priority, p_arguments[v_i]);
-    END LOOP;
+    IF array_position(v_ids, NULL) IS NOT NULL THEN
+        -- skipped elements: the ids of their identical active jobs (this statement also sees those
+        -- committed meanwhile by other transactions)
+        SELECT array_agg(coalesce(v_ids[b.ord], j.job_id) ORDER BY b.ord) INTO v_ids
+          FROM unnest(v_canonical) WITH ORDINALITY AS b(args, ord)
+          LEFT JOIN {schema}.jobs AS j
+            ON v_ids[b.ord] IS NULL AND j.task_id = v_task.task_id
+           AND j.args_hash = md5(b.args::text)::uuid AND j.status IN ('waiting', 'blocked', 'running');
+        -- rare: an identical job that finished meanwhile; insert one by one
+        FOR v_i IN SELECT i FROM generate_subscripts(v_ids, 1) AS i WHERE v_ids[i] IS NULL LOOP
+            v_ids[v_i] := {schema}._insert_job(p_type_key, p_task_key, p_priority, p_arguments[v_i]);
+        END LOOP;
+    END IF;
     RETURN coalesce(v_ids, '{}');
 END $$;
 

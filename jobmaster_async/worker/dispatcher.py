@@ -20,6 +20,7 @@ import anyio
 import asyncpg
 
 from ..db.connection import connect
+from ..db.pool import Pool
 from ..db.sql import Catalogue
 from .executors import DaemonThreadPool, Outcome, run_task
 from .outcomes import Claim
@@ -49,7 +50,7 @@ class Backend(Protocol):
     worker_id: uuid.UUID
     threads: DaemonThreadPool
 
-    async def pool(self) -> asyncpg.Pool: ...
+    async def pool(self) -> Pool: ...
     async def claim(self, limit: int, units: int) -> list[Claim]: ...
     async def record(self, outcomes: list[tuple[Claim, Outcome]]) -> set[uuid.UUID]: ...
     async def beat(self) -> None: ...

@@ -11,6 +11,7 @@ from typing import Any
 
 import asyncpg
 
+from ..db.pool import Pool
 from ..db.sql import Catalogue
 from ..tasks import TaskDefinition
 from .executors import Outcome
@@ -42,7 +43,7 @@ def retry_delay(claim: Claim, backoff: float) -> float | None:
 
 
 async def record_outcomes(
-    db: asyncpg.Pool | asyncpg.Connection,
+    db: Pool | asyncpg.Connection,
     sql: Catalogue,
     worker_id: uuid.UUID,
     outcomes: Sequence[tuple[Claim, Outcome]],

@@ -1,0 +1,107 @@
+"""A small pool of asyncpg connections, lean on the hot path.
+
+asyncpg's own Pool shields every release in a new task and resets through another coroutine: each
+one-statement call costs three more turns of the event loop than the statement itself (measured
+with cProfile: 5 turns per ``pool.fetchval("SELECT 1")`` instead of 2, about 60 µs of a 200 µs
+round trip on the development machine). Here an idle connection is popped from a stack and pushed
+back without awaiting anything.
+
+A connection goes back only in a clean state: not closed, not inside a transaction, and not
+interrupted mid-statement (any exception other than an error reported by the server, such as a
+cancellation or a lost connection, closes it). Our statements leave no other session state, so
+there is no reset round trip.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+import asyncpg
+
+__all__ = ("Pool",)
+
+logger = logging.getLogger(__name__)
+
+
+class Pool:
+    """Up to ``max_size`` connections, opened on demand with ``connect``; LIFO reuse."""
+
+    def __init__(self, connect: Any, max_size: int) -> None:
+        self._connect = connect
+        self._idle: list[asyncpg.Connection] = []
+        self._slots = asyncio.Semaphore(max_size)
+        self._closed = False
+
+    async def _take(self) -> asyncpg.Connection:
+        if self._closed:
+            raise asyncpg.InterfaceError("the pool is closed")
+        await self._slots.acquire()  # returns at once (no loop turn) while a slot is free
+        try:
+            while self._idle:
+                conn = self._idle.pop()
+                if not conn.is_closed():
+                    break
+            else:
+                conn = await self._connect()
+        except BaseException:
+            self._slots.release()
+            raise
+        return conn
+
+    def _give_back(self, conn: asyncpg.Connection, error: BaseException | None) -> None:
+        reusable = not self._closed and not conn.is_closed() and not conn.is_in_transaction()
+        if reusable and (error is None or isinstance(error, asyncpg.PostgresError)):
+            self._idle.append(conn)
+        else:
+            conn.terminate()
+        self._slots.release()
+
+    @contextlib.asynccontextmanager
+    async def acquire(self) -> AsyncIterator[asyncpg.Connection]:
+        """A connection for a session of several statements (or a transaction)."""
+        conn = await self._take()
+        try:
+            yield conn
+        except BaseException as exc:
+            self._give_back(conn, exc)
+            raise
+        self._give_back(conn, None)
+
+    async def _run(self, method: str, query: str, args: tuple[Any, ...]) -> Any:
+        conn = await self._take()
+        try:
+            result = await getattr(conn, method)(query, *args)
+        except BaseException as exc:
+            self._give_back(conn, exc)
+            raise
+        self._give_back(conn, None)
+        return result
+
+    async def execute(self, query: str, *args: Any) -> str:
+        status: str = await self._run("execute", query, args)
+        return status
+
+    async def fetch(self, query: str, *args: Any) -> list[asyncpg.Record]:
+        rows: list[asyncpg.Record] = await self._run("fetch", query, args)
+        return rows
+
+    async def fetchrow(self, query: str, *args: Any) -> asyncpg.Record | None:
+        row: asyncpg.Record | None = await self._run("fetchrow", query, args)
+        return row
+
+    async def fetchval(self, query: str, *args: Any) -> Any:
+        return await self._run("fetchval", query, args)
+
+    async def close(self) -> None:
+        """Closes the idle connections; those in use are closed when they come back."""
+        self._closed = True
+        idle, self._idle = self._idle, []
+        for conn in idle:
+            try:
+                await asyncio.wait_for(conn.close(), 5)
+            except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+                conn.terminate()

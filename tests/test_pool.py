@@ -1,0 +1,71 @@
+"""The connection pool: reuse, what is never reused, its size."""
+
+from __future__ import annotations
+
+import asyncio
+
+import asyncpg
+import pytest
+
+from jobmaster_async.db.connection import create_pool
+from tests.polling import until
+
+
+async def test_a_refused_statement_keeps_its_connection(dsn: str) -> None:
+    pool = await create_pool(dsn, max_size=1)
+    try:
+        pid = await pool.fetchval("SELECT pg_backend_pid()")
+        with pytest.raises(asyncpg.PostgresError):
+            await pool.fetchval("SELECT 1 / 0")
+        assert await pool.fetchval("SELECT pg_backend_pid()") == pid
+    finally:
+        await pool.close()
+
+
+async def test_a_cancelled_statement_closes_its_connection(dsn: str, conn: asyncpg.Connection) -> None:
+    pool = await create_pool(dsn, max_size=1)
+    try:
+        pid = await pool.fetchval("SELECT pg_backend_pid()")
+        sleeper = asyncio.create_task(pool.fetchval("SELECT pg_sleep(60)"))
+
+        async def sleeping() -> bool:
+            query = "SELECT count(*) FROM pg_stat_activity WHERE pid = $1 AND query LIKE '%pg_sleep(60)%'"
+            return bool(await conn.fetchval(query, pid))
+
+        await until(sleeping, "the statement to run")
+        sleeper.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await sleeper
+        assert await pool.fetchval("SELECT pg_backend_pid()") != pid
+    finally:
+        await pool.close()
+
+
+async def test_a_connection_left_in_a_transaction_is_not_reused(dsn: str) -> None:
+    pool = await create_pool(dsn, max_size=1)
+    try:
+        async with pool.acquire() as c:
+            pid = await c.fetchval("SELECT pg_backend_pid()")
+            await c.execute("BEGIN")
+        async with pool.acquire() as c:
+            assert not c.is_in_transaction()
+            assert await c.fetchval("SELECT pg_backend_pid()") != pid
+    finally:
+        await pool.close()
+
+
+async def test_never_more_connections_than_max_size(dsn: str) -> None:
+    pool = await create_pool(dsn, max_size=2)
+    try:
+        pids = await asyncio.gather(*(pool.fetchval("SELECT pg_backend_pid() FROM pg_sleep(0.05)") for _ in range(6)))
+        assert len(set(pids)) == 2
+    finally:
+        await pool.close()
+
+
+async def test_a_closed_pool_refuses_statements(dsn: str) -> None:
+    pool = await create_pool(dsn, max_size=1)
+    await pool.fetchval("SELECT 1")
+    await pool.close()
+    with pytest.raises(asyncpg.InterfaceError, match="closed"):
+        await pool.fetchval("SELECT 1")
