@@ -17,7 +17,7 @@ from typing import Any
 
 import asyncpg
 
-from .db.connection import DatabaseTarget, create_pool, dsn_from
+from .db.connection import DatabaseTarget, create_pool, dsn_from, opener
 from .db.deploy import deploy_schema
 from .db.pool import Pool
 from .db.sql import Catalogue
@@ -32,6 +32,7 @@ from .errors import (
 )
 from .jobs import ACTIVE_STATUSES, Job, JobStatus, as_job_id
 from .tasks import TaskDefinition, registry
+from .worker.claimer import Claimer
 from .worker.dispatcher import Dispatcher, DispatcherSettings
 from .worker.executors import DaemonThreadPool, Outcome, run_task
 from .worker.outcomes import Claim, record_outcomes
@@ -111,7 +112,7 @@ class JobMaster:
 
         self.threads = DaemonThreadPool(max_workers=32)
         self._pool: Pool | None = None
-        self._pool_lock: asyncio.Lock | None = None
+        self.claimer = Claimer(self.sql, opener(self.dsn, self.connect_kwargs), self.pool)
         self._definitions: dict[int, TaskDefinition] | None = None  # task_id -> definition
         self._registered = False
         self._last_beat = 0.0
@@ -128,13 +129,9 @@ class JobMaster:
     # -- lifecycle -------------------------------------------------------------------------------
 
     async def pool(self) -> Pool:
-        """The asyncpg pool, opened on first use."""
+        """The connection pool (its connections open on first use)."""
         if self._pool is None:
-            if self._pool_lock is None:
-                self._pool_lock = asyncio.Lock()
-            async with self._pool_lock:
-                if self._pool is None:
-                    self._pool = await create_pool(self.dsn, self.connect_kwargs, max_size=self.pool_size)
+            self._pool = create_pool(self.dsn, self.connect_kwargs, max_size=self.pool_size)
         return self._pool
 
     async def close(self) -> None:
@@ -144,6 +141,7 @@ class JobMaster:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._heartbeat
             self._heartbeat = None
+        await self.claimer.close()
         if self._pool is not None:
             pool, self._pool = self._pool, None
             if self._registered and self._popped == 0:
@@ -253,8 +251,7 @@ class JobMaster:
             return []
         if not self._registered or time.monotonic() - self._last_beat > self.heartbeat_interval:
             await self.beat()  # a fresh heartbeat before holding jobs: never claimed by a 'dead' worker
-        pool = await self.pool()
-        rows = await pool.fetch(self.sql["claim_jobs"], self.worker_id, task_ids, limit, units)
+        rows = await self.claimer.claim(self.worker_id, task_ids, limit, units)
         definitions = await self.definitions()
         return [
             Claim(

@@ -143,3 +143,47 @@ async def test_a_job_larger_than_the_budget_is_never_claimed(dsn: str, schema_na
         from tests.conftest import drop_schema
 
         await drop_schema(dsn, schema_name)
+
+
+async def lift_limits(jm: JobMaster, conn: asyncpg.Connection) -> None:
+    """The tests' registry has process_limit and process_units tasks, which send every claim
+    through claim_jobs(); without them (in the database) claims take the plain statement."""
+    await conn.execute(f"UPDATE {quote_identifier(jm.schema)}.tasks SET process_limit = NULL, process_units = 1")
+
+
+async def test_a_limit_deployed_elsewhere_is_respected_by_a_running_worker(
+    jm: JobMaster, conn: asyncpg.Connection
+) -> None:
+    """This process's definitions say add has no process_limit; another deploy gives it one. The
+    plain-statement claim notices and leaves the claim to claim_jobs(), which respects it."""
+    await lift_limits(jm, conn)
+    await jm.insert_job("tasks_for_tests", "add", 1, {"a": 0})
+    assert len(await jm.claim(5, 100)) == 1
+    assert jm.claimer.due_in_known  # the plain statement claimed it
+    await conn.execute(f"UPDATE {quote_identifier(jm.schema)}.tasks SET process_limit = 2 WHERE task_key = 'add'")
+    await jm.insert_jobs("tasks_for_tests", "add", 1, [{"a": 1}, {"a": 2}])
+    assert len(await jm.claim(5, 100)) == 1  # one running already: one more
+    assert not jm.claimer.due_in_known  # claim_jobs() did
+    assert await jm.counts() == {"running": 2, "waiting": 1}
+
+
+async def test_a_claim_tells_when_the_next_job_falls_due(jm: JobMaster, conn: asyncpg.Connection) -> None:
+    await lift_limits(jm, conn)
+    job_id = await jm.insert_job("tasks_for_tests", "add", 1, {"a": 1})
+    await conn.execute(
+        f"UPDATE {quote_identifier(jm.schema)}.jobs SET run_after = now() + interval '1 hour' WHERE job_id = $1",
+        job_id,
+    )
+    assert await jm.claim(5, 100) == []
+    assert jm.claimer.due_in_known
+    assert jm.claimer.due_in is not None and 3000 < jm.claimer.due_in <= 3600
+
+
+async def test_concurrent_pops_in_one_process_take_different_jobs(jm: JobMaster, conn: asyncpg.Connection) -> None:
+    """One pop runs the plain statement on the claim connection, the other claim_jobs() through
+    the pool."""
+    await lift_limits(jm, conn)
+    await jm.insert_jobs("tasks_for_tests", "add", 1, [{"a": i} for i in range(2)])
+    first, second = await asyncio.gather(jm.pop_job(), jm.pop_job())
+    assert first is not None and second is not None and first.job_id != second.job_id
+    await asyncio.gather(first.execute(), second.execute())

@@ -12,7 +12,7 @@ from tests.polling import until
 
 
 async def test_a_refused_statement_keeps_its_connection(dsn: str) -> None:
-    pool = await create_pool(dsn, max_size=1)
+    pool = create_pool(dsn, max_size=1)
     try:
         pid = await pool.fetchval("SELECT pg_backend_pid()")
         with pytest.raises(asyncpg.PostgresError):
@@ -23,7 +23,7 @@ async def test_a_refused_statement_keeps_its_connection(dsn: str) -> None:
 
 
 async def test_a_cancelled_statement_closes_its_connection(dsn: str, conn: asyncpg.Connection) -> None:
-    pool = await create_pool(dsn, max_size=1)
+    pool = create_pool(dsn, max_size=1)
     try:
         pid = await pool.fetchval("SELECT pg_backend_pid()")
         sleeper = asyncio.create_task(pool.fetchval("SELECT pg_sleep(60)"))
@@ -42,7 +42,7 @@ async def test_a_cancelled_statement_closes_its_connection(dsn: str, conn: async
 
 
 async def test_a_connection_left_in_a_transaction_is_not_reused(dsn: str) -> None:
-    pool = await create_pool(dsn, max_size=1)
+    pool = create_pool(dsn, max_size=1)
     try:
         async with pool.acquire() as c:
             pid = await c.fetchval("SELECT pg_backend_pid()")
@@ -55,7 +55,7 @@ async def test_a_connection_left_in_a_transaction_is_not_reused(dsn: str) -> Non
 
 
 async def test_never_more_connections_than_max_size(dsn: str) -> None:
-    pool = await create_pool(dsn, max_size=2)
+    pool = create_pool(dsn, max_size=2)
     try:
         pids = await asyncio.gather(*(pool.fetchval("SELECT pg_backend_pid() FROM pg_sleep(0.05)") for _ in range(6)))
         assert len(set(pids)) == 2
@@ -64,7 +64,7 @@ async def test_never_more_connections_than_max_size(dsn: str) -> None:
 
 
 async def test_a_closed_pool_refuses_statements(dsn: str) -> None:
-    pool = await create_pool(dsn, max_size=1)
+    pool = create_pool(dsn, max_size=1)
     await pool.fetchval("SELECT 1")
     await pool.close()
     with pytest.raises(asyncpg.InterfaceError, match="closed"):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import asyncpg
@@ -13,7 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from ..errors import ConfigurationError
 from .pool import Pool
 
-__all__ = ("DatabaseTarget", "connect", "create_pool", "dsn_from")
+__all__ = ("DatabaseTarget", "connect", "create_pool", "dsn_from", "opener")
 
 DatabaseTarget = AsyncEngine | Engine | str | URL
 
@@ -71,12 +72,17 @@ async def connect(dsn: str, connect_kwargs: dict[str, Any] | None = None) -> asy
     return conn
 
 
-async def create_pool(dsn: str, connect_kwargs: dict[str, Any] | None = None, max_size: int = 10) -> Pool:
-    """The pool a JobMaster runs its statements on (connections named after this process)."""
+def opener(dsn: str, connect_kwargs: dict[str, Any] | None = None) -> Callable[[], Awaitable[asyncpg.Connection]]:
+    """A function opening connections named after this process, with the JSON codecs."""
     kwargs = dict(connect_kwargs or {})
     settings = {"application_name": f"jobmaster_async:{os.getpid()}", **kwargs.pop("server_settings", {})}
 
     async def open_connection() -> asyncpg.Connection:
         return await connect(dsn, {**kwargs, "server_settings": settings})
 
-    return Pool(open_connection, max_size)
+    return open_connection
+
+
+def create_pool(dsn: str, connect_kwargs: dict[str, Any] | None = None, max_size: int = 10) -> Pool:
+    """The pool a JobMaster runs its statements on (connections are opened on first use)."""
+    return Pool(opener(dsn, connect_kwargs), max_size)

@@ -22,7 +22,7 @@ from typing import Any
 
 import asyncpg
 
-__all__ = ("Pool",)
+__all__ = ("Pool", "close_connection")
 
 logger = logging.getLogger(__name__)
 
@@ -101,7 +101,12 @@ class Pool:
         self._closed = True
         idle, self._idle = self._idle, []
         for conn in idle:
-            try:
-                await asyncio.wait_for(conn.close(), 5)
-            except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
-                conn.terminate()
+            await close_connection(conn)
+
+
+async def close_connection(conn: asyncpg.Connection) -> None:
+    """Closes a connection politely if the server answers within 5 s, else at once."""
+    try:
+        await asyncio.wait_for(conn.close(), 5)
+    except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+        conn.terminate()

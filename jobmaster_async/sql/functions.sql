@@ -1167,15 +1167,12 @@ DECLARE
     v_wake      boolean;
     v_cancelled uuid[];
     v_job_id    uuid;
-    -- a running job of these ending frees a process_limit slot: that wakes workers too
-    v_limited   int[] := ARRAY(SELECT t.task_id FROM {schema}.tasks AS t WHERE t.process_limit IS NOT NULL);
 BEGIN
     WITH
     -- rows whose status changed in this statement
     changes AS (
-        SELECT n.job_id, n.status, o.status AS old_status,
-               coalesce(n.worker_id, o.worker_id) AS worker_id, n.message,
-               n.task_id = ANY (v_limited) AS limited
+        SELECT n.job_id, n.task_id, n.status, o.status AS old_status,
+               coalesce(n.worker_id, o.worker_id) AS worker_id, n.message
           FROM new_jobs AS n JOIN old_jobs AS o ON o.job_id = n.job_id
          WHERE n.status <> o.status
     ),
@@ -1188,11 +1185,13 @@ BEGIN
           FROM changes AS c
           LEFT JOIN {schema}.workers AS w ON w.worker_id = c.worker_id
     )
-    SELECT coalesce(bool_or(c.status = 'waiting'
-                            OR (c.old_status = 'running' AND c.limited)), false),
+    -- wake workers when jobs became runnable, or a running job of a process_limit task ended
+    -- (a slot freed); tell the workers of cancelled running jobs
+    SELECT coalesce(bool_or(c.status = 'waiting' OR t.process_limit IS NOT NULL), false),
            array_agg(c.job_id) FILTER (WHERE c.old_status = 'running' AND c.status = 'cancelled')
       INTO v_wake, v_cancelled
-      FROM changes AS c;
+      FROM changes AS c
+      LEFT JOIN {schema}.tasks AS t ON c.old_status = 'running' AND t.task_id = c.task_id;
     IF v_wake THEN
         PERFORM pg_notify({channel}, 'wake');
     END IF;

@@ -11,6 +11,48 @@ SELECT {schema}.insert_jobs($1, $2, $3, $4::text[]::jsonb[])
 SELECT job_id, task_id, priority, arguments, attempts, max_attempts
   FROM {schema}.claim_jobs($1, $2, $3, $4)
 
+-- name: claim_jobs_fast
+-- The common claim as one plain statement (worker/claimer.py): when none of the tasks $2 has a
+-- process_limit and the units budget $4 cannot be exceeded by $3 jobs. Otherwise nothing is
+-- claimed and the last row says slow: claim_jobs() must be used. The last row (job_id NULL) also
+-- says in how many seconds the earliest waiting job falls due (NULL: none; only computed when
+-- fewer than $3 were claimed, for the dispatcher's idle wait).
+WITH
+-- must this claim respect limits? (then claim_jobs() does it; this claims nothing)
+mode AS (
+    SELECT EXISTS (SELECT 1 FROM {schema}.tasks AS t
+                    WHERE t.task_id = ANY ($2::int[])
+                      AND (t.process_limit IS NOT NULL OR t.process_units * $3 > $4)) AS slow
+),
+-- the next runnable jobs, locked; rows other claimers hold are skipped
+next_jobs AS (
+    SELECT j.job_id FROM {schema}.jobs AS j
+     WHERE j.status = 'waiting' AND j.run_after <= now() AND j.task_id = ANY ($2::int[])
+       AND NOT (SELECT m.slow FROM mode AS m)
+     ORDER BY j.priority DESC, j.seq
+     LIMIT $3
+       FOR UPDATE SKIP LOCKED
+),
+-- the jobs, running for this worker
+claimed AS (
+    UPDATE {schema}.jobs AS j
+       SET status = 'running', worker_id = $1, attempts = j.attempts + 1,
+           started_at = now(), message = NULL
+      FROM next_jobs AS n
+     WHERE j.job_id = n.job_id
+    RETURNING j.job_id, j.task_id, j.priority, j.arguments, j.attempts, j.max_attempts
+)
+SELECT c.job_id, c.task_id, c.priority, c.arguments, c.attempts, c.max_attempts,
+       NULL::float8 AS due_in, NULL::boolean AS slow
+  FROM claimed AS c
+UNION ALL
+SELECT NULL, NULL, NULL, NULL, NULL, NULL,
+       (SELECT extract(epoch FROM min(j.run_after) - clock_timestamp())::float8
+          FROM {schema}.jobs AS j
+         WHERE j.status = 'waiting' AND j.task_id = ANY ($2::int[])
+           AND (SELECT count(*) FROM claimed) < $3),
+       (SELECT m.slow FROM mode AS m)
+
 -- name: complete_jobs
 SELECT {schema}.complete_jobs($1, $2, $3, $4::text[]::jsonb[])
 

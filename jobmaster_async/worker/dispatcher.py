@@ -22,6 +22,7 @@ import asyncpg
 from ..db.connection import connect
 from ..db.pool import Pool
 from ..db.sql import Catalogue
+from .claimer import Claimer
 from .executors import DaemonThreadPool, Outcome, run_task
 from .outcomes import Claim
 from .signals import Signal
@@ -49,6 +50,7 @@ class Backend(Protocol):
     connect_kwargs: dict[str, Any]
     worker_id: uuid.UUID
     threads: DaemonThreadPool
+    claimer: Claimer
 
     async def pool(self) -> Pool: ...
     async def claim(self, limit: int, units: int) -> list[Claim]: ...
@@ -182,12 +184,16 @@ class Dispatcher:
     async def _idle_timeout(self) -> float:
         """The jittered safety poll, or sooner if a retry falls due before it."""
         timeout = self.settings.poll_interval * random.uniform(0.8, 1.2)
-        try:
-            pool = await self.backend.pool()
-            task_ids = await self.backend.claimable_task_ids()
-            seconds = await pool.fetchval(self.backend.sql["seconds_to_next_run"], task_ids)
-        except TRANSIENT_ERRORS:
-            return timeout
+        claimer = self.backend.claimer
+        if claimer.due_in_known:  # the last claim said it
+            seconds = claimer.due_in
+        else:
+            try:
+                pool = await self.backend.pool()
+                task_ids = await self.backend.claimable_task_ids()
+                seconds = await pool.fetchval(self.backend.sql["seconds_to_next_run"], task_ids)
+            except TRANSIENT_ERRORS:
+                return timeout
         if seconds is not None:
             timeout = min(timeout, max(seconds, 0.0) + 0.005)
         return timeout

@@ -1,0 +1,86 @@
+"""Claiming jobs: the common claim as one prepared plain statement, on a connection of its own.
+
+``claim_jobs()`` (functions.sql) respects process_limit and process_units; most claims have
+neither to respect, and for them the PL/pgSQL call is pure overhead. Those run
+``claim_jobs_fast`` (queries.sql) instead, on a connection whose session settings are the ones
+``claim_jobs()`` sets for itself: enable_sort and jit off (see functions.sql), and
+synchronous_commit off (a claim lost in a crash only puts the job back to waiting). The statement
+itself says when the tasks do have limits (another deploy may have added one): then, and while
+the connection is busy with a concurrent claim, ``claim_jobs()`` runs through the pool.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections.abc import Awaitable, Callable
+
+import asyncpg
+
+from ..db.pool import Pool, close_connection
+from ..db.sql import Catalogue
+
+__all__ = ("Claimer",)
+
+logger = logging.getLogger(__name__)
+
+SESSION_SETTINGS = "SET enable_sort = off; SET jit = off; SET synchronous_commit = off"
+
+
+class Claimer:
+    def __init__(
+        self,
+        sql: Catalogue,
+        connect: Callable[[], Awaitable[asyncpg.Connection]],
+        pool: Callable[[], Awaitable[Pool]],
+    ) -> None:
+        self.sql = sql
+        self._connect = connect
+        self._pool = pool
+        self._conn: asyncpg.Connection | None = None
+        self._lock = asyncio.Lock()
+        #: seconds until the earliest waiting job falls due, as the last fast claim that took fewer
+        #: jobs than asked for saw it (None: none waiting); unknown after any other claim
+        self.due_in: float | None = None
+        self.due_in_known = False
+
+    async def claim(self, worker_id: uuid.UUID, task_ids: list[int], limit: int, units: int) -> list[asyncpg.Record]:
+        """Rows of claimed jobs (job_id, task_id, priority, arguments, attempts, max_attempts)."""
+        self.due_in_known = False
+        if not self._lock.locked():
+            async with self._lock:
+                rows = await self._claim_fast(worker_id, task_ids, limit, units)
+            if rows is not None:
+                return rows
+        pool = await self._pool()
+        rows = await pool.fetch(self.sql["claim_jobs"], worker_id, task_ids, limit, units)
+        return rows
+
+    async def _claim_fast(
+        self, worker_id: uuid.UUID, task_ids: list[int], limit: int, units: int
+    ) -> list[asyncpg.Record] | None:
+        if self._conn is None or self._conn.is_closed():
+            conn = await self._connect()
+            await conn.execute(SESSION_SETTINGS)
+            self._conn = conn
+        try:
+            rows: list[asyncpg.Record] = await self._conn.fetch(
+                self.sql["claim_jobs_fast"], worker_id, task_ids, limit, units
+            )
+        except BaseException as exc:
+            if not isinstance(exc, asyncpg.PostgresError):  # interrupted or lost: never reused
+                self._conn.terminate()
+                self._conn = None
+            raise
+        marker = rows.pop()
+        if marker["slow"]:
+            return None
+        if len(rows) < limit:
+            self.due_in, self.due_in_known = marker["due_in"], True
+        return rows
+
+    async def close(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None and not conn.is_closed():
+            await close_connection(conn)
