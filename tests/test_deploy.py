@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import subprocess
+import sys
 
 import asyncpg
 import pytest
@@ -185,3 +187,15 @@ async def test_engines_and_dsn_forms(dsn: str, schema_name: str) -> None:
         sync_engine.dispose()
         await async_engine.dispose()
         await drop_schema(dsn, schema_name)
+
+
+def test_a_plain_dsn_does_not_import_sqlalchemy() -> None:
+    """Worker processes given a plain DSN stay lean (SQLAlchemy is ~12 MB of RSS)."""
+    script = (
+        "import sys; from jobmaster_async import JobMaster; "
+        "JobMaster('postgresql://user:secret@db.example:5432/app', schema='s'); "
+        "assert 'sqlalchemy' not in sys.modules, 'imported'; "
+        "JobMaster('postgresql+asyncpg://user@db.example/app?application_name=x', schema='s'); "
+        "assert 'sqlalchemy' in sys.modules"
+    )
+    subprocess.run([sys.executable, "-c", script], check=True)

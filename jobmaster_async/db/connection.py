@@ -4,19 +4,26 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 import asyncpg
-from sqlalchemy.engine import URL, Engine, make_url
-from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ..errors import ConfigurationError
 from .pool import Pool
 
+if TYPE_CHECKING:
+    from sqlalchemy.engine import URL, Engine
+    from sqlalchemy.ext.asyncio import AsyncEngine
+
 __all__ = ("DatabaseTarget", "connect", "create_pool", "dsn_from", "opener")
 
-DatabaseTarget = AsyncEngine | Engine | str | URL
+DatabaseTarget: TypeAlias = "AsyncEngine | Engine | str | URL"
+
+# A DSN asyncpg takes as it is: no driver in the scheme, no query parameters to translate. Such
+# DSNs (worker processes, the CLI) never import SQLAlchemy: about 12 MB and 0.1 s less.
+_PLAIN_DSN = re.compile(r"postgres(ql)?://[^?]*")
 
 # Query parameters of other drivers that asyncpg does not understand.
 _DRIVER_ONLY = {
@@ -31,6 +38,11 @@ _DRIVER_ONLY = {
 
 def dsn_from(target: DatabaseTarget) -> str:
     """An asyncpg DSN from a SQLAlchemy engine (sync or async, any PostgreSQL driver), URL or DSN."""
+    if isinstance(target, str) and _PLAIN_DSN.fullmatch(target):
+        return target
+    from sqlalchemy.engine import URL, Engine, make_url
+    from sqlalchemy.ext.asyncio import AsyncEngine
+
     if isinstance(target, AsyncEngine | Engine):
         url = target.url
     elif isinstance(target, URL):
