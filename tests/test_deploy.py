@@ -119,8 +119,11 @@ async def test_deploy_upserts_and_never_deletes_other_services_tasks(
     await jm.deploy()
     assert await conn.fetchval(f"SELECT retries FROM {schema}.tasks WHERE task_key = 'changing'") == 4
     assert await conn.fetchval(f"SELECT count(*) FROM {schema}.tasks WHERE type_key = 'elsewhere'") == 1
+    done = await conn.fetchval(f"SELECT {schema}.add_job('elsewhere', 'thing', 1, '{{}}')")
+    await conn.execute(f"UPDATE {schema}.jobs SET status = 'complete' WHERE job_id = $1", done)
     await jm.deploy(prune=True)
     assert await conn.fetchval(f"SELECT count(*) FROM {schema}.tasks WHERE type_key = 'elsewhere'") == 0
+    assert await conn.fetchval(f"SELECT count(*) FROM {schema}.jobs WHERE job_id = $1", done) == 0
 
 
 async def test_deploy_refuses_unknown_dependency_and_cycles(jm: JobMaster, forget: object) -> None:

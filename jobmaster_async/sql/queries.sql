@@ -5,7 +5,9 @@
 SELECT {schema}._insert_job($1, $2, $3, $4::text::jsonb)
 
 -- name: insert_jobs
-SELECT {schema}.insert_jobs($1, $2, $3, $4::text[]::jsonb[])
+-- $4: the elements as one JSON array (one json.dumps in Python, one parse here)
+SELECT {schema}.insert_jobs($1, $2, $3, ARRAY(SELECT e.a FROM jsonb_array_elements($4::text::jsonb)
+                                                            WITH ORDINALITY AS e(a, n) ORDER BY e.n))
 
 -- name: claim_jobs
 SELECT job_id, task_id, priority, arguments, attempts, max_attempts
@@ -151,11 +153,20 @@ UPDATE {schema}.jobs AS j SET is_dependency = f.is_dependency
  WHERE j.task_id = f.task_id AND j.is_dependency <> f.is_dependency
 
 -- name: prune_tasks
-DELETE FROM {schema}.tasks AS t
- WHERE NOT ((t.type_key, t.task_key) IN (SELECT * FROM unnest($1::text[], $2::text[])))
-   AND NOT EXISTS (SELECT 1 FROM {schema}.jobs AS j
-                    WHERE j.task_id = t.task_id AND j.status IN ('waiting', 'blocked', 'running'))
-RETURNING t.type_key, t.task_key
+WITH
+-- the tasks not registered here ($1, $2) and without active jobs
+pruned AS (
+    DELETE FROM {schema}.tasks AS t
+     WHERE NOT ((t.type_key, t.task_key) IN (SELECT * FROM unnest($1::text[], $2::text[])))
+       AND NOT EXISTS (SELECT 1 FROM {schema}.jobs AS j
+                        WHERE j.task_id = t.task_id AND j.status IN ('waiting', 'blocked', 'running'))
+    RETURNING t.task_id, t.type_key, t.task_key
+),
+-- their finished jobs go with them (no foreign key does it: migration 0004)
+finished_jobs AS (
+    DELETE FROM {schema}.jobs AS j USING pruned AS p WHERE j.task_id = p.task_id
+)
+SELECT p.type_key, p.task_key FROM pruned AS p
 
 -- name: drop_schema
 DROP SCHEMA IF EXISTS {schema} CASCADE
