@@ -197,6 +197,7 @@ def test_a_plain_dsn_does_not_import_sqlalchemy() -> None:
     script = (
         "import sys; from jobmaster_async import JobMaster; "
         "JobMaster('postgresql://user:secret@db.example:5432/app', schema='s'); "
+        "JobMaster('postgresql://postgres:@/postgres?host=/run/pg', schema='s'); "
         "assert 'sqlalchemy' not in sys.modules, 'imported'; "
         "JobMaster('postgresql+asyncpg://user@db.example/app?application_name=x', schema='s'); "
         "assert 'sqlalchemy' in sys.modules"
