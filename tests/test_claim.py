@@ -159,11 +159,11 @@ async def test_a_limit_deployed_elsewhere_is_respected_by_a_running_worker(
     await lift_limits(jm, conn)
     await jm.insert_job("tasks_for_tests", "add", 1, {"a": 0})
     assert len(await jm.claim(5, 100)) == 1
-    assert jm.claimer.due_in_known  # the plain statement claimed it
+    assert jm.claimer.plain_claims == 1
     await conn.execute(f"UPDATE {quote_identifier(jm.schema)}.tasks SET process_limit = 2 WHERE task_key = 'add'")
     await jm.insert_jobs("tasks_for_tests", "add", 1, [{"a": 1}, {"a": 2}])
     assert len(await jm.claim(5, 100)) == 1  # one running already: one more
-    assert not jm.claimer.due_in_known  # claim_jobs() did
+    assert jm.claimer.plain_claims == 1  # claim_jobs() did
     assert await jm.counts() == {"running": 2, "waiting": 1}
 
 
@@ -187,3 +187,20 @@ async def test_concurrent_pops_in_one_process_take_different_jobs(jm: JobMaster,
     first, second = await asyncio.gather(jm.pop_job(), jm.pop_job())
     assert first is not None and second is not None and first.job_id != second.job_id
     await asyncio.gather(first.execute(), second.execute())
+
+
+async def test_claims_and_completions_write_their_own_history(jm: JobMaster, conn: asyncpg.Connection) -> None:
+    """The plain claim and complete_jobs write their history rows themselves (the trigger skips
+    them); the trigger still logs what follows in the same transaction (the dependent that
+    complete_jobs unblocks)."""
+    await lift_limits(jm, conn)
+    bar = await jm.insert_job("nice_tasks", "bar", 1, {"file_path": "/dev/null", "number": 1})
+    [foo] = await jm.dependencies(bar)
+    job = await jm.pop_job()
+    assert job is not None and job.job_id == foo["job_id"] and jm.claimer.plain_claims == 1
+    await job.execute()
+    foo_history = await jm.history(foo["job_id"])
+    assert [h["status"] for h in foo_history] == ["waiting", "running", "complete"]
+    for event in foo_history[1:]:
+        assert event["worker_id"] == jm.worker_id and event["pid"] and event["node"]
+    assert [h["status"] for h in await jm.history(bar)] == ["blocked", "waiting"]

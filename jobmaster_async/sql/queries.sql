@@ -24,7 +24,9 @@ WITH
 mode AS (
     SELECT EXISTS (SELECT 1 FROM {schema}.tasks AS t
                     WHERE t.task_id = ANY ($2::int[])
-                      AND (t.process_limit IS NOT NULL OR t.process_units * $3 > $4)) AS slow
+                      AND (t.process_limit IS NOT NULL OR t.process_units * $3 > $4)) AS slow,
+           -- this statement writes its own history (logged): the jobs_updated trigger skips it
+           set_config('jobmaster.history_written', 'on', true) AS history_written
 ),
 -- the next runnable jobs, locked; rows other claimers hold are skipped
 next_jobs AS (
@@ -43,6 +45,12 @@ claimed AS (
       FROM next_jobs AS n
      WHERE j.job_id = n.job_id
     RETURNING j.job_id, j.task_id, j.priority, j.arguments, j.attempts, j.max_attempts
+),
+-- the history: a 'running' event per job
+logged AS (
+    INSERT INTO {schema}.job_events (job_id, status, worker_id, node, pid)
+    SELECT c.job_id, 'running', $1, w.node, w.pid
+      FROM claimed AS c, {schema}._event_origin($1) AS w
 )
 SELECT c.job_id, c.task_id, c.priority, c.arguments, c.attempts, c.max_attempts,
        NULL::float8 AS due_in, NULL::boolean AS slow

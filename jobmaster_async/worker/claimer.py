@@ -44,6 +44,8 @@ class Claimer:
         #: jobs than asked for saw it (None: none waiting); unknown after any other claim
         self.due_in: float | None = None
         self.due_in_known = False
+        #: claims made by the plain statement (the others went through claim_jobs())
+        self.plain_claims = 0
 
     async def claim(self, worker_id: uuid.UUID, task_ids: list[int], limit: int, units: int) -> list[asyncpg.Record]:
         """Rows of claimed jobs (job_id, task_id, priority, arguments, attempts, max_attempts)."""
@@ -76,6 +78,7 @@ class Claimer:
         marker = rows.pop()
         if marker["slow"]:
             return None
+        self.plain_claims += 1
         if len(rows) < limit:
             self.due_in, self.due_in_known = marker["due_in"], True
         return rows
