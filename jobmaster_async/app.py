@@ -179,10 +179,15 @@ class JobMaster:
         """Inserts a job (validated and deduplicated in SQL) and returns its id, or the id of the
         identical job already waiting, blocked or running."""
         pool = await self.pool()
-        with _refusals_as_errors():
-            job_id: uuid.UUID = await pool.fetchval(
-                self.sql["insert_job"], type_key, task_key, priority, _as_json(arguments)
-            )
+        arguments_json = _as_json(arguments)
+        # the common case in one plain statement; dependencies, "ALL", twins and refusals: in full
+        job_id: uuid.UUID | None = await pool.fetchval(
+            self.sql["insert_job_fast"], type_key, task_key, priority, arguments_json
+        )
+        if job_id is None:
+            with _refusals_as_errors():
+                job_id = await pool.fetchval(self.sql["insert_job"], type_key, task_key, priority, arguments_json)
+        assert job_id is not None
         return job_id
 
     async def insert_jobs(

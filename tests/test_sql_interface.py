@@ -244,6 +244,18 @@ async def test_notify_once_per_insert_statement(jm: JobMaster, dsn: str, conn: a
         await asyncio.wait_for(got.wait(), 10)
         await listener.execute("SELECT 1")
         assert received == ["wake", "wake"]
+        # insert_job's plain statement notifies and writes history itself (the trigger skips it)
+        got.clear()
+        job_id = await jm.insert_job("tasks_for_tests", "add", 1, {"a": 1000})
+        await asyncio.wait_for(got.wait(), 10)
+        await listener.execute("SELECT 1")
+        assert received == ["wake", "wake", "wake"]
+        [event] = await jm.history(job_id)
+        assert event["status"] == "waiting" and event["pid"] and event["node"]
+        # an identical job: no new job, no NOTIFY, no history row
+        assert await jm.insert_job("tasks_for_tests", "add", 1, {"a": 1000, "b": 1}) == job_id
+        await listener.execute("SELECT 1")
+        assert received == ["wake", "wake", "wake"] and len(await jm.history(job_id)) == 1
     finally:
         await listener.close()
 

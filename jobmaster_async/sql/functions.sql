@@ -1177,10 +1177,13 @@ $$;
 CREATE OR REPLACE FUNCTION {schema}._jobs_inserted()
 RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
-    INSERT INTO {schema}.job_events (job_id, status, worker_id, node, pid, message)
-    SELECT n.job_id, n.status, NULL, coalesce(host(inet_client_addr()), 'local'),
-           pg_backend_pid(), n.message
-      FROM new_jobs AS n;
+    -- the statement wrote its own history and NOTIFY (queries.sql insert_job_fast)
+    IF current_setting('jobmaster.history_written', true) = 'on' THEN
+        RETURN NULL;
+    END IF;
+    INSERT INTO {schema}.job_events (job_id, status, node, pid, message)
+    SELECT n.job_id, n.status, w.node, w.pid, n.message
+      FROM new_jobs AS n, {schema}._event_origin(NULL) AS w;
     IF EXISTS (SELECT 1 FROM new_jobs WHERE status = 'waiting') THEN
         PERFORM pg_notify({channel}, 'wake');
     END IF;

@@ -4,6 +4,42 @@
 -- name: insert_job
 SELECT {schema}._insert_job($1, $2, $3, $4::text::jsonb)
 
+-- name: insert_job_fast
+-- The common insert as one plain statement (no PL/pgSQL): a task without dependencies or
+-- write_all, arguments that _fast_canonical accepts, no identical active job. Otherwise it
+-- inserts nothing and returns no row, and insert_job above does it all (and says what it refuses).
+WITH
+-- the task, unless inserting its jobs needs more than this statement does
+task AS (
+    SELECT t.* FROM {schema}.tasks AS t
+     WHERE t.type_key = $1 AND t.task_key = $2
+       AND jsonb_array_length(t.dependencies) = 0 AND cardinality(t.write_all) = 0
+),
+-- the canonical arguments, if they fit; this statement writes its own history (logged), so the
+-- jobs_inserted trigger skips it
+job AS (
+    SELECT t.task_id, t.is_dependency, t.retries, c.args, md5(c.args::text)::uuid AS args_hash,
+           set_config('jobmaster.history_written', 'on', true) AS history_written
+      FROM task AS t
+     CROSS JOIN LATERAL (SELECT {schema}._fast_canonical(t, coalesce($4::text::jsonb, '{}')) AS args) AS c
+     WHERE c.args IS NOT NULL
+),
+-- the job, unless an identical one is active
+inserted AS (
+    INSERT INTO {schema}.jobs AS j (task_id, priority, arguments, args_hash, status, is_dependency,
+                                    max_attempts)
+    SELECT b.task_id, coalesce($3, 0), b.args, b.args_hash, 'waiting', b.is_dependency, b.retries + 1
+      FROM job AS b
+    ON CONFLICT (task_id, args_hash) WHERE status IN ('waiting', 'blocked', 'running') DO NOTHING
+    RETURNING j.job_id
+),
+-- the history: its 'waiting' event
+logged AS (
+    INSERT INTO {schema}.job_events (job_id, status, node, pid)
+    SELECT i.job_id, 'waiting', w.node, w.pid FROM inserted AS i, {schema}._event_origin(NULL) AS w
+)
+SELECT i.job_id, pg_notify({channel}, 'wake') FROM inserted AS i
+
 -- name: insert_jobs
 -- $4: the elements as one JSON array (one json.dumps in Python, one parse here)
 SELECT {schema}.insert_jobs($1, $2, $3, ARRAY(SELECT e.a FROM jsonb_array_elements($4::text::jsonb)
