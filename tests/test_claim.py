@@ -177,6 +177,10 @@ async def test_a_claim_tells_when_the_next_job_falls_due(jm: JobMaster, conn: as
     assert await jm.claim(5, 100) == []
     assert jm.claimer.due_in_known
     assert jm.claimer.due_in is not None and 3000 < jm.claimer.due_in <= 3600
+    # the jobs a claim takes are not waiting any more: nothing else is due
+    await conn.execute(f"UPDATE {quote_identifier(jm.schema)}.jobs SET run_after = now() WHERE job_id = $1", job_id)
+    assert len(await jm.claim(5, 100)) == 1
+    assert jm.claimer.due_in_known and jm.claimer.due_in is None
 
 
 async def test_concurrent_pops_in_one_process_take_different_jobs(jm: JobMaster, conn: asyncpg.Connection) -> None:

@@ -96,7 +96,9 @@ SELECT NULL, NULL, NULL, NULL, NULL, NULL,
        (SELECT extract(epoch FROM min(j.run_after) - clock_timestamp())::float8
           FROM {schema}.jobs AS j
          WHERE j.status = 'waiting' AND j.task_id = ANY ($2::int[])
-           AND (SELECT count(*) FROM claimed) < $3),
+           AND (SELECT count(*) FROM claimed) < $3
+           -- this statement's snapshot still sees the jobs it claimed as waiting
+           AND NOT EXISTS (SELECT 1 FROM claimed AS c WHERE c.job_id = j.job_id)),
        (SELECT m.slow FROM mode AS m)
 
 -- name: complete_jobs
