@@ -69,6 +69,21 @@ async def painted_in_every_colour(item: str) -> str:
     return item
 
 
+# A dependency with "ALL" whose children cannot be created (numbered.number is unknown)
+@task
+async def numbered(number: int) -> int:
+    return number
+
+
+@task(write_all=["colour"], dependencies=Dependency(numbered))
+async def tile(colour: Literal["red", "green"]) -> str:
+    return colour
+
+
+@task(dependencies=Dependency(tile, colour="ALL"))
+async def all_tiles() -> None: ...
+
+
 @task
 def untyped(thing, other=None):  # type: ignore[no-untyped-def]
     return [thing, other]

@@ -237,6 +237,13 @@ async def test_a_dependency_with_all_waits_for_every_child(jm: JobMaster) -> Non
     assert (await jm.get_job(parent["job_id"])).status == "complete"  # type: ignore[union-attr]
 
 
+async def test_a_dependency_with_all_that_fails_at_creation_fails_the_dependent(jm: JobMaster) -> None:
+    job_id = await jm.insert_job("tasks_for_tests", "all_tiles", 1, {})
+    job = await jm.get_job(job_id)
+    assert job is not None and job.status == "failed"
+    assert job.message is not None and "tasks_for_tests.tile" in job.message
+
+
 async def test_dependents_never_run_before_their_dependencies(
     jm: JobMaster, dsn: str, conn: asyncpg.Connection
 ) -> None:

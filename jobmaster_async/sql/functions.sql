@@ -431,25 +431,22 @@ $$;
 CREATE OR REPLACE FUNCTION {schema}._carry_out_plan(p_plan {schema}.plan_step[], p_root_ids uuid[])
 RETURNS void LANGUAGE plpgsql AS $$
 DECLARE
-    v_fanned  uuid[] := '{}';
-    v_step    {schema}.plan_step;
+    v_fanned uuid[] := '{}';
+    v_step   {schema}.plan_step;
+    v_i      int;
 BEGIN
-    -- rare: a dependency with "ALL" arguments becomes a fan-out parent, then a pending step
-    FOR v_step IN SELECT s.* FROM unnest(p_plan) AS s
-                   WHERE s.kind = 'fan_out' AND p_root_ids[s.root] IS NOT NULL LOOP
-        v_fanned := v_fanned || {schema}._fan_out(
+    -- rare: a dependency with "ALL" arguments: its fan-out parent is created (or found), and the
+    -- step links to it like a pending one
+    FOR v_i IN SELECT s.ordinality FROM unnest(p_plan) WITH ORDINALITY AS s
+                WHERE s.kind = 'fan_out' AND p_root_ids[s.root] IS NOT NULL LOOP
+        v_step := p_plan[v_i];
+        v_step.kind := 'pending';
+        v_step.match := {schema}._fan_out(
             (SELECT t FROM {schema}.tasks AS t WHERE t.task_id = v_step.task_id),
             v_step.priority, v_step.arguments);
+        p_plan[v_i] := v_step;
+        v_fanned := v_fanned || v_step.match;
     END LOOP;
-    IF cardinality(v_fanned) > 0 THEN
-        SELECT array_agg(CASE WHEN s.kind = 'fan_out' AND p_root_ids[s.root] IS NOT NULL
-                              THEN ROW(s.root, s.depth, s.parent_task, s.parent_hash, s.task_id,
-                                       s.arguments, s.args_hash, s.priority, 'pending',
-                                       {schema}._active_twin(s.task_id, s.args_hash),
-                                       NULL)::{schema}.plan_step
-                              ELSE ROW(s.*)::{schema}.plan_step END)
-          INTO p_plan FROM unnest(p_plan) AS s;
-    END IF;
 
     WITH
     -- the steps to carry out: links to pending jobs and jobs to create, of blocked requested jobs
