@@ -22,7 +22,7 @@ from typing import Any
 import asyncpg
 
 from benchmarks.bench_tasks import CHAIN_DEPTH
-from benchmarks.throughput import SERVER_SETTINGS, _wait_done, check_exactly_once, fresh_schema, workers
+from benchmarks.throughput import SERVER_SETTINGS, fresh_schema, run_to_completion
 from jobmaster_async import JobMaster
 from jobmaster_async.db.sql import quote_identifier
 from jobmaster_async.embedded import temporary_server
@@ -36,15 +36,11 @@ async def measure(dsn: str, insert: Any, total: int) -> dict[str, float]:
             started = time.perf_counter()
             await insert(jm)
             insert_ms = (time.perf_counter() - started) * 1000
-        with workers(dsn, schema, 1, 100):
-            await _wait_done(conn, schema, total)
-        q = quote_identifier(schema)
-        run_s = await conn.fetchval(f"SELECT extract(epoch FROM max(finished_at) - min(started_at)) FROM {q}.jobs")
-        await check_exactly_once(conn, schema, total)
+        run_s = await run_to_completion(conn, dsn, schema, total, processes=1, concurrency=100)
     finally:
         await conn.execute(f"DROP SCHEMA {quote_identifier(schema)} CASCADE")
         await conn.close()
-    return {"jobs": total, "insert_ms": insert_ms, "run_ms": float(run_s) * 1000}
+    return {"jobs": total, "insert_ms": insert_ms, "run_ms": run_s * 1000}
 
 
 async def run_all(dsn: str) -> dict[str, Any]:

@@ -94,6 +94,19 @@ async def check_exactly_once(conn: asyncpg.Connection, schema: str, total: int) 
         raise AssertionError(f"not exactly once: {dict(row)} for {total} jobs")
 
 
+async def run_to_completion(
+    conn: asyncpg.Connection, dsn: str, schema: str, total: int, processes: int, concurrency: int
+) -> float:
+    """Worker processes run the schema's ``total`` queued jobs; each must have run exactly once.
+    Returns the seconds from the first start to the last finish."""
+    with workers(dsn, schema, processes, concurrency):
+        await _wait_done(conn, schema, total)
+    q = quote_identifier(schema)
+    seconds = await conn.fetchval(f"SELECT extract(epoch FROM max(finished_at) - min(started_at)) FROM {q}.jobs")
+    await check_exactly_once(conn, schema, total)
+    return float(seconds)
+
+
 async def drain(dsn: str, task_key: str, jobs: int, processes: int, concurrency: int) -> dict[str, Any]:
     schema = await fresh_schema(dsn)
     conn = await asyncpg.connect(dsn)
@@ -102,15 +115,11 @@ async def drain(dsn: str, task_key: str, jobs: int, processes: int, concurrency:
             for start in range(0, jobs, 5000):
                 arguments = [{"i": i} for i in range(start, min(jobs, start + 5000))]
                 await jm.insert_jobs("bench_tasks", task_key, 0, arguments)
-        with workers(dsn, schema, processes, concurrency):
-            await _wait_done(conn, schema, jobs)
-        q = quote_identifier(schema)
-        seconds = await conn.fetchval(f"SELECT extract(epoch FROM max(finished_at) - min(started_at)) FROM {q}.jobs")
-        await check_exactly_once(conn, schema, jobs)
+        seconds = await run_to_completion(conn, dsn, schema, jobs, processes, concurrency)
     finally:
         await conn.execute(f"DROP SCHEMA {quote_identifier(schema)} CASCADE")
         await conn.close()
-    return {"jobs": jobs, "processes": processes, "seconds": float(seconds), "rate": jobs / float(seconds)}
+    return {"jobs": jobs, "processes": processes, "seconds": seconds, "rate": jobs / seconds}
 
 
 async def latency(dsn: str, jobs: int = 500, per_second: float = 200) -> dict[str, Any]:
