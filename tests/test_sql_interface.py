@@ -349,3 +349,19 @@ async def test_role_with_only_the_documented_grants(jm: JobMaster, conn: asyncpg
         await web.close()
         await conn.execute(f"DROP OWNED BY {role}; DROP ROLE {role}")
     assert len(await jm.jobs()) == 2
+
+
+async def test_job_ids_are_time_ordered_uuids(jm: JobMaster, conn: asyncpg.Connection) -> None:
+    """Version 7 layout: the first 48 bits are the insert's Unix milliseconds (index locality)."""
+    before = await conn.fetchval("SELECT floor(extract(epoch FROM clock_timestamp()) * 1000)::bigint")
+    first = await jm.insert_job("my_tasks", "task1", 1, {"file_path": "/tmp/a", "a": 1, "b": 2})
+    bulk = await jm.insert_jobs("my_tasks", "task1", 1, [{"file_path": "/tmp/b", "a": i, "b": 2} for i in range(3)])
+    arguments = '{"file_path": "/tmp/c", "a": 9, "b": 2}'
+    called = await conn.fetchval(f"SELECT {q(jm)}.add_job('my_tasks', 'task1', 1, $1::json)", arguments)
+    after = await conn.fetchval("SELECT floor(extract(epoch FROM clock_timestamp()) * 1000)::bigint")
+    ids = [first, *bulk, called]
+    assert len(set(ids)) == 5
+    for job_id in ids:
+        assert (job_id.version, job_id.variant) == (7, uuid.RFC_4122)
+        assert before <= job_id.int >> 80 <= after
+    assert [i.int >> 80 for i in ids] == sorted(i.int >> 80 for i in ids)
