@@ -116,6 +116,7 @@ class Dispatcher:
         self._outcomes_ready = asyncio.Event()
         self._recording = asyncio.Lock()
         self._background: set[asyncio.Future[None]] = set()
+        self._loop: asyncio.AbstractEventLoop  # the running loop, from run() on
 
     # -- control ---------------------------------------------------------------------------------
 
@@ -136,6 +137,7 @@ class Dispatcher:
     # -- the main loop ---------------------------------------------------------------------------
 
     async def run(self) -> None:
+        self._loop = asyncio.get_running_loop()
         logger.info(
             "worker %s started (concurrency %d, schema %s)",
             self.backend.worker_id,
@@ -205,7 +207,9 @@ class Dispatcher:
     # -- running jobs ----------------------------------------------------------------------------
 
     def _start(self, claim: Claim) -> None:
-        task = asyncio.create_task(self._run_job(claim), name=f"job {claim.job_id}")
+        # the loop's own create_task: asyncio.create_task looks the loop up, and on Python 3.11
+        # every lookup is a getpid() system call
+        task = self._loop.create_task(self._run_job(claim), name=f"job {claim.job_id}")
         self._running[claim.job_id] = (task, claim)
 
     async def _run_job(self, claim: Claim) -> None:
