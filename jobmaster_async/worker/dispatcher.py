@@ -31,6 +31,10 @@ __all__ = ("TRANSIENT_ERRORS", "Backend", "Dispatcher", "DispatcherSettings")
 
 logger = logging.getLogger(__name__)
 
+#: Outcomes recorded per statement at most: complete_jobs() finds each job's values in the batch
+#: arrays by position (array_position), so a statement's cost grows with the square of its batch.
+RECORD_BATCH = 100
+
 #: Errors that mean "the database is away for now": retried with backoff, never fatal.
 TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
     OSError,
@@ -285,17 +289,17 @@ class Dispatcher:
             outage.ok()
 
     async def _flush(self) -> None:
-        """Records every buffered outcome in one batch; on failure they stay buffered."""
+        """Records the buffered outcomes, at most RECORD_BATCH per statement, until none is left;
+        on failure the unrecorded ones stay buffered."""
         async with self._recording:
-            batch, self._outcomes = self._outcomes, []
-            if not batch:
-                return
-            try:
-                await self.backend.record(batch)
-            except BaseException:
-                self._outcomes[:0] = batch
-                raise
-        self.finished.fire(len(batch))
+            while self._outcomes:
+                batch, self._outcomes = self._outcomes[:RECORD_BATCH], self._outcomes[RECORD_BATCH:]
+                try:
+                    await self.backend.record(batch)
+                except BaseException:
+                    self._outcomes[:0] = batch
+                    raise
+                self.finished.fire(len(batch))
 
     # -- the listener ----------------------------------------------------------------------------
 
