@@ -3,28 +3,36 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 import asyncpg
 import pytest
 
 from jobmaster_async.db.connection import create_pool
+from jobmaster_async.db.pool import Pool
 from tests.polling import until
 
 
-async def test_a_refused_statement_keeps_its_connection(dsn: str) -> None:
-    pool = create_pool(dsn, max_size=1)
+@asynccontextmanager
+async def opened_pool(dsn: str, max_size: int) -> AsyncIterator[Pool]:
+    pool = create_pool(dsn, max_size=max_size)
     try:
-        pid = await pool.fetchval("SELECT pg_backend_pid()")
-        with pytest.raises(asyncpg.PostgresError):
-            await pool.fetchval("SELECT 1 / 0")
-        assert await pool.fetchval("SELECT pg_backend_pid()") == pid
+        yield pool
     finally:
         await pool.close()
 
 
+async def test_a_refused_statement_keeps_its_connection(dsn: str) -> None:
+    async with opened_pool(dsn, 1) as pool:
+        pid = await pool.fetchval("SELECT pg_backend_pid()")
+        with pytest.raises(asyncpg.PostgresError):
+            await pool.fetchval("SELECT 1 / 0")
+        assert await pool.fetchval("SELECT pg_backend_pid()") == pid
+
+
 async def test_a_cancelled_statement_closes_its_connection(dsn: str, conn: asyncpg.Connection) -> None:
-    pool = create_pool(dsn, max_size=1)
-    try:
+    async with opened_pool(dsn, 1) as pool:
         pid = await pool.fetchval("SELECT pg_backend_pid()")
         sleeper = asyncio.create_task(pool.fetchval("SELECT pg_sleep(60)"))
 
@@ -37,30 +45,22 @@ async def test_a_cancelled_statement_closes_its_connection(dsn: str, conn: async
         with pytest.raises(asyncio.CancelledError):
             await sleeper
         assert await pool.fetchval("SELECT pg_backend_pid()") != pid
-    finally:
-        await pool.close()
 
 
 async def test_a_connection_left_in_a_transaction_is_not_reused(dsn: str) -> None:
-    pool = create_pool(dsn, max_size=1)
-    try:
+    async with opened_pool(dsn, 1) as pool:
         async with pool.acquire() as c:
             pid = await c.fetchval("SELECT pg_backend_pid()")
             await c.execute("BEGIN")
         async with pool.acquire() as c:
             assert not c.is_in_transaction()
             assert await c.fetchval("SELECT pg_backend_pid()") != pid
-    finally:
-        await pool.close()
 
 
 async def test_never_more_connections_than_max_size(dsn: str) -> None:
-    pool = create_pool(dsn, max_size=2)
-    try:
+    async with opened_pool(dsn, 2) as pool:
         pids = await asyncio.gather(*(pool.fetchval("SELECT pg_backend_pid() FROM pg_sleep(0.05)") for _ in range(6)))
         assert len(set(pids)) == 2
-    finally:
-        await pool.close()
 
 
 async def test_a_closed_pool_refuses_statements(dsn: str) -> None:
