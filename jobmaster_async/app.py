@@ -421,6 +421,13 @@ class JobMaster:
         rows = await pool.fetch(self.sql["status_counts"])
         return {row["status"]: row["count"] for row in rows}
 
+    async def active_counts(self) -> dict[str, int]:
+        """How many jobs are waiting, blocked and running: the queue's depth, read from indexes, so
+        it stays cheap however many finished jobs the table keeps (``counts()`` reads them all)."""
+        pool = await self.pool()
+        [row] = await pool.fetch(self.sql["active_counts"])
+        return {"waiting": row["waiting"], "blocked": row["blocked"], "running": row["running"]}
+
     async def history(self, job_id: uuid.UUID | str) -> list[dict[str, Any]]:
         """Every status change of a job: status, at, worker_id, node, pid, message."""
         pool = await self.pool()

@@ -152,7 +152,7 @@ async def _watch(jm: JobMaster, worker_task: asyncio.Task[None], *, show: bool, 
     started = time.monotonic()
     with Live(console=console, refresh_per_second=4, transient=False) if show else contextlib.nullcontext() as live:
         while not worker_task.done():
-            counts = await jm.counts()
+            counts = await (jm.counts() if show else jm.active_counts())
             if live is not None:
                 elapsed = max(time.monotonic() - started, 1e-9)
                 table = Table(title=f"jobs in schema {jm.schema}")

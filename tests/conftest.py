@@ -92,3 +92,25 @@ async def drop_schema(dsn: str, schema: str) -> None:
         await connection.execute(f"DROP SCHEMA IF EXISTS {quote_identifier(schema)} CASCADE")
     finally:
         await connection.close()
+
+
+@asynccontextmanager
+async def inner_plans(conn: asyncpg.Connection) -> AsyncIterator[list[str]]:
+    """The plans of the statements ``conn`` runs, those inside functions too (auto_explain).
+    Skips the test where the server does not allow that."""
+    if not await conn.fetchval("SELECT rolsuper FROM pg_roles WHERE rolname = current_user"):
+        pytest.skip("LOAD 'auto_explain' needs a superuser")
+    plans: list[str] = []
+    conn.add_log_listener(lambda _conn, message: plans.append(message.message))
+    try:
+        await conn.execute("LOAD 'auto_explain'")
+    except asyncpg.UndefinedFileError:
+        pytest.skip("this server has no auto_explain module")
+    await conn.execute(
+        "SET auto_explain.log_min_duration = 0; SET auto_explain.log_nested_statements = on;"
+        " SET auto_explain.log_level = notice"
+    )
+    try:
+        yield plans
+    finally:
+        await conn.execute("SET auto_explain.log_min_duration = -1")

@@ -10,6 +10,7 @@ import pytest
 
 from jobmaster_async import JobMaster
 from jobmaster_async.db.sql import quote_identifier
+from tests.conftest import inner_plans
 
 
 async def test_priority_then_age(jm: JobMaster) -> None:
@@ -215,8 +216,6 @@ async def test_outcomes_are_recorded_through_the_primary_key(jm: JobMaster, conn
     while nothing ran (a queue's usual state), they once made the planner walk all of the
     worker's running jobs and test each against the batch (quadratic). auto_explain shows the
     plan of the statement inside the function."""
-    if not await conn.fetchval("SELECT rolsuper FROM pg_roles WHERE rolname = current_user"):
-        pytest.skip("LOAD 'auto_explain' needs a superuser")
     schema = quote_identifier(jm.schema)
     await jm.insert_jobs("tasks_for_tests", "add", 1, [{"a": i} for i in range(3000)])
     await conn.execute(f"ANALYZE {schema}.jobs")
@@ -225,24 +224,15 @@ async def test_outcomes_are_recorded_through_the_primary_key(jm: JobMaster, conn
     claim = f"SELECT job_id, attempts FROM {schema}.claim_jobs($1, $2, 300, 10000)"
     claimed = await conn.fetch(claim, worker, task_ids)
     assert len(claimed) == 300
-    plans: list[str] = []
-    conn.add_log_listener(lambda _conn, message: plans.append(message.message))
-    try:
-        await conn.execute("LOAD 'auto_explain'")
-    except asyncpg.UndefinedFileError:
-        pytest.skip("this server has no auto_explain module")
-    await conn.execute(
-        "SET auto_explain.log_min_duration = 0; SET auto_explain.log_nested_statements = on;"
-        " SET auto_explain.log_level = notice"
-    )
     batch = claimed[:50]
-    done = await conn.fetchval(
-        f"SELECT {schema}.complete_jobs($1, $2, $3, $4::text[]::jsonb[])",
-        worker,
-        [r["job_id"] for r in batch],
-        [r["attempts"] for r in batch],
-        ["7"] * len(batch),
-    )
+    async with inner_plans(conn) as plans:
+        done = await conn.fetchval(
+            f"SELECT {schema}.complete_jobs($1, $2, $3, $4::text[]::jsonb[])",
+            worker,
+            [r["job_id"] for r in batch],
+            [r["attempts"] for r in batch],
+            ["7"] * len(batch),
+        )
     assert sorted(done) == sorted(r["job_id"] for r in batch)
     [update] = [p for p in plans if "Update on jobs" in p]
     assert "jobs_pkey" in update and "jobs_running_idx" not in update

@@ -233,5 +233,8 @@ SELECT coalesce(max(version), 0) FROM {schema}.schema_version
 -- name: record_migration
 INSERT INTO {schema}.schema_version (version, name) VALUES ($1, $2)
 
+-- name: active_counts
+SELECT waiting, blocked, running FROM {schema}.active_counts()
+
 -- name: status_counts
 SELECT status, count(*)::int AS count FROM {schema}.jobs GROUP BY status
