@@ -134,6 +134,15 @@ class JobMaster:
     def history(self, job_id: uuid.UUID | str) -> list[dict[str, Any]]:
         return self._call(self.aio.history(job_id))
 
+    def dependencies(self, job_id: uuid.UUID | str) -> list[dict[str, Any]]:
+        return self._call(self.aio.dependencies(job_id))
+
+    def counts(self) -> dict[str, int]:
+        return self._call(self.aio.counts())
+
+    def active_counts(self) -> dict[str, int]:
+        return self._call(self.aio.active_counts())
+
     def cancel(self, job_id: uuid.UUID | str) -> bool:
         return self._call(self.aio.cancel(job_id))
 

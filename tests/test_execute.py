@@ -249,6 +249,9 @@ def test_sync_facade_run_forever_and_stop(dsn: str, schema_name: str) -> None:
         assert not runner.is_alive()
         job = master.get_job(job_id)
         assert job is not None and job.status == "complete" and job.result == 6
+        assert master.counts() == {"complete": 1}
+        assert master.active_counts() == {"waiting": 0, "blocked": 0, "running": 0}
+        assert master.dependencies(job_id) == []
     finally:
         master.close()
         import asyncio
