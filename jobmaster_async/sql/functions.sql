@@ -826,8 +826,10 @@ RETURNS TABLE (job_id uuid, task_id int, priority int, arguments jsonb, attempts
 -- A queue table's statistics are always stale: without enable_sort = off, a plan that reads every
 -- waiting job and sorts them looks cheaper than walking the claim index in order, and is far
 -- slower. Before PostgreSQL 18 a disabled sort costs 1e10, which would make JIT compile every
--- claim (~100 ms): hence jit = off.
-LANGUAGE plpgsql SET enable_sort = off SET jit = off AS $$
+-- claim (~100 ms): hence jit = off. Bitmap scans are off because they never mark the index
+-- entries of finished jobs dead: until vacuum, every count of a task's running jobs would visit
+-- the table for each finished job of the task (see migration 0006).
+LANGUAGE plpgsql SET enable_sort = off SET jit = off SET enable_bitmapscan = off AS $$
 DECLARE
     v_limited   int[];
     v_max_units int;
@@ -875,9 +877,12 @@ BEGIN
     SELECT array_agg(t.task_id), array_agg(least(p_limit, coalesce(t.process_limit - r.running, t.process_limit, p_limit)))
       INTO v_eligible, v_caps
       FROM {schema}.tasks AS t
-      LEFT JOIN LATERAL (SELECT count(*)::int AS running FROM {schema}.jobs AS j
-                          WHERE j.task_id = t.task_id
-                            AND (j.status = 'running' OR j.abandoned)) AS r ON true
+      -- running: jobs_running_idx; abandoned (cancelled, thread still running): jobs_abandoned_idx
+      LEFT JOIN LATERAL (SELECT (SELECT count(*)::int FROM {schema}.jobs AS j
+                                  WHERE j.task_id = t.task_id AND j.status = 'running')
+                              + (SELECT count(*)::int FROM {schema}.jobs AS j
+                                  WHERE j.task_id = t.task_id AND j.abandoned
+                                    AND j.status <> 'running') AS running) AS r ON true
      WHERE t.task_id = ANY (p_task_ids) AND t.process_units <= p_units
        AND (t.process_limit IS NULL OR t.task_id = ANY (v_limited));
 
@@ -1028,9 +1033,11 @@ $$;
 
 
 -- Jobs of workers whose heartbeat lapsed (or that are gone) go back to waiting, or fail when
--- their attempts are used up. Dead worker rows are locked SKIP LOCKED: one rescuer each.
+-- their attempts are used up. Dead worker rows are locked SKIP LOCKED: one rescuer each. Every
+-- worker calls this on each poll: bitmap scans are off for the reason given at claim_jobs, and
+-- jit with them (a disabled plan node costs 1e10 before PostgreSQL 18).
 CREATE OR REPLACE FUNCTION {schema}.rescue_jobs()
-RETURNS int LANGUAGE plpgsql AS $$
+RETURNS int LANGUAGE plpgsql SET enable_bitmapscan = off SET jit = off AS $$
 DECLARE
     v_dead  uuid[];
     v_count int;
