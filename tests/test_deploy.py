@@ -203,3 +203,18 @@ def test_a_plain_dsn_does_not_import_sqlalchemy() -> None:
         "assert 'sqlalchemy' in sys.modules"
     )
     subprocess.run([sys.executable, "-c", script], check=True)
+
+
+async def test_upgrade_from_version_5_indexes_running_jobs_by_task(jm: JobMaster, conn: asyncpg.Connection) -> None:
+    schema = quote_identifier(jm.schema)
+    await conn.execute(f"""
+        DELETE FROM {schema}.schema_version WHERE version > 5;
+        DROP INDEX {schema}.jobs_running_idx;
+        CREATE INDEX jobs_running_idx ON {schema}.jobs (worker_id, task_id) WHERE status = 'running';
+    """)
+    await jm.deploy()
+    definition = await conn.fetchval(
+        "SELECT indexdef FROM pg_indexes WHERE schemaname = $1 AND indexname = 'jobs_running_idx'", jm.schema
+    )
+    assert "(task_id) WHERE (status = 'running'::text)" in definition
+    assert await conn.fetchval(f"SELECT max(version) FROM {schema}.schema_version") == 6
