@@ -5,14 +5,13 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TypeAlias
 from urllib.parse import parse_qsl
 
 import asyncpg
 
 from ..errors import ConfigurationError
-from .pool import Pool
+from .pool import Connect, Pool
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import URL, Engine
@@ -86,7 +85,7 @@ async def connect(dsn: str, connect_kwargs: dict[str, Any] | None = None) -> asy
     return conn
 
 
-def opener(dsn: str, connect_kwargs: dict[str, Any] | None = None) -> Callable[[], Awaitable[asyncpg.Connection]]:
+def opener(dsn: str, connect_kwargs: dict[str, Any] | None = None) -> Connect:
     """A function opening connections named after this process, with the JSON codecs."""
     kwargs = dict(connect_kwargs or {})
     settings = {"application_name": f"jobmaster_async:{os.getpid()}", **kwargs.pop("server_settings", {})}

@@ -17,20 +17,23 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, TypeAlias
 
 import asyncpg
 
-__all__ = ("Pool", "close_connection")
+__all__ = ("Connect", "Pool", "close_connection")
 
 logger = logging.getLogger(__name__)
+
+#: Opens one connection (db.connection.opener makes them).
+Connect: TypeAlias = Callable[[], Awaitable[asyncpg.Connection]]
 
 
 class Pool:
     """Up to ``max_size`` connections, opened on demand with ``connect``; LIFO reuse."""
 
-    def __init__(self, connect: Any, max_size: int) -> None:
+    def __init__(self, connect: Connect, max_size: int) -> None:
         self._connect = connect
         self._idle: list[asyncpg.Connection] = []
         self._slots = asyncio.Semaphore(max_size)

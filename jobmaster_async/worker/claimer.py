@@ -18,7 +18,7 @@ from collections.abc import Awaitable, Callable
 
 import asyncpg
 
-from ..db.pool import Pool, close_connection
+from ..db.pool import Connect, Pool, close_connection
 from ..db.sql import Catalogue
 
 __all__ = ("Claimer",)
@@ -32,7 +32,7 @@ class Claimer:
     def __init__(
         self,
         sql: Catalogue,
-        connect: Callable[[], Awaitable[asyncpg.Connection]],
+        connect: Connect,
         pool: Callable[[], Awaitable[Pool]],
     ) -> None:
         self.sql = sql
