@@ -220,7 +220,11 @@ class Dispatcher:
         started = time.monotonic()
         try:
             outcome = await run_task(
-                claim.definition, claim.arguments, self.backend.threads, lambda f: self._hold_slot(claim, f)
+                claim.definition,
+                claim.arguments,
+                self.backend.threads,
+                lambda f: self._hold_slot(claim, f),
+                self._loop,
             )
         except asyncio.CancelledError:
             if claim.job_id in self._user_cancelled:
