@@ -173,9 +173,9 @@ async def test_linking_cannot_race_with_completion(jm: JobMaster, dsn: str, tmp_
 async def test_a_dependency_finishing_while_being_linked_is_seen_finished(
     jm: JobMaster, dsn: str, conn: asyncpg.Connection
 ) -> None:
-    """The insert plans with foo running, then waits for the row lock held by foo's completion;
-    after it commits, the insert must notice foo finished and plan again (satisfied), not link
-    bar to a job whose completion has already settled its dependents."""
+    """The insert plans with foo running and links bar to it; its check at commit waits for the
+    row lock held by foo's completion, whose settling could not see the link. After that
+    commits, the check must see foo finished and move bar to waiting, not leave it blocked."""
     foo_id = await jm.insert_job("nice_tasks", "foo", 1, {"file_path": "/lock", "number": 1})
     job = await jm.pop_job()
     assert job is not None and job.job_id == foo_id
@@ -205,7 +205,8 @@ async def test_a_dependency_finishing_while_being_linked_is_seen_finished(
         await completer.close()
         await inserter.close()
     assert bar is not None and bar.status == "waiting"
-    assert await jm.dependencies(bar.job_id) == []
+    [dependency] = await jm.dependencies(bar.job_id)
+    assert dependency["job_id"] == foo_id and dependency["status"] == "complete"
 
 
 async def test_a_batch_fails_only_the_elements_whose_dependencies_cannot_be_created(

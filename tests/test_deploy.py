@@ -217,4 +217,4 @@ async def test_upgrade_from_version_5_indexes_running_jobs_by_task(jm: JobMaster
         "SELECT indexdef FROM pg_indexes WHERE schemaname = $1 AND indexname = 'jobs_running_idx'", jm.schema
     )
     assert "(task_id) WHERE (status = 'running'::text)" in definition
-    assert await conn.fetchval(f"SELECT max(version) FROM {schema}.schema_version") == 6
+    assert await conn.fetchval(f"SELECT max(version) FROM {schema}.schema_version") == jm.sql.latest_version

@@ -36,7 +36,10 @@ async def deploy_schema(
     under an advisory lock, so several processes may deploy at once."""
     definitions = list(definitions)
     async with conn.transaction():
-        await conn.execute("SELECT pg_advisory_xact_lock($1)", _lock_key(sql.schema))
+        # the DDL resolves names as the functions it creates do: pg_catalog first, then this
+        # schema, never a schema another role can create objects in (DESIGN 9.1 "search_path")
+        await conn.execute(f"SET LOCAL search_path = pg_catalog, {sql.quoted_schema}, pg_temp")
+        await conn.execute("SELECT pg_catalog.pg_advisory_xact_lock($1)", _lock_key(sql.schema))
         if reset:
             logger.warning("deploy(_reset=True): dropping schema %s and every job in it", sql.schema)
             await conn.execute(sql["drop_schema"])

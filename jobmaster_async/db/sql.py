@@ -8,10 +8,14 @@ from dataclasses import dataclass
 from functools import cached_property
 from importlib import resources
 
-__all__ = ("Catalogue", "Migration", "channel_name", "quote_identifier")
+__all__ = ("Catalogue", "Migration", "channel_name", "check_schema_name", "quote_identifier")
 
 _BLOCK = re.compile(r"^-- name: (\w+)\s*$", re.MULTILINE)
 _MIGRATION = re.compile(r"^(\d{4})_\w+\.sql$")
+_PLACEHOLDER = re.compile(r"\{(schema|channel|search_path|entry_point)\}|\$\$")
+
+#: PostgreSQL cuts identifiers longer than this (NAMEDATALEN - 1), in bytes.
+MAX_IDENTIFIER_BYTES = 63
 
 
 def quote_identifier(name: str) -> str:
@@ -19,6 +23,27 @@ def quote_identifier(name: str) -> str:
     if not name or "\x00" in name:
         raise ValueError(f"invalid identifier {name!r}")
     return '"' + name.replace('"', '""') + '"'
+
+
+def check_schema_name(schema: str) -> str:
+    """The schema name, if PostgreSQL keeps it as it is: 1 to 63 bytes, no NUL."""
+    if not isinstance(schema, str) or not schema or "\x00" in schema:
+        raise ValueError(f"a schema name is 1 to {MAX_IDENTIFIER_BYTES} bytes of text without NUL, got {schema!r}")
+    if len(schema.encode()) > MAX_IDENTIFIER_BYTES:
+        raise ValueError(
+            f"schema name {schema!r} is {len(schema.encode())} bytes long; PostgreSQL keeps at most "
+            f"{MAX_IDENTIFIER_BYTES}"
+        )
+    return schema
+
+
+def _dollar_tag(schema: str) -> str:
+    """A dollar-quote tag that does not occur in the quoted schema name, so a function body
+    ($tag$ ... $tag$) mentioning the schema cannot be closed by it."""
+    n = 0
+    while (tag := f"$jm{n or ''}$") in schema:
+        n += 1
+    return tag
 
 
 def channel_name(schema: str) -> str:
@@ -41,13 +66,27 @@ class Catalogue:
     """Every SQL text of one schema."""
 
     def __init__(self, schema: str) -> None:
-        self.schema = schema
+        self.schema = check_schema_name(schema)
         self.quoted_schema = quote_identifier(schema)
         self.channel = channel_name(schema)
+        search_path = f"SET search_path = pg_catalog, {self.quoted_schema}, pg_temp"
+        self._values = {
+            "{schema}": self.quoted_schema,
+            # the channel is hex, so quoting it as a literal is safe
+            "{channel}": f"'{self.channel}'",
+            # trigger functions: names resolve in pg_catalog first, then this schema, never elsewhere
+            "{search_path}": search_path,
+            # the SQL entry points: the same, and no caller can switch history and NOTIFY off
+            # (functions.sql, _jobs_inserted)
+            "{entry_point}": f"{search_path} SET jobmaster.history_written = 'off'",
+            "$$": _dollar_tag(schema),
+        }
 
     def render(self, text: str) -> str:
-        # the channel is hex, so quoting it as a literal is safe
-        return text.replace("{schema}", self.quoted_schema).replace("{channel}", f"'{self.channel}'")
+        """The text with its placeholders filled in, in one pass (a schema name holding
+        "{channel}" stays as it is), and each $$ dollar quote given a tag the name cannot close.
+        {search_path} and {entry_point} are the SET clauses that pin what a function resolves."""
+        return _PLACEHOLDER.sub(lambda m: self._values[m.group(0)], text)
 
     @cached_property
     def queries(self) -> dict[str, str]:

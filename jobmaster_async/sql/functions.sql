@@ -1,6 +1,15 @@
 -- Functions, triggers and views. Re-created by every deploy(), after the migrations.
 -- Placeholders: {schema} is the quoted schema name, {channel} the quoted NOTIFY channel literal.
 -- Refusals of bad input raise SQLSTATE JM400 with DETAIL naming the kind of refusal.
+--
+-- Name resolution (DESIGN 9.1 "search_path"): other roles may create functions and operators in
+-- schemas on a caller's search_path (public, before PostgreSQL 15), and an exact match there
+-- wins over a polymorphic built-in. So every entry point, a function the library or a client
+-- calls by name and every trigger function, pins its search_path: {entry_point} or
+-- {search_path}. Internal helpers (leading _) are reached only from pinned functions and run
+-- with their path; they are not callable by PUBLIC. The helpers inlined into the library's plain
+-- statements (_fast_canonical and what it calls, _event_origin) qualify their built-ins.
+-- {entry_point} also sets jobmaster.history_written off: see _jobs_inserted.
 
 
 -- ---------------------------------------------------------------------------------------------
@@ -34,10 +43,12 @@ $$;
 
 
 -- The canonical spelling of a value that fits: 5.0 for an integer parameter is 5.
+-- (Inlined into the plain insert statement through _fast_canonical, which runs with the caller's
+-- search_path: built-ins are qualified.)
 CREATE OR REPLACE FUNCTION {schema}._canonical_value(p_param jsonb, p_value jsonb)
 RETURNS jsonb LANGUAGE sql IMMUTABLE AS $$
-    SELECT CASE WHEN p_param->>'type' = 'integer' AND jsonb_typeof(p_value) = 'number'
-                THEN to_jsonb(trunc(p_value::numeric)) ELSE p_value END
+    SELECT CASE WHEN p_param->>'type' = 'integer' AND pg_catalog.jsonb_typeof(p_value) = 'number'
+                THEN pg_catalog.to_jsonb(pg_catalog.trunc(p_value::numeric)) ELSE p_value END
 $$;
 
 
@@ -57,14 +68,15 @@ $$;
 
 
 -- The canonical arguments of arguments that fit: values canonical, defaults filled in.
+-- (Reached from the plain insert statement too: built-ins are qualified.)
 CREATE OR REPLACE FUNCTION {schema}._canonical_of(p_parameters jsonb, p_arguments jsonb)
 RETURNS jsonb LANGUAGE sql IMMUTABLE AS $$
-    SELECT coalesce(jsonb_object_agg(
+    SELECT coalesce(pg_catalog.jsonb_object_agg(
                p.value->>'name',
                CASE WHEN p_arguments ? (p.value->>'name')
                     THEN {schema}._canonical_value(p.value, p_arguments->(p.value->>'name'))
                     ELSE p.value->'default' END), '{}')
-      FROM jsonb_array_elements(p_parameters) AS p
+      FROM pg_catalog.jsonb_array_elements(p_parameters) AS p
 $$;
 
 
@@ -110,7 +122,7 @@ END $$;
 
 -- Derives what inserting needs from a task's parameters (see migration 0003).
 CREATE OR REPLACE FUNCTION {schema}._derive_task_checks()
-RETURNS trigger LANGUAGE plpgsql AS $$
+RETURNS trigger LANGUAGE plpgsql {search_path} AS $$
 BEGIN
     SELECT coalesce(array_agg(p.value->>'name'), '{}'),
            coalesce(jsonb_object_agg(p.value->>'name', p.value->'default')
@@ -130,14 +142,48 @@ CREATE TRIGGER tasks_derive_checks BEFORE INSERT OR UPDATE ON {schema}.tasks
 UPDATE {schema}.tasks SET parameters = parameters;
 
 
--- Canonical arguments, the fast way: NULL unless they fit the task's arguments_path; then the
--- defaults filled in (an integer given as 5.0 made 5 the slow way).
+-- Are arguments within the bounds every client can read back (DESIGN 9.1 "Hostile data
+-- bounds")? Nested at most 100 deep (the arguments object is level 1) and no number of more
+-- than 4,300 digits (Python refuses to read such an integer). Strings cannot hold NUL or lone
+-- surrogates in jsonb, and numbers are finite. A short text can break neither bound, so the
+-- common case costs one length. (Inlined into the plain insert statement: built-ins qualified.)
+CREATE OR REPLACE FUNCTION {schema}._within_bounds(p_arguments jsonb)
+RETURNS boolean LANGUAGE sql IMMUTABLE AS $$
+    SELECT pg_catalog.length(p_arguments::text) <= 200
+        OR (NOT pg_catalog.jsonb_path_exists(
+                    p_arguments, 'strict $.**{100 to last} ? (@.type() == "object" || @.type() == "array")')
+            AND (pg_catalog.length(p_arguments::text) <= 4300
+                 OR NOT EXISTS (SELECT 1 FROM pg_catalog.jsonb_path_query(
+                                                  p_arguments, 'strict $.** ? (@.type() == "number")') AS n(v)
+                                 WHERE pg_catalog.length(n.v::text) > 4300
+                                   AND pg_catalog.length(pg_catalog.regexp_replace(n.v::text, '[^0-9]', '', 'g')) > 4300)))
+$$;
+
+
+-- What breaks the bounds of _within_bounds in one argument value, or NULL: for the refusal.
+CREATE OR REPLACE FUNCTION {schema}._bounds_failure(p_value jsonb)
+RETURNS text LANGUAGE sql IMMUTABLE AS $$
+    SELECT CASE
+        WHEN jsonb_path_exists(p_value, 'strict $.**{99 to last} ? (@.type() == "object" || @.type() == "array")')
+            THEN 'is nested deeper than 100 levels (counting the arguments object)'
+        WHEN EXISTS (SELECT 1 FROM jsonb_path_query(p_value, 'strict $.** ? (@.type() == "number")') AS n(v)
+                      WHERE length(regexp_replace(n.v::text, '[^0-9]', '', 'g')) > 4300)
+            THEN 'holds a number of more than 4300 digits'
+    END
+$$;
+
+
+-- Canonical arguments, the fast way: NULL unless they fit the task's arguments_path and the
+-- bounds; then the defaults filled in (an integer given as 5.0 made 5 the slow way).
+-- (Inlined into the plain insert statement, which runs with the caller's search_path: built-ins
+-- are qualified; the operators used have exact matches in pg_catalog, which is searched first.)
 CREATE OR REPLACE FUNCTION {schema}._fast_canonical(p_task {schema}.tasks, p_arguments jsonb)
 RETURNS jsonb LANGUAGE sql IMMUTABLE AS $$
     SELECT CASE
-        WHEN p_task.arguments_path IS NULL OR jsonb_typeof(p_arguments) IS DISTINCT FROM 'object' THEN NULL
+        WHEN p_task.arguments_path IS NULL OR pg_catalog.jsonb_typeof(p_arguments) IS DISTINCT FROM 'object' THEN NULL
         WHEN p_arguments - p_task.parameter_names <> '{}' THEN NULL
-        WHEN NOT coalesce(jsonb_path_match(p_arguments, p_task.arguments_path, '{}', true), false) THEN NULL
+        WHEN NOT coalesce(pg_catalog.jsonb_path_match(p_arguments, p_task.arguments_path, '{}', true), false) THEN NULL
+        WHEN NOT {schema}._within_bounds(p_arguments) THEN NULL
         WHEN p_task.has_integers AND p_arguments::text LIKE '%.%'
             THEN {schema}._canonical_of(p_task.parameters, p_arguments)
         ELSE p_task.defaults || p_arguments
@@ -182,11 +228,19 @@ DECLARE
     v_name    text;
     v_unknown text;
     v_fast    jsonb;
+    v_failure text;
 BEGIN
     p_arguments := coalesce(p_arguments, '{}');
     v_fast := {schema}._fast_canonical(p_task, p_arguments);
     IF v_fast IS NOT NULL THEN
         RETURN v_fast;
+    END IF;
+    IF jsonb_typeof(p_arguments) = 'object' AND NOT {schema}._within_bounds(p_arguments) THEN
+        SELECT a.key, {schema}._bounds_failure(a.value) INTO v_name, v_failure
+          FROM jsonb_each(p_arguments) AS a
+         WHERE {schema}._bounds_failure(a.value) IS NOT NULL
+         ORDER BY a.key LIMIT 1;
+        PERFORM {schema}._refuse('out_of_bounds', format('%s: argument "%s" %s', v_label, v_name, v_failure));
     END IF;
     IF {schema}._arguments_ok(p_task.parameters, p_arguments) THEN
         RETURN {schema}._canonical_of(p_task.parameters, p_arguments);
@@ -326,82 +380,69 @@ END $$;
 --   satisfied  a matching job completed within the dependency's window: nothing to do
 --   fan_out    a missing dependency with "ALL" arguments: created through _fan_out
 --   failed     the dependency cannot be created (failure says why): its requested job fails
--- The pending jobs are locked FOR SHARE and re-checked before the plan is returned, so none of
--- them can finish before the links to them commit; if one finished meanwhile, plan again.
+-- Nothing is locked: a pending job may finish before the links to it commit, which the links'
+-- check at commit settles (_check_link), so no client transaction holds up a worker.
+-- A dependency's priority is its dependent's + 1, at most 2^31 - 1.
 CREATE OR REPLACE FUNCTION {schema}._plan_dependencies(
     p_task {schema}.tasks, p_priority int, p_arguments jsonb[])
 RETURNS {schema}.plan_step[] LANGUAGE plpgsql AS $$
 DECLARE
-    v_plan    {schema}.plan_step[];
-    v_pending uuid[];
-    v_locked  int;
+    v_plan {schema}.plan_step[];
 BEGIN
-    LOOP
-        WITH RECURSIVE
-        -- the requested jobs (depth 0), then, level by level, the dependencies of every job
-        -- that is to be inserted
-        tree AS (
-            SELECT r.ord::int AS root, 0 AS depth, NULL::int AS parent_task, NULL::uuid AS parent_hash,
-                   p_task.task_id AS task_id, r.args AS arguments, r.args_hash, p_priority AS priority,
-                   CASE WHEN twin.job_id IS NULL THEN 'new' ELSE 'twin' END AS kind,
-                   twin.job_id AS match, NULL::text AS failure
-              FROM (SELECT u.args, u.ord, md5(u.args::text)::uuid AS args_hash
-                      FROM unnest(p_arguments) WITH ORDINALITY AS u(args, ord)) AS r
-              LEFT JOIN LATERAL (SELECT {schema}._active_twin(p_task.task_id, r.args_hash) AS job_id) AS twin
-                ON true
-            UNION ALL
-            SELECT t.root, t.depth + 1, t.task_id, t.args_hash, dt.task_id, a.creation,
-                   md5(a.creation::text)::uuid, t.priority + 1,
-                   CASE WHEN a.failure IS NOT NULL OR t.depth >= 100 THEN 'failed'
-                        WHEN pending.job_id IS NOT NULL THEN 'pending'
-                        WHEN satisfied.found THEN 'satisfied'
-                        WHEN a.creation_failure IS NOT NULL THEN 'failed'
-                        WHEN EXISTS (SELECT 1 FROM unnest(dt.write_all) AS w
-                                      WHERE a.creation->w = '"ALL"') THEN 'fan_out'
-                        ELSE 'new' END,
-                   pending.job_id,
-                   coalesce(a.failure,
-                            CASE WHEN pending.job_id IS NULL AND satisfied.found IS NULL
-                                 THEN a.creation_failure END,
-                            CASE WHEN t.depth >= 100
-                                 THEN format('%s.%s: dependency chain deeper than 100',
-                                             tt.type_key, tt.task_key) END)
-              FROM tree AS t
-              JOIN {schema}.tasks AS tt ON tt.task_id = t.task_id
-             CROSS JOIN LATERAL jsonb_array_elements(tt.dependencies) AS d(dep)
-              LEFT JOIN {schema}.tasks AS dt
-                ON dt.type_key = d.dep->>'type_key' AND dt.task_key = d.dep->>'task_key'
-             CROSS JOIN LATERAL {schema}._dependency_arguments(d.dep, dt, tt, t.arguments) AS a
-              -- pending: an active job whose arguments contain the specified ones
-              LEFT JOIN LATERAL (
-                    SELECT j.job_id FROM {schema}.jobs AS j
-                     WHERE a.failure IS NULL AND j.task_id = dt.task_id AND j.is_dependency
-                       AND j.status IN ('waiting', 'blocked', 'running')
-                       AND j.arguments @> a.specified
-                     ORDER BY j.priority DESC, j.seq
-                     LIMIT 1) AS pending ON true
-              -- satisfied: such a job completed within the freshness window
-              LEFT JOIN LATERAL (
-                    SELECT true AS found FROM {schema}.jobs AS j
-                     WHERE a.failure IS NULL AND j.task_id = dt.task_id AND j.is_dependency
-                       AND j.status = 'complete'
-                       AND j.finished_at >= now() - (d.dep->>'hours')::double precision * interval '1 hour'
-                       AND j.arguments @> a.specified
-                     LIMIT 1) AS satisfied ON true
-             WHERE t.kind = 'new'
-        )
-        SELECT array_agg(ROW(t.*)::{schema}.plan_step ORDER BY t.root, t.depth) INTO v_plan FROM tree AS t;
-
-        SELECT coalesce(array_agg(DISTINCT s.match), '{}') INTO v_pending
-          FROM unnest(v_plan) AS s WHERE s.kind = 'pending';
-        EXIT WHEN cardinality(v_pending) = 0;
-        SELECT count(*) INTO v_locked
-          FROM (SELECT 1 FROM {schema}.jobs
-                 WHERE job_id = ANY (v_pending) AND status IN ('waiting', 'blocked', 'running')
-                 ORDER BY job_id
-                   FOR SHARE) AS l;
-        EXIT WHEN v_locked = cardinality(v_pending);
-    END LOOP;
+    WITH RECURSIVE
+    -- the requested jobs (depth 0), then, level by level, the dependencies of every job
+    -- that is to be inserted
+    tree AS (
+        SELECT r.ord::int AS root, 0 AS depth, NULL::int AS parent_task, NULL::uuid AS parent_hash,
+               p_task.task_id AS task_id, r.args AS arguments, r.args_hash, p_priority AS priority,
+               CASE WHEN twin.job_id IS NULL THEN 'new' ELSE 'twin' END AS kind,
+               twin.job_id AS match, NULL::text AS failure
+          FROM (SELECT u.args, u.ord, md5(u.args::text)::uuid AS args_hash
+                  FROM unnest(p_arguments) WITH ORDINALITY AS u(args, ord)) AS r
+          LEFT JOIN LATERAL (SELECT {schema}._active_twin(p_task.task_id, r.args_hash) AS job_id) AS twin
+            ON true
+        UNION ALL
+        SELECT t.root, t.depth + 1, t.task_id, t.args_hash, dt.task_id, a.creation,
+               md5(a.creation::text)::uuid, least(t.priority::bigint + 1, 2147483647)::int,
+               CASE WHEN a.failure IS NOT NULL OR t.depth >= 100 THEN 'failed'
+                    WHEN pending.job_id IS NOT NULL THEN 'pending'
+                    WHEN satisfied.found THEN 'satisfied'
+                    WHEN a.creation_failure IS NOT NULL THEN 'failed'
+                    WHEN EXISTS (SELECT 1 FROM unnest(dt.write_all) AS w
+                                  WHERE a.creation->w = '"ALL"') THEN 'fan_out'
+                    ELSE 'new' END,
+               pending.job_id,
+               coalesce(a.failure,
+                        CASE WHEN pending.job_id IS NULL AND satisfied.found IS NULL
+                             THEN a.creation_failure END,
+                        CASE WHEN t.depth >= 100
+                             THEN format('%s.%s: dependency chain deeper than 100',
+                                         tt.type_key, tt.task_key) END)
+          FROM tree AS t
+          JOIN {schema}.tasks AS tt ON tt.task_id = t.task_id
+         CROSS JOIN LATERAL jsonb_array_elements(tt.dependencies) AS d(dep)
+          LEFT JOIN {schema}.tasks AS dt
+            ON dt.type_key = d.dep->>'type_key' AND dt.task_key = d.dep->>'task_key'
+         CROSS JOIN LATERAL {schema}._dependency_arguments(d.dep, dt, tt, t.arguments) AS a
+          -- pending: an active job whose arguments contain the specified ones
+          LEFT JOIN LATERAL (
+                SELECT j.job_id FROM {schema}.jobs AS j
+                 WHERE a.failure IS NULL AND j.task_id = dt.task_id AND j.is_dependency
+                   AND j.status IN ('waiting', 'blocked', 'running')
+                   AND j.arguments @> a.specified
+                 ORDER BY j.priority DESC, j.seq
+                 LIMIT 1) AS pending ON true
+          -- satisfied: such a job completed within the freshness window
+          LEFT JOIN LATERAL (
+                SELECT true AS found FROM {schema}.jobs AS j
+                 WHERE a.failure IS NULL AND j.task_id = dt.task_id AND j.is_dependency
+                   AND j.status = 'complete'
+                   AND j.finished_at >= now() - (d.dep->>'hours')::double precision * interval '1 hour'
+                   AND j.arguments @> a.specified
+                 LIMIT 1) AS satisfied ON true
+         WHERE t.kind = 'new'
+    )
+    SELECT array_agg(ROW(t.*)::{schema}.plan_step ORDER BY t.root, t.depth) INTO v_plan FROM tree AS t;
     RETURN v_plan;
 END $$;
 
@@ -425,15 +466,21 @@ $$;
 
 
 -- Carries out the dependency steps of a plan for the requested jobs that were inserted blocked
--- (p_root_ids[root]; NULL for the others), in one statement: raises pending dependencies'
--- priorities, creates the missing ones (once each, however many jobs need them) and links
--- every dependent to its dependencies. "ALL" dependencies are fanned out first.
+-- (p_root_ids[root]; NULL for the others): creates the missing dependencies (once each, however
+-- many jobs need them) and links every dependent to its dependencies. "ALL" dependencies are
+-- fanned out first. Nothing existing is locked or updated here: a link to a job that existed
+-- before (a pending match, or an identical job another transaction inserted meanwhile) is
+-- checked at commit instead (_check_link), which also raises that job's priority.
 CREATE OR REPLACE FUNCTION {schema}._carry_out_plan(p_plan {schema}.plan_step[], p_root_ids uuid[])
 RETURNS void LANGUAGE plpgsql AS $$
 DECLARE
-    v_fanned uuid[] := '{}';
-    v_step   {schema}.plan_step;
-    v_i      int;
+    v_fanned    uuid[] := '{}';
+    v_step      {schema}.plan_step;
+    v_i         int;
+    v_tasks     int[] := '{}';   -- the dependencies created here: task, arguments hash, id
+    v_hashes    uuid[] := '{}';
+    v_ids       uuid[] := '{}';
+    v_unlinked  int;
 BEGIN
     -- rare: a dependency with "ALL" arguments: its fan-out parent is created (or found), and the
     -- step links to it like a pending one
@@ -448,54 +495,75 @@ BEGIN
         v_fanned := v_fanned || v_step.match;
     END LOOP;
 
-    WITH
-    -- the steps to carry out: links to pending jobs and jobs to create, of blocked requested jobs
-    steps AS (
-        SELECT s.* FROM unnest(p_plan) AS s
-         WHERE s.depth > 0 AND s.kind IN ('new', 'pending') AND p_root_ids[s.root] IS NOT NULL
-    ),
-    -- pending dependencies below the priority a dependent gives them (its own + 1): raised
-    raised AS (
-        UPDATE {schema}.jobs AS j
-           SET priority = w.priority
-          FROM (SELECT s.match, max(s.priority) AS priority FROM steps AS s
-                 WHERE s.kind = 'pending' GROUP BY s.match) AS w
-         WHERE j.job_id = w.match AND j.priority < w.priority
-    ),
-    -- missing dependencies, created once each; blocked when they have dependencies to wait for.
-    -- An identical job inserted meanwhile by another transaction is taken instead (locked by the
-    -- update, so it cannot finish before our links commit); inserted tells them apart.
-    created AS (
-        INSERT INTO {schema}.jobs AS j (task_id, priority, arguments, args_hash, status,
-                                        is_dependency, max_attempts)
-        SELECT n.task_id, max(n.priority), n.arguments, n.args_hash,
-               CASE WHEN EXISTS (SELECT 1 FROM steps AS c
-                                  WHERE c.parent_task = n.task_id AND c.parent_hash = n.args_hash)
-                    THEN 'blocked' ELSE 'waiting' END,
-               t.is_dependency, t.retries + 1
-          FROM steps AS n
-          JOIN {schema}.tasks AS t ON t.task_id = n.task_id
-         WHERE n.kind = 'new'
-         GROUP BY n.task_id, n.args_hash, n.arguments, t.is_dependency, t.retries
-        ON CONFLICT (task_id, args_hash) WHERE status IN ('waiting', 'blocked', 'running')
-        DO UPDATE SET priority = greatest(j.priority, excluded.priority)
-        RETURNING j.job_id, j.task_id, j.args_hash, j.xmax = 0 AS inserted
-    ),
-    -- each step's edge: its dependent (a requested job, or a job created here) and its job
-    edges AS (
-        SELECT CASE WHEN s.depth = 1 THEN p_root_ids[s.root] ELSE dependent.job_id END AS job_id,
-               CASE WHEN s.kind = 'pending' THEN s.match ELSE dependency.job_id END AS depends_on
-          FROM steps AS s
-          LEFT JOIN created AS dependent
-            ON dependent.task_id = s.parent_task AND dependent.args_hash = s.parent_hash
-           AND dependent.inserted
-          LEFT JOIN created AS dependency
-            ON dependency.task_id = s.task_id AND dependency.args_hash = s.args_hash
-    )
-    INSERT INTO {schema}.job_dependencies (job_id, depends_on)
-    SELECT DISTINCT e.job_id, e.depends_on FROM edges AS e
-     WHERE e.job_id IS NOT NULL AND e.depends_on IS NOT NULL
-    ON CONFLICT DO NOTHING;
+    LOOP
+        WITH
+        -- the steps to carry out: links to pending jobs and jobs to create, of blocked requested jobs
+        steps AS (
+            SELECT s.* FROM unnest(p_plan) AS s
+             WHERE s.depth > 0 AND s.kind IN ('new', 'pending') AND p_root_ids[s.root] IS NOT NULL
+        ),
+        -- missing dependencies not created yet, created once each; blocked when they have
+        -- dependencies to wait for. One identical to a job another transaction inserted
+        -- meanwhile is skipped (the next statement links to that job).
+        created AS (
+            INSERT INTO {schema}.jobs AS j (task_id, priority, arguments, args_hash, status,
+                                            is_dependency, max_attempts)
+            SELECT n.task_id, max(n.priority), n.arguments, n.args_hash,
+                   CASE WHEN EXISTS (SELECT 1 FROM steps AS c
+                                      WHERE c.parent_task = n.task_id AND c.parent_hash = n.args_hash)
+                        THEN 'blocked' ELSE 'waiting' END,
+                   t.is_dependency, t.retries + 1
+              FROM steps AS n
+              JOIN {schema}.tasks AS t ON t.task_id = n.task_id
+             WHERE n.kind = 'new'
+               AND NOT (n.task_id, n.args_hash) IN (SELECT * FROM unnest(v_tasks, v_hashes))
+             GROUP BY n.task_id, n.args_hash, n.arguments, t.is_dependency, t.retries
+            ON CONFLICT (task_id, args_hash) WHERE status IN ('waiting', 'blocked', 'running')
+            DO NOTHING
+            RETURNING j.job_id, j.task_id, j.args_hash
+        )
+        SELECT v_tasks || coalesce(array_agg(c.task_id), '{}'), v_hashes || coalesce(array_agg(c.args_hash), '{}'),
+               v_ids || coalesce(array_agg(c.job_id), '{}')
+          INTO v_tasks, v_hashes, v_ids
+          FROM created AS c;
+
+        -- a later statement, whose snapshot sees the identical jobs that made us skip
+        WITH
+        steps AS (
+            SELECT s.* FROM unnest(p_plan) AS s
+             WHERE s.depth > 0 AND s.kind IN ('new', 'pending') AND p_root_ids[s.root] IS NOT NULL
+        ),
+        created AS (
+            SELECT * FROM unnest(v_tasks, v_hashes, v_ids) AS c(task_id, args_hash, job_id)
+        ),
+        -- each step's edge: its dependent (a requested job, or a job created here: an existing
+        -- one has its own links) and its job; a job that existed before is checked at commit
+        edges AS (
+            SELECT CASE WHEN s.depth = 1 THEN p_root_ids[s.root] ELSE dependent.job_id END AS job_id,
+                   CASE WHEN s.kind = 'pending' THEN s.match
+                        ELSE coalesce(dependency.job_id, {schema}._active_twin(s.task_id, s.args_hash)) END
+                       AS depends_on,
+                   s.kind = 'pending' OR dependency.job_id IS NULL AS check_at_commit
+              FROM steps AS s
+              LEFT JOIN created AS dependent
+                ON dependent.task_id = s.parent_task AND dependent.args_hash = s.parent_hash
+              LEFT JOIN created AS dependency
+                ON dependency.task_id = s.task_id AND dependency.args_hash = s.args_hash
+             WHERE s.depth = 1 OR dependent.job_id IS NOT NULL
+        ),
+        -- the links, in job_id order of what they link to: the checks at commit lock in that order
+        linked AS (
+            INSERT INTO {schema}.job_dependencies (job_id, depends_on, check_at_commit)
+            SELECT e.job_id, e.depends_on, bool_or(e.check_at_commit) FROM edges AS e
+             WHERE e.depends_on IS NOT NULL
+             GROUP BY e.job_id, e.depends_on
+             ORDER BY e.depends_on
+            ON CONFLICT DO NOTHING
+        )
+        SELECT count(*) INTO v_unlinked FROM edges AS e WHERE e.depends_on IS NULL;
+        -- rare: an identical job that made us skip finished meanwhile: create the dependency now
+        EXIT WHEN v_unlinked = 0;
+    END LOOP;
 
     -- a fan-out parent that failed at creation (a child could not be created) fails its dependents
     IF cardinality(v_fanned) > 0 THEN
@@ -503,6 +571,36 @@ BEGIN
                                         WHERE j.job_id = ANY (v_fanned) AND j.status = 'failed'));
     END IF;
 END $$;
+
+
+-- The check at commit of a link to a job that existed before the linking transaction (queued by
+-- the deferred constraint trigger job_dependencies_check_at_commit). Linking locks nothing, so a
+-- worker never waits on a client's open transaction; the dependency may have finished since the
+-- plan saw it pending. Here, at commit, it is locked (workers then wait for this commit alone,
+-- and their settling afterwards sees the link), given the dependent's priority + 1 if it is
+-- still waiting or blocked, and if it finished already, the dependent is settled now.
+CREATE OR REPLACE FUNCTION {schema}._check_link()
+RETURNS trigger LANGUAGE plpgsql {search_path} AS $$
+DECLARE
+    v_status text;
+BEGIN
+    SELECT j.status INTO v_status FROM {schema}.jobs AS j WHERE j.job_id = NEW.depends_on FOR NO KEY UPDATE;
+    IF v_status IN ('waiting', 'blocked') THEN
+        UPDATE {schema}.jobs AS j
+           SET priority = least(d.priority::bigint + 1, 2147483647)::int
+          FROM {schema}.jobs AS d
+         WHERE j.job_id = NEW.depends_on AND d.job_id = NEW.job_id
+           AND j.priority < least(d.priority::bigint + 1, 2147483647);
+    ELSIF v_status IN ('complete', 'failed', 'cancelled') THEN
+        PERFORM {schema}._settle(ARRAY[NEW.depends_on]);
+    END IF;
+    RETURN NULL;
+END $$;
+
+DROP TRIGGER IF EXISTS job_dependencies_check_at_commit ON {schema}.job_dependencies;
+CREATE CONSTRAINT TRIGGER job_dependencies_check_at_commit AFTER INSERT ON {schema}.job_dependencies
+    DEFERRABLE INITIALLY DEFERRED
+    FOR EACH ROW WHEN (NEW.check_at_commit) EXECUTE FUNCTION {schema}._check_link();
 
 
 -- Moves the dependents of jobs that just reached a final status: a dependency failed or was
@@ -623,7 +721,7 @@ END $$;
 -- Inserts one job (or hands back an identical active one), resolving its dependencies.
 CREATE OR REPLACE FUNCTION {schema}._insert_job(
     p_type_key text, p_task_key text, p_priority int, p_arguments jsonb)
-RETURNS uuid LANGUAGE plpgsql AS $$
+RETURNS uuid LANGUAGE plpgsql {entry_point} AS $$
 DECLARE
     v_task {schema}.tasks;
     v_args jsonb;
@@ -701,9 +799,11 @@ BEGIN
                                       WHERE p.value->>'name' = v_param)) AS o;
     END LOOP;
 
-    INSERT INTO {schema}.job_dependencies (job_id, depends_on)
-    SELECT DISTINCT v_parent, c
+    -- a child may be an identical job that existed before: checked at commit (_check_link)
+    INSERT INTO {schema}.job_dependencies (job_id, depends_on, check_at_commit)
+    SELECT DISTINCT v_parent, c, true
       FROM unnest({schema}.insert_jobs(p_task.type_key, p_task.task_key, p_priority, v_combos)) AS c
+     ORDER BY c
     ON CONFLICT DO NOTHING;
 
     -- a child inserted as failed (its dependencies could not be created) fails the parent
@@ -718,20 +818,34 @@ BEGIN
 END $$;
 
 
+-- The arguments of the SQL interface as jsonb. json takes what jsonb refuses (\u0000, lone
+-- surrogates, numbers beyond numeric's range): refused here, naming the task.
+CREATE OR REPLACE FUNCTION {schema}._jsonb_arguments(p_type_key text, p_task_key text, p_arguments json)
+RETURNS jsonb LANGUAGE plpgsql IMMUTABLE AS $$
+BEGIN
+    RETURN p_arguments::jsonb;
+EXCEPTION WHEN data_exception OR program_limit_exceeded THEN
+    PERFORM {schema}._refuse('invalid_arguments',
+        format('%s.%s: arguments cannot be stored: %s', p_type_key, p_task_key, SQLERRM));
+END $$;
+
+
 -- The SQL interface: CALL insert_job(...) hands back the id through INOUT job_id.
 CREATE OR REPLACE PROCEDURE {schema}.insert_job(
     type_key text, task_key text, priority int, arguments json, INOUT job_id uuid DEFAULT NULL)
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql SECURITY DEFINER {entry_point} AS $$
 BEGIN
-    job_id := {schema}._insert_job(type_key, task_key, priority, arguments::jsonb);
+    job_id := {schema}._insert_job(type_key, task_key, priority,
+                                   {schema}._jsonb_arguments(type_key, task_key, arguments));
 END $$;
 
 
 -- The same as a function, for SELECT and for trigger functions.
 CREATE OR REPLACE FUNCTION {schema}.add_job(
     type_key text, task_key text, priority int, arguments json)
-RETURNS uuid LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-    SELECT {schema}._insert_job(type_key, task_key, priority, arguments::jsonb);
+RETURNS uuid LANGUAGE sql SECURITY DEFINER {entry_point} AS $$
+    SELECT {schema}._insert_job(type_key, task_key, priority,
+                                {schema}._jsonb_arguments(type_key, task_key, arguments));
 $$;
 
 
@@ -740,7 +854,7 @@ $$;
 -- for the whole batch at once. Only elements with "ALL" are inserted one by one.
 CREATE OR REPLACE FUNCTION {schema}.insert_jobs(
     p_type_key text, p_task_key text, p_priority int, p_arguments jsonb[])
-RETURNS uuid[] LANGUAGE plpgsql AS $$
+RETURNS uuid[] LANGUAGE plpgsql {entry_point} AS $$
 DECLARE
     v_task      {schema}.tasks;
     v_canonical jsonb[];
@@ -829,7 +943,7 @@ RETURNS TABLE (job_id uuid, task_id int, priority int, arguments jsonb, attempts
 -- claim (~100 ms): hence jit = off. Bitmap scans are off because they never mark the index
 -- entries of finished jobs dead: until vacuum, every count of a task's running jobs would visit
 -- the table for each finished job of the task (see migration 0006).
-LANGUAGE plpgsql SET enable_sort = off SET jit = off SET enable_bitmapscan = off AS $$
+LANGUAGE plpgsql {entry_point} SET enable_sort = off SET jit = off SET enable_bitmapscan = off AS $$
 DECLARE
     v_limited   int[];
     v_max_units int;
@@ -857,7 +971,7 @@ BEGIN
              WHERE j.status = 'waiting' AND j.run_after <= now() AND j.task_id = ANY (p_task_ids)
              ORDER BY j.priority DESC, j.seq
              LIMIT p_limit
-             FOR UPDATE SKIP LOCKED
+             FOR NO KEY UPDATE SKIP LOCKED
         )
         UPDATE {schema}.jobs AS j
            SET status = 'running', worker_id = p_worker, attempts = j.attempts + 1,
@@ -896,7 +1010,7 @@ BEGIN
                 WHERE j.task_id = e.task_id AND j.status = 'waiting' AND j.run_after <= now()
                 ORDER BY j.priority DESC, j.seq
                 LIMIT greatest(e.cap, 0)
-                  FOR UPDATE OF j SKIP LOCKED) AS c
+                  FOR NO KEY UPDATE OF j SKIP LOCKED) AS c
          ORDER BY c.priority DESC, c.seq
     LOOP
         CONTINUE WHEN v_row.process_units > v_left;
@@ -918,7 +1032,7 @@ END $$;
 -- so the late result of a rescued job is dropped. Returns the ids recorded.
 CREATE OR REPLACE FUNCTION {schema}.complete_jobs(
     p_worker uuid, p_ids uuid[], p_attempts int[], p_results jsonb[])
-RETURNS uuid[] LANGUAGE plpgsql AS $$
+RETURNS uuid[] LANGUAGE plpgsql {entry_point} AS $$
 DECLARE
     v_done  uuid[];
     v_freed boolean;
@@ -967,7 +1081,7 @@ END $$;
 CREATE OR REPLACE FUNCTION {schema}.fail_jobs(
     p_worker uuid, p_ids uuid[], p_attempts int[], p_error_types text[], p_messages text[],
     p_tracebacks text[], p_retry_delays double precision[])
-RETURNS uuid[] LANGUAGE plpgsql AS $$
+RETURNS uuid[] LANGUAGE plpgsql {entry_point} AS $$
 DECLARE
     v_final uuid[];
     v_all   uuid[];
@@ -1005,7 +1119,7 @@ END $$;
 
 -- Puts running jobs of a worker back to waiting (graceful shutdown), without counting the attempt.
 CREATE OR REPLACE FUNCTION {schema}.release_jobs(p_worker uuid, p_ids uuid[], p_attempts int[])
-RETURNS int LANGUAGE sql AS $$
+RETURNS int LANGUAGE sql {entry_point} AS $$
     WITH released AS (
         UPDATE {schema}.jobs AS j
            SET status = 'waiting', worker_id = NULL, attempts = j.attempts - 1, started_at = NULL,
@@ -1025,7 +1139,7 @@ $$;
 
 CREATE OR REPLACE FUNCTION {schema}.heartbeat(
     p_worker uuid, p_node text, p_pid int, p_lapse double precision)
-RETURNS void LANGUAGE sql AS $$
+RETURNS void LANGUAGE sql {entry_point} AS $$
     INSERT INTO {schema}.workers AS w (worker_id, node, pid, lapse)
     VALUES (p_worker, p_node, p_pid, p_lapse * interval '1 second')
     ON CONFLICT (worker_id) DO UPDATE SET heartbeat_at = now(), lapse = excluded.lapse;
@@ -1037,7 +1151,7 @@ $$;
 -- worker calls this on each poll: bitmap scans are off for the reason given at claim_jobs, and
 -- jit with them (a disabled plan node costs 1e10 before PostgreSQL 18).
 CREATE OR REPLACE FUNCTION {schema}.rescue_jobs()
-RETURNS int LANGUAGE plpgsql SET enable_bitmapscan = off SET jit = off AS $$
+RETURNS int LANGUAGE plpgsql {entry_point} SET enable_bitmapscan = off SET jit = off AS $$
 DECLARE
     v_dead  uuid[];
     v_count int;
@@ -1054,7 +1168,7 @@ BEGIN
          WHERE j.status = 'running'
            AND (j.worker_id = ANY (v_dead)
                 OR NOT EXISTS (SELECT 1 FROM {schema}.workers AS w WHERE w.worker_id = j.worker_id))
-           FOR UPDATE OF j SKIP LOCKED
+           FOR NO KEY UPDATE OF j SKIP LOCKED
     ),
     rescued AS (
         UPDATE {schema}.jobs AS j
@@ -1083,12 +1197,12 @@ END $$;
 -- Cancels a waiting, blocked or running job (a running one's worker is told through NOTIFY);
 -- an "ALL" parent takes its unfinished children along. Returns the job's status before.
 CREATE OR REPLACE FUNCTION {schema}.cancel_job(p_job_id uuid)
-RETURNS text LANGUAGE plpgsql AS $$
+RETURNS text LANGUAGE plpgsql {entry_point} AS $$
 DECLARE
     v_status   text;
     v_children uuid[];
 BEGIN
-    SELECT status INTO v_status FROM {schema}.jobs WHERE job_id = p_job_id FOR UPDATE;
+    SELECT status INTO v_status FROM {schema}.jobs WHERE job_id = p_job_id FOR NO KEY UPDATE;
     IF NOT FOUND THEN
         RETURN NULL;
     END IF;
@@ -1114,7 +1228,7 @@ END $$;
 -- Queues a failed or cancelled job again (same id, attempts from zero, dependencies resolved
 -- afresh). If an identical job is active, its id is returned instead.
 CREATE OR REPLACE FUNCTION {schema}.retry_job(p_job_id uuid)
-RETURNS uuid LANGUAGE plpgsql AS $$
+RETURNS uuid LANGUAGE plpgsql {entry_point} AS $$
 DECLARE
     v_job     {schema}.jobs;
     v_task    {schema}.tasks;
@@ -1124,7 +1238,7 @@ DECLARE
     v_plan    {schema}.plan_step[];
     v_child   uuid;
 BEGIN
-    SELECT * INTO v_job FROM {schema}.jobs WHERE job_id = p_job_id FOR UPDATE;
+    SELECT * INTO v_job FROM {schema}.jobs WHERE job_id = p_job_id FOR NO KEY UPDATE;
     IF NOT FOUND THEN
         RETURN NULL;
     END IF;
@@ -1147,8 +1261,10 @@ BEGIN
         LOOP
             v_twin := {schema}.retry_job(v_child);
             IF v_twin <> v_child THEN
-                UPDATE {schema}.job_dependencies SET depends_on = v_twin
-                 WHERE job_id = p_job_id AND depends_on = v_child;
+                -- an identical active job stands in for the child: checked at commit (_check_link)
+                DELETE FROM {schema}.job_dependencies WHERE job_id = p_job_id AND depends_on = v_child;
+                INSERT INTO {schema}.job_dependencies (job_id, depends_on, check_at_commit)
+                VALUES (p_job_id, v_twin, true) ON CONFLICT DO NOTHING;
             END IF;
         END LOOP;
         v_status := 'blocked';  -- until _settle moves it
@@ -1180,14 +1296,22 @@ END $$;
 -- SQL function, so the planner inlines it into the statements that join it.)
 CREATE OR REPLACE FUNCTION {schema}._event_origin(p_worker uuid)
 RETURNS TABLE (node text, pid int) LANGUAGE sql STABLE AS $$
-    SELECT coalesce(w.node, host(inet_client_addr()), 'local'), coalesce(w.pid, pg_backend_pid())
+    -- inlined into plain statements too: built-ins qualified
+    SELECT coalesce(w.node, pg_catalog.host(pg_catalog.inet_client_addr()), 'local'),
+           coalesce(w.pid, pg_catalog.pg_backend_pid())
       FROM (SELECT 1) AS one
       LEFT JOIN {schema}.workers AS w ON w.worker_id = p_worker
 $$;
 
 
+-- History and NOTIFY of inserted jobs. The library's plain hot-path statements (queries.sql
+-- insert_job_fast, claim_jobs_fast) and complete_jobs write their own history rows, set-based,
+-- and say so with the transaction-local setting jobmaster.history_written, which makes these
+-- triggers skip them. Only the library's own statements on its own connections can leave it on
+-- for a trigger: every SQL entry point sets it off for its duration ({entry_point}), so a client
+-- that sets it (the insert-only web role calling add_job) suppresses nothing.
 CREATE OR REPLACE FUNCTION {schema}._jobs_inserted()
-RETURNS trigger LANGUAGE plpgsql AS $$
+RETURNS trigger LANGUAGE plpgsql {search_path} AS $$
 BEGIN
     -- the statement wrote its own history and NOTIFY (queries.sql insert_job_fast)
     IF current_setting('jobmaster.history_written', true) = 'on' THEN
@@ -1204,7 +1328,7 @@ END $$;
 
 
 CREATE OR REPLACE FUNCTION {schema}._jobs_updated()
-RETURNS trigger LANGUAGE plpgsql AS $$
+RETURNS trigger LANGUAGE plpgsql {search_path} AS $$
 DECLARE
     v_wake      boolean;
     v_cancelled uuid[];
@@ -1272,6 +1396,7 @@ CREATE TRIGGER jobs_updated AFTER UPDATE ON {schema}.jobs
 -- all-visible (about 7 ms for 20,000 waiting jobs).
 CREATE OR REPLACE FUNCTION {schema}.active_counts(OUT waiting bigint, OUT blocked bigint, OUT running bigint)
 LANGUAGE sql STABLE
+{search_path}
 SET enable_seqscan = off
 SET enable_bitmapscan = off
 AS $$

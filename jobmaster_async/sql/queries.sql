@@ -1,5 +1,9 @@
 -- Queries the Python side runs, as named blocks ("-- name: <name>"). {schema} is the quoted
 -- schema name; parameters are $n only.
+-- These run with the connection's search_path, which the library does not set (PgBouncer would
+-- drop it) and another role may have planted functions in: every built-in function is written
+-- pg_catalog-qualified. (Operators need not be: those used here match pg_catalog's exactly, and
+-- pg_catalog is searched first unless a search_path names it later, which ours never do.)
 
 -- name: insert_job
 SELECT {schema}._insert_job($1, $2, $3, $4::text::jsonb)
@@ -13,13 +17,13 @@ WITH
 task AS (
     SELECT t.* FROM {schema}.tasks AS t
      WHERE t.type_key = $1 AND t.task_key = $2
-       AND jsonb_array_length(t.dependencies) = 0 AND cardinality(t.write_all) = 0
+       AND pg_catalog.jsonb_array_length(t.dependencies) = 0 AND pg_catalog.cardinality(t.write_all) = 0
 ),
 -- the canonical arguments, if they fit; this statement writes its own history (logged), so the
 -- jobs_inserted trigger skips it
 job AS (
-    SELECT t.task_id, t.is_dependency, t.retries, c.args, md5(c.args::text)::uuid AS args_hash,
-           set_config('jobmaster.history_written', 'on', true) AS history_written
+    SELECT t.task_id, t.is_dependency, t.retries, c.args, pg_catalog.md5(c.args::text)::uuid AS args_hash,
+           pg_catalog.set_config('jobmaster.history_written', 'on', true) AS history_written
       FROM task AS t
      CROSS JOIN LATERAL (SELECT {schema}._fast_canonical(t, coalesce($4::text::jsonb, '{}')) AS args) AS c
      WHERE c.args IS NOT NULL
@@ -38,11 +42,11 @@ logged AS (
     INSERT INTO {schema}.job_events (job_id, status, node, pid)
     SELECT i.job_id, 'waiting', w.node, w.pid FROM inserted AS i, {schema}._event_origin(NULL) AS w
 )
-SELECT i.job_id, pg_notify({channel}, 'wake') FROM inserted AS i
+SELECT i.job_id, pg_catalog.pg_notify({channel}, 'wake') FROM inserted AS i
 
 -- name: insert_jobs
 -- $4: the elements as one JSON array (one json.dumps in Python, one parse here)
-SELECT {schema}.insert_jobs($1, $2, $3, ARRAY(SELECT e.a FROM jsonb_array_elements($4::text::jsonb)
+SELECT {schema}.insert_jobs($1, $2, $3, ARRAY(SELECT e.a FROM pg_catalog.jsonb_array_elements($4::text::jsonb)
                                                             WITH ORDINALITY AS e(a, n) ORDER BY e.n))
 
 -- name: claim_jobs
@@ -62,22 +66,22 @@ mode AS (
                     WHERE t.task_id = ANY ($2::int[])
                       AND (t.process_limit IS NOT NULL OR t.process_units * $3 > $4)) AS slow,
            -- this statement writes its own history (logged): the jobs_updated trigger skips it
-           set_config('jobmaster.history_written', 'on', true) AS history_written
+           pg_catalog.set_config('jobmaster.history_written', 'on', true) AS history_written
 ),
 -- the next runnable jobs, locked; rows other claimers hold are skipped
 next_jobs AS (
     SELECT j.job_id FROM {schema}.jobs AS j
-     WHERE j.status = 'waiting' AND j.run_after <= now() AND j.task_id = ANY ($2::int[])
+     WHERE j.status = 'waiting' AND j.run_after <= pg_catalog.now() AND j.task_id = ANY ($2::int[])
        AND NOT (SELECT m.slow FROM mode AS m)
      ORDER BY j.priority DESC, j.seq
      LIMIT $3
-       FOR UPDATE SKIP LOCKED
+       FOR NO KEY UPDATE SKIP LOCKED
 ),
 -- the jobs, running for this worker
 claimed AS (
     UPDATE {schema}.jobs AS j
        SET status = 'running', worker_id = $1, attempts = j.attempts + 1,
-           started_at = now(), message = NULL
+           started_at = pg_catalog.now(), message = NULL
       FROM next_jobs AS n
      WHERE j.job_id = n.job_id
     RETURNING j.job_id, j.task_id, j.priority, j.arguments, j.attempts, j.max_attempts
@@ -93,10 +97,10 @@ SELECT c.job_id, c.task_id, c.priority, c.arguments, c.attempts, c.max_attempts,
   FROM claimed AS c
 UNION ALL
 SELECT NULL, NULL, NULL, NULL, NULL, NULL,
-       (SELECT extract(epoch FROM min(j.run_after) - clock_timestamp())::float8
+       (SELECT pg_catalog.date_part('epoch', pg_catalog.min(j.run_after) - pg_catalog.clock_timestamp())::float8
           FROM {schema}.jobs AS j
          WHERE j.status = 'waiting' AND j.task_id = ANY ($2::int[])
-           AND (SELECT count(*) FROM claimed) < $3
+           AND (SELECT pg_catalog.count(*) FROM claimed) < $3
            -- this statement's snapshot still sees the jobs it claimed as waiting
            AND NOT EXISTS (SELECT 1 FROM claimed AS c WHERE c.job_id = j.job_id)),
        (SELECT m.slow FROM mode AS m)
@@ -161,7 +165,7 @@ SELECT d.depends_on AS job_id, t.type_key, t.task_key, j.status
  WHERE d.job_id = $1
 
 -- name: seconds_to_next_run
-SELECT extract(epoch FROM min(run_after) - clock_timestamp())::float8 FROM {schema}.jobs
+SELECT pg_catalog.date_part('epoch', pg_catalog.min(run_after) - pg_catalog.clock_timestamp())::float8 FROM {schema}.jobs
  WHERE status = 'waiting' AND task_id = ANY ($1::int[])
 
 -- name: deployed_tasks
@@ -177,14 +181,14 @@ ON CONFLICT (type_key, task_key) DO UPDATE
        dependencies = excluded.dependencies, process_units = excluded.process_units,
        process_limit = excluded.process_limit, retries = excluded.retries,
        timeout = excluded.timeout, executor = excluded.executor,
-       description = excluded.description, updated_at = now()
+       description = excluded.description, updated_at = pg_catalog.now()
 
 -- name: mark_dependency_targets
 WITH
 -- every task some task depends on
 targets AS (
     SELECT DISTINCT d.value->>'type_key' AS type_key, d.value->>'task_key' AS task_key
-      FROM {schema}.tasks AS t, jsonb_array_elements(t.dependencies) AS d
+      FROM {schema}.tasks AS t, pg_catalog.jsonb_array_elements(t.dependencies) AS d
 ),
 -- the flag on the tasks
 flagged AS (
@@ -203,7 +207,7 @@ WITH
 -- the tasks not registered here ($1, $2) and without active jobs
 pruned AS (
     DELETE FROM {schema}.tasks AS t
-     WHERE NOT ((t.type_key, t.task_key) IN (SELECT * FROM unnest($1::text[], $2::text[])))
+     WHERE NOT ((t.type_key, t.task_key) IN (SELECT * FROM ROWS FROM (pg_catalog.unnest($1::text[]), pg_catalog.unnest($2::text[]))))
        AND NOT EXISTS (SELECT 1 FROM {schema}.jobs AS j
                         WHERE j.task_id = t.task_id AND j.status IN ('waiting', 'blocked', 'running'))
     RETURNING t.task_id, t.type_key, t.task_key
@@ -224,11 +228,11 @@ CREATE SCHEMA IF NOT EXISTS {schema}
 CREATE TABLE IF NOT EXISTS {schema}.schema_version (
     version     int PRIMARY KEY,
     name        text NOT NULL,
-    applied_at  timestamptz NOT NULL DEFAULT now()
+    applied_at  timestamptz NOT NULL DEFAULT pg_catalog.now()
 )
 
 -- name: current_version
-SELECT coalesce(max(version), 0) FROM {schema}.schema_version
+SELECT coalesce(pg_catalog.max(version), 0) FROM {schema}.schema_version
 
 -- name: record_migration
 INSERT INTO {schema}.schema_version (version, name) VALUES ($1, $2)
@@ -237,4 +241,4 @@ INSERT INTO {schema}.schema_version (version, name) VALUES ($1, $2)
 SELECT waiting, blocked, running FROM {schema}.active_counts()
 
 -- name: status_counts
-SELECT status, count(*)::int AS count FROM {schema}.jobs GROUP BY status
+SELECT status, pg_catalog.count(*)::int AS count FROM {schema}.jobs GROUP BY status
