@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import importlib
-import json
 import logging
 import os
 import socket
@@ -31,6 +30,7 @@ from .errors import (
     TaskNotFound,
 )
 from .jobs import ACTIVE_STATUSES, Job, JobStatus, as_job_id
+from .storable import dumps_storable, unstorable_reason
 from .tasks import TaskDefinition, registry
 from .worker.claimer import Claimer
 from .worker.dispatcher import Dispatcher, DispatcherSettings
@@ -93,7 +93,10 @@ class JobMaster:
                 raise ConfigurationError("JobMaster needs db_engine (an engine or DSN) or the JOBMASTER_DSN variable")
         self.dsn = dsn_from(db_engine)
         self.schema = schema
-        self.sql = Catalogue(schema)
+        try:
+            self.sql = Catalogue(schema)
+        except ValueError as exc:
+            raise ConfigurationError(str(exc)) from None
         for module in task_modules:
             importlib.import_module(module)
         if system_process_units is None:
@@ -178,8 +181,9 @@ class JobMaster:
     ) -> uuid.UUID:
         """Inserts a job (validated and deduplicated in SQL) and returns its id, or the id of the
         identical job already waiting, blocked or running."""
+        _check_insert(type_key, task_key, priority)
+        arguments_json = _as_json(f"{type_key}.{task_key}", arguments)
         pool = await self.pool()
-        arguments_json = _as_json(arguments)
         # the common case in one plain statement; dependencies, "ALL", twins and refusals: in full
         job_id: uuid.UUID | None = await pool.fetchval(
             self.sql["insert_job_fast"], type_key, task_key, priority, arguments_json
@@ -198,13 +202,16 @@ class JobMaster:
         arguments: Sequence[Mapping[str, Any]] = (),
     ) -> list[uuid.UUID]:
         """Inserts many jobs of one task in one round trip; one id per element, in order."""
-        if isinstance(arguments, Mapping):
-            raise TypeError("insert_jobs takes a list of argument mappings; use insert_job for one")
+        _check_insert(type_key, task_key, priority)
+        if isinstance(arguments, Mapping | str | bytes) or not isinstance(arguments, Sequence | Iterable):
+            raise InvalidArguments(
+                f"{type_key}.{task_key}: insert_jobs takes a list of argument mappings, got "
+                f"{type(arguments).__name__} (use insert_job for one job)"
+            )
+        batch = _as_json_array(f"{type_key}.{task_key}", list(arguments))
         pool = await self.pool()
         with _refusals_as_errors():
-            ids: list[uuid.UUID] = await pool.fetchval(
-                self.sql["insert_jobs"], type_key, task_key, priority, _as_json_array(arguments)
-            )
+            ids: list[uuid.UUID] = await pool.fetchval(self.sql["insert_jobs"], type_key, task_key, priority, batch)
         return ids
 
     # -- claiming and running --------------------------------------------------------------------
@@ -318,7 +325,7 @@ class JobMaster:
         if outcome.ok:
             job.status, job.result = JobStatus.COMPLETE, outcome.result
         else:
-            retrying = claim.attempts < claim.max_attempts
+            retrying = not outcome.final and claim.attempts < claim.max_attempts
             job.status = JobStatus.WAITING if retrying else JobStatus.FAILED
             job.error_type, job.message, job.traceback = outcome.error_type, outcome.message, outcome.traceback
 
@@ -469,23 +476,40 @@ class JobMaster:
                 await conn.reset()
 
 
-def _as_json(arguments: Mapping[str, Any] | None) -> str | None:
+#: PostgreSQL's int: the range of a job's priority.
+PRIORITY_RANGE = range(-(2**31), 2**31)
+
+
+def _check_insert(type_key: object, task_key: object, priority: object) -> None:
+    """The library's own refusals of what the driver would refuse less clearly."""
+    for name, key in (("type_key", type_key), ("task_key", task_key)):
+        if not isinstance(key, str) or "\x00" in key:
+            raise InvalidArguments(f"{name} must be text without NUL characters, got {key!r}")
+    if type(priority) is not int or priority not in PRIORITY_RANGE:
+        raise InvalidArguments(
+            f"{type_key}.{task_key}: priority must be an int from {PRIORITY_RANGE.start} to "
+            f"{PRIORITY_RANGE.stop - 1}, got {priority!r} (insert_job(type_key, task_key, priority, arguments))"
+        )
+
+
+def _as_json(label: str, arguments: Mapping[str, Any] | None) -> str | None:
+    """The arguments as JSON text that PostgreSQL accepts, or InvalidArguments saying where not."""
     if arguments is None:
         return None
-    try:
-        return json.dumps(arguments, allow_nan=False)
-    except (TypeError, ValueError) as exc:
-        raise InvalidArguments(f"arguments are not JSON: {exc}") from exc
+    if not isinstance(arguments, Mapping):
+        raise InvalidArguments(f"{label}: arguments must be a mapping (a dict), got {type(arguments).__name__}")
+    text = dumps_storable(arguments if isinstance(arguments, dict) else dict(arguments))
+    if text is None:
+        reason = unstorable_reason(dict(arguments), "arguments") or "they are not JSON"
+        raise InvalidArguments(f"{label}: arguments cannot be stored: {reason}")
+    return text
 
 
-def _as_json_array(elements: Sequence[Mapping[str, Any] | None]) -> str:
+def _as_json_array(label: str, elements: Sequence[Mapping[str, Any] | None]) -> str:
     """One JSON array for a batch: one json.dumps call is ~8x faster than one per element."""
-    try:
-        return json.dumps([{} if a is None else a for a in elements], allow_nan=False)
-    except (TypeError, ValueError):
-        for position, element in enumerate(elements):
-            try:
-                _as_json(element)
-            except InvalidArguments as exc:
-                raise InvalidArguments(f"element {position}: {exc}") from exc
-        raise
+    text = dumps_storable([{} if a is None else a for a in elements])
+    if text is not None and all(a is None or isinstance(a, Mapping) for a in elements):
+        return text
+    for position, element in enumerate(elements):
+        _as_json(f"{label}, element {position}", element)
+    raise InvalidArguments(f"{label}: the batch cannot be stored")  # not reached: an element says why

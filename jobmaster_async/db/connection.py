@@ -11,6 +11,7 @@ from urllib.parse import parse_qsl
 import asyncpg
 
 from ..errors import ConfigurationError
+from ..storable import decode_jsonb
 from .pool import Connect, Pool
 
 if TYPE_CHECKING:
@@ -74,8 +75,9 @@ def dsn_from(target: DatabaseTarget) -> str:
 
 
 async def _init_connection(conn: asyncpg.Connection) -> None:
-    # jsonb values arrive as Python objects; json stays text both ways, so `$1::json` takes JSON text
-    await conn.set_type_codec("jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
+    # jsonb values arrive as Python objects; json stays text both ways, so `$1::json` takes JSON text.
+    # A value Python cannot read decodes as UndecodableJSON instead of failing the whole fetch.
+    await conn.set_type_codec("jsonb", encoder=json.dumps, decoder=decode_jsonb, schema="pg_catalog")
 
 
 async def connect(dsn: str, connect_kwargs: dict[str, Any] | None = None) -> asyncpg.Connection:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import functools
-import json
 import logging
 import queue
 import threading
@@ -23,6 +22,7 @@ from typing import Any
 import anyio
 import anyio.to_process
 
+from ..storable import UndecodableJSON, dumps_storable, sanitize_text, unstorable_reason
 from ..tasks import TaskDefinition
 
 __all__ = ("DaemonThreadPool", "Outcome", "cancel_requested", "run_task")
@@ -58,25 +58,47 @@ def cancel_requested() -> bool:
 
 @dataclass(frozen=True, slots=True)
 class Outcome:
-    """How a run ended: a JSON result, or an error."""
+    """How a run ended: a JSON result (with its JSON text, checked storable), or an error.
+    A ``final`` failure is not retried (the job's data, not the run, is at fault)."""
 
     ok: bool
     result: Any = None
+    result_json: str = "null"
     error_type: str | None = None
     message: str | None = None
     traceback: str | None = None
+    final: bool = False
 
     @classmethod
-    def failure(cls, exc: BaseException) -> Outcome:
+    def failure(cls, exc: BaseException, *, final: bool = False) -> Outcome:
+        """The failure ``exc`` caused, its texts made storable whatever the exception holds."""
+        error_type = sanitize_text(type(exc).__qualname__)
+        try:
+            message = str(exc)
+        except Exception:  # a task's exception may be broken in any way
+            message = f"<{error_type} whose message cannot be read>"
+        try:
+            trace = "".join(traceback.format_exception(exc))
+        except Exception:
+            trace = None
         return cls(
             ok=False,
-            error_type=type(exc).__qualname__,
-            message=str(exc) or type(exc).__qualname__,
-            traceback="".join(traceback.format_exception(exc)),
+            error_type=error_type,
+            message=sanitize_text(message or error_type),
+            traceback=sanitize_text(trace) if trace is not None else None,
+            final=final,
         )
 
 
 SUCCESS_WITHOUT_RESULT = Outcome(ok=True)
+
+
+class UnstorableResult(TypeError):
+    """A task returned a value PostgreSQL cannot store: its job fails for good."""
+
+
+class UnreadableArguments(ValueError):
+    """A job's stored arguments cannot be decoded here: it fails for good, alone."""
 
 
 class DaemonThreadPool:
@@ -137,7 +159,13 @@ async def run_task(
     If the caller is cancelled while a sync task's thread still runs, ``on_abandon`` gets the
     thread's future (so the caller can hold the job's slot until it is done), and the
     cancellation propagates. ``loop`` is the running loop, when the caller has it at hand: on
-    Python 3.11 looking it up costs a getpid() system call (5 % of a sync drain's main thread)."""
+    Python 3.11 looking it up costs a getpid() system call (5 % of a sync drain's main thread).
+
+    Whatever the task raises fails the job, BaseException included (SystemExit, KeyboardInterrupt,
+    GeneratorExit, a CancelledError of its own): only a cancellation of the caller's task (the
+    worker's shutdown or a cancel of the job) propagates."""
+    if type(arguments) is not dict:
+        return _unreadable(definition, arguments)
     func = definition.func
     try:
         if definition.is_async and definition.timeout is None:  # no cancel scope to set up
@@ -151,6 +179,10 @@ async def run_task(
         else:
             return await _run_in_thread(definition, arguments, threads, on_abandon, loop or asyncio.get_running_loop())
     except Exception as exc:
+        return Outcome.failure(exc)
+    except BaseException as exc:
+        if _cancelled_by_caller(exc):
+            raise
         return Outcome.failure(exc)
     if scope.cancelled_caught:
         return _timed_out(definition)
@@ -184,7 +216,9 @@ async def _run_in_thread(
             if not future.cancelled():
                 future.exception()  # retrieved: what an abandoned run raises is of no interest
             return _timed_out(definition)
-    except asyncio.CancelledError:
+    except asyncio.CancelledError as exc:
+        if not _cancelled_by_caller(exc):  # raised by the task's own code, in its thread
+            return Outcome.failure(exc)
         if not future.done():
             flag.set()
             if on_abandon is not None:
@@ -192,7 +226,18 @@ async def _run_in_thread(
         raise
     except Exception as exc:
         return Outcome.failure(exc)
+    except BaseException as exc:  # SystemExit, KeyboardInterrupt... raised in the thread
+        return Outcome.failure(exc)
     return _success(definition, result)
+
+
+def _cancelled_by_caller(exc: BaseException) -> bool:
+    """Is ``exc`` a cancellation of the running task (asked for by its caller), rather than a
+    CancelledError the task's code raised itself?"""
+    if not isinstance(exc, asyncio.CancelledError):
+        return False
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
 
 
 def _timed_out(definition: TaskDefinition) -> Outcome:
@@ -202,8 +247,17 @@ def _timed_out(definition: TaskDefinition) -> Outcome:
 def _success(definition: TaskDefinition, result: Any) -> Outcome:
     if result is None:
         return SUCCESS_WITHOUT_RESULT
-    try:
-        json.dumps(result)
-    except (TypeError, ValueError) as exc:
-        return Outcome.failure(TypeError(f"task {definition.key} returned a value that is not JSON: {exc}"))
-    return Outcome(ok=True, result=result)
+    text = dumps_storable(result)
+    if text is None:
+        reason = unstorable_reason(result) or "it is not JSON"
+        return Outcome.failure(
+            UnstorableResult(f"task {definition.key} returned a value PostgreSQL cannot store: {reason}"), final=True
+        )
+    return Outcome(ok=True, result=result, result_json=text)
+
+
+def _unreadable(definition: TaskDefinition, arguments: Any) -> Outcome:
+    detail = arguments.error if isinstance(arguments, UndecodableJSON) else f"not an object: {arguments!r:.200}"
+    return Outcome.failure(
+        UnreadableArguments(f"job of task {definition.key}: its arguments cannot be read: {detail}"), final=True
+    )

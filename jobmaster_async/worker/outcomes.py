@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import uuid
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,11 +34,21 @@ class Claim:
     max_attempts: int
 
 
-def retry_delay(claim: Claim, backoff: float) -> float | None:
-    """Seconds until the next attempt (exponential), or None when attempts are used up."""
-    if claim.attempts >= claim.max_attempts:
+def retry_delay(claim: Claim, outcome: Outcome, backoff: float) -> float | None:
+    """Seconds until the next attempt (exponential), or None when attempts are used up or the
+    failure is final."""
+    if outcome.final or claim.attempts >= claim.max_attempts:
         return None
     return float(min(backoff * 2.0 ** (claim.attempts - 1), MAX_RETRY_DELAY))
+
+
+#: SQLSTATE classes of errors caused by the values of a statement, not by the database's state:
+#: data exceptions (22) and program limits (54, e.g. a value too large).
+_DATA_ERROR_CLASSES = ("22", "54")
+
+
+def _is_data_error(exc: asyncpg.PostgresError) -> bool:
+    return str(getattr(exc, "sqlstate", "") or "")[:2] in _DATA_ERROR_CLASSES
 
 
 async def record_outcomes(
@@ -50,31 +59,25 @@ async def record_outcomes(
     backoff: float,
 ) -> set[uuid.UUID]:
     """Writes successes and failures (one statement each at most); returns the ids recorded.
-    An id missing from the answer was no longer held by this worker and attempt (fencing)."""
+    An id missing from the answer was no longer held by this worker and attempt (fencing).
+
+    Values are checked before (executors.Outcome), so PostgreSQL refusing one is unexpected; if it
+    does, the statement is split until the refused outcome is alone, and that job fails for good
+    saying why: one job's data never keeps the others from being recorded."""
     done = [(c, o) for c, o in outcomes if o.ok]
     failed = [(c, o) for c, o in outcomes if not o.ok]
     recorded: set[uuid.UUID] = set()
     if done:
-        ids = await db.fetchval(
-            sql["complete_jobs"],
-            worker_id,
-            [c.job_id for c, _ in done],
-            [c.attempts for c, _ in done],
-            [json.dumps(o.result) for _, o in done],
-        )
-        recorded.update(ids)
+        refused = await _record(db, sql, worker_id, done, backoff, _complete, recorded)
+        failed += [(c, _refused_outcome(c, exc)) for c, exc in refused]
     if failed:
-        ids = await db.fetchval(
-            sql["fail_jobs"],
-            worker_id,
-            [c.job_id for c, _ in failed],
-            [c.attempts for c, _ in failed],
-            [o.error_type for _, o in failed],
-            [o.message for _, o in failed],
-            [o.traceback for _, o in failed],
-            [retry_delay(c, backoff) for c, _ in failed],
-        )
-        recorded.update(ids)
+        refused = await _record(db, sql, worker_id, failed, backoff, _fail, recorded)
+        if refused:
+            last = [(c, _refused_outcome(c, exc)) for c, exc in refused]
+            for claim, exc in await _record(db, sql, worker_id, last, backoff, _fail, recorded):
+                logger.error(
+                    "the failure of job %s (%s) cannot be recorded: %s", claim.job_id, claim.definition.key, exc
+                )
     for claim, _ in outcomes:
         if claim.job_id not in recorded:
             logger.warning(
@@ -85,3 +88,83 @@ async def record_outcomes(
                 extra={"job_id": str(claim.job_id)},
             )
     return recorded
+
+
+_Statement = Callable[
+    [Pool | asyncpg.Connection, Catalogue, uuid.UUID, Sequence[tuple[Claim, Outcome]], float],
+    Awaitable[list[uuid.UUID]],
+]
+
+
+async def _record(
+    db: Pool | asyncpg.Connection,
+    sql: Catalogue,
+    worker_id: uuid.UUID,
+    outcomes: Sequence[tuple[Claim, Outcome]],
+    backoff: float,
+    statement: _Statement,
+    recorded: set[uuid.UUID],
+) -> list[tuple[Claim, asyncpg.PostgresError]]:
+    """Runs ``statement`` for the outcomes, halving the batch around data errors; adds the ids
+    recorded to ``recorded`` and returns the outcomes refused alone, with their errors."""
+    try:
+        recorded.update(await statement(db, sql, worker_id, outcomes, backoff))
+        return []
+    except asyncpg.PostgresError as exc:
+        if not _is_data_error(exc):
+            raise
+        if len(outcomes) == 1:
+            return [(outcomes[0][0], exc)]
+    half = len(outcomes) // 2
+    return [
+        *await _record(db, sql, worker_id, outcomes[:half], backoff, statement, recorded),
+        *await _record(db, sql, worker_id, outcomes[half:], backoff, statement, recorded),
+    ]
+
+
+async def _complete(
+    db: Pool | asyncpg.Connection,
+    sql: Catalogue,
+    worker_id: uuid.UUID,
+    done: Sequence[tuple[Claim, Outcome]],
+    backoff: float,
+) -> list[uuid.UUID]:
+    ids: list[uuid.UUID] = await db.fetchval(
+        sql["complete_jobs"],
+        worker_id,
+        [c.job_id for c, _ in done],
+        [c.attempts for c, _ in done],
+        [o.result_json for _, o in done],
+    )
+    return ids
+
+
+async def _fail(
+    db: Pool | asyncpg.Connection,
+    sql: Catalogue,
+    worker_id: uuid.UUID,
+    failed: Sequence[tuple[Claim, Outcome]],
+    backoff: float,
+) -> list[uuid.UUID]:
+    ids: list[uuid.UUID] = await db.fetchval(
+        sql["fail_jobs"],
+        worker_id,
+        [c.job_id for c, _ in failed],
+        [c.attempts for c, _ in failed],
+        [o.error_type for _, o in failed],
+        [o.message for _, o in failed],
+        [o.traceback for _, o in failed],
+        [retry_delay(c, o, backoff) for c, o in failed],
+    )
+    return ids
+
+
+def _refused_outcome(claim: Claim, exc: asyncpg.PostgresError) -> Outcome:
+    """A final failure saying PostgreSQL refused to store the job's outcome (plain text only)."""
+    reason = ascii(str(exc))[1:-1]
+    return Outcome(
+        ok=False,
+        error_type="UnstorableOutcome",
+        message=f"the outcome of job {claim.job_id} ({claim.definition.key}) could not be stored: {reason}",
+        final=True,
+    )
