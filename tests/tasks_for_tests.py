@@ -211,3 +211,52 @@ async def record_limited(path: str, key: int) -> None:
     _append(path, f"start {key} {time.time()}")
     await asyncio.sleep(0.01)
     _append(path, f"end {key} {time.time()}")
+
+
+# Hostile outcomes: values PostgreSQL cannot store, exceptions no task should raise
+
+
+def _unstorable(kind: str) -> Any:
+    return {
+        "nan": lambda: {"points": [1.0, float("nan")]},
+        "inf": lambda: float("inf"),
+        "nul": lambda: {"text": "a\x00b"},
+        "surrogate": lambda: ["\ud800"],
+        "object": lambda: {"when": object()},
+        "huge": lambda: 10**5000,
+        "fine": lambda: {"ok": [1, "two", 3.5]},
+    }[kind]()
+
+
+@task
+async def returns(kind: str) -> Any:
+    return _unstorable(kind)
+
+
+@task
+def returns_in_thread(kind: str) -> Any:
+    return _unstorable(kind)
+
+
+@task(retries=2)
+async def raises_dirty(text: str) -> None:
+    raise ValueError(f"bad\x00{text}\ud800")
+
+
+def _base_exception(kind: str) -> BaseException:
+    return {
+        "SystemExit": SystemExit(3),
+        "KeyboardInterrupt": KeyboardInterrupt(),
+        "GeneratorExit": GeneratorExit(),
+        "CancelledError": asyncio.CancelledError(),
+    }[kind]
+
+
+@task
+async def raises_base(kind: str) -> None:
+    raise _base_exception(kind)
+
+
+@task
+def raises_base_in_thread(kind: str) -> None:
+    raise _base_exception(kind)
