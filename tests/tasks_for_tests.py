@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from typing import Any, Literal
 
 from jobmaster_async import Dependency, cancel_requested, same, task
@@ -217,7 +218,7 @@ async def record_limited(path: str, key: int) -> None:
 
 
 def _unstorable(kind: str) -> Any:
-    return {
+    makers: dict[str, Callable[[], Any]] = {
         "nan": lambda: {"points": [1.0, float("nan")]},
         "inf": lambda: float("inf"),
         "nul": lambda: {"text": "a\x00b"},
@@ -225,7 +226,8 @@ def _unstorable(kind: str) -> Any:
         "object": lambda: {"when": object()},
         "huge": lambda: 10**5000,
         "fine": lambda: {"ok": [1, "two", 3.5]},
-    }[kind]()
+    }
+    return makers[kind]()
 
 
 @task
