@@ -48,6 +48,7 @@ async def record_outcomes(
     worker_id: uuid.UUID,
     outcomes: Sequence[tuple[Claim, Outcome]],
     backoff: float,
+    timeout: float | None = None,
 ) -> set[uuid.UUID]:
     """Writes successes and failures (one statement each at most); returns the ids recorded.
     An id missing from the answer was no longer held by this worker and attempt (fencing)."""
@@ -61,6 +62,7 @@ async def record_outcomes(
             [c.job_id for c, _ in done],
             [c.attempts for c, _ in done],
             [json.dumps(o.result) for _, o in done],
+            timeout=timeout,
         )
         recorded.update(ids)
     if failed:
@@ -73,6 +75,7 @@ async def record_outcomes(
             [o.message for _, o in failed],
             [o.traceback for _, o in failed],
             [retry_delay(c, backoff) for c, _ in failed],
+            timeout=timeout,
         )
         recorded.update(ids)
     for claim, _ in outcomes:
