@@ -36,7 +36,7 @@ from .tasks import TaskDefinition, registry
 from .worker.claimer import Claimer
 from .worker.dispatcher import Dispatcher, DispatcherSettings
 from .worker.executors import DaemonThreadPool, Outcome, run_task
-from .worker.outage import Backoff, Outage
+from .worker.outage import Backoff
 from .worker.outcomes import Claim, record_outcomes
 from .worker.signals import Signal
 
@@ -161,6 +161,13 @@ class JobMaster:
         conn = await self._open()
         self.connected = True
         return conn
+
+    def discard_idle_connections(self) -> None:
+        """Closes the connections not in use (a fault cut them too, most likely, though the
+        driver may not know it yet); they reopen on demand."""
+        if self._pool is not None:
+            self._pool.discard_idle()
+        self.claimer.discard_idle()
 
     async def connect(self, wait: float = STARTUP_WAIT) -> None:
         """Start-up: opens a first connection, waiting up to ``wait`` seconds for a server that
@@ -434,8 +441,7 @@ class JobMaster:
         )
         if self.threads.max_workers < concurrency:
             self.threads.max_workers = concurrency
-        outage = Outage(self.outages, self.recoveries)
-        self._dispatcher = Dispatcher(self, settings, self.claimed, self.finished, outage)
+        self._dispatcher = Dispatcher(self, settings, self.claimed, self.finished, self.outages, self.recoveries)
         if self._stop_requested:
             self._dispatcher.stop()
         try:

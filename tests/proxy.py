@@ -5,8 +5,10 @@ socket the embedded server listens on). ``blackhole()`` stops forwarding in both
 without closing anything: a pulled cable, a failover, a NAT entry gone; no reset reaches either
 side. ``resume()`` forwards again what was held back, as TCP retransmission would, except to a
 side whose peer closed in the meantime (its kernel stopped retransmitting): that connection is
-closed instead. ``hold_closes`` passes the server's last message on but not its close (a FIN
-lost), so a client sees a terminated backend's FATAL message without the end of the connection.
+closed instead. ``fail_over()`` ends a black hole as a failover does: the connections cut stay
+cut for good (their server is gone, and no reset ever comes), new ones reach the server.
+``hold_closes`` passes the server's last message on but not its close (a FIN lost), so a client
+sees a terminated backend's FATAL message without the end of the connection.
 """
 
 from __future__ import annotations
@@ -41,11 +43,12 @@ class _Pipe:
         self.held = bytearray()
         self.ended = False  # the source closed
         self.gave_up = False  # ... while black-holed: what it sent then is lost
+        self.dead = False  # cut for good
         self.changed = asyncio.Event()
 
 
 class Proxy:
-    def __init__(self, dsn: str) -> None:
+    def __init__(self, dsn: str, port: int = 0) -> None:
         self.target_dsn = dsn
         self._upstream = _upstream(dsn)
         self._open = asyncio.Event()
@@ -53,8 +56,9 @@ class Proxy:
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._writers: set[asyncio.StreamWriter] = set()
+        self._pipes: set[_Pipe] = set()
         self.hold_closes = False
-        self.port = 0
+        self.port = port  # 0: any free one
         #: connections accepted, and connections the server closed
         self.accepted = Signal()
         self.closed_by_server = Signal()
@@ -69,7 +73,7 @@ class Proxy:
         return urlunsplit((parts.scheme, netloc, parts.path, query, ""))
 
     async def __aenter__(self) -> Proxy:
-        self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
+        self._server = await asyncio.start_server(self._accept, "127.0.0.1", self.port)
         self.port = self._server.sockets[0].getsockname()[1]
         return self
 
@@ -95,6 +99,12 @@ class Proxy:
         """Forwards again."""
         self._open.set()
 
+    def fail_over(self) -> None:
+        """Forwards again, new connections only."""
+        for pipe in self._pipes:
+            pipe.dead = True
+        self._open.set()
+
     async def _accept(self, client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter) -> None:
         self.accepted.fire()
         self._writers.add(client_writer)
@@ -109,6 +119,7 @@ class Proxy:
         self._writers.add(server_writer)
         upward = _Pipe(client_reader, server_writer, from_server=False)
         downward = _Pipe(server_reader, client_writer, from_server=True)
+        self._pipes.update((upward, downward))
         for job in (self._read(upward), self._read(downward), self._write(upward), self._write(downward)):
             task = asyncio.create_task(job)
             self._tasks.add(task)
@@ -131,6 +142,8 @@ class Proxy:
                 await pipe.changed.wait()
                 pipe.changed.clear()
                 await self._open.wait()
+                if pipe.dead:
+                    return  # neither data nor the end of it ever arrives
                 if pipe.gave_up:
                     break
                 if pipe.held:
@@ -139,3 +152,4 @@ class Proxy:
                     await pipe.writer.drain()
         if not (pipe.from_server and self.hold_closes and not pipe.gave_up):
             pipe.writer.close()
+        self._pipes.discard(pipe)

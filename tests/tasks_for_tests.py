@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from typing import Any, Literal
 
@@ -211,3 +212,11 @@ async def record_limited(path: str, key: int) -> None:
     _append(path, f"start {key} {time.time()}")
     await asyncio.sleep(0.01)
     _append(path, f"end {key} {time.time()}")
+
+
+@task
+def record_when_gate_opens(path: str, key: int, gate: str) -> None:
+    """A thread that runs until the file ``gate`` exists."""
+    while not os.path.exists(gate):
+        time.sleep(0.01)
+    _append(path, str(key))

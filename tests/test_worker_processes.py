@@ -118,6 +118,26 @@ async def test_sigterm_is_graceful(jm: JobMaster, dsn: str, tmp_path: Path) -> N
     assert sorted(int(k) for k in out.read_text().split())[:4] == [0, 1, 2, 3]
 
 
+async def test_sigterm_puts_thread_jobs_back_just_before_exit(jm: JobMaster, dsn: str, tmp_path: Path) -> None:
+    """Threads end with their process: thread jobs still running after SIGTERM's grace period
+    are put back just before the process exits (not rescued: the start does not count), and the
+    next worker runs each once."""
+    out, gate = tmp_path / "out.txt", tmp_path / "gate"
+    arguments = [{"path": str(out), "key": i, "gate": str(gate)} for i in range(4)]
+    ids = await jm.insert_jobs("tasks_for_tests", "record_when_gate_opens", 1, arguments)
+    with worker_process(dsn, jm.schema, "--concurrency", "4", "--grace-period", "0.2") as process:
+        await until(lambda: _all_running(jm, ids), "the four jobs to start")
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(30) == 0
+    for job_id in ids:
+        job = await jm.get_job(job_id)
+        assert job is not None and job.status == "waiting" and job.attempts == 0
+    gate.touch()
+    with worker_process(dsn, jm.schema, "--concurrency", "4"):
+        await until(lambda: finished(jm, 4), "the jobs put back to run")
+    assert Counter(out.read_text().split()) == Counter(str(i) for i in range(4))
+
+
 async def _all_running(jm: JobMaster, ids: list[uuid.UUID]) -> bool:
     jobs = [await jm.get_job(i) for i in ids]
     return all(j is not None and j.status == "running" for j in jobs)

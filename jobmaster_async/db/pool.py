@@ -69,10 +69,11 @@ class Pool:
         else:
             conn.terminate()
             if error is not None and database_fault(error):
-                self._discard_idle()
+                self.discard_idle()
         self._slots.release()
 
-    def _discard_idle(self) -> None:
+    def discard_idle(self) -> None:
+        """Closes the idle connections (after a fault, they are suspect)."""
         idle, self._idle = self._idle, []
         for conn in idle:
             conn.terminate()

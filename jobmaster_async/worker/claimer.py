@@ -90,6 +90,12 @@ class Claimer:
             self.due_in, self.due_in_known = marker["due_in"], True
         return rows
 
+    def discard_idle(self) -> None:
+        """Closes the claim connection unless a claim is using it (after a fault, it is suspect)."""
+        if self._conn is not None and not self._lock.locked():
+            conn, self._conn = self._conn, None
+            conn.terminate()
+
     async def close(self) -> None:
         conn, self._conn = self._conn, None
         if conn is not None and not conn.is_closed():

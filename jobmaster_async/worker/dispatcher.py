@@ -63,6 +63,7 @@ class Backend(Protocol):
     async def beat(self) -> None: ...
     async def claimable_task_ids(self) -> list[int]: ...
     async def held_jobs(self) -> list[tuple[uuid.UUID, int]]: ...
+    def discard_idle_connections(self) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -78,6 +79,13 @@ class DispatcherSettings:
     handle_signals: bool
 
 
+def _sole(exc: BaseException) -> BaseException:
+    """anyio's task groups wrap even a single error in a group; run_forever raises it as it is."""
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return exc
+
+
 def _in_thread(claim: Claim) -> bool:
     return not claim.definition.is_async and claim.definition.executor == "thread"
 
@@ -86,13 +94,20 @@ class Dispatcher:
     """One ``run_forever`` call."""
 
     def __init__(
-        self, backend: Backend, settings: DispatcherSettings, claimed: Signal, finished: Signal, outage: Outage
+        self,
+        backend: Backend,
+        settings: DispatcherSettings,
+        claimed: Signal,
+        finished: Signal,
+        outages: Signal,
+        recoveries: Signal,
     ) -> None:
         self.backend = backend
         self.settings = settings
         self.claimed = claimed
         self.finished = finished
-        self.outage = outage
+        self.outage = Outage(outages, recoveries, on_begin=self._suspect_connections)
+        self._check_listener = asyncio.Event()
         self._stopping = False
         self._wake = asyncio.Event()
         self._stop_requested = asyncio.Event()
@@ -105,7 +120,7 @@ class Dispatcher:
         self._outcomes: list[tuple[Claim, Outcome]] = []
         self._outcomes_ready = asyncio.Event()
         self._recording = asyncio.Lock()
-        self._reconciled = outage.ended.count  # outages reconciled after
+        self._reconciled = recoveries.count  # outages reconciled after
         self._background: set[asyncio.Future[None]] = set()
         self._loop: asyncio.AbstractEventLoop  # the running loop, from run() on
 
@@ -118,6 +133,11 @@ class Dispatcher:
         self._stopping = True
         self._stop_requested.set()
         self._wake.set()
+
+    def _suspect_connections(self) -> None:
+        """An outage began: close the idle connections, ping the LISTEN one now."""
+        self.backend.discard_idle_connections()
+        self._check_listener.set()
 
     def _free_slots(self) -> tuple[int, int]:
         units = sum(c.definition.process_units for _, c in self._running.values()) + self._held_units
@@ -145,13 +165,14 @@ class Dispatcher:
                     services.start_soon(self._record_loop)
                     await self._dispatch_loop()
                     services.cancel_scope.cancel()
-            except Exception:
+            except Exception as exc:
+                error = _sole(exc)
                 logger.critical(
                     "worker %s failed on an error that is not a database fault (a bug?)",
                     self.backend.worker_id,
-                    exc_info=True,
+                    exc_info=error,
                 )
-                raise
+                raise error from None
             finally:
                 with anyio.CancelScope(shield=True):
                     await self._shutdown()
@@ -350,19 +371,18 @@ class Dispatcher:
         so that one cut without a reset is noticed within the connection timeout."""
         deadline = self.settings.connection_timeout / 2
         conn = await self.backend.open_connection()
+        lost = self._check_listener
+        conn.add_termination_listener(lambda _c: lost.set())
         try:
-            lost = asyncio.Event()
-            conn.add_termination_listener(lambda _c: lost.set())
             async with asyncio.timeout(deadline):  # add_listener takes no timeout
                 await conn.add_listener(self.backend.sql.channel, self._on_notify)
             listening.ok()
             self._wake.set()  # catch up on anything notified while we were not listening
-            while not lost.is_set():
+            while True:
+                lost.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(lost.wait(), deadline)
-                if not lost.is_set():
-                    await conn.execute("SELECT 1", timeout=deadline)
-            raise ConnectionError("the LISTEN connection closed")
+                await conn.execute("SELECT 1", timeout=deadline)  # raises once the connection is lost
         finally:
             conn.terminate()
 

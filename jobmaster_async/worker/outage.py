@@ -44,11 +44,14 @@ class Backoff:
 
 
 class Outage:
-    """The database faults of one worker."""
+    """The database faults of one worker. When one begins, ``on_begin`` is called: every
+    connection of the worker is suspect then (a restart or a cut network took them all), and
+    finding the others out at once keeps the outage one outage."""
 
-    def __init__(self, began: Signal, ended: Signal) -> None:
+    def __init__(self, began: Signal, ended: Signal, on_begin: Callable[[], None] = lambda: None) -> None:
         self.began = began
         self.ended = ended
+        self.on_begin = on_begin
         self.since: float | None = None
         self._failing: set[str] = set()
 
@@ -65,10 +68,12 @@ class Outage:
                 type(exc).__name__,
                 exc,
             )
+            self._failing.add(service)
             self.began.fire()
+            self.on_begin()
         else:
             logger.debug("%s failed again: %s: %s", service, type(exc).__name__, exc)
-        self._failing.add(service)
+            self._failing.add(service)
 
     def ok(self, service: str) -> None:
         if service not in self._failing:
