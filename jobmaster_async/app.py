@@ -140,6 +140,7 @@ class JobMaster:
         self._too_large_logged: set[str] = set()
         self._dispatcher: Dispatcher | None = None
         self._stop_requested = False
+        self._exit_requested = False
         #: fired with the number of jobs claimed / whose outcome was recorded by run_forever
         self.claimed = Signal()
         self.finished = Signal()
@@ -443,24 +444,29 @@ class JobMaster:
             self.threads.max_workers = concurrency
         self._dispatcher = Dispatcher(self, settings, self.claimed, self.finished, self.outages, self.recoveries)
         if self._stop_requested:
-            self._dispatcher.stop()
+            self._dispatcher.stop(exiting=self._exit_requested)
         try:
             await self.connect()
             await self._dispatcher.run()
         finally:
             self._dispatcher = None
-            self._stop_requested = False
+            self._stop_requested = self._exit_requested = False
 
     async def stop(self) -> None:
-        """Stops ``run_forever`` gracefully (it returns once running jobs are done)."""
+        """Stops ``run_forever`` gracefully: it returns once running jobs are done, or put back
+        after the grace period; jobs running in threads (which cannot be stopped) are held until
+        their threads return."""
         self.request_stop()
 
-    def request_stop(self) -> None:
-        """``stop()`` for callbacks that cannot await (call it on the event loop's thread)."""
+    def request_stop(self, *, exiting: bool = False) -> None:
+        """``stop()`` for callbacks that cannot await (call it on the event loop's thread).
+        ``exiting``: the process ends right after (a signal handler's case), so thread jobs still
+        running after the grace period are put back instead of waited for."""
         if self._dispatcher is not None:
-            self._dispatcher.stop()
+            self._dispatcher.stop(exiting=exiting)
         else:
             self._stop_requested = True
+            self._exit_requested = self._exit_requested or exiting
 
     async def run(self) -> int:
         """Pops and executes jobs one at a time until none is runnable now; returns how many ran."""

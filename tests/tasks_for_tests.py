@@ -220,3 +220,11 @@ def record_when_gate_opens(path: str, key: int, gate: str) -> None:
     while not os.path.exists(gate):
         time.sleep(0.01)
     _append(path, str(key))
+
+
+# The chaos suite (tests/chaos.py): one line per execution, with its process and times
+@task
+async def chaos_run(path: str, key: int, seconds: float) -> None:
+    started = time.time()
+    await asyncio.sleep(seconds)
+    _append(path, f"{key} {os.getpid()} {started:.6f} {time.time():.6f}")

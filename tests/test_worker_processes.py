@@ -8,14 +8,9 @@ always with a deadline."""
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
-import subprocess
-import sys
 import uuid
 from collections import Counter
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import asyncpg
@@ -26,24 +21,7 @@ from jobmaster_async.db.sql import quote_identifier
 from tests.conftest import orders_table
 from tests.pg import PgServer
 from tests.polling import until
-
-ROOT = Path(__file__).parent.parent
-
-
-@contextmanager
-def worker_process(dsn: str, schema: str, *options: str) -> Iterator[subprocess.Popen[bytes]]:
-    """A worker process; killed on exit if still alive."""
-    command = [
-        sys.executable, "-m", "jobmaster_async", "--dsn", dsn, "--schema", schema,
-        "worker", "--app", "tests.tasks_for_tests", *options,
-    ]  # fmt: skip
-    process = subprocess.Popen(command, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
-    try:
-        yield process
-    finally:
-        if process.poll() is None:
-            process.kill()
-        process.wait(30)
+from tests.processes import worker_process
 
 
 async def finished(jm: JobMaster, count: int) -> bool:

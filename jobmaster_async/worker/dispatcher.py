@@ -106,10 +106,10 @@ class Dispatcher:
         self.settings = settings
         self.claimed = claimed
         self.finished = finished
-        self.outage = Outage(outages, recoveries, on_begin=self._suspect_connections)
+        self._wake = asyncio.Event()  # set: claim now (NOTIFY, a slot freed, an outage ended)
         self._check_listener = asyncio.Event()
+        self.outage = Outage(outages, recoveries, on_begin=self._suspect_connections, on_end=self._wake.set)
         self._stopping = False
-        self._wake = asyncio.Event()
         self._stop_requested = asyncio.Event()
         self._exiting = asyncio.Event()  # the process ends after this run: threads cannot be waited for
         self._running: dict[uuid.UUID, tuple[asyncio.Task[None], Claim]] = {}
@@ -126,8 +126,10 @@ class Dispatcher:
 
     # -- control ---------------------------------------------------------------------------------
 
-    def stop(self) -> None:
-        """Stop claiming and shut down gracefully."""
+    def stop(self, exiting: bool = False) -> None:
+        """Stop claiming and shut down gracefully; ``exiting``: the process ends right after."""
+        if exiting:
+            self._exiting.set()
         if not self._stopping:
             logger.info("worker %s stopping: no new jobs are claimed", self.backend.worker_id)
         self._stopping = True
@@ -426,15 +428,15 @@ class Dispatcher:
     def _on_signal(self, signum: signal.Signals) -> None:
         """A signal means the process is about to end: threads cannot outlive it, so thread
         jobs still running after the grace period are put back rather than waited for."""
-        self._exiting.set()
         if self._stopping:
             logger.warning("second %s: shutting down without waiting for running jobs", signum.name)
+            self._exiting.set()
             self.settings = replace(self.settings, grace_period=0.0)
             for task, _ in list(self._running.values()):
                 task.cancel()
         else:
             logger.info("%s received: shutting down gracefully", signum.name)
-            self.stop()
+            self.stop(exiting=True)
 
     # -- shutdown --------------------------------------------------------------------------------
 

@@ -46,12 +46,19 @@ class Backoff:
 class Outage:
     """The database faults of one worker. When one begins, ``on_begin`` is called: every
     connection of the worker is suspect then (a restart or a cut network took them all), and
-    finding the others out at once keeps the outage one outage."""
+    finding the others out at once keeps the outage one outage. When it ends, ``on_end``."""
 
-    def __init__(self, began: Signal, ended: Signal, on_begin: Callable[[], None] = lambda: None) -> None:
+    def __init__(
+        self,
+        began: Signal,
+        ended: Signal,
+        on_begin: Callable[[], None] = lambda: None,
+        on_end: Callable[[], None] = lambda: None,
+    ) -> None:
         self.began = began
         self.ended = ended
         self.on_begin = on_begin
+        self.on_end = on_end
         self.since: float | None = None
         self._failing: set[str] = set()
 
@@ -83,6 +90,7 @@ class Outage:
             logger.warning("database reachable again: the worker recovered after %.1fs", time.monotonic() - self.since)
             self.since = None
             self.ended.fire()
+            self.on_end()
 
 
 class Service:
