@@ -91,6 +91,20 @@ class Drain:
             found.append(Execution(int(key), int(pid), float(started)))
         return found
 
+    async def end_worker(self, signum: signal.Signals, deadline: float) -> tuple[int, int | None, float]:
+        """Sends ``signum`` to the first worker (no longer a survivor then) and waits for it to
+        exit; returns its pid, exit code (None: still running at the deadline), and when the
+        signal was sent."""
+        victim = self.workers[0]
+        self.lost_workers.add(victim.pid)
+        sent = time.time()
+        victim.send_signal(signum)
+        try:
+            code: int | None = await asyncio.to_thread(victim.wait, max(deadline - sent, 1))
+        except subprocess.TimeoutExpired:
+            code = None
+        return victim.pid, code, sent
+
     def survivors(self) -> list[subprocess.Popen[bytes]]:
         return [p for p in self.workers if p.pid not in self.lost_workers]
 
@@ -170,14 +184,10 @@ async def crash_server(drain: Drain, deadline: float) -> float | None:
 
 async def kill_worker(drain: Drain, deadline: float) -> float | None:
     """One worker killed with SIGKILL; recovery: until its jobs were rescued (its row gone)."""
-    victim = drain.workers[0]
-    drain.lost_workers.add(victim.pid)
-    killed = time.time()
-    victim.send_signal(signal.SIGKILL)
-    await asyncio.to_thread(victim.wait, 30)
+    pid, _, killed = await drain.end_worker(signal.SIGKILL, deadline)
 
     async def rescued() -> bool:
-        return await drain.worker_row(victim.pid) is False
+        return await drain.worker_row(pid) is False
 
     return time.time() - killed if await _eventually(rescued, deadline) else None
 
@@ -192,11 +202,7 @@ async def black_hole(drain: Drain, deadline: float) -> float | None:
 
 async def terminate_worker(drain: Drain, deadline: float) -> float | None:
     """One worker sent SIGTERM; recovery: until it exited (its jobs finished or put back)."""
-    victim = drain.workers[0]
-    drain.lost_workers.add(victim.pid)
-    stopped = time.time()
-    victim.send_signal(signal.SIGTERM)
-    code = await asyncio.to_thread(victim.wait, max(deadline - time.time(), 1))
+    _, code, stopped = await drain.end_worker(signal.SIGTERM, deadline)
     return time.time() - stopped if code == 0 else None
 
 
