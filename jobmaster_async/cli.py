@@ -18,6 +18,7 @@ from rich.table import Table
 
 from . import embedded
 from .app import JobMaster
+from .db.faults import database_fault
 from .db.sql import Catalogue
 from .errors import JobMasterError
 from .jobs import Job, JobStatus
@@ -183,7 +184,13 @@ async def _watch(jm: JobMaster, worker_task: asyncio.Task[None], *, show: bool, 
     started = time.monotonic()
     with Live(console=console, refresh_per_second=4, transient=False) if show else contextlib.nullcontext() as live:
         while not worker_task.done():
-            counts = await (jm.counts() if show else jm.active_counts())
+            try:
+                counts = await (jm.counts() if show else jm.active_counts())
+            except Exception as exc:
+                if not database_fault(exc):
+                    raise
+                await asyncio.sleep(1)  # the worker reports the outage; look again later
+                continue
             if live is not None:
                 elapsed = max(time.monotonic() - started, 1e-9)
                 table = Table(title=f"jobs in schema {jm.schema}")

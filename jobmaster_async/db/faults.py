@@ -32,9 +32,6 @@ _TRANSIENT_STATES = ("40", "53", "55P03", "57014", "58", "28", "3D000")
 # covers refused and reset connections, DNS failures and TLS errors (ssl.SSLError).
 _DRIVER_FAULTS = (OSError, TimeoutError, asyncpg.InterfaceError, pgexc.InternalClientError)
 
-# ... except these, which say our arguments or our configuration are wrong.
-_DRIVER_MISUSE = (pgexc.DataError, pgexc.ClientConfigurationError)
-
 
 def _sqlstate(exc: asyncpg.PostgresError) -> str:
     return getattr(exc, "sqlstate", None) or ""
@@ -54,8 +51,8 @@ def database_fault(exc: BaseException) -> bool:
     rather than an error of the statement or a bug?"""
     if isinstance(exc, asyncpg.PostgresError):
         return connection_unusable(exc) or _sqlstate(exc).startswith(_TRANSIENT_STATES)
-    if isinstance(exc, _DRIVER_MISUSE):
-        return False
+    if isinstance(exc, asyncpg.InterfaceError) and isinstance(exc, ValueError):
+        return False  # the driver's DataError (an argument it cannot encode), ClientConfigurationError
     return isinstance(exc, _DRIVER_FAULTS)
 
 
