@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import tempfile
 from pathlib import Path
 
@@ -56,6 +57,7 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=20_000)
     parser.add_argument("--only", default=",".join(s.key for s in SCENARIOS), help="scenarios, comma-separated")
     args = parser.parse_args()
+    logging.basicConfig(level=logging.ERROR)  # deploy's warnings about the test tasks' definitions
     print(
         f"{WORKERS} worker processes at concurrency {CONCURRENCY}, jobs of asyncio.sleep({TASK_SECONDS}); "
         "the fault strikes once a tenth of the jobs ran\n"
