@@ -16,8 +16,9 @@ from typing import Any
 
 import asyncpg
 
-from .db.connection import DatabaseTarget, create_pool, dsn_from, opener
+from .db.connection import DatabaseTarget, dsn_from, opener
 from .db.deploy import deploy_schema
+from .db.faults import database_fault, server_not_ready
 from .db.pool import Pool
 from .db.sql import Catalogue
 from .errors import (
@@ -35,6 +36,7 @@ from .tasks import TaskDefinition, registry
 from .worker.claimer import Claimer
 from .worker.dispatcher import Dispatcher, DispatcherSettings
 from .worker.executors import DaemonThreadPool, Outcome, run_task
+from .worker.outage import Backoff
 from .worker.outcomes import Claim, record_outcomes
 from .worker.signals import Signal
 
@@ -43,6 +45,12 @@ __all__ = ("JobMaster",)
 logger = logging.getLogger(__name__)
 
 DEFAULT_SYSTEM_PROCESS_UNITS = 10_000
+
+#: Seconds a worker waits at start-up for a server that refuses connections (not started yet).
+STARTUP_WAIT = 10.0
+
+#: Running jobs read at most when reconciling after an outage (more than any fleet runs at once).
+HELD_JOBS_LIMIT = 100_000
 
 
 def _refusal(exc: asyncpg.PostgresError) -> JobMasterError:
@@ -86,6 +94,7 @@ class JobMaster:
         heartbeat_interval: float = 5.0,
         heartbeat_lapse: float = 30.0,
         poll_interval: float = 5.0,
+        connection_timeout: float | None = None,
     ) -> None:
         if db_engine is None:
             db_engine = os.environ.get("JOBMASTER_DSN")
@@ -110,32 +119,79 @@ class JobMaster:
         self.heartbeat_interval = heartbeat_interval
         self.heartbeat_lapse = heartbeat_lapse
         self.poll_interval = poll_interval
+        #: the deadline of each round trip a worker makes (deploy's excepted) and of opening a
+        #: connection, and about how soon TCP keepalives find a vanished server; by default half
+        #: the heartbeat lapse, so that a worker cut off notices before others rescue its jobs
+        self.connection_timeout = heartbeat_lapse / 2 if connection_timeout is None else connection_timeout
+        if self.connection_timeout <= 0:
+            raise ConfigurationError(f"connection_timeout must be > 0, got {self.connection_timeout}")
         self.worker_id = uuid.uuid4()
         self.node = socket.gethostname()
 
         self.threads = DaemonThreadPool(max_workers=32)
         self._pool: Pool | None = None
-        self.claimer = Claimer(self.sql, opener(self.dsn, self.connect_kwargs), self.pool)
+        self._open = opener(self.dsn, self.connect_kwargs, self.connection_timeout)
+        #: whether a connection ever opened: before, errors are fatal; after, a worker survives them
+        self.connected = False
+        self.claimer = Claimer(self.sql, self.open_connection, self.pool, self.connection_timeout)
         self._definitions: dict[int, TaskDefinition] | None = None  # task_id -> definition
         self._registered = False
-        self._last_beat = 0.0
+        self.last_beat = 0.0
         self._units_in_use = 0
         self._popped = 0
         self._heartbeat: asyncio.Task[None] | None = None
         self._too_large_logged: set[str] = set()
         self._dispatcher: Dispatcher | None = None
         self._stop_requested = False
+        self._exit_requested = False
         #: fired with the number of jobs claimed / whose outcome was recorded by run_forever
         self.claimed = Signal()
         self.finished = Signal()
+        #: fired when run_forever loses the database (or the network) and when it recovered
+        self.outages = Signal()
+        self.recoveries = Signal()
 
     # -- lifecycle -------------------------------------------------------------------------------
 
     async def pool(self) -> Pool:
         """The connection pool (its connections open on first use)."""
         if self._pool is None:
-            self._pool = create_pool(self.dsn, self.connect_kwargs, max_size=self.pool_size)
+            self._pool = Pool(self.open_connection, max_size=self.pool_size)
         return self._pool
+
+    async def open_connection(self) -> asyncpg.Connection:
+        """A new connection (named after this process, with the JSON codecs and TCP keepalives),
+        opened within ``connection_timeout``."""
+        conn = await self._open()
+        self.connected = True
+        return conn
+
+    def discard_idle_connections(self) -> None:
+        """Closes the connections not in use (a fault cut them too, most likely, though the
+        driver may not know it yet); they reopen on demand."""
+        if self._pool is not None:
+            self._pool.discard_idle()
+        self.claimer.discard_idle()
+
+    async def connect(self, wait: float = STARTUP_WAIT) -> None:
+        """Start-up: opens a first connection, waiting up to ``wait`` seconds for a server that
+        refuses connections (not started yet, or starting up); any other error raises at once
+        (a wrong address, password or database name will not fix itself). Does nothing once a
+        connection has opened: from then on a worker survives every database fault."""
+        if self.connected:
+            return
+        pool = await self.pool()
+        deadline, backoff = time.monotonic() + wait, Backoff(first=0.2, cap=2.0)
+        while True:
+            try:
+                async with pool.acquire():
+                    return
+            except Exception as exc:
+                delay = backoff.delay()
+                if not server_not_ready(exc) or time.monotonic() + delay > deadline:
+                    raise
+                logger.info("waiting for the database to accept connections (%s)", exc)
+                await asyncio.sleep(delay)
 
     async def close(self) -> None:
         """Closes the connections (and forgets this worker's heartbeat row)."""
@@ -220,7 +276,7 @@ class JobMaster:
         """task_id -> definition, for the tasks registered here and deployed."""
         if self._definitions is None:
             pool = await self.pool()
-            rows = await pool.fetch(self.sql["task_ids"])
+            rows = await pool.fetch(self.sql["task_ids"], timeout=self.connection_timeout)
             found: dict[int, TaskDefinition] = {}
             for row in rows:
                 definition = registry.get(row["type_key"], row["task_key"])
@@ -252,16 +308,23 @@ class JobMaster:
     async def beat(self) -> None:
         """Records this worker's heartbeat (registering it on first use)."""
         pool = await self.pool()
-        await pool.execute(self.sql["heartbeat"], self.worker_id, self.node, os.getpid(), self.heartbeat_lapse)
+        await pool.execute(
+            self.sql["heartbeat"],
+            self.worker_id,
+            self.node,
+            os.getpid(),
+            self.heartbeat_lapse,
+            timeout=self.connection_timeout,
+        )
         self._registered = True
-        self._last_beat = time.monotonic()
+        self.last_beat = time.monotonic()
 
     async def claim(self, limit: int, units: int) -> list[Claim]:
         """Claims up to ``limit`` runnable jobs within ``units`` free process units."""
         task_ids = await self.claimable_task_ids()
         if not task_ids or limit <= 0:
             return []
-        if not self._registered or time.monotonic() - self._last_beat > self.heartbeat_interval:
+        if not self._registered or time.monotonic() - self.last_beat > self.heartbeat_interval:
             await self.beat()  # a fresh heartbeat before holding jobs: never claimed by a 'dead' worker
         rows = await self.claimer.claim(self.worker_id, task_ids, limit, units)
         definitions = await self.definitions()
@@ -332,7 +395,17 @@ class JobMaster:
     async def record(self, outcomes: Sequence[tuple[Claim, Outcome]]) -> set[uuid.UUID]:
         """Records outcomes of claimed jobs; returns the ids recorded (fencing drops the others)."""
         pool = await self.pool()
-        return await record_outcomes(pool, self.sql, self.worker_id, outcomes, self.retry_backoff)
+        return await record_outcomes(
+            pool, self.sql, self.worker_id, outcomes, self.retry_backoff, timeout=self.connection_timeout
+        )
+
+    async def held_jobs(self) -> list[tuple[uuid.UUID, int]]:
+        """(job id, attempts) of the jobs the database says this worker holds (running)."""
+        pool = await self.pool()
+        rows = await pool.fetch(
+            self.sql["list_jobs"], JobStatus.RUNNING.value, None, None, HELD_JOBS_LIMIT, timeout=self.connection_timeout
+        )
+        return [(row["job_id"], row["attempts"]) for row in rows if row["worker_id"] == self.worker_id]
 
     def _start_heartbeat(self) -> None:
         if self._heartbeat is None:
@@ -343,7 +416,9 @@ class JobMaster:
             await asyncio.sleep(self.heartbeat_interval)
             try:
                 await self.beat()
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            except Exception as exc:
+                if not database_fault(exc):
+                    raise
                 logger.warning("heartbeat failed: %s", exc)
 
     async def run_forever(
@@ -367,30 +442,38 @@ class JobMaster:
             grace_period=grace_period,
             poll_interval=self.poll_interval,
             heartbeat_interval=self.heartbeat_interval,
+            heartbeat_lapse=self.heartbeat_lapse,
             rescue_interval=self.heartbeat_lapse / 2,
+            connection_timeout=self.connection_timeout,
             handle_signals=handle_signals,
         )
         if self.threads.max_workers < concurrency:
             self.threads.max_workers = concurrency
-        self._dispatcher = Dispatcher(self, settings, self.claimed, self.finished)
+        self._dispatcher = Dispatcher(self, settings, self.claimed, self.finished, self.outages, self.recoveries)
         if self._stop_requested:
-            self._dispatcher.stop()
+            self._dispatcher.stop(exiting=self._exit_requested)
         try:
+            await self.connect()
             await self._dispatcher.run()
         finally:
             self._dispatcher = None
-            self._stop_requested = False
+            self._stop_requested = self._exit_requested = False
 
     async def stop(self) -> None:
-        """Stops ``run_forever`` gracefully (it returns once running jobs are done)."""
+        """Stops ``run_forever`` gracefully: it returns once running jobs are done, or put back
+        after the grace period; jobs running in threads (which cannot be stopped) are held until
+        their threads return."""
         self.request_stop()
 
-    def request_stop(self) -> None:
-        """``stop()`` for callbacks that cannot await (call it on the event loop's thread)."""
+    def request_stop(self, *, exiting: bool = False) -> None:
+        """``stop()`` for callbacks that cannot await (call it on the event loop's thread).
+        ``exiting``: the process ends right after (a signal handler's case), so thread jobs still
+        running after the grace period are put back instead of waited for."""
         if self._dispatcher is not None:
-            self._dispatcher.stop()
+            self._dispatcher.stop(exiting=exiting)
         else:
             self._stop_requested = True
+            self._exit_requested = self._exit_requested or exiting
 
     async def run(self) -> int:
         """Pops and executes jobs one at a time until none is runnable now; returns how many ran."""

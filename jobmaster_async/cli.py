@@ -18,6 +18,7 @@ from rich.table import Table
 
 from . import embedded
 from .app import JobMaster
+from .db.faults import database_fault
 from .db.sql import Catalogue
 from .errors import JobMasterError
 from .jobs import Job, JobStatus
@@ -53,10 +54,14 @@ class Settings:
         """JobMaster errors and unreachable databases as a clean message and exit code 1."""
         try:
             yield
-        except JobMasterError as exc:
-            raise click.ClickException(str(exc)) from exc
-        except OSError as exc:
-            raise click.ClickException(f"cannot reach the database: {exc}") from exc
+        except Exception as exc:
+            error = _sole(exc)
+            message = _one_line(error)
+            if message is not None:
+                raise message from error
+            if error is not exc:
+                raise error from None
+            raise
 
     def master(self, apps: tuple[str, ...] = (), **options: Any) -> JobMaster:
         with self.errors():
@@ -70,20 +75,35 @@ def _modules(apps: tuple[str, ...]) -> list[str]:
 pass_settings = click.make_pass_decorator(Settings)
 
 
+def _sole(exc: BaseException) -> BaseException:
+    """The error inside groups of one (task groups wrap what they raise)."""
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return exc
+
+
+def _one_line(exc: BaseException) -> click.ClickException | None:
+    """What the user is told, in one line, of errors that are not bugs: JobMaster errors and
+    database errors (None for the others, raised with their traceback)."""
+    if isinstance(exc, JobMasterError):
+        return click.ClickException(str(exc))
+    if isinstance(exc, OSError):  # refused, DNS, TLS, timeouts
+        return click.ClickException(f"cannot reach the database: {exc or type(exc).__name__}")
+    import asyncpg
+    from asyncpg.exceptions import InternalClientError
+
+    if isinstance(exc, asyncpg.PostgresError | asyncpg.InterfaceError | InternalClientError):
+        return click.ClickException(f"database error: {type(exc).__name__}: {exc}")
+    return None
+
+
 def _call(settings: Settings, fn: Callable[[JobMaster], Awaitable[T]], apps: tuple[str, ...] = (), **options: Any) -> T:
     async def main() -> T:
         async with settings.master(apps, **options) as jm:
             return await fn(jm)
 
     with settings.errors():
-        try:
-            return _run(main())
-        except Exception as exc:
-            import asyncpg
-
-            if isinstance(exc, asyncpg.PostgresError | asyncpg.InterfaceError):
-                raise click.ClickException(f"database error: {exc}") from exc
-            raise
+        return _run(main())
 
 
 @click.group()
@@ -113,6 +133,12 @@ def main(ctx: click.Context, dsn: str | None, schema: str, verbose: int) -> None
 @click.option(
     "--heartbeat-lapse", default=30.0, show_default=True, help="Seconds without heartbeat before jobs are rescued."
 )
+@click.option(
+    "--connection-timeout",
+    type=float,
+    help="Deadline in seconds of each round trip to the database, and about how soon a vanished server is noticed "
+    "[default: half the heartbeat lapse].",
+)
 @pass_settings
 def worker(
     settings: Settings,
@@ -125,12 +151,17 @@ def worker(
     poll_interval: float,
     heartbeat_interval: float,
     heartbeat_lapse: float,
+    connection_timeout: float | None,
 ) -> None:
-    """Run jobs of the given task modules until SIGTERM/SIGINT (graceful)."""
+    """Run jobs of the given task modules until SIGTERM/SIGINT (graceful).
+
+    Exits 1 with one line when the database cannot be reached at start (a server that refuses
+    connections is waited for 10 s); once connected, the worker survives every database fault."""
     if settings.verbose == 0:
         logging.getLogger("jobmaster_async").setLevel(logging.INFO)
 
     async def run(jm: JobMaster) -> None:
+        await jm.connect()
         if deploy:
             await jm.deploy()
         async with asyncio.TaskGroup() as group:
@@ -142,6 +173,7 @@ def worker(
         "poll_interval": poll_interval,
         "heartbeat_interval": heartbeat_interval,
         "heartbeat_lapse": heartbeat_lapse,
+        "connection_timeout": connection_timeout,
     }
     _call(settings, run, apps, **options)
 
@@ -152,7 +184,13 @@ async def _watch(jm: JobMaster, worker_task: asyncio.Task[None], *, show: bool, 
     started = time.monotonic()
     with Live(console=console, refresh_per_second=4, transient=False) if show else contextlib.nullcontext() as live:
         while not worker_task.done():
-            counts = await (jm.counts() if show else jm.active_counts())
+            try:
+                counts = await (jm.counts() if show else jm.active_counts())
+            except Exception as exc:
+                if not database_fault(exc):
+                    raise
+                await asyncio.sleep(1)  # the worker reports the outage; look again later
+                continue
             if live is not None:
                 elapsed = max(time.monotonic() - started, 1e-9)
                 table = Table(title=f"jobs in schema {jm.schema}")

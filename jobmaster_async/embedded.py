@@ -90,8 +90,9 @@ class TemporaryServer:
     pgdata: Path
     settings: Mapping[str, str]
 
-    def restart(self) -> None:
-        _pg_ctl(self.pgdata, "restart", "-m", "fast")
+    def restart(self, mode: str = "fast") -> None:
+        """Stops (``fast``, or ``immediate``: a crash, recovered from at start) and starts it."""
+        _pg_ctl(self.pgdata, "restart", "-m", mode)
 
 
 @contextmanager

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import functools
 import signal
 import threading
 import uuid
@@ -102,23 +103,25 @@ class JobMaster:
 
     def run_forever(self, concurrency: int = 8, *, handle_signals: bool = False, **options: Any) -> None:
         """Blocks while the dispatcher runs in the background loop. Ctrl-C (and SIGTERM with
-        ``handle_signals``, from the main thread) stops it gracefully."""
+        ``handle_signals``, from the main thread) stops it gracefully, as before the process
+        exits (thread jobs still running after the grace period are put back)."""
         future = asyncio.run_coroutine_threadsafe(self.aio.run_forever(concurrency, **options), self._runner.loop)
         previous = None
         if handle_signals and threading.current_thread() is threading.main_thread():
-            previous = signal.signal(
-                signal.SIGTERM, lambda *_: self._runner.loop.call_soon_threadsafe(self.aio.request_stop)
-            )
+            previous = signal.signal(signal.SIGTERM, lambda *_: self._stop_before_exit())
         try:
             while True:
                 try:
                     future.result()
                     return
                 except KeyboardInterrupt:
-                    self._runner.loop.call_soon_threadsafe(self.aio.request_stop)
+                    self._stop_before_exit()
         finally:
             if previous is not None:
                 signal.signal(signal.SIGTERM, previous)
+
+    def _stop_before_exit(self) -> None:
+        self._runner.loop.call_soon_threadsafe(functools.partial(self.aio.request_stop, exiting=True))
 
     def stop(self) -> None:
         self._call(self.aio.stop())

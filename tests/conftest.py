@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
@@ -44,6 +45,17 @@ async def deployed(dsn: str, schema: str, **options: Any) -> AsyncIterator[JobMa
     finally:
         await master.close()
         await drop_schema(dsn, schema)
+
+
+@asynccontextmanager
+async def worker(master: JobMaster, concurrency: int = 4, **options: float) -> AsyncIterator[asyncio.Task[None]]:
+    """run_forever in a task; stopped gracefully on exit."""
+    task = asyncio.create_task(master.run_forever(concurrency, **options))  # type: ignore[arg-type]
+    try:
+        yield task
+    finally:
+        await master.stop()
+        await asyncio.wait_for(task, 30)
 
 
 @pytest.fixture

@@ -19,11 +19,11 @@ class PgServer:
     dsn: str
     handle: TemporaryServer | None = None  # the embedded server, when we started one
 
-    def restart(self) -> None:
-        """Stops and starts the server (only the embedded one)."""
+    def restart(self, mode: str = "fast") -> None:
+        """Stops and starts the server (only the embedded one); ``immediate`` crashes it."""
         if self.handle is None:
             raise RuntimeError("restart needs the embedded server (JOBMASTER_TEST_DSN is set)")
-        self.handle.restart()
+        self.handle.restart(mode)
 
 
 @contextmanager

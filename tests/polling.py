@@ -15,3 +15,12 @@ async def until(check: Callable[[], Awaitable[bool]], what: str, seconds: float 
         if loop.time() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         await asyncio.sleep(0.02)
+
+
+async def within(event: Awaitable[None], what: str, seconds: float = 60) -> None:
+    """Awaits an event of ours (a Signal's wait_for), failing after `seconds`: a worker that died
+    must fail the test, not hang it."""
+    try:
+        await asyncio.wait_for(event, seconds)
+    except TimeoutError:
+        raise AssertionError(f"timed out waiting for {what}") from None

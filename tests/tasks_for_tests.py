@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from collections.abc import Callable
 from typing import Any, Literal
@@ -262,3 +263,19 @@ async def raises_base(kind: str) -> None:
 @task
 def raises_base_in_thread(kind: str) -> None:
     raise _base_exception(kind)
+
+
+@task
+def record_when_gate_opens(path: str, key: int, gate: str) -> None:
+    """A thread that runs until the file ``gate`` exists."""
+    while not os.path.exists(gate):
+        time.sleep(0.01)
+    _append(path, str(key))
+
+
+# The chaos suite (tests/chaos.py): one line per execution, with its process and times
+@task
+async def chaos_run(path: str, key: int, seconds: float) -> None:
+    started = time.time()
+    await asyncio.sleep(seconds)
+    _append(path, f"{key} {os.getpid()} {started:.6f} {time.time():.6f}")

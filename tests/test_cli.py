@@ -10,6 +10,7 @@ import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 from click.testing import CliRunner
@@ -130,3 +131,15 @@ def test_demo_on_the_embedded_server(tmp_path: Path) -> None:
             [sys.executable, "-m", "jobmaster_async", "db", "stop"], env=env, capture_output=True, text=True, timeout=60
         )
         assert stop.returncode == 0 and "stopped" in stop.stdout
+
+
+def test_a_worker_that_cannot_start_says_why_in_one_line(dsn: str) -> None:
+    """Before its first connection, a worker's errors are fatal: exit 1, one line (a server
+    refusing connections would be waited for 10 s first; a missing database will not appear)."""
+    wrong = urlunsplit(urlsplit(dsn)._replace(path="/no_such_database"))
+    command = [sys.executable, "-m", "jobmaster_async", "--dsn", wrong, "worker", "--app", "tests.tasks_for_tests"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines() == [
+        'Error: database error: InvalidCatalogNameError: database "no_such_database" does not exist'
+    ]

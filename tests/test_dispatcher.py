@@ -7,27 +7,15 @@ import asyncio
 import json
 import uuid
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 
 import asyncpg
 import pytest
 
 from jobmaster_async import JobMaster
 from jobmaster_async.db.sql import quote_identifier
-from tests.conftest import deployed, orders_table
+from tests.conftest import deployed, orders_table, worker
 from tests.pg import PgServer
 from tests.polling import until
-
-
-@asynccontextmanager
-async def worker(master: JobMaster, concurrency: int = 4, **options: float) -> AsyncIterator[asyncio.Task[None]]:
-    """run_forever in a task; stopped gracefully on exit."""
-    task = asyncio.create_task(master.run_forever(concurrency, **options))  # type: ignore[arg-type]
-    try:
-        yield task
-    finally:
-        await master.stop()
-        await asyncio.wait_for(task, 30)
 
 
 @pytest.fixture

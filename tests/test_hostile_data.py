@@ -13,7 +13,7 @@ import pytest
 from jobmaster_async import JobMaster
 from jobmaster_async.db.sql import quote_identifier
 from jobmaster_async.errors import ConfigurationError, InvalidArguments
-from tests.test_dispatcher import worker
+from tests.conftest import worker
 
 
 def q(jm: JobMaster) -> str:

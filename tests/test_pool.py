@@ -10,8 +10,10 @@ import asyncpg
 import pytest
 
 from jobmaster_async.db.connection import create_pool
+from jobmaster_async.db.faults import database_fault
 from jobmaster_async.db.pool import Pool
 from tests.polling import until
+from tests.proxy import Proxy
 
 
 @asynccontextmanager
@@ -69,3 +71,21 @@ async def test_a_closed_pool_refuses_statements(dsn: str) -> None:
     await pool.close()
     with pytest.raises(asyncpg.InterfaceError, match="closed"):
         await pool.fetchval("SELECT 1")
+
+
+async def test_a_terminated_backend_is_a_connection_fault_and_its_connection_is_never_reused(
+    dsn: str, conn: asyncpg.Connection
+) -> None:
+    """The issue's smallest form, made deterministic: the terminated backend's FATAL message
+    reaches the client, the end of the connection not yet (a few milliseconds later, in the
+    issue). The next statement on that connection fails in the driver; the failure must count
+    as a connection fault (the worker retries it), and the connection must never be used again."""
+    async with Proxy(dsn) as proxy, opened_pool(proxy.dsn, 1) as pool:
+        pid = await pool.fetchval("SELECT pg_backend_pid()")
+        proxy.hold_closes = True
+        await conn.execute("SELECT pg_terminate_backend($1)", pid)
+        await proxy.closed_by_server.wait_for(1)
+        with pytest.raises(Exception) as raised:
+            await asyncio.wait_for(pool.fetchval("SELECT 1"), 10)
+        assert database_fault(raised.value), repr(raised.value)
+        assert await asyncio.wait_for(pool.fetchval("SELECT pg_backend_pid()"), 10) != pid

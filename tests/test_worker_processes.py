@@ -8,14 +8,9 @@ always with a deadline."""
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
-import subprocess
-import sys
 import uuid
 from collections import Counter
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import asyncpg
@@ -26,24 +21,7 @@ from jobmaster_async.db.sql import quote_identifier
 from tests.conftest import orders_table
 from tests.pg import PgServer
 from tests.polling import until
-
-ROOT = Path(__file__).parent.parent
-
-
-@contextmanager
-def worker_process(dsn: str, schema: str, *options: str) -> Iterator[subprocess.Popen[bytes]]:
-    """A worker process; killed on exit if still alive."""
-    command = [
-        sys.executable, "-m", "jobmaster_async", "--dsn", dsn, "--schema", schema,
-        "worker", "--app", "tests.tasks_for_tests", *options,
-    ]  # fmt: skip
-    process = subprocess.Popen(command, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
-    try:
-        yield process
-    finally:
-        if process.poll() is None:
-            process.kill()
-        process.wait(30)
+from tests.processes import worker_process
 
 
 async def finished(jm: JobMaster, count: int) -> bool:
@@ -116,6 +94,26 @@ async def test_sigterm_is_graceful(jm: JobMaster, dsn: str, tmp_path: Path) -> N
     assert counts.get("running", 0) == 0
     assert counts.get("complete", 0) >= 4 and sum(counts.values()) == 24
     assert sorted(int(k) for k in out.read_text().split())[:4] == [0, 1, 2, 3]
+
+
+async def test_sigterm_puts_thread_jobs_back_just_before_exit(jm: JobMaster, dsn: str, tmp_path: Path) -> None:
+    """Threads end with their process: thread jobs still running after SIGTERM's grace period
+    are put back just before the process exits (not rescued: the start does not count), and the
+    next worker runs each once."""
+    out, gate = tmp_path / "out.txt", tmp_path / "gate"
+    arguments = [{"path": str(out), "key": i, "gate": str(gate)} for i in range(4)]
+    ids = await jm.insert_jobs("tasks_for_tests", "record_when_gate_opens", 1, arguments)
+    with worker_process(dsn, jm.schema, "--concurrency", "4", "--grace-period", "0.2") as process:
+        await until(lambda: _all_running(jm, ids), "the four jobs to start")
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(30) == 0
+    for job_id in ids:
+        job = await jm.get_job(job_id)
+        assert job is not None and job.status == "waiting" and job.attempts == 0
+    gate.touch()
+    with worker_process(dsn, jm.schema, "--concurrency", "4"):
+        await until(lambda: finished(jm, 4), "the jobs put back to run")
+    assert Counter(out.read_text().split()) == Counter(str(i) for i in range(4))
 
 
 async def _all_running(jm: JobMaster, ids: list[uuid.UUID]) -> bool:

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 import os
 import re
+import socket
 from typing import TYPE_CHECKING, Any, TypeAlias
 from urllib.parse import parse_qsl
 
@@ -18,7 +21,9 @@ if TYPE_CHECKING:
     from sqlalchemy.engine import URL, Engine
     from sqlalchemy.ext.asyncio import AsyncEngine
 
-__all__ = ("DatabaseTarget", "connect", "create_pool", "dsn_from", "opener")
+__all__ = ("DatabaseTarget", "connect", "create_pool", "dsn_from", "keep_alive", "opener")
+
+logger = logging.getLogger(__name__)
 
 DatabaseTarget: TypeAlias = "AsyncEngine | Engine | str | URL"
 
@@ -81,23 +86,69 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
 
 
 async def connect(dsn: str, connect_kwargs: dict[str, Any] | None = None) -> asyncpg.Connection:
-    """One connection with the JSON codecs (LISTEN, deploy)."""
+    """One connection with the JSON codecs."""
     conn = await asyncpg.connect(dsn, **(connect_kwargs or {}))
-    await _init_connection(conn)
+    try:
+        await _init_connection(conn)
+    except BaseException:
+        conn.terminate()
+        raise
     return conn
 
 
-def opener(dsn: str, connect_kwargs: dict[str, Any] | None = None) -> Connect:
-    """A function opening connections named after this process, with the JSON codecs."""
+def keep_alive(sock: socket.socket, seconds: float) -> None:
+    """TCP keepalives (and a limit on unacknowledged data) so that the kernel closes a
+    connection whose peer vanished without a reset within about ``seconds``, even while it is
+    idle (asyncpg has no option for it; server settings cannot do it: they are the server's side)."""
+    if sock.family not in (socket.AF_INET, socket.AF_INET6):
+        return  # a unix socket cannot be half-open
+    idle, interval = max(1, int(seconds / 3)), max(1, int(seconds / 6))
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    for name, value in (
+        ("TCP_KEEPIDLE", idle),  # first probe after that much silence
+        ("TCP_KEEPINTVL", interval),
+        ("TCP_KEEPCNT", 3),  # unanswered probes before the kernel gives up
+        ("TCP_USER_TIMEOUT", int(seconds * 1000)),  # ms data may stay unacknowledged
+    ):
+        option = getattr(socket, name, None)  # Linux has all four; others some
+        if option is not None:
+            sock.setsockopt(socket.IPPROTO_TCP, option, value)
+
+
+def _keepalive_class(base: type[asyncpg.Connection], seconds: float) -> type[asyncpg.Connection]:
+    """asyncpg's ``connection_class`` hook: the only place it shows the new connection's socket."""
+
+    class KeepAliveConnection(base):  # type: ignore[misc]
+        def __init__(self, protocol: Any, transport: Any, *args: Any, **kwargs: Any) -> None:
+            super().__init__(protocol, transport, *args, **kwargs)
+            sock = transport.get_extra_info("socket")
+            try:
+                keep_alive(sock, seconds)
+            except (OSError, AttributeError) as exc:  # a TLS transport's socket may not take options
+                logger.debug("no TCP keepalive on %r: %s", sock, exc)
+
+    return KeepAliveConnection
+
+
+def opener(dsn: str, connect_kwargs: dict[str, Any] | None = None, timeout: float | None = None) -> Connect:
+    """A function opening connections named after this process, with the JSON codecs. With a
+    ``timeout``, opening one (connect, authenticate, set up codecs) has that deadline and its
+    TCP keepalives detect a vanished server within about that time."""
     kwargs = dict(connect_kwargs or {})
     settings = {"application_name": f"jobmaster_async:{os.getpid()}", **kwargs.pop("server_settings", {})}
+    kwargs["server_settings"] = settings
+    if timeout is not None:
+        kwargs["connection_class"] = _keepalive_class(kwargs.get("connection_class", asyncpg.Connection), timeout)
 
     async def open_connection() -> asyncpg.Connection:
-        return await connect(dsn, {**kwargs, "server_settings": settings})
+        async with asyncio.timeout(timeout):
+            return await connect(dsn, kwargs)
 
     return open_connection
 
 
-def create_pool(dsn: str, connect_kwargs: dict[str, Any] | None = None, max_size: int = 10) -> Pool:
+def create_pool(
+    dsn: str, connect_kwargs: dict[str, Any] | None = None, max_size: int = 10, timeout: float | None = None
+) -> Pool:
     """The pool a JobMaster runs its statements on (connections are opened on first use)."""
-    return Pool(opener(dsn, connect_kwargs), max_size)
+    return Pool(opener(dsn, connect_kwargs, timeout), max_size)

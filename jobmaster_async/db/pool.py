@@ -7,9 +7,14 @@ round trip on the development machine). Here an idle connection is popped from a
 back without awaiting anything.
 
 A connection goes back only in a clean state: not closed, not inside a transaction, and not
-interrupted mid-statement (any exception other than an error reported by the server, such as a
-cancellation or a lost connection, closes it). Our statements leave no other session state, so
-there is no reset round trip.
+failed by anything but a plain SQL error of its own statement (a cancellation, a timeout, a lost
+connection or a FATAL message from the server closes it: see db.faults). When the database or the
+network failed, the idle connections are closed too: they were most likely cut by the same fault,
+and the driver may not know it yet. Our statements leave no other session state, so there is no
+reset round trip.
+
+``timeout`` on a statement is its deadline (asyncpg's): the worker gives every round trip one, so
+that a server gone without a TCP reset cannot hang it.
 """
 
 from __future__ import annotations
@@ -21,6 +26,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeAlias
 
 import asyncpg
+
+from .faults import connection_unusable, database_fault
 
 __all__ = ("Connect", "Pool", "close_connection")
 
@@ -57,11 +64,19 @@ class Pool:
 
     def _give_back(self, conn: asyncpg.Connection, error: BaseException | None) -> None:
         reusable = not self._closed and not conn.is_closed() and not conn.is_in_transaction()
-        if reusable and (error is None or isinstance(error, asyncpg.PostgresError)):
+        if reusable and (error is None or not connection_unusable(error)):
             self._idle.append(conn)
         else:
             conn.terminate()
+            if error is not None and database_fault(error):
+                self.discard_idle()
         self._slots.release()
+
+    def discard_idle(self) -> None:
+        """Closes the idle connections (after a fault, they are suspect)."""
+        idle, self._idle = self._idle, []
+        for conn in idle:
+            conn.terminate()
 
     @contextlib.asynccontextmanager
     async def acquire(self) -> AsyncIterator[asyncpg.Connection]:
@@ -74,37 +89,36 @@ class Pool:
             raise
         self._give_back(conn, None)
 
-    async def _run(self, method: str, query: str, args: tuple[Any, ...]) -> Any:
+    async def _run(self, method: str, query: str, args: tuple[Any, ...], timeout: float | None) -> Any:
         conn = await self._take()
         try:
-            result = await getattr(conn, method)(query, *args)
+            result = await getattr(conn, method)(query, *args, timeout=timeout)
         except BaseException as exc:
             self._give_back(conn, exc)
             raise
         self._give_back(conn, None)
         return result
 
-    async def execute(self, query: str, *args: Any) -> str:
-        status: str = await self._run("execute", query, args)
+    async def execute(self, query: str, *args: Any, timeout: float | None = None) -> str:
+        status: str = await self._run("execute", query, args, timeout)
         return status
 
-    async def fetch(self, query: str, *args: Any) -> list[asyncpg.Record]:
-        rows: list[asyncpg.Record] = await self._run("fetch", query, args)
+    async def fetch(self, query: str, *args: Any, timeout: float | None = None) -> list[asyncpg.Record]:
+        rows: list[asyncpg.Record] = await self._run("fetch", query, args, timeout)
         return rows
 
-    async def fetchrow(self, query: str, *args: Any) -> asyncpg.Record | None:
-        row: asyncpg.Record | None = await self._run("fetchrow", query, args)
+    async def fetchrow(self, query: str, *args: Any, timeout: float | None = None) -> asyncpg.Record | None:
+        row: asyncpg.Record | None = await self._run("fetchrow", query, args, timeout)
         return row
 
-    async def fetchval(self, query: str, *args: Any) -> Any:
-        return await self._run("fetchval", query, args)
+    async def fetchval(self, query: str, *args: Any, timeout: float | None = None) -> Any:
+        return await self._run("fetchval", query, args, timeout)
 
     async def close(self) -> None:
         """Closes the idle connections; those in use are closed when they come back."""
         self._closed = True
         idle, self._idle = self._idle, []
-        for conn in idle:
-            await close_connection(conn)
+        await asyncio.gather(*(close_connection(conn) for conn in idle))
 
 
 async def close_connection(conn: asyncpg.Connection) -> None:

@@ -18,6 +18,7 @@ from collections.abc import Awaitable, Callable
 
 import asyncpg
 
+from ..db.faults import connection_unusable
 from ..db.pool import Connect, Pool, close_connection
 from ..db.sql import Catalogue
 
@@ -34,10 +35,12 @@ class Claimer:
         sql: Catalogue,
         connect: Connect,
         pool: Callable[[], Awaitable[Pool]],
+        timeout: float | None = None,
     ) -> None:
         self.sql = sql
         self._connect = connect
         self._pool = pool
+        self.timeout = timeout  # each round trip's deadline
         self._conn: asyncpg.Connection | None = None
         self._lock = asyncio.Lock()
         #: seconds until the earliest waiting job falls due, as the last fast claim that took fewer
@@ -56,7 +59,7 @@ class Claimer:
             if rows is not None:
                 return rows
         pool = await self._pool()
-        rows = await pool.fetch(self.sql["claim_jobs"], worker_id, task_ids, limit, units)
+        rows = await pool.fetch(self.sql["claim_jobs"], worker_id, task_ids, limit, units, timeout=self.timeout)
         return rows
 
     async def _claim_fast(
@@ -64,14 +67,18 @@ class Claimer:
     ) -> list[asyncpg.Record] | None:
         if self._conn is None or self._conn.is_closed():
             conn = await self._connect()
-            await conn.execute(SESSION_SETTINGS)
+            try:
+                await conn.execute(SESSION_SETTINGS, timeout=self.timeout)
+            except BaseException:
+                conn.terminate()
+                raise
             self._conn = conn
         try:
             rows: list[asyncpg.Record] = await self._conn.fetch(
-                self.sql["claim_jobs_fast"], worker_id, task_ids, limit, units
+                self.sql["claim_jobs_fast"], worker_id, task_ids, limit, units, timeout=self.timeout
             )
         except BaseException as exc:
-            if not isinstance(exc, asyncpg.PostgresError):  # interrupted or lost: never reused
+            if connection_unusable(exc):  # interrupted, lost, or closing: never reused
                 self._conn.terminate()
                 self._conn = None
             raise
@@ -82,6 +89,12 @@ class Claimer:
         if len(rows) < limit:
             self.due_in, self.due_in_known = marker["due_in"], True
         return rows
+
+    def discard_idle(self) -> None:
+        """Closes the claim connection unless a claim is using it (after a fault, it is suspect)."""
+        if self._conn is not None and not self._lock.locked():
+            conn, self._conn = self._conn, None
+            conn.terminate()
 
     async def close(self) -> None:
         conn, self._conn = self._conn, None

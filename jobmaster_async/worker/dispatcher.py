@@ -1,6 +1,11 @@
 """The dispatcher behind ``run_forever``: claims jobs into free slots when woken by NOTIFY (or a
 slow safety poll), runs them, and records their outcomes in batches, next to a listener, a
-heartbeat and a rescuer. Graceful on stop, cancellation and SIGTERM; survives database restarts.
+heartbeat and a rescuer. Graceful on stop, cancellation and SIGTERM.
+
+It never dies of the database: every service retries database faults (db.faults) with backoff,
+and the worker reports an outage once (worker.outage). Only a bug of ours ends it, with its
+traceback. After an outage it reconciles: jobs the database says it holds but it does not know
+of (a claim committed whose answer was lost, an outcome a crashed server lost) go back to waiting.
 """
 
 from __future__ import annotations
@@ -12,22 +17,23 @@ import random
 import signal
 import time
 import uuid
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 import anyio
 import asyncpg
 
-from ..db.connection import connect
+from ..db.faults import database_fault
 from ..db.pool import Pool
 from ..db.sql import Catalogue
 from .claimer import Claimer
 from .executors import DaemonThreadPool, Outcome, run_task
+from .outage import Outage, Service
 from .outcomes import Claim
 from .signals import Signal
 
-__all__ = ("TRANSIENT_ERRORS", "Backend", "Dispatcher", "DispatcherSettings")
+__all__ = ("Backend", "Dispatcher", "DispatcherSettings")
 
 logger = logging.getLogger(__name__)
 
@@ -35,32 +41,29 @@ logger = logging.getLogger(__name__)
 #: arrays by position (array_position), so a statement's cost grows with the square of its batch.
 RECORD_BATCH = 100
 
-#: Errors that mean "the database is away for now": retried with backoff, never fatal.
-TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
-    OSError,
-    TimeoutError,
-    asyncpg.PostgresConnectionError,
-    asyncpg.InterfaceError,
-    asyncpg.exceptions.OperatorInterventionError,
-    asyncpg.exceptions.TooManyConnectionsError,
-)
+#: How long a stopping worker keeps trying to record outcomes and put jobs back while the
+#: database is away; past it, the rescuer of another worker puts them back once this one's
+#: heartbeat lapsed.
+SHUTDOWN_RETRY_SECONDS = 10.0
 
 
 class Backend(Protocol):
     """What the dispatcher needs from JobMaster."""
 
     sql: Catalogue
-    dsn: str
-    connect_kwargs: dict[str, Any]
     worker_id: uuid.UUID
     threads: DaemonThreadPool
     claimer: Claimer
+    last_beat: float  # monotonic time of the last heartbeat recorded
 
     async def pool(self) -> Pool: ...
+    async def open_connection(self) -> asyncpg.Connection: ...
     async def claim(self, limit: int, units: int) -> list[Claim]: ...
     async def record(self, outcomes: list[tuple[Claim, Outcome]]) -> set[uuid.UUID]: ...
     async def beat(self) -> None: ...
     async def claimable_task_ids(self) -> list[int]: ...
+    async def held_jobs(self) -> list[tuple[uuid.UUID, int]]: ...
+    def discard_idle_connections(self) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -70,66 +73,73 @@ class DispatcherSettings:
     grace_period: float
     poll_interval: float
     heartbeat_interval: float
+    heartbeat_lapse: float
     rescue_interval: float
+    connection_timeout: float
     handle_signals: bool
 
 
-class _Outage:
-    """Logs a failing component once per outage, and its recovery."""
+def _sole(exc: BaseException) -> BaseException:
+    """anyio's task groups wrap even a single error in a group; run_forever raises it as it is."""
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return exc
 
-    def __init__(self, what: str) -> None:
-        self.what = what
-        self.since: float | None = None
-        self.delay = 0.1
 
-    def failed(self, exc: BaseException) -> float:
-        """Logs (once) and returns the seconds to wait before the next try."""
-        if self.since is None:
-            self.since = time.monotonic()
-            logger.warning(
-                "%s: database unreachable (%s: %s); retrying with backoff", self.what, type(exc).__name__, exc
-            )
-        else:
-            logger.debug("%s still failing: %s", self.what, exc)
-        delay, self.delay = self.delay, min(self.delay * 2, 10.0)
-        return delay * random.uniform(0.8, 1.2)
-
-    def ok(self) -> None:
-        if self.since is not None:
-            logger.warning("%s: database reachable again after %.1fs", self.what, time.monotonic() - self.since)
-            self.since = None
-        self.delay = 0.1
+def _in_thread(claim: Claim) -> bool:
+    return not claim.definition.is_async and claim.definition.executor == "thread"
 
 
 class Dispatcher:
     """One ``run_forever`` call."""
 
-    def __init__(self, backend: Backend, settings: DispatcherSettings, claimed: Signal, finished: Signal) -> None:
+    def __init__(
+        self,
+        backend: Backend,
+        settings: DispatcherSettings,
+        claimed: Signal,
+        finished: Signal,
+        outages: Signal,
+        recoveries: Signal,
+    ) -> None:
         self.backend = backend
         self.settings = settings
         self.claimed = claimed
         self.finished = finished
+        self._wake = asyncio.Event()  # set: claim now (NOTIFY, a slot freed, an outage ended)
+        self._check_listener = asyncio.Event()
+        self.outage = Outage(outages, recoveries, on_begin=self._suspect_connections, on_end=self._wake.set)
         self._stopping = False
-        self._wake = asyncio.Event()
-        self._stopped = asyncio.Event()
+        self._stop_requested = asyncio.Event()
+        self._exiting = asyncio.Event()  # the process ends after this run: threads cannot be waited for
         self._running: dict[uuid.UUID, tuple[asyncio.Task[None], Claim]] = {}
+        self._held: dict[uuid.UUID, Claim] = {}  # claimed until recorded or put back
         self._user_cancelled: set[uuid.UUID] = set()
         self._held_slots = 0  # slots of abandoned threads still running
         self._held_units = 0
         self._outcomes: list[tuple[Claim, Outcome]] = []
         self._outcomes_ready = asyncio.Event()
         self._recording = asyncio.Lock()
+        self._reconciled = recoveries.count  # outages reconciled after
         self._background: set[asyncio.Future[None]] = set()
         self._loop: asyncio.AbstractEventLoop  # the running loop, from run() on
 
     # -- control ---------------------------------------------------------------------------------
 
-    def stop(self) -> None:
-        """Stop claiming and shut down gracefully."""
+    def stop(self, exiting: bool = False) -> None:
+        """Stop claiming and shut down gracefully; ``exiting``: the process ends right after."""
+        if exiting:
+            self._exiting.set()
         if not self._stopping:
             logger.info("worker %s stopping: no new jobs are claimed", self.backend.worker_id)
         self._stopping = True
+        self._stop_requested.set()
         self._wake.set()
+
+    def _suspect_connections(self) -> None:
+        """An outage began: close the idle connections, ping the LISTEN one now."""
+        self.backend.discard_idle_connections()
+        self._check_listener.set()
 
     def _free_slots(self) -> tuple[int, int]:
         units = sum(c.definition.process_units for _, c in self._running.values()) + self._held_units
@@ -148,44 +158,58 @@ class Dispatcher:
             self.settings.concurrency,
             self.backend.sql.schema,
         )
-        try:
-            async with anyio.create_task_group() as services:
-                services.start_soon(self._listen)
-                services.start_soon(self._heartbeat_loop)
-                services.start_soon(self._rescue_loop)
-                services.start_soon(self._record_loop)
-                if self.settings.handle_signals:
-                    services.start_soon(self._signal_loop)
-                await self._dispatch_loop()
-                services.cancel_scope.cancel()
-        finally:
-            with anyio.CancelScope(shield=True):
-                await self._shutdown()
-            logger.info("worker %s stopped", self.backend.worker_id)
+        with self._signals_handled():
+            try:
+                async with anyio.create_task_group() as services:
+                    services.start_soon(self._listen_loop)
+                    services.start_soon(self._heartbeat_loop)
+                    services.start_soon(self._rescue_loop)
+                    services.start_soon(self._record_loop)
+                    await self._dispatch_loop()
+                    services.cancel_scope.cancel()
+            except Exception as exc:
+                error = _sole(exc)
+                logger.critical(
+                    "worker %s failed on an error that is not a database fault (a bug?)",
+                    self.backend.worker_id,
+                    exc_info=error,
+                )
+                raise error from None
+            finally:
+                with anyio.CancelScope(shield=True):
+                    await self._shutdown()
+                logger.info("worker %s stopped", self.backend.worker_id)
 
     async def _dispatch_loop(self) -> None:
-        outage = _Outage("claiming jobs")
-        await self.backend.beat()
+        claiming = Service(self.outage, "claiming jobs")
         while not self._stopping:
             self._wake.clear()
-            slots, units = self._free_slots()
-            timeout: float | None = None  # full: wait until a slot frees
-            if slots > 0:
-                try:
-                    claims = await self.backend.claim(slots, units)
-                except TRANSIENT_ERRORS as exc:
-                    await self._sleep(outage.failed(exc))
-                    continue
-                outage.ok()
-                for claim in claims:
-                    self._start(claim)
-                if claims:
-                    self.claimed.fire(len(claims))
-                if len(claims) == slots:
-                    continue  # there may be more: claim again as soon as a slot frees
-                timeout = await self._idle_timeout()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout)
+            try:
+                timeout = await self._claim_into_free_slots()
+            except Exception as exc:
+                await self._pause(claiming.failed(exc))
+                continue
+            claiming.ok()
+            if timeout != 0:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), timeout)
+
+    async def _claim_into_free_slots(self) -> float | None:
+        """Claims jobs for the free slots; returns how long to wait for a wake-up (0: claim again
+        at once, there may be more; None: until a slot frees)."""
+        if self._reconciled != self.outage.ended.count:
+            await self._reconcile()
+        slots, units = self._free_slots()
+        if slots <= 0:
+            return None
+        claims = await self.backend.claim(slots, units)
+        for claim in claims:
+            self._start(claim)
+        if claims:
+            self.claimed.fire(len(claims))
+        if len(claims) == slots:
+            return 0
+        return await self._idle_timeout()
 
     async def _idle_timeout(self) -> float:
         """The jittered safety poll, or sooner if a retry falls due before it."""
@@ -194,19 +218,38 @@ class Dispatcher:
         if claimer.due_in_known:  # the last claim said it
             seconds = claimer.due_in
         else:
-            try:
-                pool = await self.backend.pool()
-                task_ids = await self.backend.claimable_task_ids()
-                seconds = await pool.fetchval(self.backend.sql["seconds_to_next_run"], task_ids)
-            except TRANSIENT_ERRORS:
-                return timeout
+            pool = await self.backend.pool()
+            task_ids = await self.backend.claimable_task_ids()
+            seconds = await pool.fetchval(
+                self.backend.sql["seconds_to_next_run"], task_ids, timeout=self.settings.connection_timeout
+            )
         if seconds is not None:
             timeout = min(timeout, max(seconds, 0.0) + 0.005)
         return timeout
 
-    async def _sleep(self, seconds: float) -> None:
+    async def _pause(self, seconds: float) -> None:
+        """A backoff pause, cut short by stop() only (wake-ups keep coming while the database
+        fails, and must not defeat the backoff)."""
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._stopped.wait() if self._stopping else self._wake.wait(), seconds)
+            await asyncio.wait_for(self._stop_requested.wait(), seconds)
+
+    async def _reconcile(self) -> None:
+        """After an outage: puts back the jobs the database says this worker holds but it does
+        not know of. A claim may have committed while its answer was lost (a killed backend, a
+        deadline passed), and a crashed server may have lost a recorded outcome (when commits do
+        not wait for the WAL flush); either would leave its job running for good, held by a worker
+        that heartbeats. The dispatcher is the only claimer, and it is here, not claiming."""
+        count = self.outage.ended.count
+        held = await self.backend.held_jobs()
+        unknown = [(job_id, attempts) for job_id, attempts in held if job_id not in self._held]
+        if unknown:
+            logger.warning(
+                "%d jobs were held by this worker without its knowing (a claim whose answer was lost in "
+                "the outage, or an outcome the server lost): back to waiting",
+                len(unknown),
+            )
+            await self._release([job_id for job_id, _ in unknown], [attempts for _, attempts in unknown])
+        self._reconciled = count
 
     # -- running jobs ----------------------------------------------------------------------------
 
@@ -215,6 +258,7 @@ class Dispatcher:
         # every lookup is a getpid() system call
         task = self._loop.create_task(self._run_job(claim), name=f"job {claim.job_id}")
         self._running[claim.job_id] = (task, claim)
+        self._held[claim.job_id] = claim
 
     async def _run_job(self, claim: Claim) -> None:
         started = time.monotonic()
@@ -231,6 +275,7 @@ class Dispatcher:
                 self._user_cancelled.discard(claim.job_id)
                 logger.info("job %s (%s) cancelled", claim.job_id, claim.definition.key)
                 self._running.pop(claim.job_id, None)
+                self._held.pop(claim.job_id, None)
                 self.finished.fire()
                 self._wake.set()
                 return
@@ -257,20 +302,25 @@ class Dispatcher:
             return  # shutting down: nothing to hold
         self._held_slots += 1
         self._held_units += claim.definition.process_units
-        self._spawn(self._set_abandoned(claim, True))
 
         def released(_: asyncio.Future[Any]) -> None:
             self._held_slots -= 1
             self._held_units -= claim.definition.process_units
-            self._spawn(self._set_abandoned(claim, False))
             self._wake.set()
 
         future.add_done_callback(released)
+        self._spawn(self._mark_abandoned(claim, future))
+
+    async def _mark_abandoned(self, claim: Claim, thread: asyncio.Future[Any]) -> None:
+        marking = Service(self.outage, "marking abandoned threads")
+        await marking.run(lambda: self._set_abandoned(claim, True))
+        await asyncio.wait([thread])
+        await marking.run(lambda: self._set_abandoned(claim, False))
 
     async def _set_abandoned(self, claim: Claim, abandoned: bool) -> None:
-        with contextlib.suppress(*TRANSIENT_ERRORS):
-            pool = await self.backend.pool()
-            await pool.execute(self.backend.sql["set_abandoned"], claim.job_id, abandoned)
+        pool = await self.backend.pool()
+        sql = self.backend.sql["set_abandoned"]
+        await pool.execute(sql, claim.job_id, abandoned, timeout=self.settings.connection_timeout)
 
     def _spawn(self, coro: Awaitable[None]) -> None:
         task = asyncio.ensure_future(coro)
@@ -280,17 +330,11 @@ class Dispatcher:
     # -- recording outcomes ----------------------------------------------------------------------
 
     async def _record_loop(self) -> None:
-        outage = _Outage("recording outcomes")
+        recording = Service(self.outage, "recording outcomes")
         while True:
             await self._outcomes_ready.wait()
             self._outcomes_ready.clear()
-            try:
-                await self._flush()
-            except TRANSIENT_ERRORS as exc:
-                await asyncio.sleep(outage.failed(exc))
-                self._outcomes_ready.set()
-                continue
-            outage.ok()
+            await recording.run(self._flush)
 
     async def _flush(self) -> None:
         """Records the buffered outcomes, at most RECORD_BATCH per statement, until none is left;
@@ -303,6 +347,8 @@ class Dispatcher:
                 except BaseException:
                     self._outcomes[:0] = batch
                     raise
+                for claim, _ in batch:
+                    self._held.pop(claim.job_id, None)
                 self.finished.fire(len(batch))
 
     # -- the listener ----------------------------------------------------------------------------
@@ -318,120 +364,162 @@ class Dispatcher:
             return
         self._wake.set()
 
-    async def _listen(self) -> None:
-        outage = _Outage("LISTEN connection")
-        channel = self.backend.sql.channel
-        while True:
-            conn: asyncpg.Connection | None = None
-            try:
-                conn = await connect(self.backend.dsn, self.backend.connect_kwargs)
-                lost = asyncio.Event()
-                conn.add_termination_listener(lambda _c, lost=lost: lost.set())
-                await conn.add_listener(channel, self._on_notify)
-                outage.ok()
-                self._wake.set()  # catch up on anything notified while we were not listening
-                while not lost.is_set():
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(lost.wait(), self.settings.poll_interval)
-                    if not lost.is_set():
-                        await conn.execute("SELECT 1", timeout=10)  # is the connection still alive?
-                raise ConnectionError("LISTEN connection closed")
-            except TRANSIENT_ERRORS as exc:
-                await asyncio.sleep(outage.failed(exc))
-            finally:
-                if conn is not None:
-                    with contextlib.suppress(Exception):
-                        conn.terminate()
+    async def _listen_loop(self) -> None:
+        listening = Service(self.outage, "LISTEN connection")
+        await listening.run(lambda: self._listen(listening))
+
+    async def _listen(self, listening: Service) -> None:
+        """LISTENs until the connection fails (it never returns). An idle connection is pinged,
+        so that one cut without a reset is noticed within the connection timeout."""
+        deadline = self.settings.connection_timeout / 2
+        conn = await self.backend.open_connection()
+        lost = self._check_listener
+        conn.add_termination_listener(lambda _c: lost.set())
+        try:
+            async with asyncio.timeout(deadline):  # add_listener takes no timeout
+                await conn.add_listener(self.backend.sql.channel, self._on_notify)
+            listening.ok()
+            self._wake.set()  # catch up on anything notified while we were not listening
+            while True:
+                lost.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(lost.wait(), deadline)
+                await conn.execute("SELECT 1", timeout=deadline)  # raises once the connection is lost
+        finally:
+            conn.terminate()
 
     # -- heartbeat and rescue --------------------------------------------------------------------
 
     async def _heartbeat_loop(self) -> None:
-        outage = _Outage("heartbeat")
+        beating = Service(self.outage, "heartbeat")
         while True:
             await asyncio.sleep(self.settings.heartbeat_interval)
-            try:
-                await self.backend.beat()
-                outage.ok()
-            except TRANSIENT_ERRORS as exc:
-                outage.failed(exc)
+            await beating.run(self.backend.beat)
 
     async def _rescue_loop(self) -> None:
-        outage = _Outage("rescuer")
+        rescuing = Service(self.outage, "rescuer")
         while True:
             await asyncio.sleep(self.settings.rescue_interval * random.uniform(0.5, 1.0))
-            try:
-                pool = await self.backend.pool()
-                rescued = await pool.fetchval(self.backend.sql["rescue_jobs"])
-                outage.ok()
-            except TRANSIENT_ERRORS as exc:
-                outage.failed(exc)
-                continue
+            if time.monotonic() - self.backend.last_beat >= self.settings.heartbeat_lapse:
+                continue  # our own heartbeat lapsed (an outage): we would rescue our own jobs
+            rescued = await rescuing.run(self._rescue)
             if rescued:
                 logger.warning("rescued %d jobs of workers whose heartbeat lapsed", rescued)
 
-    async def _signal_loop(self) -> None:
-        with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-            async for signum in signals:
-                if self._stopping:
-                    logger.warning("second %s: shutting down without waiting for running jobs", signum.name)
-                    self.settings = replace(self.settings, grace_period=0.0)
-                    for task, _ in list(self._running.values()):
-                        task.cancel()
-                else:
-                    logger.info("%s received: shutting down gracefully", signum.name)
-                    self.stop()
+    async def _rescue(self) -> int:
+        pool = await self.backend.pool()
+        rescued: int = await pool.fetchval(self.backend.sql["rescue_jobs"], timeout=self.settings.connection_timeout)
+        return rescued
+
+    # -- signals ---------------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _signals_handled(self) -> Any:
+        """SIGTERM and SIGINT, from start to the end of the shutdown, when asked to handle them."""
+        signals = (signal.SIGTERM, signal.SIGINT) if self.settings.handle_signals else ()
+        for signum in signals:
+            self._loop.add_signal_handler(signum, self._on_signal, signum)
+        try:
+            yield
+        finally:
+            for signum in signals:
+                self._loop.remove_signal_handler(signum)
+
+    def _on_signal(self, signum: signal.Signals) -> None:
+        """A signal means the process is about to end: threads cannot outlive it, so thread
+        jobs still running after the grace period are put back rather than waited for."""
+        if self._stopping:
+            logger.warning("second %s: shutting down without waiting for running jobs", signum.name)
+            self._exiting.set()
+            self.settings = replace(self.settings, grace_period=0.0)
+            for task, _ in list(self._running.values()):
+                task.cancel()
+        else:
+            logger.info("%s received: shutting down gracefully", signum.name)
+            self.stop(exiting=True)
 
     # -- shutdown --------------------------------------------------------------------------------
 
     async def _shutdown(self) -> None:
-        """Lets running jobs finish within the grace period, puts the rest back to waiting,
-        records every outcome, and forgets this worker."""
+        """Lets running jobs finish within the grace period, holds thread jobs until their threads
+        return (unless the process is about to end), puts the rest back to waiting, records every
+        outcome, and forgets this worker."""
         self._stopping = True
-        self._stopped.set()
+        self._stop_requested.set()
         async with anyio.create_task_group() as keepalive:
             keepalive.start_soon(self._heartbeat_loop)
-            tasks = [task for task, _ in self._running.values()]
-            if tasks:
-                logger.info("waiting up to %gs for %d running jobs", self.settings.grace_period, len(tasks))
-                await asyncio.wait(tasks, timeout=self.settings.grace_period)
-            leftover = [(task, claim) for task, claim in self._running.values() if not task.done()]
-            for task, _ in leftover:
-                task.cancel()
-            if leftover:
-                await asyncio.wait([task for task, _ in leftover])
-                await self._release([claim for _, claim in leftover])
-            await self._flush_until_done()
+            keepalive.start_soon(self._record_loop)
+            await self._finish_running_jobs()
+            await self._until_exiting(self._background)  # abandoned threads: their marks
+            await self._retry_or_give_up("recording outcomes", self._flush)
             keepalive.cancel_scope.cancel()
-        with contextlib.suppress(*TRANSIENT_ERRORS):
+        for task in self._background:
+            task.cancel()
+        try:
             pool = await self.backend.pool()
-            await pool.execute(self.backend.sql["remove_worker"], self.backend.worker_id)
+            sql = self.backend.sql["remove_worker"]
+            await pool.execute(sql, self.backend.worker_id, timeout=self.settings.connection_timeout)
+        except Exception as exc:
+            if not database_fault(exc):
+                raise
+            logger.warning("could not remove this worker's row (%s); it lapses", exc)
 
-    async def _release(self, claims: list[Claim]) -> None:
-        logger.warning("putting %d unfinished jobs back to waiting", len(claims))
-        for _ in range(20):
-            try:
-                pool = await self.backend.pool()
-                await pool.fetchval(
-                    self.backend.sql["release_jobs"],
-                    self.backend.worker_id,
-                    [c.job_id for c in claims],
-                    [c.attempts for c in claims],
-                )
-                return
-            except TRANSIENT_ERRORS as exc:
-                logger.warning("releasing jobs failed (%s); retrying", exc)
-                await asyncio.sleep(0.5)
-        logger.error("could not put jobs back; the rescuer will once this worker's heartbeat lapses")
+    async def _finish_running_jobs(self) -> None:
+        tasks = [task for task, _ in self._running.values()]
+        if tasks:
+            logger.info("waiting up to %gs for %d running jobs", self.settings.grace_period, len(tasks))
+            await asyncio.wait(tasks, timeout=self.settings.grace_period)
+        threads = [task for task, claim in self._running.values() if not task.done() and _in_thread(claim)]
+        if threads and not self._exiting.is_set():
+            logger.warning(
+                "%d jobs still run in threads, which cannot be stopped: they stay held (the worker "
+                "heartbeats) until their threads return",
+                len(threads),
+            )
+            await self._until_exiting(threads)
+        leftover = [task for task, _ in self._running.values()]
+        for task in leftover:
+            task.cancel()
+        if leftover:
+            await asyncio.wait(leftover)
+        unfinished = [claim for _, claim in self._running.values()]  # cancelled: no outcome
+        if unfinished:
+            logger.warning("putting %d unfinished jobs back to waiting", len(unfinished))
+            ids, attempts = [c.job_id for c in unfinished], [c.attempts for c in unfinished]
+            await self._retry_or_give_up("putting jobs back", lambda: self._release(ids, attempts))
 
-    async def _flush_until_done(self) -> None:
-        for _ in range(20):
-            try:
-                await self._flush()
-                return
-            except TRANSIENT_ERRORS as exc:
-                logger.warning("recording outcomes failed (%s); retrying", exc)
-                await asyncio.sleep(0.5)
-        logger.error(
-            "could not record %d outcomes; their jobs are rescued once this worker's heartbeat lapses",
-            len(self._outcomes),
-        )
+    async def _until_exiting(self, tasks: Iterable[asyncio.Future[Any]]) -> None:
+        """Waits for ``tasks``, or until a signal says the process is about to end."""
+        pending = {task for task in tasks if not task.done()}
+        exiting: asyncio.Future[Any] = asyncio.ensure_future(self._exiting.wait())
+        try:
+            while pending and not exiting.done():
+                _, pending = await asyncio.wait(pending | {exiting}, return_when=asyncio.FIRST_COMPLETED)
+                pending.discard(exiting)
+        finally:
+            exiting.cancel()
+
+    async def _release(self, job_ids: list[uuid.UUID], attempts: list[int]) -> None:
+        """Puts jobs held by this worker back to waiting, their start not counted."""
+        pool = await self.backend.pool()
+        sql = self.backend.sql["release_jobs"]
+        await pool.fetchval(sql, self.backend.worker_id, job_ids, attempts, timeout=self.settings.connection_timeout)
+        for job_id in job_ids:
+            self._held.pop(job_id, None)
+
+    async def _retry_or_give_up(self, what: str, operation: Callable[[], Awaitable[None]]) -> None:
+        """``operation`` retried for SHUTDOWN_RETRY_SECONDS at most; a worker that gives up says
+        so: the jobs concerned are put back by another once its heartbeat lapsed."""
+        deadline = time.monotonic() + SHUTDOWN_RETRY_SECONDS
+        try:
+            await Service(self.outage, what).run(operation, deadline=deadline)
+        except Exception as exc:
+            if not database_fault(exc):
+                raise
+            logger.error(
+                "%s failed for %gs (%s: %s); the jobs concerned are rescued once this worker's heartbeat lapsed",
+                what,
+                SHUTDOWN_RETRY_SECONDS,
+                type(exc).__name__,
+                exc,
+            )

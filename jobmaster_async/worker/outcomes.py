@@ -57,6 +57,7 @@ async def record_outcomes(
     worker_id: uuid.UUID,
     outcomes: Sequence[tuple[Claim, Outcome]],
     backoff: float,
+    timeout: float | None = None,
 ) -> set[uuid.UUID]:
     """Writes successes and failures (one statement each at most); returns the ids recorded.
     An id missing from the answer was no longer held by this worker and attempt (fencing).
@@ -68,13 +69,13 @@ async def record_outcomes(
     failed = [(c, o) for c, o in outcomes if not o.ok]
     recorded: set[uuid.UUID] = set()
     if done:
-        refused = await _record(db, sql, worker_id, done, backoff, _complete, recorded)
+        refused = await _record(db, sql, worker_id, done, backoff, _complete, recorded, timeout)
         failed += [(c, _refused_outcome(c, exc)) for c, exc in refused]
     if failed:
-        refused = await _record(db, sql, worker_id, failed, backoff, _fail, recorded)
+        refused = await _record(db, sql, worker_id, failed, backoff, _fail, recorded, timeout)
         if refused:
             last = [(c, _refused_outcome(c, exc)) for c, exc in refused]
-            for claim, exc in await _record(db, sql, worker_id, last, backoff, _fail, recorded):
+            for claim, exc in await _record(db, sql, worker_id, last, backoff, _fail, recorded, timeout):
                 logger.error(
                     "the failure of job %s (%s) cannot be recorded: %s", claim.job_id, claim.definition.key, exc
                 )
@@ -91,7 +92,7 @@ async def record_outcomes(
 
 
 _Statement = Callable[
-    [Pool | asyncpg.Connection, Catalogue, uuid.UUID, Sequence[tuple[Claim, Outcome]], float],
+    [Pool | asyncpg.Connection, Catalogue, uuid.UUID, Sequence[tuple[Claim, Outcome]], float, float | None],
     Awaitable[list[uuid.UUID]],
 ]
 
@@ -104,11 +105,12 @@ async def _record(
     backoff: float,
     statement: _Statement,
     recorded: set[uuid.UUID],
+    timeout: float | None,
 ) -> list[tuple[Claim, asyncpg.PostgresError]]:
     """Runs ``statement`` for the outcomes, halving the batch around data errors; adds the ids
     recorded to ``recorded`` and returns the outcomes refused alone, with their errors."""
     try:
-        recorded.update(await statement(db, sql, worker_id, outcomes, backoff))
+        recorded.update(await statement(db, sql, worker_id, outcomes, backoff, timeout))
         return []
     except asyncpg.PostgresError as exc:
         if not _is_data_error(exc):
@@ -117,8 +119,8 @@ async def _record(
             return [(outcomes[0][0], exc)]
     half = len(outcomes) // 2
     return [
-        *await _record(db, sql, worker_id, outcomes[:half], backoff, statement, recorded),
-        *await _record(db, sql, worker_id, outcomes[half:], backoff, statement, recorded),
+        *await _record(db, sql, worker_id, outcomes[:half], backoff, statement, recorded, timeout),
+        *await _record(db, sql, worker_id, outcomes[half:], backoff, statement, recorded, timeout),
     ]
 
 
@@ -128,6 +130,7 @@ async def _complete(
     worker_id: uuid.UUID,
     done: Sequence[tuple[Claim, Outcome]],
     backoff: float,
+    timeout: float | None,
 ) -> list[uuid.UUID]:
     ids: list[uuid.UUID] = await db.fetchval(
         sql["complete_jobs"],
@@ -135,6 +138,7 @@ async def _complete(
         [c.job_id for c, _ in done],
         [c.attempts for c, _ in done],
         [o.result_json for _, o in done],
+        timeout=timeout,
     )
     return ids
 
@@ -145,6 +149,7 @@ async def _fail(
     worker_id: uuid.UUID,
     failed: Sequence[tuple[Claim, Outcome]],
     backoff: float,
+    timeout: float | None,
 ) -> list[uuid.UUID]:
     ids: list[uuid.UUID] = await db.fetchval(
         sql["fail_jobs"],
@@ -155,6 +160,7 @@ async def _fail(
         [o.message for _, o in failed],
         [o.traceback for _, o in failed],
         [retry_delay(c, o, backoff) for c, o in failed],
+        timeout=timeout,
     )
     return ids
 

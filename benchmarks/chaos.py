@@ -1,0 +1,75 @@
+"""The chaos suite's scenarios (tests/chaos.py) at scale: two worker processes drain 20,000 jobs
+while a fault strikes; prints what became of the jobs, as a Markdown table.
+
+    python -m benchmarks.chaos [--jobs 20000] [--only terminate,crash,sigkill,blackhole,sigterm]
+
+lost: jobs never executed to the end; doubled: executions beyond the first (each execution
+appends a line to a file); recovery: seconds from the end of the fault until every surviving
+worker started jobs again (SIGKILL: until the killed worker's jobs were rescued; SIGTERM: until
+the stopped worker had exited).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import tempfile
+from pathlib import Path
+
+from tests.chaos import CONCURRENCY, SCENARIOS, TASK_SECONDS, WORKERS, ChaosResult, chaos_server, run_scenario
+
+
+def row(result: ChaosResult) -> str:
+    recovery = "-" if result.recovery is None else f"{result.recovery:.1f}"
+    others = {status: n for status, n in result.statuses.items() if status != "complete"}
+    notes = []
+    if others:
+        notes.append(", ".join(f"{n} {status}" for status, n in sorted(others.items())))
+    if result.rescue_failures:
+        notes.append(f"{result.rescue_failures} failed when rescued (the lost start used up retries=0)")
+    if result.dead_survivors:
+        notes.append(f"{result.dead_survivors} surviving workers died")
+    cells = (
+        result.scenario.fault,
+        f"{result.jobs:,}",
+        str(result.lost),
+        f"{result.doubled} (≤ {result.scenario.doubles_allowed})",
+        recovery,
+        f"{result.seconds:.0f}",
+        "; ".join(notes) or "ok",
+    )
+    return "| " + " | ".join(cells) + " |"
+
+
+async def run(jobs: int, keys: list[str], directory: Path) -> list[ChaosResult]:
+    results = []
+    with chaos_server() as server:
+        for scenario in SCENARIOS:
+            if scenario.key in keys:
+                results.append(await run_scenario(server, scenario, jobs, directory, time_limit=900))
+                print(row(results[-1]), flush=True)
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--jobs", type=int, default=20_000)
+    parser.add_argument("--only", default=",".join(s.key for s in SCENARIOS), help="scenarios, comma-separated")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.ERROR)  # deploy's warnings about the test tasks' definitions
+    print(
+        f"{WORKERS} worker processes at concurrency {CONCURRENCY}, jobs of asyncio.sleep({TASK_SECONDS}); "
+        "the fault strikes once a tenth of the jobs ran\n"
+    )
+    header = "| fault | jobs | lost | doubled (allowed) | recovery s | drain s | notes |\n|---|---|---|---|---|---|---|"
+    print(header, flush=True)
+    with tempfile.TemporaryDirectory(prefix="jobmaster-chaos-") as directory:
+        results = asyncio.run(run(args.jobs, args.only.split(","), Path(directory)))
+    print("\n" + header)
+    for result in results:
+        print(row(result))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,62 @@
+"""What an error says about the connection and the database: the statement failed (a plain SQL
+error: the connection is fine), the connection is lost or unusable (discard it), the database is
+away or busy for now (retry later), or none of these (a bug of ours, or of the caller).
+
+A terminated backend shows how much care this needs: it sends a FATAL message, then closes. The
+driver may report that message as the answer to the next statement (``AdminShutdownError``, a
+PostgresError, on a connection not yet marked closed), or be left waiting for the end of it and
+refuse the next statement with ``InternalClientError: cannot switch to state ...``, or report the
+closed connection. Each of these means: discard the connection, retry on a new one.
+"""
+
+from __future__ import annotations
+
+import asyncpg
+import asyncpg.exceptions as pgexc
+
+__all__ = ("connection_unusable", "database_fault", "server_not_ready")
+
+# SQLSTATEs (classes or codes) after which a connection must not be used again: connection
+# exceptions; admin shutdown, crash shutdown, cannot connect now, database dropped, idle session
+# timeout; read-only transaction (connected to a standby after a failover: a new connection may
+# reach the primary).
+_UNUSABLE_STATES = ("08", "57P", "25006")
+
+# SQLSTATEs that mean "busy or short of something now, try again later": transaction rollbacks
+# (serialization failure, deadlock), insufficient resources (too many connections, disk full, out
+# of memory), lock not available, statement cancelled, system errors (I/O), and the refusals a
+# server may give while it is being reconfigured or restored (authentication, unknown database).
+_TRANSIENT_STATES = ("40", "53", "55P03", "57014", "58", "28", "3D000")
+
+# Errors of the driver that say the connection broke or its protocol state went wrong; OSError
+# covers refused and reset connections, DNS failures and TLS errors (ssl.SSLError).
+_DRIVER_FAULTS = (OSError, TimeoutError, asyncpg.InterfaceError, pgexc.InternalClientError)
+
+
+def _sqlstate(exc: asyncpg.PostgresError) -> str:
+    return getattr(exc, "sqlstate", None) or ""
+
+
+def connection_unusable(exc: BaseException) -> bool:
+    """Must the connection that raised ``exc`` be discarded? Yes for anything but a plain SQL
+    error of its own statement: an interruption (cancellation, timeout) leaves it mid-statement,
+    and a FATAL message means the server is closing it."""
+    if not isinstance(exc, asyncpg.PostgresError):
+        return True
+    return _sqlstate(exc).startswith(_UNUSABLE_STATES) or getattr(exc, "severity", None) in ("FATAL", "PANIC")
+
+
+def database_fault(exc: BaseException) -> bool:
+    """Is ``exc`` the database (or the network) failing for now, to be retried with backoff,
+    rather than an error of the statement or a bug?"""
+    if isinstance(exc, asyncpg.PostgresError):
+        return connection_unusable(exc) or _sqlstate(exc).startswith(_TRANSIENT_STATES)
+    if isinstance(exc, asyncpg.InterfaceError) and isinstance(exc, ValueError):
+        return False  # the driver's DataError (an argument it cannot encode), ClientConfigurationError
+    return isinstance(exc, _DRIVER_FAULTS)
+
+
+def server_not_ready(exc: BaseException) -> bool:
+    """A server not started yet (refused, or no unix socket yet) or starting up: worth waiting
+    for at start-up, unlike a wrong address, password or database name."""
+    return isinstance(exc, ConnectionRefusedError | FileNotFoundError | pgexc.CannotConnectNowError)
