@@ -48,6 +48,7 @@ class Job:
     status: str
     attempts: int = 0
     max_attempts: int = 1
+    rescues: int = 0
     result: Any = None
     message: str | None = None
     error_type: str | None = None
@@ -82,6 +83,7 @@ class Job:
             status=row["status"],
             attempts=row["attempts"],
             max_attempts=row["max_attempts"],
+            rescues=row["rescues"],
             result=row["result"],
             message=row["message"],
             error_type=row["error_type"],

@@ -159,6 +159,7 @@ class TaskDefinition:
     process_limit: int | None = None
     write_all: tuple[str, ...] = ()
     retries: int = 0
+    rescues: int = 3
     timeout: float | None = None
     executor: Executor = "thread"
     is_async: bool = False
@@ -183,6 +184,7 @@ class TaskDefinition:
             "process_units": self.process_units,
             "process_limit": self.process_limit,
             "retries": self.retries,
+            "rescues": self.rescues,
             "timeout": self.timeout,
             "executor": "async" if self.is_async else self.executor,
             "description": self.description,
@@ -240,6 +242,7 @@ def task(
     write_all: str | Sequence[str] | None = None,
     dependencies: Dependency | Iterable[Dependency] | None = None,
     retries: int = 0,
+    rescues: int = 3,
     timeout: float | None = None,
     executor: Executor = "thread",
 ) -> Callable[[F], F]: ...
@@ -256,6 +259,7 @@ def task(
     write_all: str | Sequence[str] | None = None,
     dependencies: Dependency | Iterable[Dependency] | None = None,
     retries: int = 0,
+    rescues: int = 3,
     timeout: float | None = None,
     executor: Executor = "thread",
 ) -> F | Callable[[F], F]:
@@ -274,6 +278,7 @@ def task(
             write_all=write_all,
             dependencies=dependencies,
             retries=retries,
+            rescues=rescues,
             timeout=timeout,
             executor=executor,
         )
@@ -301,6 +306,7 @@ def _define(
     write_all: str | Sequence[str] | None,
     dependencies: Dependency | Iterable[Dependency] | None,
     retries: int,
+    rescues: int,
     timeout: float | None,
     executor: str,
 ) -> TaskDefinition:
@@ -317,6 +323,7 @@ def _define(
     if process_limit is not None:
         _check_int(label, "process_limit", process_limit, minimum=1)
     _check_int(label, "retries", retries, minimum=0)
+    _check_int(label, "rescues", rescues, minimum=0)
     if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout <= 0):
         raise TaskDefinitionError(f"task {label}: timeout must be a number of seconds > 0, got {timeout!r}")
     if executor not in ("thread", "process"):
@@ -339,6 +346,7 @@ def _define(
         process_limit=process_limit,
         write_all=all_params,
         retries=retries,
+        rescues=rescues,
         timeout=float(timeout) if timeout is not None else None,
         executor=executor,  # type: ignore[arg-type]
         is_async=is_async,

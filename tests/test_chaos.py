@@ -35,11 +35,5 @@ async def test_chaos(server: TemporaryServer, scenario: Scenario, tmp_path: Path
     assert result.dead_survivors == 0, logs
     assert result.left_running == 0, (result.statuses, logs)
     assert result.doubled <= scenario.doubles_allowed, logs
-    if result.rescue_failures and result.rescue_failures == result.statuses.get("failed"):
-        pytest.xfail(
-            f"{result.rescue_failures} jobs of the killed worker failed instead of running again: on this "
-            "branch a rescue still uses up `retries` (0 here); the new rule (a lost worker does not use up "
-            "retries, `rescues`, default 3) is the SQL change being made on main"
-        )
     assert result.statuses == {"complete": JOBS}, logs
     assert result.lost == 0

@@ -77,6 +77,7 @@ async def deploy_schema(
                         r["timeout"],
                         r["executor"],
                         r["description"],
+                        r["rescues"],
                     )
                     for r in rows
                 ],

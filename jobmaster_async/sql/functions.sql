@@ -1170,15 +1170,22 @@ BEGIN
                 OR NOT EXISTS (SELECT 1 FROM {schema}.workers AS w WHERE w.worker_id = j.worker_id))
            FOR NO KEY UPDATE OF j SKIP LOCKED
     ),
+    -- put back without using up retries (the lost start gets an attempt of its own), up to the
+    -- task's rescues; the next loss fails the job (a poison job stops there)
     rescued AS (
         UPDATE {schema}.jobs AS j
-           SET status = CASE WHEN j.attempts < j.max_attempts THEN 'waiting' ELSE 'failed' END,
-               finished_at = CASE WHEN j.attempts < j.max_attempts THEN NULL ELSE now() END,
+           SET status = CASE WHEN j.rescues < t.rescues THEN 'waiting' ELSE 'failed' END,
+               finished_at = CASE WHEN j.rescues < t.rescues THEN NULL ELSE now() END,
+               max_attempts = j.max_attempts + CASE WHEN j.rescues < t.rescues THEN 1 ELSE 0 END,
+               rescues = j.rescues + 1,
                run_after = now(),
-               message = format('worker %s lost (heartbeat lapsed) during attempt %s',
-                                j.worker_id, j.attempts)
-          FROM lost AS l
-         WHERE j.job_id = l.job_id
+               message = CASE WHEN j.rescues < t.rescues
+                              THEN format('worker %s lost (heartbeat lapsed) during attempt %s; put back (rescue %s of %s)',
+                                          j.worker_id, j.attempts, j.rescues + 1, t.rescues)
+                              ELSE format('worker %s lost (heartbeat lapsed) during attempt %s; failed: its worker was lost %s times (rescues=%s)',
+                                          j.worker_id, j.attempts, j.rescues + 1, t.rescues) END
+          FROM lost AS l, {schema}.tasks AS t
+         WHERE j.job_id = l.job_id AND t.task_id = j.task_id
         RETURNING j.job_id, j.status
     )
     SELECT count(*)::int, coalesce(array_agg(r.job_id) FILTER (WHERE r.status = 'failed'), '{}')

@@ -138,14 +138,14 @@ SELECT task_id, type_key, task_key FROM {schema}.tasks
 -- name: get_job
 SELECT j.job_id, t.type_key, t.task_key, j.priority, j.arguments, j.status, j.attempts,
        j.max_attempts, j.result, j.message, j.error_type, j.traceback, j.is_parent,
-       j.created_at, j.started_at, j.finished_at, j.run_after, j.worker_id
+       j.created_at, j.started_at, j.finished_at, j.run_after, j.worker_id, j.rescues
   FROM {schema}.jobs AS j JOIN {schema}.tasks AS t ON t.task_id = j.task_id
  WHERE j.job_id = $1
 
 -- name: list_jobs
 SELECT j.job_id, t.type_key, t.task_key, j.priority, j.arguments, j.status, j.attempts,
        j.max_attempts, j.result, j.message, j.error_type, j.traceback, j.is_parent,
-       j.created_at, j.started_at, j.finished_at, j.run_after, j.worker_id
+       j.created_at, j.started_at, j.finished_at, j.run_after, j.worker_id, j.rescues
   FROM {schema}.jobs AS j JOIN {schema}.tasks AS t ON t.task_id = j.task_id
  WHERE ($1::text IS NULL OR j.status = $1)
    AND ($2::text IS NULL OR t.type_key = $2)
@@ -174,14 +174,14 @@ SELECT type_key, task_key, parameters, dependencies FROM {schema}.tasks
 -- name: upsert_task
 INSERT INTO {schema}.tasks AS t (type_key, task_key, parameters, write_all, dependencies,
                                  process_units, process_limit, retries, timeout, executor,
-                                 description)
-VALUES ($1, $2, $3::text::jsonb, $4, $5::text::jsonb, $6, $7, $8, $9, $10, $11)
+                                 description, rescues)
+VALUES ($1, $2, $3::text::jsonb, $4, $5::text::jsonb, $6, $7, $8, $9, $10, $11, $12)
 ON CONFLICT (type_key, task_key) DO UPDATE
    SET parameters = excluded.parameters, write_all = excluded.write_all,
        dependencies = excluded.dependencies, process_units = excluded.process_units,
        process_limit = excluded.process_limit, retries = excluded.retries,
        timeout = excluded.timeout, executor = excluded.executor,
-       description = excluded.description, updated_at = pg_catalog.now()
+       description = excluded.description, rescues = excluded.rescues, updated_at = pg_catalog.now()
 
 -- name: mark_dependency_targets
 WITH
