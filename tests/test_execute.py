@@ -142,16 +142,25 @@ async def test_fencing_drops_a_rescued_jobs_late_result(jm: JobMaster, dsn: str,
         await other.close()
 
 
-async def test_rescue_fails_a_job_whose_attempts_are_used_up(jm: JobMaster, conn: asyncpg.Connection) -> None:
-    job_id = await jm.insert_job("tasks_for_tests", "add", 1, {"a": 1})  # retries=0: one start only
-    job = await jm.pop_job()
-    assert job is not None
+async def test_rescue_puts_back_without_using_retries_until_rescues_run_out(
+    jm: JobMaster, conn: asyncpg.Connection
+) -> None:
+    """retries=0, rescues=3 (the default): three lost workers put the job back, the fourth fails
+    it; a late outcome of a rescued attempt is fenced out; attempts never decrease."""
+    job_id = await jm.insert_job("tasks_for_tests", "add", 1, {"a": 1})
     schema = quote_identifier(jm.schema)
-    await conn.execute(f"UPDATE {schema}.workers SET heartbeat_at = now() - interval '1 hour'")
-    assert await conn.fetchval(f"SELECT {schema}.rescue_jobs()") == 1
-    stored = await jm.get_job(job_id)
-    assert stored is not None and stored.status == "failed" and "lost" in (stored.message or "")
-    await job.execute()  # fenced out
+    late = None
+    for loss in range(1, 5):
+        job = await jm.pop_job()
+        assert job is not None and job.job_id == job_id and job.attempts == loss
+        late = late or job
+        await conn.execute(f"UPDATE {schema}.workers SET heartbeat_at = now() - interval '1 hour'")
+        assert await conn.fetchval(f"SELECT {schema}.rescue_jobs()") == 1
+        stored = await jm.get_job(job_id)
+        assert stored is not None and stored.rescues == loss and stored.attempts == loss
+        assert stored.status == ("waiting" if loss <= 3 else "failed"), stored.message
+        assert ("put back" if loss <= 3 else "lost 4 times") in (stored.message or "")
+    await late.execute()  # type: ignore[union-attr]  # fenced out
     stored = await jm.get_job(job_id)
     assert stored is not None and stored.status == "failed"
 
