@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import importlib
 import logging
+import math
 import os
 import socket
 import time
@@ -48,9 +49,6 @@ DEFAULT_SYSTEM_PROCESS_UNITS = 10_000
 
 #: Seconds a worker waits at start-up for a server that refuses connections (not started yet).
 STARTUP_WAIT = 10.0
-
-#: Running jobs read at most when reconciling after an outage (more than any fleet runs at once).
-HELD_JOBS_LIMIT = 100_000
 
 
 def _refusal(exc: asyncpg.PostgresError) -> JobMasterError:
@@ -95,6 +93,7 @@ class JobMaster:
         heartbeat_lapse: float = 30.0,
         poll_interval: float = 5.0,
         connection_timeout: float | None = None,
+        rescue_interval: float | None = None,
     ) -> None:
         if db_engine is None:
             db_engine = os.environ.get("JOBMASTER_DSN")
@@ -125,6 +124,12 @@ class JobMaster:
         self.connection_timeout = heartbeat_lapse / 2 if connection_timeout is None else connection_timeout
         if self.connection_timeout <= 0:
             raise ConfigurationError(f"connection_timeout must be > 0, got {self.connection_timeout}")
+        #: how often a worker (run_forever, or pop_job/run) looks for jobs of workers whose
+        #: heartbeat lapsed and puts them back: a lost job waits at most heartbeat_lapse plus this
+        self.rescue_interval = heartbeat_lapse / 2 if rescue_interval is None else rescue_interval
+        if self.rescue_interval <= 0:
+            raise ConfigurationError(f"rescue_interval must be > 0, got {self.rescue_interval}")
+        self._last_rescue = -math.inf
         self.worker_id = uuid.uuid4()
         self.node = socket.gethostname()
 
@@ -342,7 +347,13 @@ class JobMaster:
 
     async def pop_job(self) -> Job | None:
         """Claims the next runnable job (highest priority, then oldest) of a task registered in
-        this process; ``await job.execute()`` runs it. The worker heartbeats until then."""
+        this process; ``await job.execute()`` runs it. The worker heartbeats until then. Every
+        ``rescue_interval`` it first puts back the jobs of workers whose heartbeat lapsed, so that
+        deployments that only pop (a cron script) recover lost jobs too."""
+        if time.monotonic() - self._last_rescue >= self.rescue_interval:
+            self._last_rescue = time.monotonic()
+            if rescued := await self.rescue_lost_jobs():
+                logger.warning("rescued %d jobs of workers whose heartbeat lapsed", rescued)
         claims = await self.claim(1, self.system_process_units - self._units_in_use)
         if not claims:
             return None
@@ -402,10 +413,15 @@ class JobMaster:
     async def held_jobs(self) -> list[tuple[uuid.UUID, int]]:
         """(job id, attempts) of the jobs the database says this worker holds (running)."""
         pool = await self.pool()
-        rows = await pool.fetch(
-            self.sql["list_jobs"], JobStatus.RUNNING.value, None, None, HELD_JOBS_LIMIT, timeout=self.connection_timeout
-        )
-        return [(row["job_id"], row["attempts"]) for row in rows if row["worker_id"] == self.worker_id]
+        rows = await pool.fetch(self.sql["held_jobs"], self.worker_id, timeout=self.connection_timeout)
+        return [(row["job_id"], row["attempts"]) for row in rows]
+
+    async def rescue_lost_jobs(self) -> int:
+        """Puts back (or fails, past their task's ``rescues``) the running jobs of workers whose
+        heartbeat lapsed; returns how many."""
+        pool = await self.pool()
+        rescued: int = await pool.fetchval(self.sql["rescue_jobs"], timeout=self.connection_timeout)
+        return rescued
 
     def _start_heartbeat(self) -> None:
         if self._heartbeat is None:
@@ -443,7 +459,7 @@ class JobMaster:
             poll_interval=self.poll_interval,
             heartbeat_interval=self.heartbeat_interval,
             heartbeat_lapse=self.heartbeat_lapse,
-            rescue_interval=self.heartbeat_lapse / 2,
+            rescue_interval=self.rescue_interval,
             connection_timeout=self.connection_timeout,
             handle_signals=handle_signals,
         )

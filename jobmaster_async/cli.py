@@ -139,6 +139,11 @@ def main(ctx: click.Context, dsn: str | None, schema: str, verbose: int) -> None
     help="Deadline in seconds of each round trip to the database, and about how soon a vanished server is noticed "
     "[default: half the heartbeat lapse].",
 )
+@click.option(
+    "--rescue-interval",
+    type=float,
+    help="Seconds between looks for jobs of workers whose heartbeat lapsed [default: half the heartbeat lapse].",
+)
 @pass_settings
 def worker(
     settings: Settings,
@@ -152,6 +157,7 @@ def worker(
     heartbeat_interval: float,
     heartbeat_lapse: float,
     connection_timeout: float | None,
+    rescue_interval: float | None,
 ) -> None:
     """Run jobs of the given task modules until SIGTERM/SIGINT (graceful).
 
@@ -174,6 +180,7 @@ def worker(
         "heartbeat_interval": heartbeat_interval,
         "heartbeat_lapse": heartbeat_lapse,
         "connection_timeout": connection_timeout,
+        "rescue_interval": rescue_interval,
     }
     _call(settings, run, apps, **options)
 
@@ -313,11 +320,16 @@ def show(settings: Settings, job_id: str) -> None:
         for dep in deps:
             console.print(f"  {dep['job_id']} {dep['type_key']}.{dep['task_key']} {dep['status']}")
     table = Table(title="history")
-    for column in ("at", "status", "node", "pid", "message"):
+    for column in ("at", "status", "reason", "node", "pid", "message"):
         table.add_column(column)
     for event in history:
         table.add_row(
-            str(event["at"]), event["status"], event["node"] or "", str(event["pid"] or ""), event["message"] or ""
+            str(event["at"]),
+            event["status"],
+            event["reason"] or "",
+            event["node"] or "",
+            str(event["pid"] or ""),
+            event["message"] or "",
         )
     console.print(table)
 

@@ -174,7 +174,9 @@ async def test_grace_period_over_puts_jobs_back(idle_jm: JobMaster, conn: asyncp
     async with worker(idle_jm, concurrency=2, grace_period=0.1):
         await idle_jm.claimed.wait_for(1)
     job = await idle_jm.get_job(job_id)
-    assert job is not None and job.status == "waiting" and job.attempts == 0
+    # the start stays counted (fencing) and is given back: no retry used up
+    assert job is not None and job.status == "waiting" and (job.attempts, job.max_attempts) == (1, 2)
+    assert [event["reason"] for event in await idle_jm.history(job_id)] == ["inserted", "claimed", "released"]
     assert await conn.fetchval(f"SELECT count(*) FROM {quote_identifier(idle_jm.schema)}.workers") == 0
 
 

@@ -266,3 +266,55 @@ def test_sync_facade_run_forever_and_stop(dsn: str, schema_name: str) -> None:
         import asyncio
 
         asyncio.run(drop_schema(dsn, schema_name))
+
+
+async def _reasons(jm: JobMaster, job_id: uuid.UUID) -> list[tuple[str, str]]:
+    return [(event["status"], event["reason"]) for event in await jm.history(job_id)]
+
+
+async def test_history_says_why_each_status_changed(jm: JobMaster) -> None:
+    flaky = await jm.insert_job("tasks_for_tests", "flaky", 1, {"key": "why"})
+    dependent = await jm.insert_job("tasks_for_tests", "doubled", 1, {"n": 4})
+    cancelled = await jm.insert_job("tasks_for_tests", "add", 1, {"a": 2})
+    assert await jm.cancel(cancelled)
+    await jm.run()
+    assert await _reasons(jm, flaky) == [
+        ("waiting", "inserted"),
+        *[("running", "claimed"), ("waiting", "retried")] * 2,
+        ("running", "claimed"),
+        ("failed", "failed"),
+    ]
+    assert await _reasons(jm, dependent) == [
+        ("blocked", "inserted"),
+        ("waiting", "unblocked"),
+        ("running", "claimed"),
+        ("complete", "completed"),
+    ]
+    await jm.retry(cancelled)
+    assert await _reasons(jm, cancelled) == [
+        ("waiting", "inserted"),
+        ("cancelled", "cancelled"),
+        ("waiting", "requeued"),
+    ]
+
+
+async def test_pop_job_rescues_jobs_of_lost_workers(jm: JobMaster, dsn: str, conn: asyncpg.Connection) -> None:
+    """A deployment that only pops (a cron script running run()) recovers a lost worker's jobs."""
+    job_id = await jm.insert_job("tasks_for_tests", "add", 1, {"a": 5})
+    lost = await jm.pop_job()
+    assert lost is not None
+    await conn.execute(f"UPDATE {quote_identifier(jm.schema)}.workers SET heartbeat_at = now() - interval '1 hour'")
+    other = JobMaster(dsn, schema=jm.schema)
+    try:
+        assert await other.run() == 1
+    finally:
+        await other.close()
+    job = await jm.get_job(job_id)
+    assert job is not None and job.status == "complete" and (job.attempts, job.rescues) == (2, 1)
+    assert [reason for _, reason in await _reasons(jm, job_id)] == [
+        "inserted",
+        "claimed",
+        "rescued",
+        "claimed",
+        "completed",
+    ]

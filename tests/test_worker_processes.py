@@ -109,7 +109,9 @@ async def test_sigterm_puts_thread_jobs_back_just_before_exit(jm: JobMaster, dsn
         assert process.wait(30) == 0
     for job_id in ids:
         job = await jm.get_job(job_id)
-        assert job is not None and job.status == "waiting" and job.attempts == 0
+        assert job is not None and job.status == "waiting" and job.rescues == 0
+        assert job.max_attempts - job.attempts == 1  # the start is given back: no retry used up
+        assert (await jm.history(job_id))[-1]["reason"] == "released"
     gate.touch()
     with worker_process(dsn, jm.schema, "--concurrency", "4"):
         await until(lambda: finished(jm, 4), "the jobs put back to run")

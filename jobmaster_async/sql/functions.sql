@@ -1059,8 +1059,8 @@ BEGIN
     ),
     -- the history: a 'complete' event per job
     logged AS (
-        INSERT INTO {schema}.job_events (job_id, status, worker_id, node, pid, message)
-        SELECT d.job_id, 'complete', p_worker, w.node, w.pid, d.message
+        INSERT INTO {schema}.job_events (job_id, status, reason, worker_id, node, pid, message)
+        SELECT d.job_id, 'complete', 'completed', p_worker, w.node, w.pid, d.message
           FROM done AS d, {schema}._event_origin(p_worker) AS w
     )
     SELECT coalesce(array_agg(d.job_id), '{}'), coalesce(bool_or(t.process_limit IS NOT NULL), false)
@@ -1117,12 +1117,14 @@ BEGIN
 END $$;
 
 
--- Puts running jobs of a worker back to waiting (graceful shutdown), without counting the attempt.
+-- Puts running jobs of a worker back to waiting (graceful shutdown). The start stays counted in
+-- attempts (it never decreases: fencing) and is given back through max_attempts, so a release
+-- uses up no retry.
 CREATE OR REPLACE FUNCTION {schema}.release_jobs(p_worker uuid, p_ids uuid[], p_attempts int[])
 RETURNS int LANGUAGE sql {entry_point} AS $$
     WITH released AS (
         UPDATE {schema}.jobs AS j
-           SET status = 'waiting', worker_id = NULL, attempts = j.attempts - 1, started_at = NULL,
+           SET status = 'waiting', worker_id = NULL, max_attempts = j.max_attempts + 1, started_at = NULL,
                run_after = now(), message = 'released by a worker shutting down'
          WHERE j.job_id = ANY (p_ids)  -- held by this worker: see complete_jobs
            AND j.status IS NOT DISTINCT FROM 'running' AND j.worker_id IS NOT DISTINCT FROM p_worker
@@ -1232,8 +1234,8 @@ BEGIN
 END $$;
 
 
--- Queues a failed or cancelled job again (same id, attempts from zero, dependencies resolved
--- afresh). If an identical job is active, its id is returned instead.
+-- Queues a failed or cancelled job again (same id, its task's retries afresh, dependencies
+-- resolved afresh; attempts keeps counting, for fencing). If an identical job is active, its id is returned instead.
 CREATE OR REPLACE FUNCTION {schema}.retry_job(p_job_id uuid)
 RETURNS uuid LANGUAGE plpgsql {entry_point} AS $$
 DECLARE
@@ -1283,7 +1285,7 @@ BEGIN
 
     UPDATE {schema}.jobs
        SET status = v_status,
-           attempts = 0, max_attempts = v_task.retries + 1, run_after = now(),
+           max_attempts = v_job.attempts + v_task.retries + 1, run_after = now(),
            started_at = NULL, finished_at = CASE WHEN v_failure IS NOT NULL THEN now() END,
            worker_id = NULL, result = NULL, error_type = NULL, traceback = NULL,
            message = coalesce(v_failure, 'retried')
@@ -1324,8 +1326,8 @@ BEGIN
     IF current_setting('jobmaster.history_written', true) = 'on' THEN
         RETURN NULL;
     END IF;
-    INSERT INTO {schema}.job_events (job_id, status, node, pid, message)
-    SELECT n.job_id, n.status, w.node, w.pid, n.message
+    INSERT INTO {schema}.job_events (job_id, status, reason, node, pid, message)
+    SELECT n.job_id, n.status, 'inserted', w.node, w.pid, n.message
       FROM new_jobs AS n, {schema}._event_origin(NULL) AS w;
     IF EXISTS (SELECT 1 FROM new_jobs WHERE status = 'waiting') THEN
         PERFORM pg_notify({channel}, 'wake');
@@ -1346,17 +1348,28 @@ BEGIN
         RETURN NULL;
     END IF;
     WITH
-    -- rows whose status changed in this statement
+    -- rows whose status changed in this statement, and why (told apart by what else changed:
+    -- a rescue counts a rescue, a release gives the start back through max_attempts)
     changes AS (
         SELECT n.job_id, n.task_id, n.status, o.status AS old_status,
-               coalesce(n.worker_id, o.worker_id) AS worker_id, n.message
+               coalesce(n.worker_id, o.worker_id) AS worker_id, n.message,
+               CASE WHEN n.status = 'running' THEN 'claimed'
+                    WHEN n.status = 'complete' THEN 'completed'
+                    WHEN n.status = 'cancelled' THEN 'cancelled'
+                    WHEN n.status = 'failed' THEN 'failed'
+                    WHEN o.status = 'running' AND n.rescues > o.rescues THEN 'rescued'
+                    WHEN o.status = 'running' AND n.max_attempts > o.max_attempts THEN 'released'
+                    WHEN o.status = 'running' THEN 'retried'
+                    WHEN o.status = 'blocked' THEN 'unblocked'
+                    WHEN o.status IN ('failed', 'cancelled') THEN 'requeued'
+                    ELSE n.status END AS reason
           FROM new_jobs AS n JOIN old_jobs AS o ON o.job_id = n.job_id
          WHERE n.status <> o.status
     ),
     -- each change in the history, with the worker's node and pid (else the client's)
     logged AS (
-        INSERT INTO {schema}.job_events (job_id, status, worker_id, node, pid, message)
-        SELECT c.job_id, c.status, c.worker_id, w.node, w.pid, c.message
+        INSERT INTO {schema}.job_events (job_id, status, reason, worker_id, node, pid, message)
+        SELECT c.job_id, c.status, c.reason, c.worker_id, w.node, w.pid, c.message
           FROM changes AS c
          CROSS JOIN LATERAL {schema}._event_origin(c.worker_id) AS w
     )

@@ -39,8 +39,8 @@ inserted AS (
 ),
 -- the history: its 'waiting' event
 logged AS (
-    INSERT INTO {schema}.job_events (job_id, status, node, pid)
-    SELECT i.job_id, 'waiting', w.node, w.pid FROM inserted AS i, {schema}._event_origin(NULL) AS w
+    INSERT INTO {schema}.job_events (job_id, status, reason, node, pid)
+    SELECT i.job_id, 'waiting', 'inserted', w.node, w.pid FROM inserted AS i, {schema}._event_origin(NULL) AS w
 )
 SELECT i.job_id, pg_catalog.pg_notify({channel}, 'wake') FROM inserted AS i
 
@@ -88,8 +88,8 @@ claimed AS (
 ),
 -- the history: a 'running' event per job
 logged AS (
-    INSERT INTO {schema}.job_events (job_id, status, worker_id, node, pid)
-    SELECT c.job_id, 'running', $1, w.node, w.pid
+    INSERT INTO {schema}.job_events (job_id, status, reason, worker_id, node, pid)
+    SELECT c.job_id, 'running', 'claimed', $1, w.node, w.pid
       FROM claimed AS c, {schema}._event_origin($1) AS w
 )
 SELECT c.job_id, c.task_id, c.priority, c.arguments, c.attempts, c.max_attempts,
@@ -153,8 +153,13 @@ SELECT j.job_id, t.type_key, t.task_key, j.priority, j.arguments, j.status, j.at
  ORDER BY j.seq DESC
  LIMIT $4
 
+-- name: held_jobs
+-- The jobs the database says worker $1 holds: after an outage the dispatcher puts back those it
+-- does not know of (jobs_running_idx serves status = 'running')
+SELECT job_id, attempts FROM {schema}.jobs WHERE status = 'running' AND worker_id = $1
+
 -- name: job_events
-SELECT status, at, worker_id, node, pid, message
+SELECT status, reason, at, worker_id, node, pid, message
   FROM {schema}.job_events WHERE job_id = $1 ORDER BY event_id
 
 -- name: job_dependencies

@@ -63,6 +63,7 @@ class Backend(Protocol):
     async def beat(self) -> None: ...
     async def claimable_task_ids(self) -> list[int]: ...
     async def held_jobs(self) -> list[tuple[uuid.UUID, int]]: ...
+    async def rescue_lost_jobs(self) -> int: ...
     def discard_idle_connections(self) -> None: ...
 
 
@@ -402,14 +403,9 @@ class Dispatcher:
             await asyncio.sleep(self.settings.rescue_interval * random.uniform(0.5, 1.0))
             if time.monotonic() - self.backend.last_beat >= self.settings.heartbeat_lapse:
                 continue  # our own heartbeat lapsed (an outage): we would rescue our own jobs
-            rescued = await rescuing.run(self._rescue)
+            rescued = await rescuing.run(self.backend.rescue_lost_jobs)
             if rescued:
                 logger.warning("rescued %d jobs of workers whose heartbeat lapsed", rescued)
-
-    async def _rescue(self) -> int:
-        pool = await self.backend.pool()
-        rescued: int = await pool.fetchval(self.backend.sql["rescue_jobs"], timeout=self.settings.connection_timeout)
-        return rescued
 
     # -- signals ---------------------------------------------------------------------------------
 
