@@ -101,6 +101,17 @@ class UnreadableArguments(ValueError):
     """A job's stored arguments cannot be decoded here: it fails for good, alone."""
 
 
+class RaisedInThread(Exception):
+    """Carries a BaseException that is not an Exception (SystemExit, GeneratorExit, a
+    CancelledError of the task's own...) from a task's thread to the event loop. Set on a future
+    as it is, asyncio would throw it into the awaiting coroutines: a GeneratorExit thrown in closes
+    every coroutine between the future and the task instead of reaching our handler."""
+
+    def __init__(self, raised: BaseException) -> None:
+        super().__init__(repr(raised))
+        self.raised = raised
+
+
 class DaemonThreadPool:
     """A small pool of daemon threads that runs sync tasks and reports to the event loop."""
 
@@ -130,8 +141,10 @@ class DaemonThreadPool:
             loop, future, fn = self._queue.get()
             try:
                 result = fn()
-            except BaseException as exc:
+            except Exception as exc:
                 loop.call_soon_threadsafe(_settle_future, future, None, exc)
+            except BaseException as exc:
+                loop.call_soon_threadsafe(_settle_future, future, None, RaisedInThread(exc))
             else:
                 loop.call_soon_threadsafe(_settle_future, future, result, None)
             with self._lock:
@@ -216,17 +229,15 @@ async def _run_in_thread(
             if not future.cancelled():
                 future.exception()  # retrieved: what an abandoned run raises is of no interest
             return _timed_out(definition)
-    except asyncio.CancelledError as exc:
-        if not _cancelled_by_caller(exc):  # raised by the task's own code, in its thread
-            return Outcome.failure(exc)
+    except RaisedInThread as exc:  # SystemExit, KeyboardInterrupt... raised in the thread
+        return Outcome.failure(exc.raised)
+    except asyncio.CancelledError:  # the caller's: the task's own arrive as RaisedInThread
         if not future.done():
             flag.set()
             if on_abandon is not None:
                 on_abandon(future)
         raise
     except Exception as exc:
-        return Outcome.failure(exc)
-    except BaseException as exc:  # SystemExit, KeyboardInterrupt... raised in the thread
         return Outcome.failure(exc)
     return _success(definition, result)
 
