@@ -18,10 +18,9 @@ from typing import Any
 import asyncpg
 
 from .db.connection import DatabaseTarget, dsn_from, opener
-from .db.deploy import deploy_schema
 from .db.faults import database_fault, server_not_ready
-from .db.pool import Pool
 from .db.sql import Catalogue
+from .db.store import Store
 from .errors import (
     REFUSAL_SQLSTATE,
     ConfigurationError,
@@ -34,7 +33,6 @@ from .errors import (
 from .jobs import ACTIVE_STATUSES, Job, JobStatus, as_job_id
 from .storable import dumps_storable, unstorable_reason
 from .tasks import TaskDefinition, registry
-from .worker.claimer import Claimer
 from .worker.dispatcher import Dispatcher, DispatcherSettings
 from .worker.executors import DaemonThreadPool, Outcome, run_task
 from .worker.outage import Backoff
@@ -134,11 +132,10 @@ class JobMaster:
         self.node = socket.gethostname()
 
         self.threads = DaemonThreadPool(max_workers=32)
-        self._pool: Pool | None = None
         self._open = opener(self.dsn, self.connect_kwargs, self.connection_timeout)
         #: whether a connection ever opened: before, errors are fatal; after, a worker survives them
         self.connected = False
-        self.claimer = Claimer(self.sql, self.open_connection, self.pool, self.connection_timeout)
+        self.store = Store(self.sql, self.open_connection, pool_size, self.connection_timeout)
         self._definitions: dict[int, TaskDefinition] | None = None  # task_id -> definition
         self._registered = False
         self.last_beat = 0.0
@@ -158,25 +155,12 @@ class JobMaster:
 
     # -- lifecycle -------------------------------------------------------------------------------
 
-    async def pool(self) -> Pool:
-        """The connection pool (its connections open on first use)."""
-        if self._pool is None:
-            self._pool = Pool(self.open_connection, max_size=self.pool_size)
-        return self._pool
-
     async def open_connection(self) -> asyncpg.Connection:
         """A new connection (named after this process, with the JSON codecs and TCP keepalives),
         opened within ``connection_timeout``."""
         conn = await self._open()
         self.connected = True
         return conn
-
-    def discard_idle_connections(self) -> None:
-        """Closes the connections not in use (a fault cut them too, most likely, though the
-        driver may not know it yet); they reopen on demand."""
-        if self._pool is not None:
-            self._pool.discard_idle()
-        self.claimer.discard_idle()
 
     async def connect(self, wait: float = STARTUP_WAIT) -> None:
         """Start-up: opens a first connection, waiting up to ``wait`` seconds for a server that
@@ -185,11 +169,10 @@ class JobMaster:
         connection has opened: from then on a worker survives every database fault."""
         if self.connected:
             return
-        pool = await self.pool()
         deadline, backoff = time.monotonic() + wait, Backoff(first=0.2, cap=2.0)
         while True:
             try:
-                async with pool.acquire():
+                async with self.store.acquire():
                     return
             except Exception as exc:
                 delay = backoff.delay()
@@ -205,14 +188,8 @@ class JobMaster:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._heartbeat
             self._heartbeat = None
-        await self.claimer.close()
-        if self._pool is not None:
-            pool, self._pool = self._pool, None
-            if self._registered and self._popped == 0:
-                with contextlib.suppress(Exception):
-                    await pool.execute(self.sql["remove_worker"], self.worker_id)
-            self._registered = False
-            await pool.close()
+        await self.store.close(self.worker_id if self._registered and self._popped == 0 else None)
+        self._registered = False
 
     async def __aenter__(self) -> JobMaster:
         return self
@@ -228,9 +205,7 @@ class JobMaster:
         """Creates or migrates the schema and writes this process's task definitions. Idempotent
         and safe to run from several processes at once. ``_reset=True`` drops every job first;
         ``prune=True`` removes task definitions no longer registered here (and idle)."""
-        pool = await self.pool()
-        async with pool.acquire() as conn:
-            await deploy_schema(conn, self.sql, registry, reset=_reset, prune=prune)
+        await self.store.deploy(registry, reset=_reset, prune=prune)
         self._definitions = None
         if _reset:
             self._registered = False
@@ -244,15 +219,11 @@ class JobMaster:
         identical job already waiting, blocked or running."""
         _check_insert(type_key, task_key, priority)
         arguments_json = _as_json(f"{type_key}.{task_key}", arguments)
-        pool = await self.pool()
         # the common case in one plain statement; dependencies, "ALL", twins and refusals: in full
-        job_id: uuid.UUID | None = await pool.fetchval(
-            self.sql["insert_job_fast"], type_key, task_key, priority, arguments_json
-        )
+        job_id = await self.store.insert_job_fast(type_key, task_key, priority, arguments_json)
         if job_id is None:
             with _refusals_as_errors():
-                job_id = await pool.fetchval(self.sql["insert_job"], type_key, task_key, priority, arguments_json)
-        assert job_id is not None
+                job_id = await self.store.insert_job(type_key, task_key, priority, arguments_json)
         return job_id
 
     async def insert_jobs(
@@ -270,18 +241,15 @@ class JobMaster:
                 f"{type(arguments).__name__} (use insert_job for one job)"
             )
         batch = _as_json_array(f"{type_key}.{task_key}", list(arguments))
-        pool = await self.pool()
         with _refusals_as_errors():
-            ids: list[uuid.UUID] = await pool.fetchval(self.sql["insert_jobs"], type_key, task_key, priority, batch)
-        return ids
+            return await self.store.insert_jobs(type_key, task_key, priority, batch)
 
     # -- claiming and running --------------------------------------------------------------------
 
     async def definitions(self) -> dict[int, TaskDefinition]:
         """task_id -> definition, for the tasks registered here and deployed."""
         if self._definitions is None:
-            pool = await self.pool()
-            rows = await pool.fetch(self.sql["task_ids"], timeout=self.connection_timeout)
+            rows = await self.store.task_ids()
             found: dict[int, TaskDefinition] = {}
             for row in rows:
                 definition = registry.get(row["type_key"], row["task_key"])
@@ -312,15 +280,7 @@ class JobMaster:
 
     async def beat(self) -> None:
         """Records this worker's heartbeat (registering it on first use)."""
-        pool = await self.pool()
-        await pool.execute(
-            self.sql["heartbeat"],
-            self.worker_id,
-            self.node,
-            os.getpid(),
-            self.heartbeat_lapse,
-            timeout=self.connection_timeout,
-        )
+        await self.store.heartbeat(self.worker_id, self.node, os.getpid(), self.heartbeat_lapse)
         self._registered = True
         self.last_beat = time.monotonic()
 
@@ -331,7 +291,7 @@ class JobMaster:
             return []
         if not self._registered or time.monotonic() - self.last_beat > self.heartbeat_interval:
             await self.beat()  # a fresh heartbeat before holding jobs: never claimed by a 'dead' worker
-        rows = await self.claimer.claim(self.worker_id, task_ids, limit, units)
+        rows = await self.store.claim(self.worker_id, task_ids, limit, units)
         definitions = await self.definitions()
         return [
             Claim(
@@ -352,7 +312,7 @@ class JobMaster:
         deployments that only pop (a cron script) recover lost jobs too."""
         if time.monotonic() - self._last_rescue >= self.rescue_interval:
             self._last_rescue = time.monotonic()
-            if rescued := await self.rescue_lost_jobs():
+            if rescued := await self.store.rescue_jobs():
                 logger.warning("rescued %d jobs of workers whose heartbeat lapsed", rescued)
         claims = await self.claim(1, self.system_process_units - self._units_in_use)
         if not claims:
@@ -387,10 +347,7 @@ class JobMaster:
             self._popped -= 1
             if not recorded:  # cancelled: hand the job back rather than leave it running
                 with contextlib.suppress(Exception):
-                    pool = await self.pool()
-                    await asyncio.shield(
-                        pool.fetchval(self.sql["release_jobs"], self.worker_id, [claim.job_id], [claim.attempts])
-                    )
+                    await asyncio.shield(self.store.release_jobs(self.worker_id, [claim.job_id], [claim.attempts]))
             if self._popped == 0 and self._heartbeat is not None:
                 self._heartbeat.cancel()
                 self._heartbeat = None
@@ -405,23 +362,7 @@ class JobMaster:
 
     async def record(self, outcomes: Sequence[tuple[Claim, Outcome]]) -> set[uuid.UUID]:
         """Records outcomes of claimed jobs; returns the ids recorded (fencing drops the others)."""
-        pool = await self.pool()
-        return await record_outcomes(
-            pool, self.sql, self.worker_id, outcomes, self.retry_backoff, timeout=self.connection_timeout
-        )
-
-    async def held_jobs(self) -> list[tuple[uuid.UUID, int]]:
-        """(job id, attempts) of the jobs the database says this worker holds (running)."""
-        pool = await self.pool()
-        rows = await pool.fetch(self.sql["held_jobs"], self.worker_id, timeout=self.connection_timeout)
-        return [(row["job_id"], row["attempts"]) for row in rows]
-
-    async def rescue_lost_jobs(self) -> int:
-        """Puts back (or fails, past their task's ``rescues``) the running jobs of workers whose
-        heartbeat lapsed; returns how many."""
-        pool = await self.pool()
-        rescued: int = await pool.fetchval(self.sql["rescue_jobs"], timeout=self.connection_timeout)
-        return rescued
+        return await record_outcomes(self.store, self.worker_id, outcomes, self.retry_backoff)
 
     def _start_heartbeat(self) -> None:
         if self._heartbeat is None:
@@ -503,8 +444,7 @@ class JobMaster:
 
     async def get_job(self, job_id: uuid.UUID | str) -> Job | None:
         """The job with that id, or None."""
-        pool = await self.pool()
-        row = await pool.fetchrow(self.sql["get_job"], as_job_id(job_id))
+        row = await self.store.get_job(as_job_id(job_id))
         return Job.from_row(row) if row is not None else None
 
     async def jobs(
@@ -517,38 +457,30 @@ class JobMaster:
         """Jobs, newest first, optionally of one status and task."""
         if status is not None and status not in JobStatus.__members__.values():
             raise ValueError(f"unknown status {status!r}; one of {', '.join(JobStatus)}")
-        pool = await self.pool()
-        rows = await pool.fetch(self.sql["list_jobs"], status, type_key, task_key, limit)
+        rows = await self.store.list_jobs(status, type_key, task_key, limit)
         return [Job.from_row(row) for row in rows]
 
     async def counts(self) -> dict[str, int]:
         """How many jobs there are of each status."""
-        pool = await self.pool()
-        rows = await pool.fetch(self.sql["status_counts"])
-        return {row["status"]: row["count"] for row in rows}
+        return await self.store.status_counts()
 
     async def active_counts(self) -> dict[str, int]:
         """How many jobs are waiting, blocked and running: the queue's depth, read from indexes, so
         it stays cheap however many finished jobs the table keeps (``counts()`` reads them all)."""
-        pool = await self.pool()
-        [row] = await pool.fetch(self.sql["active_counts"])
-        return {"waiting": row["waiting"], "blocked": row["blocked"], "running": row["running"]}
+        return await self.store.active_counts()
 
     async def history(self, job_id: uuid.UUID | str) -> list[dict[str, Any]]:
-        """Every status change of a job: status, at, worker_id, node, pid, message."""
-        pool = await self.pool()
-        return [dict(row) for row in await pool.fetch(self.sql["job_events"], as_job_id(job_id))]
+        """Every status change of a job: status, reason, at, worker_id, node, pid, message."""
+        return await self.store.job_events(as_job_id(job_id))
 
     async def dependencies(self, job_id: uuid.UUID | str) -> list[dict[str, Any]]:
         """The jobs a job waits (or waited) for: job_id, type_key, task_key, status."""
-        pool = await self.pool()
-        return [dict(row) for row in await pool.fetch(self.sql["job_dependencies"], as_job_id(job_id))]
+        return await self.store.job_dependencies(as_job_id(job_id))
 
     async def cancel(self, job_id: uuid.UUID | str) -> bool:
         """Cancels a waiting, blocked or running job (its blocked dependents fail). Returns
         False when the job had already finished."""
-        pool = await self.pool()
-        before = await pool.fetchval(self.sql["cancel_job"], as_job_id(job_id))
+        before = await self.store.cancel_job(as_job_id(job_id))
         if before is None:
             raise JobNotFound(f"no job {job_id}")
         return before in ACTIVE_STATUSES
@@ -556,9 +488,8 @@ class JobMaster:
     async def retry(self, job_id: uuid.UUID | str) -> uuid.UUID:
         """Queues a failed or cancelled job again; returns its id, or the id of an identical job
         that is already active."""
-        pool = await self.pool()
         with _refusals_as_errors():
-            new_id: uuid.UUID | None = await pool.fetchval(self.sql["retry_job"], as_job_id(job_id))
+            new_id = await self.store.retry_job(as_job_id(job_id))
         if new_id is None:
             raise JobNotFound(f"no job {job_id}")
         return new_id
@@ -567,8 +498,7 @@ class JobMaster:
     async def connection(self) -> AsyncIterator[asyncpg.Connection]:
         """A pooled asyncpg connection (with the jsonb codec), for your own queries; its session
         state is reset when you are done with it."""
-        pool = await self.pool()
-        async with pool.acquire() as conn:
+        async with self.store.acquire() as conn:
             try:
                 yield conn
             finally:

@@ -160,11 +160,11 @@ async def test_a_limit_deployed_elsewhere_is_respected_by_a_running_worker(
     await lift_limits(jm, conn)
     await jm.insert_job("tasks_for_tests", "add", 1, {"a": 0})
     assert len(await jm.claim(5, 100)) == 1
-    assert jm.claimer.plain_claims == 1
+    assert jm.store.claimer.plain_claims == 1
     await conn.execute(f"UPDATE {quote_identifier(jm.schema)}.tasks SET process_limit = 2 WHERE task_key = 'add'")
     await jm.insert_jobs("tasks_for_tests", "add", 1, [{"a": 1}, {"a": 2}])
     assert len(await jm.claim(5, 100)) == 1  # one running already: one more
-    assert jm.claimer.plain_claims == 1  # claim_jobs() did
+    assert jm.store.claimer.plain_claims == 1  # claim_jobs() did
     assert await jm.counts() == {"running": 2, "waiting": 1}
 
 
@@ -176,12 +176,12 @@ async def test_a_claim_tells_when_the_next_job_falls_due(jm: JobMaster, conn: as
         job_id,
     )
     assert await jm.claim(5, 100) == []
-    assert jm.claimer.due_in_known
-    assert jm.claimer.due_in is not None and 3000 < jm.claimer.due_in <= 3600
+    assert jm.store.claimer.due_in_known
+    assert jm.store.claimer.due_in is not None and 3000 < jm.store.claimer.due_in <= 3600
     # the jobs a claim takes are not waiting any more: nothing else is due
     await conn.execute(f"UPDATE {quote_identifier(jm.schema)}.jobs SET run_after = now() WHERE job_id = $1", job_id)
     assert len(await jm.claim(5, 100)) == 1
-    assert jm.claimer.due_in_known and jm.claimer.due_in is None
+    assert jm.store.claimer.due_in_known and jm.store.claimer.due_in is None
 
 
 async def test_concurrent_pops_in_one_process_take_different_jobs(jm: JobMaster, conn: asyncpg.Connection) -> None:
@@ -202,7 +202,7 @@ async def test_claims_and_completions_write_their_own_history(jm: JobMaster, con
     bar = await jm.insert_job("nice_tasks", "bar", 1, {"file_path": "/dev/null", "number": 1})
     [foo] = await jm.dependencies(bar)
     job = await jm.pop_job()
-    assert job is not None and job.job_id == foo["job_id"] and jm.claimer.plain_claims == 1
+    assert job is not None and job.job_id == foo["job_id"] and jm.store.claimer.plain_claims == 1
     await job.execute()
     foo_history = await jm.history(foo["job_id"])
     assert [h["status"] for h in foo_history] == ["waiting", "running", "complete"]

@@ -40,7 +40,7 @@ async def test_concurrent_deploys(dsn: str, schema_name: str) -> None:
     masters = [JobMaster(dsn, schema=schema_name) for _ in range(5)]
     try:
         await asyncio.gather(*(m.deploy() for m in masters))
-        versions = await (await masters[0].pool()).fetch(
+        versions = await (await masters[0].store.pool()).fetch(
             f"SELECT version FROM {quote_identifier(schema_name)}.schema_version"
         )
         latest = Catalogue(schema_name).latest_version
@@ -52,7 +52,7 @@ async def test_concurrent_deploys(dsn: str, schema_name: str) -> None:
 
 
 async def test_refuses_a_newer_schema(jm: JobMaster) -> None:
-    pool = await jm.pool()
+    pool = await jm.store.pool()
     await pool.execute(f"INSERT INTO {quote_identifier(jm.schema)}.schema_version VALUES (9999, 'future')")
     with pytest.raises(SchemaVersionError, match="9999"):
         await jm.deploy()
@@ -63,7 +63,7 @@ async def test_fresh_install_equals_all_migrations(dsn: str, schema_name: str) -
     master = JobMaster(dsn, schema=schema_name)
     try:
         await master.deploy()
-        pool = await master.pool()
+        pool = await master.store.pool()
         first = await pool.fetch(
             "SELECT table_name, column_name, data_type FROM information_schema.columns "
             "WHERE table_schema = $1 ORDER BY 1, 2",

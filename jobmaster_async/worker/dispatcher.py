@@ -22,12 +22,9 @@ from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 import anyio
-import asyncpg
 
 from ..db.faults import database_fault
-from ..db.pool import Pool
-from ..db.sql import Catalogue
-from .claimer import Claimer
+from ..db.store import Store
 from .executors import DaemonThreadPool, Outcome, run_task
 from .outage import Outage, Service
 from .outcomes import Claim
@@ -50,21 +47,15 @@ SHUTDOWN_RETRY_SECONDS = 10.0
 class Backend(Protocol):
     """What the dispatcher needs from JobMaster."""
 
-    sql: Catalogue
+    store: Store
     worker_id: uuid.UUID
     threads: DaemonThreadPool
-    claimer: Claimer
     last_beat: float  # monotonic time of the last heartbeat recorded
 
-    async def pool(self) -> Pool: ...
-    async def open_connection(self) -> asyncpg.Connection: ...
     async def claim(self, limit: int, units: int) -> list[Claim]: ...
     async def record(self, outcomes: list[tuple[Claim, Outcome]]) -> set[uuid.UUID]: ...
     async def beat(self) -> None: ...
     async def claimable_task_ids(self) -> list[int]: ...
-    async def held_jobs(self) -> list[tuple[uuid.UUID, int]]: ...
-    async def rescue_lost_jobs(self) -> int: ...
-    def discard_idle_connections(self) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -139,7 +130,7 @@ class Dispatcher:
 
     def _suspect_connections(self) -> None:
         """An outage began: close the idle connections, ping the LISTEN one now."""
-        self.backend.discard_idle_connections()
+        self.backend.store.discard_idle_connections()
         self._check_listener.set()
 
     def _free_slots(self) -> tuple[int, int]:
@@ -157,7 +148,7 @@ class Dispatcher:
             "worker %s started (concurrency %d, schema %s)",
             self.backend.worker_id,
             self.settings.concurrency,
-            self.backend.sql.schema,
+            self.backend.store.sql.schema,
         )
         with self._signals_handled():
             try:
@@ -215,15 +206,7 @@ class Dispatcher:
     async def _idle_timeout(self) -> float:
         """The jittered safety poll, or sooner if a retry falls due before it."""
         timeout = self.settings.poll_interval * random.uniform(0.8, 1.2)
-        claimer = self.backend.claimer
-        if claimer.due_in_known:  # the last claim said it
-            seconds = claimer.due_in
-        else:
-            pool = await self.backend.pool()
-            task_ids = await self.backend.claimable_task_ids()
-            seconds = await pool.fetchval(
-                self.backend.sql["seconds_to_next_run"], task_ids, timeout=self.settings.connection_timeout
-            )
+        seconds = await self.backend.store.seconds_to_next_run(await self.backend.claimable_task_ids())
         if seconds is not None:
             timeout = min(timeout, max(seconds, 0.0) + 0.005)
         return timeout
@@ -241,7 +224,7 @@ class Dispatcher:
         not wait for the WAL flush); either would leave its job running for good, held by a worker
         that heartbeats. The dispatcher is the only claimer, and it is here, not claiming."""
         count = self.outage.ended.count
-        held = await self.backend.held_jobs()
+        held = await self.backend.store.held_jobs(self.backend.worker_id)
         unknown = [(job_id, attempts) for job_id, attempts in held if job_id not in self._held]
         if unknown:
             logger.warning(
@@ -314,14 +297,9 @@ class Dispatcher:
 
     async def _mark_abandoned(self, claim: Claim, thread: asyncio.Future[Any]) -> None:
         marking = Service(self.outage, "marking abandoned threads")
-        await marking.run(lambda: self._set_abandoned(claim, True))
+        await marking.run(lambda: self.backend.store.set_abandoned(claim.job_id, True))
         await asyncio.wait([thread])
-        await marking.run(lambda: self._set_abandoned(claim, False))
-
-    async def _set_abandoned(self, claim: Claim, abandoned: bool) -> None:
-        pool = await self.backend.pool()
-        sql = self.backend.sql["set_abandoned"]
-        await pool.execute(sql, claim.job_id, abandoned, timeout=self.settings.connection_timeout)
+        await marking.run(lambda: self.backend.store.set_abandoned(claim.job_id, False))
 
     def _spawn(self, coro: Awaitable[None]) -> None:
         task = asyncio.ensure_future(coro)
@@ -373,12 +351,12 @@ class Dispatcher:
         """LISTENs until the connection fails (it never returns). An idle connection is pinged,
         so that one cut without a reset is noticed within the connection timeout."""
         deadline = self.settings.connection_timeout / 2
-        conn = await self.backend.open_connection()
+        conn = await self.backend.store.open_connection()
         lost = self._check_listener
         conn.add_termination_listener(lambda _c: lost.set())
         try:
             async with asyncio.timeout(deadline):  # add_listener takes no timeout
-                await conn.add_listener(self.backend.sql.channel, self._on_notify)
+                await conn.add_listener(self.backend.store.sql.channel, self._on_notify)
             listening.ok()
             self._wake.set()  # catch up on anything notified while we were not listening
             while True:
@@ -403,7 +381,7 @@ class Dispatcher:
             await asyncio.sleep(self.settings.rescue_interval * random.uniform(0.5, 1.0))
             if time.monotonic() - self.backend.last_beat >= self.settings.heartbeat_lapse:
                 continue  # our own heartbeat lapsed (an outage): we would rescue our own jobs
-            rescued = await rescuing.run(self.backend.rescue_lost_jobs)
+            rescued = await rescuing.run(self.backend.store.rescue_jobs)
             if rescued:
                 logger.warning("rescued %d jobs of workers whose heartbeat lapsed", rescued)
 
@@ -452,9 +430,7 @@ class Dispatcher:
         for task in self._background:
             task.cancel()
         try:
-            pool = await self.backend.pool()
-            sql = self.backend.sql["remove_worker"]
-            await pool.execute(sql, self.backend.worker_id, timeout=self.settings.connection_timeout)
+            await self.backend.store.remove_worker(self.backend.worker_id)
         except Exception as exc:
             if not database_fault(exc):
                 raise
@@ -497,9 +473,7 @@ class Dispatcher:
 
     async def _release(self, job_ids: list[uuid.UUID], attempts: list[int]) -> None:
         """Puts jobs held by this worker back to waiting, their start not counted."""
-        pool = await self.backend.pool()
-        sql = self.backend.sql["release_jobs"]
-        await pool.fetchval(sql, self.backend.worker_id, job_ids, attempts, timeout=self.settings.connection_timeout)
+        await self.backend.store.release_jobs(self.backend.worker_id, job_ids, attempts)
         for job_id in job_ids:
             self._held.pop(job_id, None)
 

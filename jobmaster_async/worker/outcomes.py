@@ -10,8 +10,7 @@ from typing import Any
 
 import asyncpg
 
-from ..db.pool import Pool
-from ..db.sql import Catalogue
+from ..db.store import Store
 from ..tasks import TaskDefinition
 from .executors import Outcome
 
@@ -52,12 +51,7 @@ def _is_data_error(exc: asyncpg.PostgresError) -> bool:
 
 
 async def record_outcomes(
-    db: Pool | asyncpg.Connection,
-    sql: Catalogue,
-    worker_id: uuid.UUID,
-    outcomes: Sequence[tuple[Claim, Outcome]],
-    backoff: float,
-    timeout: float | None = None,
+    store: Store, worker_id: uuid.UUID, outcomes: Sequence[tuple[Claim, Outcome]], backoff: float
 ) -> set[uuid.UUID]:
     """Writes successes and failures (one statement each at most); returns the ids recorded.
     An id missing from the answer was no longer held by this worker and attempt (fencing).
@@ -69,13 +63,13 @@ async def record_outcomes(
     failed = [(c, o) for c, o in outcomes if not o.ok]
     recorded: set[uuid.UUID] = set()
     if done:
-        refused = await _record(db, sql, worker_id, done, backoff, _complete, recorded, timeout)
+        refused = await _record(store, worker_id, done, backoff, _complete, recorded)
         failed += [(c, _refused_outcome(c, exc)) for c, exc in refused]
     if failed:
-        refused = await _record(db, sql, worker_id, failed, backoff, _fail, recorded, timeout)
+        refused = await _record(store, worker_id, failed, backoff, _fail, recorded)
         if refused:
             last = [(c, _refused_outcome(c, exc)) for c, exc in refused]
-            for claim, exc in await _record(db, sql, worker_id, last, backoff, _fail, recorded, timeout):
+            for claim, exc in await _record(store, worker_id, last, backoff, _fail, recorded):
                 logger.error(
                     "the failure of job %s (%s) cannot be recorded: %s", claim.job_id, claim.definition.key, exc
                 )
@@ -91,26 +85,21 @@ async def record_outcomes(
     return recorded
 
 
-_Statement = Callable[
-    [Pool | asyncpg.Connection, Catalogue, uuid.UUID, Sequence[tuple[Claim, Outcome]], float, float | None],
-    Awaitable[list[uuid.UUID]],
-]
+_Statement = Callable[[Store, uuid.UUID, Sequence[tuple[Claim, Outcome]], float], Awaitable[list[uuid.UUID]]]
 
 
 async def _record(
-    db: Pool | asyncpg.Connection,
-    sql: Catalogue,
+    store: Store,
     worker_id: uuid.UUID,
     outcomes: Sequence[tuple[Claim, Outcome]],
     backoff: float,
     statement: _Statement,
     recorded: set[uuid.UUID],
-    timeout: float | None,
 ) -> list[tuple[Claim, asyncpg.PostgresError]]:
     """Runs ``statement`` for the outcomes, halving the batch around data errors; adds the ids
     recorded to ``recorded`` and returns the outcomes refused alone, with their errors."""
     try:
-        recorded.update(await statement(db, sql, worker_id, outcomes, backoff, timeout))
+        recorded.update(await statement(store, worker_id, outcomes, backoff))
         return []
     except asyncpg.PostgresError as exc:
         if not _is_data_error(exc):
@@ -119,40 +108,23 @@ async def _record(
             return [(outcomes[0][0], exc)]
     half = len(outcomes) // 2
     return [
-        *await _record(db, sql, worker_id, outcomes[:half], backoff, statement, recorded, timeout),
-        *await _record(db, sql, worker_id, outcomes[half:], backoff, statement, recorded, timeout),
+        *await _record(store, worker_id, outcomes[:half], backoff, statement, recorded),
+        *await _record(store, worker_id, outcomes[half:], backoff, statement, recorded),
     ]
 
 
 async def _complete(
-    db: Pool | asyncpg.Connection,
-    sql: Catalogue,
-    worker_id: uuid.UUID,
-    done: Sequence[tuple[Claim, Outcome]],
-    backoff: float,
-    timeout: float | None,
+    store: Store, worker_id: uuid.UUID, done: Sequence[tuple[Claim, Outcome]], backoff: float
 ) -> list[uuid.UUID]:
-    ids: list[uuid.UUID] = await db.fetchval(
-        sql["complete_jobs"],
-        worker_id,
-        [c.job_id for c, _ in done],
-        [c.attempts for c, _ in done],
-        [o.result_json for _, o in done],
-        timeout=timeout,
+    return await store.complete_jobs(
+        worker_id, [c.job_id for c, _ in done], [c.attempts for c, _ in done], [o.result_json for _, o in done]
     )
-    return ids
 
 
 async def _fail(
-    db: Pool | asyncpg.Connection,
-    sql: Catalogue,
-    worker_id: uuid.UUID,
-    failed: Sequence[tuple[Claim, Outcome]],
-    backoff: float,
-    timeout: float | None,
+    store: Store, worker_id: uuid.UUID, failed: Sequence[tuple[Claim, Outcome]], backoff: float
 ) -> list[uuid.UUID]:
-    ids: list[uuid.UUID] = await db.fetchval(
-        sql["fail_jobs"],
+    return await store.fail_jobs(
         worker_id,
         [c.job_id for c, _ in failed],
         [c.attempts for c, _ in failed],
@@ -160,9 +132,7 @@ async def _fail(
         [o.message for _, o in failed],
         [o.traceback for _, o in failed],
         [retry_delay(c, o, backoff) for c, o in failed],
-        timeout=timeout,
     )
-    return ids
 
 
 def _refused_outcome(claim: Claim, exc: asyncpg.PostgresError) -> Outcome:

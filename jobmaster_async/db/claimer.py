@@ -18,9 +18,9 @@ from collections.abc import Awaitable, Callable
 
 import asyncpg
 
-from ..db.faults import connection_unusable
-from ..db.pool import Connect, Pool, close_connection
-from ..db.sql import Catalogue
+from .faults import connection_unusable
+from .pool import Connect, Pool, close_connection
+from .sql import Catalogue
 
 __all__ = ("Claimer",)
 
