@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import importlib
 import logging
-import math
 import os
 import socket
 import time
@@ -18,7 +17,7 @@ from typing import Any
 import asyncpg
 
 from .db.connection import DatabaseTarget, dsn_from, opener
-from .db.faults import database_fault, server_not_ready
+from .db.faults import server_not_ready
 from .db.sql import Catalogue
 from .db.store import Store
 from .errors import (
@@ -35,7 +34,8 @@ from .storable import dumps_storable, unstorable_reason
 from .tasks import TaskDefinition, registry
 from .worker.dispatcher import Dispatcher, DispatcherSettings
 from .worker.executors import DaemonThreadPool, Outcome, run_task
-from .worker.outage import Backoff
+from .worker.maintenance import Maintenance, MaintenanceSettings
+from .worker.outage import Backoff, Outage
 from .worker.outcomes import Claim, record_outcomes
 from .worker.signals import Signal
 
@@ -127,7 +127,6 @@ class JobMaster:
         self.rescue_interval = heartbeat_lapse / 2 if rescue_interval is None else rescue_interval
         if self.rescue_interval <= 0:
             raise ConfigurationError(f"rescue_interval must be > 0, got {self.rescue_interval}")
-        self._last_rescue = -math.inf
         self.worker_id = uuid.uuid4()
         self.node = socket.gethostname()
 
@@ -136,6 +135,12 @@ class JobMaster:
         #: whether a connection ever opened: before, errors are fatal; after, a worker survives them
         self.connected = False
         self.store = Store(self.sql, self.open_connection, pool_size, self.connection_timeout)
+        self.maintenance = Maintenance(
+            MaintenanceSettings(self.heartbeat_interval, self.heartbeat_lapse, self.rescue_interval),
+            beat=self.beat,
+            rescue=self.store.rescue_jobs,
+            last_beat=lambda: self.last_beat,
+        )
         self._definitions: dict[int, TaskDefinition] | None = None  # task_id -> definition
         self._registered = False
         self.last_beat = 0.0
@@ -310,10 +315,7 @@ class JobMaster:
         this process; ``await job.execute()`` runs it. The worker heartbeats until then. Every
         ``rescue_interval`` it first puts back the jobs of workers whose heartbeat lapsed, so that
         deployments that only pop (a cron script) recover lost jobs too."""
-        if time.monotonic() - self._last_rescue >= self.rescue_interval:
-            self._last_rescue = time.monotonic()
-            if rescued := await self.store.rescue_jobs():
-                logger.warning("rescued %d jobs of workers whose heartbeat lapsed", rescued)
+        await self.maintenance.rescue_if_due()
         claims = await self.claim(1, self.system_process_units - self._units_in_use)
         if not claims:
             return None
@@ -366,17 +368,8 @@ class JobMaster:
 
     def _start_heartbeat(self) -> None:
         if self._heartbeat is None:
-            self._heartbeat = asyncio.create_task(self._heartbeat_loop(), name="jobmaster-heartbeat")
-
-    async def _heartbeat_loop(self) -> None:
-        while True:
-            await asyncio.sleep(self.heartbeat_interval)
-            try:
-                await self.beat()
-            except Exception as exc:
-                if not database_fault(exc):
-                    raise
-                logger.warning("heartbeat failed: %s", exc)
+            outage = Outage(self.outages, self.recoveries)
+            self._heartbeat = asyncio.create_task(self.maintenance.heartbeat_loop(outage), name="jobmaster-heartbeat")
 
     async def run_forever(
         self,
@@ -398,9 +391,6 @@ class JobMaster:
             system_process_units=self.system_process_units,
             grace_period=grace_period,
             poll_interval=self.poll_interval,
-            heartbeat_interval=self.heartbeat_interval,
-            heartbeat_lapse=self.heartbeat_lapse,
-            rescue_interval=self.rescue_interval,
             connection_timeout=self.connection_timeout,
             handle_signals=handle_signals,
         )

@@ -1,6 +1,8 @@
-"""The dispatcher behind ``run_forever``: claims jobs into free slots when woken by NOTIFY (or a
-slow safety poll), runs them, and records their outcomes in batches, next to a listener, a
-heartbeat and a rescuer. Graceful on stop, cancellation and SIGTERM.
+"""The dispatcher behind ``run_forever``: keeps the slots, claims jobs into free ones when woken
+(by the listener's NOTIFY, a slot freed, or a slow safety poll), runs them, and shuts down
+gracefully on stop, cancellation and SIGTERM. Its services run beside it: the listener
+(worker.listener), the recorder of outcomes (worker.recorder), heartbeat and rescue
+(worker.maintenance).
 
 It never dies of the database: every service retries database faults (db.faults) with backoff,
 and the worker reports an outage once (worker.outage). Only a bug of ours ends it, with its
@@ -17,7 +19,7 @@ import random
 import signal
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
@@ -26,17 +28,16 @@ import anyio
 from ..db.faults import database_fault
 from ..db.store import Store
 from .executors import DaemonThreadPool, Outcome, run_task
+from .listener import CancelJob, Listener, Notification
+from .maintenance import Maintenance
 from .outage import Outage, Service
 from .outcomes import Claim
+from .recorder import Recorder
 from .signals import Signal
 
 __all__ = ("Backend", "Dispatcher", "DispatcherSettings")
 
 logger = logging.getLogger(__name__)
-
-#: Outcomes recorded per statement at most: complete_jobs() finds each job's values in the batch
-#: arrays by position (array_position), so a statement's cost grows with the square of its batch.
-RECORD_BATCH = 100
 
 #: How long a stopping worker keeps trying to record outcomes and put jobs back while the
 #: database is away; past it, the rescuer of another worker puts them back once this one's
@@ -50,11 +51,10 @@ class Backend(Protocol):
     store: Store
     worker_id: uuid.UUID
     threads: DaemonThreadPool
-    last_beat: float  # monotonic time of the last heartbeat recorded
+    maintenance: Maintenance
 
     async def claim(self, limit: int, units: int) -> list[Claim]: ...
-    async def record(self, outcomes: list[tuple[Claim, Outcome]]) -> set[uuid.UUID]: ...
-    async def beat(self) -> None: ...
+    async def record(self, outcomes: Sequence[tuple[Claim, Outcome]]) -> set[uuid.UUID]: ...
     async def claimable_task_ids(self) -> list[int]: ...
 
 
@@ -64,9 +64,6 @@ class DispatcherSettings:
     system_process_units: int
     grace_period: float
     poll_interval: float
-    heartbeat_interval: float
-    heartbeat_lapse: float
-    rescue_interval: float
     connection_timeout: float
     handle_signals: bool
 
@@ -99,8 +96,9 @@ class Dispatcher:
         self.claimed = claimed
         self.finished = finished
         self._wake = asyncio.Event()  # set: claim now (NOTIFY, a slot freed, an outage ended)
-        self._check_listener = asyncio.Event()
         self.outage = Outage(outages, recoveries, on_begin=self._suspect_connections, on_end=self._wake.set)
+        self.listener = Listener(backend.store, self.outage, self._on_notification, settings.connection_timeout / 2)
+        self.recorder = Recorder(backend.record, self.outage, self._on_recorded)
         self._stopping = False
         self._stop_requested = asyncio.Event()
         self._exiting = asyncio.Event()  # the process ends after this run: threads cannot be waited for
@@ -109,9 +107,6 @@ class Dispatcher:
         self._user_cancelled: set[uuid.UUID] = set()
         self._held_slots = 0  # slots of abandoned threads still running
         self._held_units = 0
-        self._outcomes: list[tuple[Claim, Outcome]] = []
-        self._outcomes_ready = asyncio.Event()
-        self._recording = asyncio.Lock()
         self._reconciled = recoveries.count  # outages reconciled after
         self._background: set[asyncio.Future[None]] = set()
         self._loop: asyncio.AbstractEventLoop  # the running loop, from run() on
@@ -131,7 +126,7 @@ class Dispatcher:
     def _suspect_connections(self) -> None:
         """An outage began: close the idle connections, ping the LISTEN one now."""
         self.backend.store.discard_idle_connections()
-        self._check_listener.set()
+        self.listener.check_now()
 
     def _free_slots(self) -> tuple[int, int]:
         units = sum(c.definition.process_units for _, c in self._running.values()) + self._held_units
@@ -153,10 +148,10 @@ class Dispatcher:
         with self._signals_handled():
             try:
                 async with anyio.create_task_group() as services:
-                    services.start_soon(self._listen_loop)
-                    services.start_soon(self._heartbeat_loop)
-                    services.start_soon(self._rescue_loop)
-                    services.start_soon(self._record_loop)
+                    services.start_soon(self.listener.run)
+                    services.start_soon(self.backend.maintenance.heartbeat_loop, self.outage)
+                    services.start_soon(self.backend.maintenance.rescue_loop, self.outage)
+                    services.start_soon(self.recorder.run)
                     await self._dispatch_loop()
                     services.cancel_scope.cancel()
             except Exception as exc:
@@ -264,8 +259,7 @@ class Dispatcher:
                 self._wake.set()
                 return
             raise  # shutdown: the claim is released by _shutdown
-        self._outcomes.append((claim, outcome))
-        self._outcomes_ready.set()
+        self.recorder.add(claim, outcome)
         self._running.pop(claim.job_id, None)
         self._wake.set()
         if logger.isEnabledFor(logging.INFO):
@@ -306,84 +300,21 @@ class Dispatcher:
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
-    # -- recording outcomes ----------------------------------------------------------------------
+    # -- notifications and recorded outcomes ---------------------------------------------------
 
-    async def _record_loop(self) -> None:
-        recording = Service(self.outage, "recording outcomes")
-        while True:
-            await self._outcomes_ready.wait()
-            self._outcomes_ready.clear()
-            await recording.run(self._flush)
+    def _on_notification(self, notification: Notification) -> None:
+        if isinstance(notification, CancelJob):
+            running = self._running.get(notification.job_id)
+            if running is not None:
+                self._user_cancelled.add(notification.job_id)
+                running[0].cancel()
+        else:
+            self._wake.set()
 
-    async def _flush(self) -> None:
-        """Records the buffered outcomes, at most RECORD_BATCH per statement, until none is left;
-        on failure the unrecorded ones stay buffered."""
-        async with self._recording:
-            while self._outcomes:
-                batch, self._outcomes = self._outcomes[:RECORD_BATCH], self._outcomes[RECORD_BATCH:]
-                try:
-                    await self.backend.record(batch)
-                except BaseException:
-                    self._outcomes[:0] = batch
-                    raise
-                for claim, _ in batch:
-                    self._held.pop(claim.job_id, None)
-                self.finished.fire(len(batch))
-
-    # -- the listener ----------------------------------------------------------------------------
-
-    def _on_notify(self, _conn: object, _pid: int, _channel: str, payload: str) -> None:
-        if payload.startswith("cancel:"):
-            with contextlib.suppress(ValueError):
-                job_id = uuid.UUID(payload[len("cancel:") :])
-                running = self._running.get(job_id)
-                if running is not None:
-                    self._user_cancelled.add(job_id)
-                    running[0].cancel()
-            return
-        self._wake.set()
-
-    async def _listen_loop(self) -> None:
-        listening = Service(self.outage, "LISTEN connection")
-        await listening.run(lambda: self._listen(listening))
-
-    async def _listen(self, listening: Service) -> None:
-        """LISTENs until the connection fails (it never returns). An idle connection is pinged,
-        so that one cut without a reset is noticed within the connection timeout."""
-        deadline = self.settings.connection_timeout / 2
-        conn = await self.backend.store.open_connection()
-        lost = self._check_listener
-        conn.add_termination_listener(lambda _c: lost.set())
-        try:
-            async with asyncio.timeout(deadline):  # add_listener takes no timeout
-                await conn.add_listener(self.backend.store.sql.channel, self._on_notify)
-            listening.ok()
-            self._wake.set()  # catch up on anything notified while we were not listening
-            while True:
-                lost.clear()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(lost.wait(), deadline)
-                await conn.execute("SELECT 1", timeout=deadline)  # raises once the connection is lost
-        finally:
-            conn.terminate()
-
-    # -- heartbeat and rescue --------------------------------------------------------------------
-
-    async def _heartbeat_loop(self) -> None:
-        beating = Service(self.outage, "heartbeat")
-        while True:
-            await asyncio.sleep(self.settings.heartbeat_interval)
-            await beating.run(self.backend.beat)
-
-    async def _rescue_loop(self) -> None:
-        rescuing = Service(self.outage, "rescuer")
-        while True:
-            await asyncio.sleep(self.settings.rescue_interval * random.uniform(0.5, 1.0))
-            if time.monotonic() - self.backend.last_beat >= self.settings.heartbeat_lapse:
-                continue  # our own heartbeat lapsed (an outage): we would rescue our own jobs
-            rescued = await rescuing.run(self.backend.store.rescue_jobs)
-            if rescued:
-                logger.warning("rescued %d jobs of workers whose heartbeat lapsed", rescued)
+    def _on_recorded(self, claims: list[Claim]) -> None:
+        for claim in claims:
+            self._held.pop(claim.job_id, None)
+        self.finished.fire(len(claims))
 
     # -- signals ---------------------------------------------------------------------------------
 
@@ -421,11 +352,11 @@ class Dispatcher:
         self._stopping = True
         self._stop_requested.set()
         async with anyio.create_task_group() as keepalive:
-            keepalive.start_soon(self._heartbeat_loop)
-            keepalive.start_soon(self._record_loop)
+            keepalive.start_soon(self.backend.maintenance.heartbeat_loop, self.outage)
+            keepalive.start_soon(self.recorder.run)
             await self._finish_running_jobs()
             await self._until_exiting(self._background)  # abandoned threads: their marks
-            await self._retry_or_give_up("recording outcomes", self._flush)
+            await self._retry_or_give_up("recording outcomes", self.recorder.flush)
             keepalive.cancel_scope.cancel()
         for task in self._background:
             task.cancel()

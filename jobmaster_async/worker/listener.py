@@ -1,0 +1,107 @@
+"""The listener: LISTEN on the schema's channel, on a connection of its own.
+
+The database says two things on that channel (sql/ triggers and functions): ``wake`` (jobs became
+runnable, or a process_limit slot freed) and ``cancel:<job id>`` (a running job was cancelled).
+Payloads are parsed into typed notifications here; nothing else looks at their text.
+
+A lost connection is reopened with backoff (an outage of the worker, reported once). An idle one
+is pinged, so that a connection cut without a TCP reset is noticed within the deadline; after an
+outage the dispatcher is woken, to catch up on what was notified while nobody listened.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from ..db.store import Store
+from .outage import Outage, Service
+from .signals import Signal
+
+__all__ = ("CancelJob", "Listener", "Notification", "Wake", "parse_notification")
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Wake:
+    """Jobs may be claimable: claim now."""
+
+
+@dataclass(frozen=True, slots=True)
+class CancelJob:
+    """A running job was cancelled: stop it if it runs here."""
+
+    job_id: uuid.UUID
+
+
+Notification = Wake | CancelJob
+
+_CANCEL = "cancel:"
+
+
+def parse_notification(payload: str) -> Notification | None:
+    """The notification a payload says, or None for one this version does not know."""
+    if payload == "wake":
+        return Wake()
+    if payload.startswith(_CANCEL):
+        with contextlib.suppress(ValueError):
+            return CancelJob(uuid.UUID(payload[len(_CANCEL) :]))
+    logger.debug("unknown notification %r ignored", payload)
+    return None
+
+
+class Listener:
+    """Runs until cancelled; calls ``on_notification`` for each notification (and a ``Wake``
+    each time it starts listening). ``listening`` counts the times it started listening."""
+
+    def __init__(
+        self,
+        store: Store,
+        outage: Outage,
+        on_notification: Callable[[Notification], None],
+        ping_interval: float,
+    ) -> None:
+        self.store = store
+        self.outage = outage
+        self.on_notification = on_notification
+        self.ping_interval = ping_interval
+        self.listening = Signal()
+        self._check = asyncio.Event()
+
+    def check_now(self) -> None:
+        """Pings the connection at once (an outage began: it is suspect)."""
+        self._check.set()
+
+    async def run(self) -> None:
+        service = Service(self.outage, "LISTEN connection")
+        await service.run(lambda: self._listen(service))
+
+    async def _listen(self, service: Service) -> None:
+        """LISTENs until the connection fails (it never returns)."""
+        deadline = self.ping_interval
+        conn = await self.store.open_connection()
+        lost = self._check
+        conn.add_termination_listener(lambda _c: lost.set())
+        try:
+            async with asyncio.timeout(deadline):  # add_listener takes no timeout
+                await conn.add_listener(self.store.sql.channel, self._on_notify)
+            service.ok()
+            self.listening.fire()
+            self.on_notification(Wake())  # catch up on anything notified while we were not listening
+            while True:
+                lost.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(lost.wait(), deadline)
+                await conn.execute("SELECT 1", timeout=deadline)  # raises once the connection is lost
+        finally:
+            conn.terminate()
+
+    def _on_notify(self, _conn: object, _pid: int, _channel: str, payload: str) -> None:
+        notification = parse_notification(payload)
+        if notification is not None:
+            self.on_notification(notification)

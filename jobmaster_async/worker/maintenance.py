@@ -1,0 +1,86 @@
+"""Maintenance: this worker's heartbeat, and the rescue of lost workers' jobs.
+
+A worker holding jobs heartbeats every ``heartbeat_interval``; a worker whose heartbeat is older
+than its ``heartbeat_lapse`` is lost, and every ``rescue_interval`` (jittered, so that a fleet
+does not rescue in step) a worker puts the jobs of lost workers back (rescue_jobs() in SQL: one
+rescuer per lost worker). ``run_forever`` runs both loops; ``pop_job`` runs the heartbeat while
+it holds jobs and rescues when due before claiming, so that a deployment that only pops recovers
+lost jobs too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import random
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from .outage import Outage, Service
+from .signals import Signal
+
+__all__ = ("Maintenance", "MaintenanceSettings")
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class MaintenanceSettings:
+    heartbeat_interval: float
+    heartbeat_lapse: float
+    rescue_interval: float
+
+
+class Maintenance:
+    """``beat`` records this worker's heartbeat; ``rescue`` puts lost workers' jobs back and says
+    how many; ``last_beat`` is the monotonic time of the last heartbeat recorded. ``rescued``
+    counts the jobs rescued."""
+
+    def __init__(
+        self,
+        settings: MaintenanceSettings,
+        beat: Callable[[], Awaitable[None]],
+        rescue: Callable[[], Awaitable[int]],
+        last_beat: Callable[[], float],
+    ) -> None:
+        self.settings = settings
+        self._beat = beat
+        self._rescue = rescue
+        self._last_beat = last_beat
+        self._last_rescue = -math.inf
+        self.rescued = Signal()
+
+    async def heartbeat_loop(self, outage: Outage) -> None:
+        """Heartbeats until cancelled; database faults are retried with backoff."""
+        service = Service(outage, "heartbeat")
+        while True:
+            await asyncio.sleep(self.settings.heartbeat_interval)
+            await service.run(self._beat)
+
+    async def rescue_loop(self, outage: Outage) -> None:
+        """Rescues every (jittered) rescue interval until cancelled."""
+        service = Service(outage, "rescuer")
+        while True:
+            await asyncio.sleep(self.settings.rescue_interval * random.uniform(0.5, 1.0))
+            await service.run(self.rescue)
+
+    async def rescue_if_due(self) -> int:
+        """Rescues if a rescue interval passed since the last one (pop_job's way)."""
+        if time.monotonic() - self._last_rescue < self.settings.rescue_interval:
+            return 0
+        return await self.rescue()
+
+    async def rescue(self) -> int:
+        """Puts back the jobs of lost workers, unless this worker's own heartbeat lapsed (cut off
+        from the database for a while, it would take itself for lost)."""
+        self._last_rescue = time.monotonic()
+        own_lapse = time.monotonic() - self._last_beat()
+        if self._last_beat() > 0 and own_lapse >= self.settings.heartbeat_lapse:
+            return 0
+        rescued = await self._rescue()
+        if rescued:
+            logger.warning("rescued %d jobs of workers whose heartbeat lapsed", rescued)
+            self.rescued.fire(rescued)
+        return rescued
