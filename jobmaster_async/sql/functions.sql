@@ -8,7 +8,10 @@
 -- calls by name and every trigger function, pins its search_path: {entry_point} or
 -- {search_path}. Internal helpers (leading _) are reached only from pinned functions and run
 -- with their path; they are not callable by PUBLIC. The helpers inlined into the library's plain
--- statements (_fast_canonical and what it calls, _event_origin) qualify their built-ins.
+-- statements (_fast_canonical and what it calls, _event_origin) and _new_job_id (the default of
+-- jobs.job_id, which the plain insert evaluates) qualify their built-ins, and write
+-- OPERATOR(pg_catalog.x) where an operator's argument types are not exactly pg_catalog's (an exact
+-- match in public would win over a built-in that needs an implicit cast).
 -- {entry_point} also sets jobmaster.history_written off: see _jobs_inserted.
 
 
@@ -658,6 +661,28 @@ END $$;
 -- ---------------------------------------------------------------------------------------------
 -- Inserting jobs
 -- ---------------------------------------------------------------------------------------------
+
+-- A time-ordered job id: the default of jobs.job_id (migration 0005 says why; this replaces its
+-- first version). The plain insert (queries.sql insert_job_fast) evaluates it with the caller's
+-- search_path, where set_bit(bytea, integer, integer) and *(numeric, integer) planted in public
+-- would be better matches than pg_catalog's set_bit(bytea, bigint, integer) and
+-- *(numeric, numeric): every built-in is qualified, the operator too. (EXTRACT, OVERLAY and
+-- SUBSTRING syntax calls pg_catalog's functions already.)
+CREATE OR REPLACE FUNCTION {schema}._new_job_id() RETURNS uuid
+LANGUAGE sql VOLATILE PARALLEL SAFE AS $$
+    -- a random v4 uuid; its first 6 bytes replaced by the milliseconds; version bits 0100 -> 0111
+    SELECT pg_catalog.encode(
+               pg_catalog.set_bit(pg_catalog.set_bit(
+                   overlay(pg_catalog.uuid_send(pg_catalog.gen_random_uuid())
+                           PLACING substring(pg_catalog.int8send(pg_catalog.floor(
+                                                 extract(epoch FROM pg_catalog.clock_timestamp())
+                                                 OPERATOR(pg_catalog.*) 1000)::bigint)
+                                             FROM 3)
+                           FROM 1 FOR 6),
+                   52, 1), 53, 1),
+               'hex')::uuid
+$$;
+
 
 -- The identical job (same task, same canonical arguments) that is waiting, blocked or running.
 CREATE OR REPLACE FUNCTION {schema}._active_twin(p_task_id int, p_args_hash uuid)
