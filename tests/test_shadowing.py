@@ -674,7 +674,7 @@ async def workload(
 
     monkeypatch.setattr(fast, "claimable_task_ids", only_unlimited)
     assert await fast.run() > 20
-    assert fast.claimer.plain_claims > 0
+    assert fast.store.claimer.plain_claims > 0
     assert await status(flaky) == "failed" and await status(exploded) == "failed"
     assert await status(broken_top) == "failed"
     assert await status(in_every_colour) == "complete"
