@@ -734,7 +734,7 @@ async def workload(
     assert await jm.dependencies(bar)
     assert await client.fetch(f"SELECT * FROM {s}.job_list LIMIT 20")
     assert await client.fetchrow(f"SELECT * FROM {s}.active_counts()") is not None
-    assert await jm.held_jobs() == []
+    assert await jm.store.held_jobs(jm.worker_id) == []
 
 
 async def running(jm: JobMaster, *job_ids: uuid.UUID) -> bool:
