@@ -1,0 +1,70 @@
+"""The maintenance service: heartbeats, and the rescue of lost workers' jobs on a schedule."""
+
+from __future__ import annotations
+
+import asyncio
+
+import asyncpg
+
+from jobmaster_async import JobMaster
+from jobmaster_async.db.sql import quote_identifier
+from jobmaster_async.worker.maintenance import Maintenance, MaintenanceSettings
+from jobmaster_async.worker.outage import Outage
+from jobmaster_async.worker.signals import Signal
+from tests.polling import within
+
+
+async def test_a_lost_workers_job_is_rescued_by_the_rescue_loop(jm: JobMaster, conn: asyncpg.Connection) -> None:
+    job_id = await jm.insert_job("tasks_for_tests", "add", 1, {"a": 1})
+    assert await jm.pop_job() is not None  # held by jm, whose heartbeat then lapses
+    await conn.execute(f"UPDATE {quote_identifier(jm.schema)}.workers SET heartbeat_at = now() - interval '1 hour'")
+    maintenance = Maintenance(
+        MaintenanceSettings(heartbeat_interval=5, heartbeat_lapse=30, rescue_interval=0.05),
+        beat=jm.beat,
+        rescue=jm.store.rescue_jobs,
+        last_beat=lambda: 0.0,  # this process never beat: nothing of its own to protect
+    )
+    running = asyncio.create_task(maintenance.rescue_loop(Outage(Signal(), Signal())))
+    try:
+        await within(maintenance.rescued.wait_for(1), "the rescue")
+    finally:
+        running.cancel()
+        await asyncio.gather(running, return_exceptions=True)
+    job = await jm.get_job(job_id)
+    assert job is not None and job.status == "waiting" and job.rescues == 1
+
+
+async def test_rescue_if_due_runs_once_per_interval_and_never_with_a_lapsed_own_heartbeat() -> None:
+    calls = 0
+
+    async def rescue() -> int:
+        nonlocal calls
+        calls += 1
+        return 0
+
+    async def beat() -> None: ...
+
+    last_beat = 0.0
+    maintenance = Maintenance(MaintenanceSettings(5, 30, 3600), beat, rescue, lambda: last_beat)
+    assert await maintenance.rescue_if_due() == 0 and calls == 1
+    assert await maintenance.rescue_if_due() == 0 and calls == 1  # not due again for an hour
+    last_beat = 1.0  # beat long ago (monotonic time 1): our own heartbeat lapsed
+    assert await maintenance.rescue() == 0 and calls == 1
+
+
+async def test_the_heartbeat_loop_beats_every_interval() -> None:
+    beats = Signal()
+
+    async def beat() -> None:
+        beats.fire()
+
+    async def rescue() -> int:
+        return 0
+
+    maintenance = Maintenance(MaintenanceSettings(0.01, 30, 3600), beat, rescue, lambda: 0.0)
+    running = asyncio.create_task(maintenance.heartbeat_loop(Outage(Signal(), Signal())))
+    try:
+        await within(beats.wait_for(3), "three heartbeats")
+    finally:
+        running.cancel()
+        await asyncio.gather(running, return_exceptions=True)

@@ -1,0 +1,66 @@
+"""The recorder service: outcomes written in bounded batches, kept and retried across faults."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Sequence
+
+import asyncpg
+
+from jobmaster_async import JobMaster
+from jobmaster_async.worker.executors import Outcome
+from jobmaster_async.worker.outage import Outage
+from jobmaster_async.worker.outcomes import Claim
+from jobmaster_async.worker.recorder import RECORD_BATCH, Recorder
+from jobmaster_async.worker.signals import Signal
+from tests.polling import within
+
+
+async def _claims(jm: JobMaster, count: int) -> list[Claim]:
+    await jm.insert_jobs("tasks_for_tests", "add", 1, [{"a": i} for i in range(count)])
+    return await jm.claim(count, 100_000)
+
+
+async def test_outcomes_are_recorded_in_batches_of_at_most_record_batch(jm: JobMaster) -> None:
+    claims = await _claims(jm, 2 * RECORD_BATCH + 50)
+    statements: list[int] = []
+
+    async def record(outcomes: Sequence[tuple[Claim, Outcome]]) -> set[uuid.UUID]:
+        statements.append(len(outcomes))
+        return await jm.record(outcomes)
+
+    handed_back: list[Claim] = []
+    recorder = Recorder(record, Outage(Signal(), Signal()), handed_back.extend)
+    for claim in claims:
+        recorder.add(claim, Outcome(ok=True, result=claim.arguments["a"], result_json=str(claim.arguments["a"])))
+    await recorder.flush()
+    assert statements == [RECORD_BATCH, RECORD_BATCH, 50]
+    assert recorder.recorded.count == len(claims) and recorder.pending == 0
+    assert {c.job_id for c in handed_back} == {c.job_id for c in claims}
+    assert await jm.counts() == {"complete": len(claims)}
+
+
+async def test_outcomes_are_kept_while_the_database_fails_and_recorded_after(jm: JobMaster) -> None:
+    claims = await _claims(jm, 3)
+    failures = 2
+
+    async def record(outcomes: Sequence[tuple[Claim, Outcome]]) -> set[uuid.UUID]:
+        nonlocal failures
+        if failures:
+            failures -= 1
+            raise asyncpg.ConnectionDoesNotExistError("connection was closed in the middle of operation")
+        return await jm.record(outcomes)
+
+    outage = Outage(Signal(), Signal())
+    recorder = Recorder(record, outage, lambda _claims: None)
+    running = asyncio.create_task(recorder.run())
+    try:
+        for claim in claims:
+            recorder.add(claim, Outcome(ok=True, result=None, result_json="null"))
+        await within(recorder.recorded.wait_for(3), "the outcomes to be recorded")
+    finally:
+        running.cancel()
+        await asyncio.gather(running, return_exceptions=True)
+    assert (outage.began.count, outage.ended.count) == (1, 1)
+    assert await jm.counts() == {"complete": 3}
