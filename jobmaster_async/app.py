@@ -16,25 +16,22 @@ from typing import Any
 
 import asyncpg
 
+from .arguments import as_json, as_json_array, check_insert, refusals_as_errors
 from .db.connection import DatabaseTarget, dsn_from, opener
 from .db.faults import server_not_ready
 from .db.sql import Catalogue
 from .db.store import Store
 from .errors import (
-    REFUSAL_SQLSTATE,
     ConfigurationError,
     InvalidArguments,
-    JobMasterError,
     JobNotFound,
-    NotRetryable,
-    TaskNotFound,
 )
 from .jobs import ACTIVE_STATUSES, Job, JobStatus, as_job_id
-from .storable import dumps_storable, unstorable_reason
+from .settings import Settings
 from .tasks import TaskDefinition, registry
-from .worker.dispatcher import Dispatcher, DispatcherSettings
+from .worker.dispatcher import Dispatcher, RunOptions
 from .worker.executors import DaemonThreadPool, Outcome, run_task
-from .worker.maintenance import Maintenance, MaintenanceSettings
+from .worker.maintenance import Maintenance
 from .worker.outage import Backoff, Outage
 from .worker.outcomes import Claim, record_outcomes
 from .worker.signals import Signal
@@ -43,31 +40,8 @@ __all__ = ("JobMaster",)
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_SYSTEM_PROCESS_UNITS = 10_000
-
 #: Seconds a worker waits at start-up for a server that refuses connections (not started yet).
 STARTUP_WAIT = 10.0
-
-
-def _refusal(exc: asyncpg.PostgresError) -> JobMasterError:
-    kind = getattr(exc, "detail", None)
-    message = getattr(exc, "message", None) or str(exc)
-    if kind == "unknown_task":
-        return TaskNotFound(message)
-    if kind == "not_retryable":
-        return NotRetryable(message)
-    return InvalidArguments(message)
-
-
-@contextlib.contextmanager
-def _refusals_as_errors() -> Any:
-    """Turns the SQL refusals (SQLSTATE JM400) into JobMaster exceptions."""
-    try:
-        yield
-    except asyncpg.PostgresError as exc:
-        if getattr(exc, "sqlstate", None) == REFUSAL_SQLSTATE:
-            raise _refusal(exc) from exc
-        raise
 
 
 class JobMaster:
@@ -85,11 +59,11 @@ class JobMaster:
         task_modules: Iterable[str] = (),
         system_process_units: int | None = None,
         connect_kwargs: Mapping[str, Any] | None = None,
-        pool_size: int = 10,
-        retry_backoff: float = 1.0,
-        heartbeat_interval: float = 5.0,
-        heartbeat_lapse: float = 30.0,
-        poll_interval: float = 5.0,
+        pool_size: int | None = None,
+        retry_backoff: float | None = None,
+        heartbeat_interval: float | None = None,
+        heartbeat_lapse: float | None = None,
+        poll_interval: float | None = None,
         connection_timeout: float | None = None,
         rescue_interval: float | None = None,
     ) -> None:
@@ -105,38 +79,28 @@ class JobMaster:
             raise ConfigurationError(str(exc)) from None
         for module in task_modules:
             importlib.import_module(module)
-        if system_process_units is None:
-            system_process_units = int(os.environ.get("JOBMASTER_SYSTEM_PROCESS_UNITS", DEFAULT_SYSTEM_PROCESS_UNITS))
-        if system_process_units < 0:
-            raise ConfigurationError(f"system_process_units must be >= 0, got {system_process_units}")
-        self.system_process_units = system_process_units
+        #: validated once: see settings.Settings
+        self.settings = settings = Settings.of(
+            system_process_units=system_process_units,
+            pool_size=pool_size,
+            retry_backoff=retry_backoff,
+            heartbeat_interval=heartbeat_interval,
+            heartbeat_lapse=heartbeat_lapse,
+            poll_interval=poll_interval,
+            connection_timeout=connection_timeout,
+            rescue_interval=rescue_interval,
+        )
         self.connect_kwargs = dict(connect_kwargs or {})
-        self.pool_size = pool_size
-        self.retry_backoff = retry_backoff
-        self.heartbeat_interval = heartbeat_interval
-        self.heartbeat_lapse = heartbeat_lapse
-        self.poll_interval = poll_interval
-        #: the deadline of each round trip a worker makes (deploy's excepted) and of opening a
-        #: connection, and about how soon TCP keepalives find a vanished server; by default half
-        #: the heartbeat lapse, so that a worker cut off notices before others rescue its jobs
-        self.connection_timeout = heartbeat_lapse / 2 if connection_timeout is None else connection_timeout
-        if self.connection_timeout <= 0:
-            raise ConfigurationError(f"connection_timeout must be > 0, got {self.connection_timeout}")
-        #: how often a worker (run_forever, or pop_job/run) looks for jobs of workers whose
-        #: heartbeat lapsed and puts them back: a lost job waits at most heartbeat_lapse plus this
-        self.rescue_interval = heartbeat_lapse / 2 if rescue_interval is None else rescue_interval
-        if self.rescue_interval <= 0:
-            raise ConfigurationError(f"rescue_interval must be > 0, got {self.rescue_interval}")
         self.worker_id = uuid.uuid4()
         self.node = socket.gethostname()
 
         self.threads = DaemonThreadPool(max_workers=32)
-        self._open = opener(self.dsn, self.connect_kwargs, self.connection_timeout)
+        self._open = opener(self.dsn, self.connect_kwargs, settings.connection_timeout)
         #: whether a connection ever opened: before, errors are fatal; after, a worker survives them
         self.connected = False
-        self.store = Store(self.sql, self.open_connection, pool_size, self.connection_timeout)
+        self.store = Store(self.sql, self.open_connection, settings.pool_size, settings.connection_timeout)
         self.maintenance = Maintenance(
-            MaintenanceSettings(self.heartbeat_interval, self.heartbeat_lapse, self.rescue_interval),
+            settings,
             beat=self.beat,
             rescue=self.store.rescue_jobs,
             last_beat=lambda: self.last_beat,
@@ -222,12 +186,12 @@ class JobMaster:
     ) -> uuid.UUID:
         """Inserts a job (validated and deduplicated in SQL) and returns its id, or the id of the
         identical job already waiting, blocked or running."""
-        _check_insert(type_key, task_key, priority)
-        arguments_json = _as_json(f"{type_key}.{task_key}", arguments)
+        check_insert(type_key, task_key, priority)
+        arguments_json = as_json(f"{type_key}.{task_key}", arguments)
         # the common case in one plain statement; dependencies, "ALL", twins and refusals: in full
         job_id = await self.store.insert_job_fast(type_key, task_key, priority, arguments_json)
         if job_id is None:
-            with _refusals_as_errors():
+            with refusals_as_errors():
                 job_id = await self.store.insert_job(type_key, task_key, priority, arguments_json)
         return job_id
 
@@ -239,14 +203,14 @@ class JobMaster:
         arguments: Sequence[Mapping[str, Any]] = (),
     ) -> list[uuid.UUID]:
         """Inserts many jobs of one task in one round trip; one id per element, in order."""
-        _check_insert(type_key, task_key, priority)
+        check_insert(type_key, task_key, priority)
         if isinstance(arguments, Mapping | str | bytes) or not isinstance(arguments, Sequence | Iterable):
             raise InvalidArguments(
                 f"{type_key}.{task_key}: insert_jobs takes a list of argument mappings, got "
                 f"{type(arguments).__name__} (use insert_job for one job)"
             )
-        batch = _as_json_array(f"{type_key}.{task_key}", list(arguments))
-        with _refusals_as_errors():
+        batch = as_json_array(f"{type_key}.{task_key}", list(arguments))
+        with refusals_as_errors():
             return await self.store.insert_jobs(type_key, task_key, priority, batch)
 
     # -- claiming and running --------------------------------------------------------------------
@@ -270,14 +234,14 @@ class JobMaster:
         """The tasks this process may claim: registered, deployed, within the units budget."""
         ids = []
         for task_id, definition in (await self.definitions()).items():
-            if definition.process_units > self.system_process_units:
+            if definition.process_units > self.settings.system_process_units:
                 if definition.key not in self._too_large_logged:
                     self._too_large_logged.add(definition.key)
                     logger.warning(
                         "task %s needs %d process units, more than this process's %d: never claimed here",
                         definition.key,
                         definition.process_units,
-                        self.system_process_units,
+                        self.settings.system_process_units,
                     )
                 continue
             ids.append(task_id)
@@ -285,7 +249,7 @@ class JobMaster:
 
     async def beat(self) -> None:
         """Records this worker's heartbeat (registering it on first use)."""
-        await self.store.heartbeat(self.worker_id, self.node, os.getpid(), self.heartbeat_lapse)
+        await self.store.heartbeat(self.worker_id, self.node, os.getpid(), self.settings.heartbeat_lapse)
         self._registered = True
         self.last_beat = time.monotonic()
 
@@ -294,7 +258,7 @@ class JobMaster:
         task_ids = await self.claimable_task_ids()
         if not task_ids or limit <= 0:
             return []
-        if not self._registered or time.monotonic() - self.last_beat > self.heartbeat_interval:
+        if not self._registered or time.monotonic() - self.last_beat > self.settings.heartbeat_interval:
             await self.beat()  # a fresh heartbeat before holding jobs: never claimed by a 'dead' worker
         rows = await self.store.claim(self.worker_id, task_ids, limit, units)
         definitions = await self.definitions()
@@ -316,7 +280,7 @@ class JobMaster:
         ``rescue_interval`` it first puts back the jobs of workers whose heartbeat lapsed, so that
         deployments that only pop (a cron script) recover lost jobs too."""
         await self.maintenance.rescue_if_due()
-        claims = await self.claim(1, self.system_process_units - self._units_in_use)
+        claims = await self.claim(1, self.settings.system_process_units - self._units_in_use)
         if not claims:
             return None
         claim = claims[0]
@@ -364,7 +328,7 @@ class JobMaster:
 
     async def record(self, outcomes: Sequence[tuple[Claim, Outcome]]) -> set[uuid.UUID]:
         """Records outcomes of claimed jobs; returns the ids recorded (fencing drops the others)."""
-        return await record_outcomes(self.store, self.worker_id, outcomes, self.retry_backoff)
+        return await record_outcomes(self.store, self.worker_id, outcomes, self.settings.retry_backoff)
 
     def _start_heartbeat(self) -> None:
         if self._heartbeat is None:
@@ -386,17 +350,10 @@ class JobMaster:
             raise ConfigurationError(f"concurrency must be >= 1, got {concurrency}")
         if self._dispatcher is not None:
             raise RuntimeError("run_forever is already running on this JobMaster")
-        settings = DispatcherSettings(
-            concurrency=concurrency,
-            system_process_units=self.system_process_units,
-            grace_period=grace_period,
-            poll_interval=self.poll_interval,
-            connection_timeout=self.connection_timeout,
-            handle_signals=handle_signals,
-        )
+        options = RunOptions(concurrency=concurrency, grace_period=grace_period, handle_signals=handle_signals)
         if self.threads.max_workers < concurrency:
             self.threads.max_workers = concurrency
-        self._dispatcher = Dispatcher(self, settings, self.claimed, self.finished, self.outages, self.recoveries)
+        self._dispatcher = Dispatcher(self, options, self.claimed, self.finished, self.outages, self.recoveries)
         if self._stop_requested:
             self._dispatcher.stop(exiting=self._exit_requested)
         try:
@@ -478,7 +435,7 @@ class JobMaster:
     async def retry(self, job_id: uuid.UUID | str) -> uuid.UUID:
         """Queues a failed or cancelled job again; returns its id, or the id of an identical job
         that is already active."""
-        with _refusals_as_errors():
+        with refusals_as_errors():
             new_id = await self.store.retry_job(as_job_id(job_id))
         if new_id is None:
             raise JobNotFound(f"no job {job_id}")
@@ -493,42 +450,3 @@ class JobMaster:
                 yield conn
             finally:
                 await conn.reset()
-
-
-#: PostgreSQL's int: the range of a job's priority.
-PRIORITY_RANGE = range(-(2**31), 2**31)
-
-
-def _check_insert(type_key: object, task_key: object, priority: object) -> None:
-    """The library's own refusals of what the driver would refuse less clearly."""
-    for name, key in (("type_key", type_key), ("task_key", task_key)):
-        if not isinstance(key, str) or "\x00" in key:
-            raise InvalidArguments(f"{name} must be text without NUL characters, got {key!r}")
-    if type(priority) is not int or priority not in PRIORITY_RANGE:
-        raise InvalidArguments(
-            f"{type_key}.{task_key}: priority must be an int from {PRIORITY_RANGE.start} to "
-            f"{PRIORITY_RANGE.stop - 1}, got {priority!r} (insert_job(type_key, task_key, priority, arguments))"
-        )
-
-
-def _as_json(label: str, arguments: Mapping[str, Any] | None) -> str | None:
-    """The arguments as JSON text that PostgreSQL accepts, or InvalidArguments saying where not."""
-    if arguments is None:
-        return None
-    if not isinstance(arguments, Mapping):
-        raise InvalidArguments(f"{label}: arguments must be a mapping (a dict), got {type(arguments).__name__}")
-    text = dumps_storable(arguments if isinstance(arguments, dict) else dict(arguments))
-    if text is None:
-        reason = unstorable_reason(dict(arguments), "arguments") or "they are not JSON"
-        raise InvalidArguments(f"{label}: arguments cannot be stored: {reason}")
-    return text
-
-
-def _as_json_array(label: str, elements: Sequence[Mapping[str, Any] | None]) -> str:
-    """One JSON array for a batch: one json.dumps call is ~8x faster than one per element."""
-    text = dumps_storable([{} if a is None else a for a in elements])
-    if text is not None and all(a is None or isinstance(a, Mapping) for a in elements):
-        return text
-    for position, element in enumerate(elements):
-        _as_json(f"{label}, element {position}", element)
-    raise InvalidArguments(f"{label}: the batch cannot be stored")  # not reached: an element says why

@@ -100,7 +100,7 @@ async def test_a_black_holed_network_is_noticed_and_survived(
     jobs inserted meanwhile, each once."""
     out = tmp_path / "out.txt"
     async with through_proxy(dsn, schema_name, heartbeat_lapse=4, poll_interval=3600) as (proxy, jm, _):
-        assert jm.connection_timeout == 2
+        assert jm.settings.connection_timeout == 2
         arguments = [{"path": str(out), "key": i, "seconds": 0.5} for i in range(8)]
         await jm.insert_jobs("tasks_for_tests", "record_after", 1, arguments)
         async with worker(jm, concurrency=4):

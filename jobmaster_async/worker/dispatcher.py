@@ -27,6 +27,7 @@ import anyio
 
 from ..db.faults import database_fault
 from ..db.store import Store
+from ..settings import Settings
 from .executors import DaemonThreadPool, Outcome, run_task
 from .listener import CancelJob, Listener, Notification
 from .maintenance import Maintenance
@@ -35,7 +36,7 @@ from .outcomes import Claim
 from .recorder import Recorder
 from .signals import Signal
 
-__all__ = ("Backend", "Dispatcher", "DispatcherSettings")
+__all__ = ("Backend", "Dispatcher", "RunOptions")
 
 logger = logging.getLogger(__name__)
 
@@ -49,6 +50,7 @@ class Backend(Protocol):
     """What the dispatcher needs from JobMaster."""
 
     store: Store
+    settings: Settings
     worker_id: uuid.UUID
     threads: DaemonThreadPool
     maintenance: Maintenance
@@ -59,12 +61,11 @@ class Backend(Protocol):
 
 
 @dataclass(frozen=True)
-class DispatcherSettings:
+class RunOptions:
+    """The arguments of one run_forever call (the rest is the JobMaster's Settings)."""
+
     concurrency: int
-    system_process_units: int
     grace_period: float
-    poll_interval: float
-    connection_timeout: float
     handle_signals: bool
 
 
@@ -85,19 +86,22 @@ class Dispatcher:
     def __init__(
         self,
         backend: Backend,
-        settings: DispatcherSettings,
+        options: RunOptions,
         claimed: Signal,
         finished: Signal,
         outages: Signal,
         recoveries: Signal,
     ) -> None:
         self.backend = backend
-        self.settings = settings
+        self.options = options
+        self.settings = backend.settings
         self.claimed = claimed
         self.finished = finished
         self._wake = asyncio.Event()  # set: claim now (NOTIFY, a slot freed, an outage ended)
         self.outage = Outage(outages, recoveries, on_begin=self._suspect_connections, on_end=self._wake.set)
-        self.listener = Listener(backend.store, self.outage, self._on_notification, settings.connection_timeout / 2)
+        self.listener = Listener(
+            backend.store, self.outage, self._on_notification, self.settings.connection_timeout / 2
+        )
         self.recorder = Recorder(backend.record, self.outage, self._on_recorded)
         self._stopping = False
         self._stop_requested = asyncio.Event()
@@ -131,7 +135,7 @@ class Dispatcher:
     def _free_slots(self) -> tuple[int, int]:
         units = sum(c.definition.process_units for _, c in self._running.values()) + self._held_units
         return (
-            self.settings.concurrency - len(self._running) - self._held_slots,
+            self.options.concurrency - len(self._running) - self._held_slots,
             self.settings.system_process_units - units,
         )
 
@@ -142,7 +146,7 @@ class Dispatcher:
         logger.info(
             "worker %s started (concurrency %d, schema %s)",
             self.backend.worker_id,
-            self.settings.concurrency,
+            self.options.concurrency,
             self.backend.store.sql.schema,
         )
         with self._signals_handled():
@@ -321,7 +325,7 @@ class Dispatcher:
     @contextlib.contextmanager
     def _signals_handled(self) -> Any:
         """SIGTERM and SIGINT, from start to the end of the shutdown, when asked to handle them."""
-        signals = (signal.SIGTERM, signal.SIGINT) if self.settings.handle_signals else ()
+        signals = (signal.SIGTERM, signal.SIGINT) if self.options.handle_signals else ()
         for signum in signals:
             self._loop.add_signal_handler(signum, self._on_signal, signum)
         try:
@@ -336,7 +340,7 @@ class Dispatcher:
         if self._stopping:
             logger.warning("second %s: shutting down without waiting for running jobs", signum.name)
             self._exiting.set()
-            self.settings = replace(self.settings, grace_period=0.0)
+            self.options = replace(self.options, grace_period=0.0)
             for task, _ in list(self._running.values()):
                 task.cancel()
         else:
@@ -370,8 +374,8 @@ class Dispatcher:
     async def _finish_running_jobs(self) -> None:
         tasks = [task for task, _ in self._running.values()]
         if tasks:
-            logger.info("waiting up to %gs for %d running jobs", self.settings.grace_period, len(tasks))
-            await asyncio.wait(tasks, timeout=self.settings.grace_period)
+            logger.info("waiting up to %gs for %d running jobs", self.options.grace_period, len(tasks))
+            await asyncio.wait(tasks, timeout=self.options.grace_period)
         threads = [task for task, claim in self._running.values() if not task.done() and _in_thread(claim)]
         if threads and not self._exiting.is_set():
             logger.warning(

@@ -16,21 +16,14 @@ import math
 import random
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 
+from ..settings import Settings
 from .outage import Outage, Service
 from .signals import Signal
 
-__all__ = ("Maintenance", "MaintenanceSettings")
+__all__ = ("Maintenance",)
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class MaintenanceSettings:
-    heartbeat_interval: float
-    heartbeat_lapse: float
-    rescue_interval: float
 
 
 class Maintenance:
@@ -40,7 +33,7 @@ class Maintenance:
 
     def __init__(
         self,
-        settings: MaintenanceSettings,
+        settings: Settings,
         beat: Callable[[], Awaitable[None]],
         rescue: Callable[[], Awaitable[int]],
         last_beat: Callable[[], float],
