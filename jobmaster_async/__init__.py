@@ -13,7 +13,7 @@ from .errors import (
     TaskDefinitionError,
     TaskNotFound,
 )
-from .jobs import Job, JobStatus
+from .jobs import Job, JobStatus, PoppedJob
 from .tasks import Dependency, same, task
 from .worker.executors import cancel_requested
 
@@ -26,6 +26,7 @@ __all__ = (
     "JobMasterError",
     "JobNotFound",
     "JobStatus",
+    "PoppedJob",
     "NotRetryable",
     "SchemaVersionError",
     "TaskDefinitionError",

@@ -26,7 +26,7 @@ from .errors import (
     InvalidArguments,
     JobNotFound,
 )
-from .jobs import ACTIVE_STATUSES, Job, JobStatus, as_job_id
+from .jobs import ACTIVE_STATUSES, Job, JobStatus, PoppedJob, as_job_id
 from .settings import Settings
 from .tasks import TaskDefinition, registry
 from .worker.dispatcher import Dispatcher, RunOptions
@@ -274,7 +274,7 @@ class JobMaster:
             for row in rows
         ]
 
-    async def pop_job(self) -> Job | None:
+    async def pop_job(self) -> PoppedJob | None:
         """Claims the next runnable job (highest priority, then oldest) of a task registered in
         this process; ``await job.execute()`` runs it. The worker heartbeats until then. Every
         ``rescue_interval`` it first puts back the jobs of workers whose heartbeat lapsed, so that
@@ -287,7 +287,7 @@ class JobMaster:
         self._units_in_use += claim.definition.process_units
         self._popped += 1
         self._start_heartbeat()
-        job = Job(
+        job = PoppedJob(
             job_id=claim.job_id,
             type_key=claim.definition.type_key,
             task_key=claim.definition.task_key,
@@ -297,11 +297,11 @@ class JobMaster:
             attempts=claim.attempts,
             max_attempts=claim.max_attempts,
             worker_id=self.worker_id,
+            _executor=lambda j: self._execute_popped(j, claim),
         )
-        job._executor = lambda j: self._execute_popped(j, claim)
         return job
 
-    async def _execute_popped(self, job: Job, claim: Claim) -> None:
+    async def _execute_popped(self, job: PoppedJob, claim: Claim) -> None:
         recorded = False
         try:
             outcome = await run_task(claim.definition, claim.arguments, self.threads)

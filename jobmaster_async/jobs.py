@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-__all__ = ("ACTIVE_STATUSES", "Job", "JobStatus", "as_job_id")
+__all__ = ("ACTIVE_STATUSES", "Job", "JobStatus", "PoppedJob", "as_job_id")
 
 
 class JobStatus(enum.StrEnum):
@@ -59,18 +59,10 @@ class Job:
     finished_at: datetime | None = None
     run_after: datetime | None = None
     worker_id: uuid.UUID | None = None
-    _executor: Callable[[Job], Awaitable[None]] | None = field(default=None, repr=False, compare=False)
 
     @property
     def task_name(self) -> str:
         return f"{self.type_key}.{self.task_key}"
-
-    async def execute(self) -> None:
-        """Runs a job claimed by ``pop_job()`` and records its outcome (``status`` is updated)."""
-        if self._executor is None:
-            raise RuntimeError(f"job {self.job_id} was not claimed by pop_job(): only claimed jobs can be executed")
-        executor, self._executor = self._executor, None
-        await executor(self)
 
     @classmethod
     def from_row(cls, row: Mapping[str, Any]) -> Job:
@@ -95,3 +87,17 @@ class Job:
             run_after=row["run_after"],
             worker_id=row["worker_id"],
         )
+
+
+@dataclass
+class PoppedJob(Job):
+    """A job claimed by ``pop_job()``, held by this worker until ``execute()`` has run it."""
+
+    _executor: Callable[[PoppedJob], Awaitable[None]] | None = field(default=None, repr=False, compare=False)
+
+    async def execute(self) -> None:
+        """Runs the job and records its outcome (``status`` is updated). Once only."""
+        if self._executor is None:
+            raise RuntimeError(f"job {self.job_id} was already executed")
+        executor, self._executor = self._executor, None
+        await executor(self)

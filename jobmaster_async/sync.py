@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 
 from . import app
 from .db.connection import DatabaseTarget
-from .jobs import Job
+from .jobs import Job, PoppedJob
 
 __all__ = ("JobMaster", "SyncJob")
 
@@ -46,7 +46,7 @@ class _LoopThread:
 class SyncJob:
     """A job claimed through the blocking facade; ``execute()`` blocks until it is recorded."""
 
-    def __init__(self, job: Job, runner: _LoopThread) -> None:
+    def __init__(self, job: PoppedJob, runner: _LoopThread) -> None:
         self._job = job
         self._runner = runner
 
