@@ -6,6 +6,7 @@ from .app import JobMaster
 from .errors import (
     ConfigurationError,
     InvalidArguments,
+    InvalidJobId,
     JobMasterError,
     JobNotFound,
     NotRetryable,
@@ -21,6 +22,7 @@ __all__ = (
     "ConfigurationError",
     "Dependency",
     "InvalidArguments",
+    "InvalidJobId",
     "Job",
     "JobMaster",
     "JobMasterError",

@@ -10,9 +10,9 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from types import TracebackType
-from typing import Any
+from typing import Any, ParamSpec
 
 import asyncpg
 
@@ -21,6 +21,7 @@ from .db.connection import DatabaseTarget, dsn_from, opener
 from .db.faults import server_not_ready
 from .db.sql import Catalogue
 from .db.store import Store
+from .enqueue import EnqueueOptions
 from .errors import (
     ConfigurationError,
     InvalidArguments,
@@ -33,10 +34,12 @@ from .worker.dispatcher import Dispatcher, RunOptions
 from .worker.executors import DaemonThreadPool, Outcome, run_task
 from .worker.maintenance import Maintenance
 from .worker.outage import Backoff, Outage
-from .worker.outcomes import Claim, record_outcomes
+from .worker.outcomes import Claim, log_outcome, record_outcomes
 from .worker.signals import Signal
 
 __all__ = ("JobMaster",)
+
+P = ParamSpec("P")
 
 logger = logging.getLogger(__name__)
 
@@ -213,6 +216,16 @@ class JobMaster:
         with refusals_as_errors():
             return await self.store.insert_jobs(type_key, task_key, priority, batch)
 
+    async def enqueue(self, task: Callable[P, Any], /, *args: P.args, **kwargs: P.kwargs) -> uuid.UUID:
+        """Queues a job of ``task`` (a function decorated with ``@task``), its arguments checked
+        by your type checker against the function's signature; returns the job id, as
+        ``insert_job``. Priority: ``jm.options(priority=5).enqueue(...)``."""
+        return await self.options().enqueue(task, *args, **kwargs)
+
+    def options(self, *, priority: int = 0) -> EnqueueOptions:
+        """Options for jobs queued with ``.enqueue(task, ...)`` on the result."""
+        return EnqueueOptions(self.insert_job, priority=priority)
+
     # -- claiming and running --------------------------------------------------------------------
 
     async def definitions(self) -> dict[int, TaskDefinition]:
@@ -304,7 +317,9 @@ class JobMaster:
     async def _execute_popped(self, job: PoppedJob, claim: Claim) -> None:
         recorded = False
         try:
+            started = time.monotonic()
             outcome = await run_task(claim.definition, claim.arguments, self.threads)
+            log_outcome(claim, outcome, time.monotonic() - started, self.settings.retry_backoff)
             await self.record([(claim, outcome)])
             recorded = True
             self._apply(job, claim, outcome)

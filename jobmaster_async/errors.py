@@ -5,6 +5,7 @@ from __future__ import annotations
 __all__ = (
     "ConfigurationError",
     "InvalidArguments",
+    "InvalidJobId",
     "JobMasterError",
     "JobNotFound",
     "NotRetryable",
@@ -38,6 +39,10 @@ class TaskNotFound(InvalidArguments):
 
 class JobNotFound(JobMasterError):
     """No job has that id."""
+
+
+class InvalidJobId(JobMasterError, ValueError):
+    """That is not a job id (a UUID)."""
 
 
 class NotRetryable(JobMasterError):

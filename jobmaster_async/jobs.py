@@ -9,6 +9,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from .errors import InvalidJobId
+
 __all__ = ("ACTIVE_STATUSES", "Job", "JobStatus", "PoppedJob", "as_job_id")
 
 
@@ -33,7 +35,10 @@ def as_job_id(job_id: uuid.UUID | str) -> uuid.UUID:
     try:
         return uuid.UUID(str(job_id))
     except ValueError:
-        raise ValueError(f"not a job id (a UUID): {job_id!r}") from None
+        raise InvalidJobId(
+            f"not a job id: {job_id!r} (a job id is a UUID, as insert_job returns it, such as "
+            "'01a22e93-5b6f-7c2e-9d4a-3f0e1b2c4d5e')"
+        ) from None
 
 
 @dataclass

@@ -10,17 +10,19 @@ import signal
 import threading
 import uuid
 import weakref
-from collections.abc import Coroutine, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any, ParamSpec, TypeVar
 
 from . import app
 from .db.connection import DatabaseTarget
+from .enqueue import EnqueueOptions
 from .jobs import Job, PoppedJob
 
 __all__ = ("JobMaster", "SyncJob")
 
 T = TypeVar("T")
+P = ParamSpec("P")
 
 
 class _LoopThread:
@@ -60,6 +62,17 @@ class SyncJob:
         return f"Sync{self._job!r}"
 
 
+class SyncEnqueueOptions:
+    """``jm.options(...)`` of the blocking facade."""
+
+    def __init__(self, options: EnqueueOptions, call: Callable[[Coroutine[Any, Any, uuid.UUID]], uuid.UUID]) -> None:
+        self._options = options
+        self._call = call
+
+    def enqueue(self, task: Callable[P, Any], /, *args: P.args, **kwargs: P.kwargs) -> uuid.UUID:
+        return self._call(self._options.enqueue(task, *args, **kwargs))
+
+
 def _close_at_exit(ref: weakref.ref[JobMaster]) -> None:
     jobmaster = ref()
     if jobmaster is not None:
@@ -93,6 +106,13 @@ class JobMaster:
         self, type_key: str, task_key: str, priority: int = 0, arguments: Sequence[Mapping[str, Any]] = ()
     ) -> list[uuid.UUID]:
         return self._call(self.aio.insert_jobs(type_key, task_key, priority, arguments))
+
+    def enqueue(self, task: Callable[P, Any], /, *args: P.args, **kwargs: P.kwargs) -> uuid.UUID:
+        """``jobmaster_async.JobMaster.enqueue``, blocking."""
+        return self._call(self.aio.enqueue(task, *args, **kwargs))
+
+    def options(self, *, priority: int = 0) -> SyncEnqueueOptions:
+        return SyncEnqueueOptions(self.aio.options(priority=priority), self._call)
 
     def pop_job(self) -> SyncJob | None:
         job = self._call(self.aio.pop_job())

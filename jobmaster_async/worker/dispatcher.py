@@ -32,7 +32,7 @@ from .executors import DaemonThreadPool, Outcome, run_task
 from .listener import CancelJob, Listener, Notification
 from .maintenance import Maintenance
 from .outage import Outage, Service
-from .outcomes import Claim
+from .outcomes import Claim, log_outcome
 from .recorder import Recorder
 from .signals import Signal
 
@@ -266,16 +266,7 @@ class Dispatcher:
         self.recorder.add(claim, outcome)
         self._running.pop(claim.job_id, None)
         self._wake.set()
-        if logger.isEnabledFor(logging.INFO):
-            logger.info(
-                "job %s (%s) %s in %.3fs%s",
-                claim.job_id,
-                claim.definition.key,
-                "done" if outcome.ok else "failed",
-                time.monotonic() - started,
-                "" if outcome.ok else f": {outcome.error_type}: {outcome.message}",
-                extra={"job_id": str(claim.job_id)},
-            )
+        log_outcome(claim, outcome, time.monotonic() - started, self.backend.settings.retry_backoff)
 
     def _hold_slot(self, claim: Claim, future: asyncio.Future[Any]) -> None:
         """A cancelled job's thread runs on: it keeps its slot (and, marked abandoned in the

@@ -14,7 +14,7 @@ from ..db.store import Store
 from ..tasks import TaskDefinition
 from .executors import Outcome
 
-__all__ = ("Claim", "record_outcomes", "retry_delay")
+__all__ = ("Claim", "log_outcome", "record_outcomes", "retry_delay")
 
 logger = logging.getLogger(__name__)
 
@@ -39,6 +39,43 @@ def retry_delay(claim: Claim, outcome: Outcome, backoff: float) -> float | None:
     if outcome.final or claim.attempts >= claim.max_attempts:
         return None
     return float(min(backoff * 2.0 ** (claim.attempts - 1), MAX_RETRY_DELAY))
+
+
+def log_outcome(claim: Claim, outcome: Outcome, seconds: float, backoff: float) -> None:
+    """One line per finished job: INFO when done; a failure at WARNING when a retry follows
+    (saying which and when), at ERROR with its traceback when it is final."""
+    job, key = claim.job_id, claim.definition.key
+    extra = {"job_id": str(job)}
+    if outcome.ok:
+        if logger.isEnabledFor(logging.INFO):
+            logger.info("job %s (%s) done in %.3fs", job, key, seconds, extra=extra)
+        return
+    error = f"{outcome.error_type}: {outcome.message}"
+    delay = retry_delay(claim, outcome, backoff)
+    if delay is not None:
+        retries = claim.definition.retries
+        retry = claim.attempts - (claim.max_attempts - retries - 1)
+        logger.warning(
+            "job %s (%s) failed in %.3fs: %s; retry %d of %d in %gs",
+            job,
+            key,
+            seconds,
+            error,
+            retry,
+            retries,
+            delay,
+            extra=extra,
+        )
+    else:
+        logger.error(
+            "job %s (%s) failed in %.3fs: %s\n%s",
+            job,
+            key,
+            seconds,
+            error,
+            (outcome.traceback or "").rstrip(),
+            extra=extra,
+        )
 
 
 #: SQLSTATE classes of errors caused by the values of a statement, not by the database's state:

@@ -1,0 +1,42 @@
+"""The typed enqueue: ``await jm.enqueue(foo, file_path="x", number=1)``.
+
+The task object replaces the type-key and task-key strings, and its signature types the
+arguments (a ``ParamSpec``), so a type checker reports a wrong or missing argument where the job
+is queued. Options that could collide with parameter names go through ``jm.options(...)``:
+``await jm.options(priority=5).enqueue(foo, ...)``. ``insert_job`` stays as the seed has it.
+"""
+
+from __future__ import annotations
+
+import inspect
+import uuid
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, ParamSpec
+
+from .errors import InvalidArguments
+from .tasks import definition_of
+
+__all__ = ("EnqueueOptions", "Insert")
+
+P = ParamSpec("P")
+
+#: JobMaster.insert_job
+Insert = Callable[[str, str, int, Mapping[str, Any]], Awaitable[uuid.UUID]]
+
+
+class EnqueueOptions:
+    """Options for the jobs queued through it (``jm.options(priority=...)``)."""
+
+    def __init__(self, insert: Insert, *, priority: int = 0) -> None:
+        self._insert = insert
+        self.priority = priority
+
+    async def enqueue(self, task: Callable[P, Any], /, *args: P.args, **kwargs: P.kwargs) -> uuid.UUID:
+        """Queues a job of ``task`` (a function decorated with ``@task``) with these arguments;
+        returns its id, or the id of an identical job already active (as ``insert_job``)."""
+        definition = definition_of(task)
+        try:
+            bound = inspect.signature(definition.func).bind(*args, **kwargs)
+        except TypeError as exc:
+            raise InvalidArguments(f"{definition.key}: {exc}") from None
+        return await self._insert(definition.type_key, definition.task_key, self.priority, dict(bound.arguments))
