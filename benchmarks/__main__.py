@@ -30,7 +30,7 @@ import psutil
 
 from benchmarks.systems import SYSTEMS, System
 from benchmarks.throughput import SERVER_SETTINGS
-from jobmaster_async.embedded import temporary_server
+from jobmaster_async.cli.embedded import temporary_server
 
 ROOT = Path(__file__).parent.parent
 

@@ -24,8 +24,8 @@ import asyncpg
 from benchmarks.bench_tasks import CHAIN_DEPTH
 from benchmarks.throughput import SERVER_SETTINGS, fresh_schema, run_to_completion
 from jobmaster_async import JobMaster
+from jobmaster_async.cli.embedded import temporary_server
 from jobmaster_async.db.sql import quote_identifier
-from jobmaster_async.embedded import temporary_server
 
 
 async def measure(dsn: str, insert: Any, total: int) -> dict[str, float]:

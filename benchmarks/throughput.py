@@ -29,8 +29,8 @@ import asyncpg
 
 import benchmarks.bench_tasks  # noqa: F401
 from jobmaster_async import JobMaster
+from jobmaster_async.cli.embedded import temporary_server
 from jobmaster_async.db.sql import quote_identifier
-from jobmaster_async.embedded import temporary_server
 
 ROOT = Path(__file__).parent.parent
 #: The server the benchmarks start: durable (fsync and synchronous_commit on), room for clients.

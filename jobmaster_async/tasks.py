@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import graphlib
 import inspect
 import json
+import logging
 import re
 import sys
 import types
@@ -21,11 +23,15 @@ __all__ = (
     "Parameter",
     "Same",
     "TaskDefinition",
+    "check_cycles",
+    "check_definitions",
     "definition_of",
     "registry",
     "same",
     "task",
 )
+
+logger = logging.getLogger(__name__)
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -215,6 +221,14 @@ class Registry:
 
     def __len__(self) -> int:
         return len(self._tasks)
+
+    def rows_to_deploy(self, deployed: Mapping[tuple[str, str], Mapping[str, Any]]) -> list[dict[str, Any]]:
+        """The tasks-table rows deploy() writes, once the definitions registered here have been
+        checked as a whole against the ones already deployed (by key: rows with their
+        ``parameters`` and ``dependencies``)."""
+        definitions = list(self)
+        check_definitions(definitions, deployed)
+        return [definition.to_row() for definition in definitions]
 
 
 registry = Registry()
@@ -554,3 +568,74 @@ def _name_of(task: object) -> str:
     if isinstance(definition, TaskDefinition):
         return definition.key
     return getattr(task, "__qualname__", repr(task))
+
+
+# ------------------------------------------------------------------------------------------------
+# Checking a set of definitions (at deploy, against the tasks other services deployed)
+# ------------------------------------------------------------------------------------------------
+
+
+def check_definitions(
+    definitions: Sequence[TaskDefinition], deployed: Mapping[tuple[str, str], Mapping[str, Any]]
+) -> None:
+    """Checks what only the whole set of tasks shows: unknown dependencies, arguments a dependency
+    does not take, cycles; warns about dependencies whose required arguments stay unknown."""
+    local = {(d.type_key, d.task_key): d for d in definitions}
+    # (type_key, task_key) -> parameters as JSON dicts, for tasks defined here or elsewhere
+    parameters: dict[tuple[str, str], list[dict[str, Any]]] = {
+        key: _json(row["parameters"]) for key, row in deployed.items()
+    }
+    edges: dict[tuple[str, str], list[tuple[str, str]]] = {
+        key: [(d["type_key"], d["task_key"]) for d in _json(row["dependencies"])] for key, row in deployed.items()
+    }
+    for key, definition in local.items():
+        parameters[key] = [p.to_json() for p in definition.parameters]
+        edges[key] = [dep.key for dep in definition.dependencies]
+
+    for definition in definitions:
+        for dep in definition.dependencies:
+            target_key = dep.key
+            if target_key not in parameters:
+                raise TaskDefinitionError(
+                    f"task {definition.key}: {dep!r}: unknown dependency {'.'.join(target_key)} "
+                    "(neither registered in this process nor deployed)"
+                )
+            target = local.get(target_key)
+            if target is not None:
+                check_dependency_arguments(definition.key, dep, target)
+            else:
+                names = {p["name"] for p in parameters[target_key]}
+                for arg in dep.arguments:
+                    if arg not in names:
+                        raise TaskDefinitionError(
+                            f"task {definition.key}: {dep!r}: {'.'.join(target_key)} takes no argument {arg!r}"
+                        )
+            own = {p.name for p in definition.parameters}
+            for param in parameters[target_key]:
+                name = param["name"]
+                if param.get("required") and name not in dep.arguments and name not in own:
+                    logger.warning(
+                        "task %s: %r: required argument %r of %s is neither specified nor an argument "
+                        "of %s; jobs that need to create this dependency will fail",
+                        definition.key,
+                        dep,
+                        name,
+                        ".".join(target_key),
+                        definition.key,
+                    )
+    check_cycles(edges)
+
+
+def check_cycles(edges: Mapping[tuple[str, str], Iterable[tuple[str, str]]]) -> None:
+    """Raises if tasks depend on each other in a circle (``edges``: task -> the tasks it depends
+    on), naming the tasks of the circle in order: ``a -> b -> a`` reads "a depends on b"."""
+    try:
+        graphlib.TopologicalSorter(edges).prepare()
+    except graphlib.CycleError as exc:
+        # each node of the cycle graphlib reports is depended on by the next one; read backwards
+        cycle = reversed(exc.args[1])
+        raise TaskDefinitionError("dependency cycle: " + " -> ".join(".".join(k) for k in cycle)) from None
+
+
+def _json(value: Any) -> Any:
+    return json.loads(value) if isinstance(value, str) else value

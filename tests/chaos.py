@@ -28,9 +28,9 @@ import asyncpg
 
 import tests.tasks_for_tests  # noqa: F401  (registers chaos_run for the deploy)
 from jobmaster_async import JobMaster
+from jobmaster_async.cli.embedded import TemporaryServer, temporary_server
 from jobmaster_async.db.faults import database_fault
 from jobmaster_async.db.sql import quote_identifier
-from jobmaster_async.embedded import TemporaryServer, temporary_server
 from tests.processes import worker_process
 from tests.proxy import Proxy
 

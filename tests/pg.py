@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from jobmaster_async.embedded import TemporaryServer, temporary_server
+from jobmaster_async.cli.embedded import TemporaryServer, temporary_server
 
 #: Durability off: the tests restart nothing that needs it, and it saves most of the suite's I/O.
 TEST_SETTINGS = {"max_connections": "300", "fsync": "off", "synchronous_commit": "off"}

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from jobmaster_async.embedded import TemporaryServer
+from jobmaster_async.cli.embedded import TemporaryServer
 from tests.chaos import SCENARIOS, Scenario, chaos_server, run_scenario
 
 JOBS = 2000

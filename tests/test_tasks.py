@@ -8,7 +8,7 @@ import pytest
 
 from jobmaster_async import Dependency, TaskDefinitionError, same, task
 from jobmaster_async.examples import nice_tasks
-from jobmaster_async.tasks import definition_of, registry
+from jobmaster_async.tasks import check_cycles, check_definitions, definition_of, registry
 
 
 @pytest.fixture
@@ -138,3 +138,21 @@ def test_same_arithmetic_serialises() -> None:
     }
     assert dep.to_json()["hours"] == 1.0
     assert Dependency("x.y").hours == 720
+
+
+def test_a_set_of_definitions_is_checked_without_a_database() -> None:
+    """What deploy() checks, on plain data: a cycle names its tasks in order (``a -> b``: a
+    depends on b), through tasks deployed by another service too; an unknown dependency names it."""
+    with pytest.raises(TaskDefinitionError, match=r"dependency cycle: a\.x -> b\.x -> c\.x -> a\.x"):
+        check_cycles({("a", "x"): [("b", "x")], ("b", "x"): [("c", "x")], ("c", "x"): [("a", "x")]})
+    check_cycles({("a", "x"): [("b", "x")], ("b", "x"): [], ("c", "x"): [("a", "x"), ("b", "x")]})
+
+    bar = definition_of(nice_tasks.bar)  # depends on nice_tasks.foo
+    foo_elsewhere = {  # as another service deployed it: depending on bar
+        "parameters": definition_of(nice_tasks.foo).to_row()["parameters"],
+        "dependencies": '[{"type_key": "nice_tasks", "task_key": "bar"}]',
+    }
+    with pytest.raises(TaskDefinitionError, match=r"cycle: .*nice_tasks\.bar.*nice_tasks\.foo"):
+        check_definitions([bar], {("nice_tasks", "foo"): foo_elsewhere})
+    with pytest.raises(TaskDefinitionError, match=r"nice_tasks\.bar: .*unknown dependency nice_tasks\.foo"):
+        check_definitions([bar], {})

@@ -7,21 +7,33 @@ import tempfile
 from pathlib import Path
 
 import asyncpg
+import click
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
-from .app import JobMaster
-from .db.sql import quote_identifier
+from ..app import JobMaster
+from ..db.sql import quote_identifier
+from . import rendering
+from .context import Settings, pass_settings, run
+from .rendering import jobs_table
 
-__all__ = ("run_demo",)
+__all__ = ("demo", "run_demo")
 
 EXAMPLES = ["jobmaster_async.examples.my_tasks", "jobmaster_async.examples.nice_tasks"]
 
 
+@click.command()
+@pass_settings
+def demo(settings: Settings) -> None:
+    """Deploy the original README's examples, insert jobs through SQL, and run them."""
+    with settings.errors():
+        dsn = settings.resolve_dsn()
+    schema = settings.schema if settings.schema != "jobmaster" else "jobmaster_demo"
+    run(run_demo(dsn, schema, rendering.console))
+
+
 async def run_demo(dsn: str, schema: str, console: Console) -> list[str]:
     """Runs the demo; returns the job statuses at the end (for tests)."""
-    from .cli import jobs_table
-
     folder = Path(tempfile.mkdtemp(prefix="jobmaster-demo-"))
     s = quote_identifier(schema)
     f, g = folder / "f.txt", folder / "g.txt"

