@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import logging
+import subprocess
+import sys
 import textwrap
 from pathlib import Path
 
 import pytest
-from mypy import api as mypy_api
 
 from jobmaster_async import InvalidArguments, InvalidJobId, JobMaster, TaskDefinitionError
 from jobmaster_async.sync import JobMaster as BlockingJobMaster
@@ -64,7 +65,22 @@ def test_a_type_checker_reports_wrong_arguments(tmp_path: Path) -> None:
                 await jm.enqueue(add, b=2)
         """)
     )
-    out, _, status = mypy_api.run(["--strict", "--no-incremental", "--cache-dir", str(tmp_path / "cache"), str(source)])
+    checked = subprocess.run(  # in a process of its own: mypy raises the recursion limit of its process
+        [
+            sys.executable,
+            "-m",
+            "mypy",
+            "--strict",
+            "--no-incremental",
+            "--cache-dir",
+            str(tmp_path / "cache"),
+            str(source),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=Path(__file__).parent.parent,
+    )
+    out, status = checked.stdout, checked.returncode
     errors = [line for line in out.splitlines() if ": error:" in line]
     assert status == 1 and len(errors) == 2, out
     assert ':8: error: Argument "a" to "enqueue" of "JobMaster" has incompatible type "str"' in errors[0]

@@ -18,10 +18,10 @@ ROOT = Path(jobmaster_async.__file__).parent
 
 # lowest first; a module may import only from its own layer and the ones before it
 LAYERS: list[tuple[str, ...]] = [
-    ("errors", "storable", "jobs", "tasks"),
+    ("errors", "storable", "jobs", "tasks", "settings", "arguments"),
     ("db",),
     ("worker",),
-    ("app", "sync"),
+    ("app", "sync", "enqueue"),
     ("cli",),
     ("", "__main__", "examples"),  # the package itself re-exports the API; examples import it
 ]

@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 import click
 
 from ..app import JobMaster
-from ..errors import JobMasterError
+from ..errors import InvalidJobId, JobMasterError
 from . import embedded
 
 __all__ = ("Settings", "call", "pass_settings", "run")
@@ -76,6 +76,8 @@ def _sole(exc: BaseException) -> BaseException:
 def _one_line(exc: BaseException) -> click.ClickException | None:
     """What the user is told, in one line, of errors that are not bugs: JobMaster errors and
     database errors (None for the others, raised with their traceback)."""
+    if isinstance(exc, InvalidJobId):
+        return click.UsageError(str(exc))  # exit code 2: what was typed is not an id
     if isinstance(exc, JobMasterError):
         return click.ClickException(str(exc))
     if isinstance(exc, OSError):  # refused, DNS, TLS, timeouts
