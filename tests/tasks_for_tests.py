@@ -279,3 +279,30 @@ async def chaos_run(path: str, key: int, seconds: float) -> None:
     started = time.time()
     await asyncio.sleep(seconds)
     _append(path, f"{key} {os.getpid()} {started:.6f} {time.time():.6f}")
+
+
+# Linking races (test_client_transactions): a dependency that, when the test made a Gate for its
+# key, runs until the test opens it; and a task that depends on it
+class Gate:
+    """``entered`` is set when the job starts; the job returns once ``opened`` is set."""
+
+    def __init__(self) -> None:
+        self.entered = asyncio.Event()
+        self.opened = asyncio.Event()
+
+
+GATES: dict[str, Gate] = {}
+
+
+@task
+async def gated(key: str) -> str:
+    gate = GATES.get(key)
+    if gate is not None:
+        gate.entered.set()
+        await gate.opened.wait()
+    return key
+
+
+@task(dependencies=Dependency(gated, key=same))
+async def after_gate(key: str, n: int = 0) -> int:
+    return n

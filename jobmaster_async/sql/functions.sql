@@ -582,8 +582,13 @@ END $$;
 -- plan saw it pending. Here, at commit, it is locked (workers then wait for this commit alone,
 -- and their settling afterwards sees the link), given the dependent's priority + 1 if it is
 -- still waiting or blocked, and if it finished already, the dependent is settled now.
+-- It runs at COMMIT, after add_job returned: in the client's role and with the client's
+-- settings. So it is SECURITY DEFINER (before PostgreSQL 18 a deferred trigger runs as the role
+-- current at commit: the insert-only web role, which may not touch jobs) and an {entry_point}
+-- (a client's jobmaster.history_written = on must not silence the history and NOTIFY of the
+-- dependent it settles).
 CREATE OR REPLACE FUNCTION {schema}._check_link()
-RETURNS trigger LANGUAGE plpgsql {search_path} AS $$
+RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER {entry_point} AS $$
 DECLARE
     v_status text;
 BEGIN
@@ -1342,8 +1347,9 @@ $$;
 -- insert_job_fast, claim_jobs_fast) and complete_jobs write their own history rows, set-based,
 -- and say so with the transaction-local setting jobmaster.history_written, which makes these
 -- triggers skip them. Only the library's own statements on its own connections can leave it on
--- for a trigger: every SQL entry point sets it off for its duration ({entry_point}), so a client
--- that sets it (the insert-only web role calling add_job) suppresses nothing.
+-- for a trigger: every SQL entry point sets it off for its duration ({entry_point}), and so does
+-- the check at commit of a client's links (_check_link), so a client that sets it (the insert-only
+-- web role calling add_job) suppresses nothing.
 CREATE OR REPLACE FUNCTION {schema}._jobs_inserted()
 RETURNS trigger LANGUAGE plpgsql {search_path} AS $$
 BEGIN
