@@ -21,7 +21,7 @@ from typing import Any
 import asyncpg
 import pytest
 
-from jobmaster_async import Job, JobMaster
+from jobmaster_async import JobMaster, PoppedJob
 from jobmaster_async.db.sql import quote_identifier
 from tests.conftest import worker
 from tests.polling import within
@@ -66,14 +66,14 @@ async def client_transaction(conn: asyncpg.Connection) -> AsyncIterator[None]:
 
 
 @asynccontextmanager
-async def executions() -> AsyncIterator[Callable[[Job], Awaitable[None]]]:
+async def executions() -> AsyncIterator[Callable[[PoppedJob], Awaitable[None]]]:
     """``await execute(job)`` runs a popped job and waits for its outcome to be recorded, failing
     after DEADLINE without cancelling it: its recording may wait on a row lock of the client's
     transaction (nested inside this), and so would the release of a cancelled execution. The
     executions are awaited on the way out, once that transaction has ended."""
     started: list[asyncio.Task[None]] = []
 
-    async def execute(job: Job) -> None:
+    async def execute(job: PoppedJob) -> None:
         started.append(execution := asyncio.create_task(job.execute()))
         done, _ = await asyncio.wait({execution}, timeout=DEADLINE)
         if not done:
@@ -154,7 +154,7 @@ async def test_a_worker_runs_on_while_a_client_holds_a_link_to_its_running_job(
                 await within(jm.finished.wait_for(1001), "1,000 jobs and the dependency to finish", DEADLINE)
 
                 assert conn.is_in_transaction()
-                pool = await jm.pool()
+                pool = await jm.store.pool()
                 done = await pool.fetchval(
                     f"SELECT count(*) FROM {q(jm)}.jobs WHERE job_id = ANY ($1::uuid[]) AND status = 'complete'",
                     unrelated,
