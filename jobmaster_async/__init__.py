@@ -15,11 +15,13 @@ from .errors import (
     TaskNotFound,
 )
 from .jobs import Job, JobStatus, PoppedJob
+from .schedules import Cron
 from .tasks import Dependency, same, task
 from .worker.executors import cancel_requested
 
 __all__ = (
     "ConfigurationError",
+    "Cron",
     "Dependency",
     "InvalidArguments",
     "InvalidJobId",
