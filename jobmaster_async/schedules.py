@@ -19,7 +19,7 @@ one create a single job however many workers race for it.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, tzinfo
 from typing import Any
@@ -147,7 +147,7 @@ def _walk(walk: croniter[datetime], forward: bool) -> Iterator[datetime]:
         yield value
 
 
-def as_crons(value: str | Cron | list[str | Cron] | tuple[str | Cron, ...] | None) -> tuple[Cron, ...]:
+def as_crons(value: str | Cron | Sequence[str | Cron] | None) -> tuple[Cron, ...]:
     """``@task(cron=...)`` as Cron schedules."""
     if value is None:
         return ()

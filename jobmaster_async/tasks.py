@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar, overload
 
 from .errors import TaskDefinitionError
+from .schedules import Cron, as_crons
 
 __all__ = (
     "DEFAULT_HOURS",
@@ -168,6 +169,7 @@ class TaskDefinition:
     rescues: int = 3
     timeout: float | None = None
     executor: Executor = "thread"
+    crons: tuple[Cron, ...] = ()
     is_async: bool = False
     description: str | None = None
     origin: str = field(default="", repr=False)
@@ -259,6 +261,7 @@ def task(
     rescues: int = 3,
     timeout: float | None = None,
     executor: Executor = "thread",
+    cron: str | Cron | Sequence[str | Cron] | None = None,
 ) -> Callable[[F], F]: ...
 
 
@@ -276,6 +279,7 @@ def task(
     rescues: int = 3,
     timeout: float | None = None,
     executor: Executor = "thread",
+    cron: str | Cron | Sequence[str | Cron] | None = None,
 ) -> F | Callable[[F], F]:
     """Registers a function as a task; the function stays directly callable.
 
@@ -295,6 +299,7 @@ def task(
             rescues=rescues,
             timeout=timeout,
             executor=executor,
+            cron=cron,
         )
         registry.add(definition)
         fn.__jobmaster_task__ = definition  # type: ignore[attr-defined]
@@ -323,6 +328,7 @@ def _define(
     rescues: int,
     timeout: float | None,
     executor: str,
+    cron: str | Cron | Sequence[str | Cron] | None = None,
 ) -> TaskDefinition:
     if not callable(fn):
         raise TaskDefinitionError(f"@task needs a function, got {fn!r}")
@@ -349,6 +355,7 @@ def _define(
     names = {p.name for p in parameters}
     all_params = _write_all(label, write_all, parameters)
     deps = _dependencies(label, dependencies, names)
+    crons = _crons(label, cron, parameters)
     doc = inspect.getdoc(fn)
     return TaskDefinition(
         func=fn,
@@ -363,10 +370,36 @@ def _define(
         rescues=rescues,
         timeout=float(timeout) if timeout is not None else None,
         executor=executor,  # type: ignore[arg-type]
+        crons=crons,
         is_async=is_async,
         description=doc.split("\n\n")[0].strip() if doc else None,
         origin=f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', fn)}",
     )
+
+
+def _crons(
+    label: str, cron: str | Cron | Sequence[str | Cron] | None, parameters: tuple[Parameter, ...]
+) -> tuple[Cron, ...]:
+    """The task's schedules; each must give every required argument and no unknown one (a tick's
+    job has exactly the Cron's arguments)."""
+    try:
+        crons = as_crons(cron)
+    except TaskDefinitionError as exc:
+        raise TaskDefinitionError(f"task {label}: {exc}") from None
+    names = {p.name for p in parameters}
+    for schedule in crons:
+        missing = [p.name for p in parameters if p.required and p.name not in schedule.arguments]
+        if missing:
+            raise TaskDefinitionError(
+                f"task {label}: cron {schedule.expression!r} does not give the required argument "
+                f"{missing[0]!r}: Cron({schedule.expression!r}, arguments={{{missing[0]!r}: ...}})"
+            )
+        unknown = sorted(set(schedule.arguments) - names)
+        if unknown:
+            raise TaskDefinitionError(
+                f"task {label}: cron {schedule.expression!r} gives an unknown argument {unknown[0]!r}"
+            )
+    return crons
 
 
 def _module_key(fn: Callable[..., Any]) -> str:

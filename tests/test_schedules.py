@@ -94,3 +94,21 @@ def test_bad_schedules_are_refused_at_definition(arguments: dict[str, object], s
 def test_a_naive_instant_is_refused() -> None:
     with pytest.raises(ValueError, match="naive"):
         Cron("* * * * *").next_tick(datetime(2026, 1, 1))
+
+
+def test_a_cron_must_give_every_required_argument_and_no_unknown_one() -> None:
+    from jobmaster_async import task
+
+    @task(type_key="schedule_checks", cron=["*/5 * * * *", Cron("0 3 * * *", priority=2)])
+    async def sweep(older_than_days: int = 7) -> None: ...
+
+    assert [c.expression for c in sweep.__jobmaster_task__.crons] == ["*/5 * * * *", "0 3 * * *"]  # type: ignore[attr-defined]
+    with pytest.raises(TaskDefinitionError, match="does not give the required argument 'path'"):
+
+        @task(type_key="schedule_checks", cron="0 3 * * *")
+        async def export(path: str) -> None: ...
+
+    with pytest.raises(TaskDefinitionError, match="unknown argument 'colour'"):
+
+        @task(type_key="schedule_checks", cron=Cron("0 3 * * *", arguments={"path": "x", "colour": "red"}))
+        async def export_again(path: str) -> None: ...
