@@ -28,7 +28,7 @@ logger = logging.getLogger(__name__)
 DatabaseTarget: TypeAlias = "AsyncEngine | Engine | str | URL"
 
 # A DSN asyncpg takes as it is: no driver in the scheme, no query parameter of another driver.
-# Such DSNs (worker processes, the CLI) never import SQLAlchemy: about 20 MB and 0.1 s less.
+# Such DSNs (worker processes, the CLI) never import SQLAlchemy: a smaller, faster-starting process.
 _PLAIN_DSN = re.compile(r"postgres(ql)?://[^?]*(\?(?P<query>.*))?")
 
 # Query parameters of other drivers that asyncpg does not understand.

@@ -1,9 +1,8 @@
 """A small pool of asyncpg connections, lean on the hot path.
 
 asyncpg's own Pool shields every release in a new task and resets through another coroutine: each
-one-statement call costs three more turns of the event loop than the statement itself (measured
-with cProfile: 5 turns per ``pool.fetchval("SELECT 1")`` instead of 2, about 60 µs of a 200 µs
-round trip on the development machine). Here an idle connection is popped from a stack and pushed
+one-statement call costs three more turns of the event loop than the statement itself (figures in
+benchmarks/README.md). Here an idle connection is popped from a stack and pushed
 back without awaiting anything.
 
 A connection goes back only in a clean state: not closed, not inside a transaction, and not

@@ -172,7 +172,7 @@ async def run_task(
     If the caller is cancelled while a sync task's thread still runs, ``on_abandon`` gets the
     thread's future (so the caller can hold the job's slot until it is done), and the
     cancellation propagates. ``loop`` is the running loop, when the caller has it at hand: on
-    Python 3.11 looking it up costs a getpid() system call (5 % of a sync drain's main thread).
+    Python 3.11 looking it up costs a getpid() system call (see benchmarks/README.md).
 
     Whatever the task raises fails the job, BaseException included (SystemExit, KeyboardInterrupt,
     GeneratorExit, a CancelledError of its own): only a cancellation of the caller's task (the
