@@ -8,11 +8,25 @@ from dataclasses import dataclass
 from functools import cached_property
 from importlib import resources
 
-__all__ = ("Catalogue", "Migration", "channel_name", "check_schema_name", "quote_identifier")
+__all__ = ("FUNCTIONS", "Catalogue", "Migration", "channel_name", "check_schema_name", "quote_identifier")
 
 _BLOCK = re.compile(r"^-- name: (\w+)\s*$", re.MULTILINE)
 _MIGRATION = re.compile(r"^(\d{4})_\w+\.sql$")
 _PLACEHOLDER = re.compile(r"\{(schema|channel|search_path|entry_point)\}|\$\$")
+
+#: The files of ``sql/functions/``, in the order deploy() runs them: a SQL-language function's body
+#: is checked when it is created, so what it calls comes first.
+FUNCTIONS = (
+    "validation",
+    "dependencies",
+    "insert",
+    "claim",
+    "outcomes",
+    "workers",
+    "manage",
+    "triggers",
+    "views_grants",
+)
 
 #: PostgreSQL cuts identifiers longer than this (NAMEDATALEN - 1), in bytes.
 MAX_IDENTIFIER_BYTES = 63
@@ -52,7 +66,8 @@ def channel_name(schema: str) -> str:
 
 
 def _read(name: str) -> str:
-    return resources.files("jobmaster_async").joinpath("sql", name).read_text(encoding="utf-8")
+    """A file of ``jobmaster_async/sql``, named by its path there (``functions/claim.sql``)."""
+    return resources.files("jobmaster_async").joinpath("sql", *name.split("/")).read_text(encoding="utf-8")
 
 
 @dataclass(frozen=True)
@@ -77,7 +92,7 @@ class Catalogue:
             # trigger functions: names resolve in pg_catalog first, then this schema, never elsewhere
             "{search_path}": search_path,
             # the SQL entry points: the same, and no caller can switch history and NOTIFY off
-            # (functions.sql, _jobs_inserted)
+            # (sql/functions/triggers.sql)
             "{entry_point}": f"{search_path} SET jobmaster.history_written = 'off'",
             "$$": _dollar_tag(schema),
         }
@@ -99,7 +114,8 @@ class Catalogue:
 
     @cached_property
     def functions(self) -> str:
-        return self.render(_read("functions.sql"))
+        """Every function, trigger and view: the files of ``sql/functions/`` in FUNCTIONS order."""
+        return "\n\n".join(self.render(_read(f"functions/{name}.sql")) for name in FUNCTIONS)
 
     @cached_property
     def interface(self) -> str:
