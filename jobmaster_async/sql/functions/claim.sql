@@ -10,13 +10,8 @@ CREATE OR REPLACE FUNCTION {schema}.claim_jobs(
     p_worker uuid, p_task_ids int[], p_limit int, p_units int)
 RETURNS TABLE (job_id uuid, task_id int, priority int, arguments jsonb, attempts int,
                max_attempts int)
--- A queue table's statistics are always stale: without enable_sort = off, a plan that reads every
--- waiting job and sorts them looks cheaper than walking the claim index in order, and is far
--- slower. Before PostgreSQL 18 a disabled sort costs 1e10, which would make JIT compile every
--- claim (~100 ms): hence jit = off. Bitmap scans are off because they never mark the index
--- entries of finished jobs dead: until vacuum, every count of a task's running jobs would visit
--- the table for each finished job of the task (see migration 0006).
-LANGUAGE plpgsql {entry_point} SET enable_sort = off SET jit = off SET enable_bitmapscan = off AS $$
+-- the planner settings of every claim (why: the fragment)
+LANGUAGE plpgsql {entry_point} {fragment:claim_settings} AS $$
 DECLARE
     v_limited   int[];
     v_max_units int;
@@ -27,9 +22,7 @@ DECLARE
     v_left      int := p_units;
     v_row       record;
 BEGIN
-    -- A claim need not wait for its WAL flush: lost in a crash, it only puts the job back to
-    -- waiting, as a crash does anyway (outcomes are still committed durably).
-    PERFORM set_config('synchronous_commit', 'off', true);
+    PERFORM {fragment:claim_commit};
     SELECT array_agg(t.task_id) FILTER (WHERE t.process_limit IS NOT NULL), max(t.process_units)
       INTO v_limited, v_max_units
       FROM {schema}.tasks AS t WHERE t.task_id = ANY (p_task_ids);
@@ -39,19 +32,14 @@ BEGIN
         RETURN QUERY
         WITH
         -- the next runnable jobs, locked; rows other claimers hold are skipped
-        next_jobs AS (
-            SELECT j.job_id FROM {schema}.jobs AS j
+        to_claim AS (
+            SELECT j.job_id, p_worker AS worker_id FROM {schema}.jobs AS j
              WHERE j.status = 'waiting' AND j.run_after <= now() AND j.task_id = ANY (p_task_ids)
              ORDER BY j.priority DESC, j.seq
              LIMIT p_limit
              FOR NO KEY UPDATE SKIP LOCKED
         )
-        UPDATE {schema}.jobs AS j
-           SET status = 'running', worker_id = p_worker, attempts = j.attempts + 1,
-               started_at = now(), message = NULL
-          FROM next_jobs AS n
-         WHERE j.job_id = n.job_id
-        RETURNING j.job_id, j.task_id, j.priority, j.arguments, j.attempts, j.max_attempts;
+        {fragment:claim};
         RETURN;
     END IF;
 
@@ -93,9 +81,11 @@ BEGIN
     END LOOP;
 
     RETURN QUERY
-    UPDATE {schema}.jobs AS j
-       SET status = 'running', worker_id = p_worker, attempts = j.attempts + 1,
-           started_at = now(), message = NULL
-     WHERE j.job_id = ANY (v_ids)
-    RETURNING j.job_id, j.task_id, j.priority, j.arguments, j.attempts, j.max_attempts;
+    WITH
+    -- the jobs taken, locked above (found by primary key)
+    to_claim AS (
+        SELECT j.job_id, p_worker AS worker_id FROM {schema}.jobs AS j
+         WHERE j.job_id = ANY (v_ids)
+    )
+    {fragment:claim};
 END $$;

@@ -242,8 +242,7 @@ BEGIN
              WHERE n.kind = 'new'
                AND NOT (n.task_id, n.args_hash) IN (SELECT * FROM unnest(v_tasks, v_hashes))
              GROUP BY n.task_id, n.args_hash, n.arguments, t.is_dependency, t.retries
-            ON CONFLICT (task_id, args_hash) WHERE status IN ('waiting', 'blocked', 'running')
-            DO NOTHING
+            {fragment:unless_active_twin}
             RETURNING j.job_id, j.task_id, j.args_hash
         )
         SELECT v_tasks || coalesce(array_agg(c.task_id), '{}'), v_hashes || coalesce(array_agg(c.args_hash), '{}'),

@@ -39,8 +39,7 @@ BEGIN
           FROM verdicts AS v
          WHERE v.twin IS NULL
          ORDER BY v.args_hash, v.root
-        ON CONFLICT (task_id, args_hash) WHERE status IN ('waiting', 'blocked', 'running')
-        DO NOTHING
+        {fragment:unless_active_twin}
         RETURNING j.job_id, j.args_hash, j.status
     )
     SELECT array_agg(coalesce(v.twin, i.job_id) ORDER BY v.root),
@@ -62,6 +61,52 @@ BEGIN
 END $$;
 
 
+-- Inserts jobs of a task without dependencies (canonical arguments, no "ALL"): one id per
+-- element, in order; an element identical to an active job, or to an earlier element, gets that
+-- job's id. The one way such jobs are inserted but for queries.sql insert_job_fast, which states
+-- the same rule (fragment insert_waiting) in a plain statement.
+CREATE OR REPLACE FUNCTION {schema}._insert_waiting(p_task {schema}.tasks, p_priority int, p_arguments jsonb[])
+RETURNS uuid[] LANGUAGE plpgsql AS $$
+DECLARE
+    v_ids uuid[];
+    v_i   int;
+BEGIN
+    WITH
+    -- the elements, numbered and hashed
+    batch AS (
+        SELECT u.ord, u.args, md5(u.args::text)::uuid AS args_hash
+          FROM unnest(p_arguments) WITH ORDINALITY AS u(args, ord)
+    ),
+    -- the jobs to insert, as the fragment takes them
+    waiting_jobs AS (
+        SELECT p_task.task_id, p_priority AS priority, b.args AS arguments, b.args_hash,
+               p_task.is_dependency, p_task.retries
+          FROM batch AS b
+    ),
+    -- the jobs; an element identical to an active job, or to an earlier element, is skipped
+    inserted AS (
+        {fragment:insert_waiting}
+    )
+    SELECT array_agg(i.job_id ORDER BY b.ord) INTO v_ids
+      FROM batch AS b
+      LEFT JOIN inserted AS i ON i.args_hash = b.args_hash;
+
+    IF array_position(v_ids, NULL) IS NOT NULL THEN
+        -- skipped elements: the ids of their identical active jobs (this statement also sees those
+        -- committed meanwhile by other transactions)
+        SELECT array_agg(coalesce(v_ids[b.ord], {schema}._active_twin(p_task.task_id, md5(b.args::text)::uuid))
+                         ORDER BY b.ord)
+          INTO v_ids
+          FROM unnest(p_arguments) WITH ORDINALITY AS b(args, ord);
+        -- rare: an identical job that finished meanwhile; insert again, one by one
+        FOR v_i IN SELECT i FROM generate_subscripts(v_ids, 1) AS i WHERE v_ids[i] IS NULL LOOP
+            v_ids[v_i] := ({schema}._insert_waiting(p_task, p_priority, ARRAY[p_arguments[v_i]]))[1];
+        END LOOP;
+    END IF;
+    RETURN coalesce(v_ids, '{}');
+END $$;
+
+
 -- Inserts one job (or hands back an identical active one), resolving its dependencies.
 CREATE OR REPLACE FUNCTION {schema}._insert_job(
     p_type_key text, p_task_key text, p_priority int, p_arguments jsonb)
@@ -69,8 +114,6 @@ RETURNS uuid LANGUAGE plpgsql {entry_point} AS $$
 DECLARE
     v_task {schema}.tasks;
     v_args jsonb;
-    v_hash uuid;
-    v_id   uuid;
 BEGIN
     SELECT * INTO v_task FROM {schema}.tasks WHERE type_key = p_type_key AND task_key = p_task_key;
     IF NOT FOUND THEN
@@ -86,22 +129,7 @@ BEGIN
     IF jsonb_array_length(v_task.dependencies) > 0 THEN
         RETURN ({schema}._insert_batch(v_task, coalesce(p_priority, 0), ARRAY[v_args]))[1];
     END IF;
-
-    v_hash := md5(v_args::text)::uuid;
-    LOOP
-        INSERT INTO {schema}.jobs AS j (task_id, priority, arguments, args_hash, status,
-                                        is_dependency, max_attempts)
-        VALUES (v_task.task_id, coalesce(p_priority, 0), v_args, v_hash, 'waiting',
-                v_task.is_dependency, v_task.retries + 1)
-        ON CONFLICT (task_id, args_hash) WHERE status IN ('waiting', 'blocked', 'running')
-        DO NOTHING
-        RETURNING j.job_id INTO v_id;
-        EXIT WHEN v_id IS NOT NULL;
-        -- an identical active job: hand back its id (unless it finished meanwhile: insert again)
-        v_id := {schema}._active_twin(v_task.task_id, v_hash);
-        EXIT WHEN v_id IS NOT NULL;
-    END LOOP;
-    RETURN v_id;
+    RETURN ({schema}._insert_waiting(v_task, coalesce(p_priority, 0), ARRAY[v_args]))[1];
 END $$;
 
 
@@ -123,8 +151,7 @@ BEGIN
                                         is_dependency, max_attempts)
         VALUES (p_task.task_id, p_priority, p_arguments, v_hash, 'blocked', true,
                 p_task.is_dependency, 1)
-        ON CONFLICT (task_id, args_hash) WHERE status IN ('waiting', 'blocked', 'running')
-        DO NOTHING
+        {fragment:unless_active_twin}
         RETURNING j.job_id INTO v_parent;
         EXIT WHEN v_parent IS NOT NULL;
         v_parent := {schema}._active_twin(p_task.task_id, v_hash);
@@ -204,7 +231,6 @@ DECLARE
     v_canonical jsonb[];
     v_ids       uuid[] := '{}';
     v_args      jsonb;
-    v_i         int;
 BEGIN
     SELECT * INTO v_task FROM {schema}.tasks WHERE type_key = p_type_key AND task_key = p_task_key;
     IF NOT FOUND THEN
@@ -232,40 +258,5 @@ BEGIN
     IF jsonb_array_length(v_task.dependencies) > 0 THEN
         RETURN {schema}._insert_batch(v_task, coalesce(p_priority, 0), v_canonical);
     END IF;
-
-    WITH
-    -- the canonical elements, numbered and hashed
-    batch AS (
-        SELECT u.ord, u.args, md5(u.args::text)::uuid AS args_hash
-          FROM unnest(v_canonical) WITH ORDINALITY AS u(args, ord)
-    ),
-    -- the jobs; an element identical to an active job, or to an earlier element, is skipped
-    inserted AS (
-        INSERT INTO {schema}.jobs (task_id, priority, arguments, args_hash, status, is_dependency,
-                                   max_attempts)
-        SELECT v_task.task_id, coalesce(p_priority, 0), b.args, b.args_hash,
-               'waiting', v_task.is_dependency, v_task.retries + 1
-          FROM batch AS b
-        ON CONFLICT (task_id, args_hash) WHERE status IN ('waiting', 'blocked', 'running')
-        DO NOTHING
-        RETURNING job_id, args_hash
-    )
-    SELECT array_agg(i.job_id ORDER BY b.ord) INTO v_ids
-      FROM batch AS b
-      LEFT JOIN inserted AS i ON i.args_hash = b.args_hash;
-
-    IF array_position(v_ids, NULL) IS NOT NULL THEN
-        -- skipped elements: the ids of their identical active jobs (this statement also sees those
-        -- committed meanwhile by other transactions)
-        SELECT array_agg(coalesce(v_ids[b.ord], j.job_id) ORDER BY b.ord) INTO v_ids
-          FROM unnest(v_canonical) WITH ORDINALITY AS b(args, ord)
-          LEFT JOIN {schema}.jobs AS j
-            ON v_ids[b.ord] IS NULL AND j.task_id = v_task.task_id
-           AND j.args_hash = md5(b.args::text)::uuid AND j.status IN ('waiting', 'blocked', 'running');
-        -- rare: an identical job that finished meanwhile; insert one by one
-        FOR v_i IN SELECT i FROM generate_subscripts(v_ids, 1) AS i WHERE v_ids[i] IS NULL LOOP
-            v_ids[v_i] := {schema}._insert_job(p_type_key, p_task_key, p_priority, p_arguments[v_i]);
-        END LOOP;
-    END IF;
-    RETURN coalesce(v_ids, '{}');
+    RETURN {schema}._insert_waiting(v_task, coalesce(p_priority, 0), v_canonical);
 END $$;

@@ -12,24 +12,16 @@ DECLARE
     v_done  uuid[];
     v_freed boolean;
 BEGIN
-    -- The history rows are written by this statement itself, and the jobs_updated trigger skips
-    -- it: the trigger's work on claims and completions was about a third of a drain's time.
-    PERFORM set_config('jobmaster.history_written', 'on', true);
+    -- This statement writes its own history rows, and the jobs_updated trigger skips it (the
+    -- contract: triggers.sql): the trigger's work on claims and completions is much of a drain's.
+    PERFORM {fragment:own_history};
     WITH
-    -- The batch's jobs, found by primary key (job_id = ANY). "Held by this worker" is written
-    -- with IS NOT DISTINCT FROM, which no index serves (same meaning: both columns are set on
-    -- these rows). With "=", a queue's ever-stale statistics ("this worker runs 1 job") made the
-    -- planner walk all of the worker's running jobs and test each against the batch: quadratic
-    -- once outcomes queued up, and a drain fell from 25,000 to 12,000 jobs/s. Values are found
-    -- by array_position, not by a join with unnest, for the same reason: the planner would pick
-    -- a nested loop over the batch; the dispatcher bounds the batch (RECORD_BATCH).
+    -- the batch's jobs this worker still holds (fencing: the fragment), completed
     done AS (
         UPDATE {schema}.jobs AS j
            SET status = 'complete', result = p_results[array_position(p_ids, j.job_id)],
                finished_at = now()
-         WHERE j.job_id = ANY (p_ids)
-           AND j.status IS NOT DISTINCT FROM 'running' AND j.worker_id IS NOT DISTINCT FROM p_worker
-           AND j.attempts = p_attempts[array_position(p_ids, j.job_id)]
+         WHERE {fragment:held}
         RETURNING j.job_id, j.task_id, j.message
     ),
     -- the history: a 'complete' event per job
@@ -41,7 +33,7 @@ BEGIN
     SELECT coalesce(array_agg(d.job_id), '{}'), coalesce(bool_or(t.process_limit IS NOT NULL), false)
       INTO v_done, v_freed
       FROM done AS d LEFT JOIN {schema}.tasks AS t ON t.task_id = d.task_id;
-    PERFORM set_config('jobmaster.history_written', 'off', true);
+    PERFORM {fragment:own_history_done};
     IF v_freed THEN
         PERFORM pg_notify({channel}, 'wake');  -- a process_limit slot freed
     END IF;
@@ -62,16 +54,15 @@ DECLARE
     v_all   uuid[];
 BEGIN
     WITH
-    -- the batch, positioned (see complete_jobs)
+    -- the batch's jobs this worker still holds (fencing), positioned
     batch AS (
         SELECT j.job_id, array_position(p_ids, j.job_id) AS i,
                j.attempts < j.max_attempts
                    AND p_retry_delays[array_position(p_ids, j.job_id)] IS NOT NULL AS retry
           FROM {schema}.jobs AS j
-         WHERE j.job_id = ANY (p_ids)  -- held by this worker: see complete_jobs
-           AND j.status IS NOT DISTINCT FROM 'running' AND j.worker_id IS NOT DISTINCT FROM p_worker
-           AND j.attempts = p_attempts[array_position(p_ids, j.job_id)]
+         WHERE {fragment:held}
     ),
+    -- each of them back to waiting after its retry delay, or failed for good
     failed AS (
         UPDATE {schema}.jobs AS j
            SET status = CASE WHEN b.retry THEN 'waiting' ELSE 'failed' END,
@@ -97,13 +88,13 @@ END $$;
 -- uses up no retry.
 CREATE OR REPLACE FUNCTION {schema}.release_jobs(p_worker uuid, p_ids uuid[], p_attempts int[])
 RETURNS int LANGUAGE sql {entry_point} AS $$
-    WITH released AS (
+    WITH
+    -- the batch's jobs this worker still holds (fencing), waiting again
+    released AS (
         UPDATE {schema}.jobs AS j
            SET status = 'waiting', worker_id = NULL, max_attempts = j.max_attempts + 1, started_at = NULL,
                run_after = now(), message = 'released by a worker shutting down'
-         WHERE j.job_id = ANY (p_ids)  -- held by this worker: see complete_jobs
-           AND j.status IS NOT DISTINCT FROM 'running' AND j.worker_id IS NOT DISTINCT FROM p_worker
-           AND j.attempts = p_attempts[array_position(p_ids, j.job_id)]
+         WHERE {fragment:held}
         RETURNING 1
     )
     SELECT count(*)::int FROM released;

@@ -2,36 +2,28 @@
 -- checked at commit.
 -- One of the function files that every deploy() runs after the migrations, in the order
 -- db/sql.py FUNCTIONS gives. Placeholders, fragments and name resolution: sql/README.md.
+--
+-- WHO WRITES THE HISTORY (the one contract; DESIGN 9.1 "Counting starts")
+-- Every status change of a job is one job_events row saying why (reason), and a statement that
+-- makes jobs runnable, or ends a running job of a process_limit task, wakes the workers
+-- (NOTIFY). The statement-level triggers jobs_inserted and jobs_updated below do both for every
+-- statement on jobs, except exactly these three, which write their own rows set-based (the
+-- triggers' work is much of the hot path's):
+--   queries.sql insert_job_fast   its 'inserted' rows and its NOTIFY
+--   queries.sql claim_jobs_fast   its 'claimed' rows (a claim makes nothing runnable)
+--   complete_jobs()               its 'completed' rows, and its NOTIFY when a slot freed
+-- Each says so before it writes, by setting jobmaster.history_written on for the transaction
+-- (fragment own_history); the triggers skip a statement that finds it on
+-- (fragment history_written). complete_jobs sets it off again right after its statement
+-- (fragment own_history_done): the triggers record the rest of its transaction (dependents
+-- settled). The two plain statements run alone in their transaction on the library's own
+-- connections, so the setting ends with them. Nothing else may set it.
+-- A client cannot suppress history with it: every entry point, any function a client or the
+-- library calls by name, resets it to off for its own duration ({entry_point}, a SET clause,
+-- restored on return), so whatever a caller set before calling add_job, insert_job or any other
+-- function, its statements are recorded; and the documented grants give no right on the tables.
+-- A statement that is to write its own history joins the list above, or leaves it to triggers.
 
-
--- The check at commit of a link to a job that existed before the linking transaction (queued by
--- the deferred constraint trigger job_dependencies_check_at_commit). Linking locks nothing, so a
--- worker never waits on a client's open transaction; the dependency may have finished since the
--- plan saw it pending. Here, at commit, it is locked (workers then wait for this commit alone,
--- and their settling afterwards sees the link), given the dependent's priority + 1 if it is
--- still waiting or blocked, and if it finished already, the dependent is settled now.
-CREATE OR REPLACE FUNCTION {schema}._check_link()
-RETURNS trigger LANGUAGE plpgsql {search_path} AS $$
-DECLARE
-    v_status text;
-BEGIN
-    SELECT j.status INTO v_status FROM {schema}.jobs AS j WHERE j.job_id = NEW.depends_on FOR NO KEY UPDATE;
-    IF v_status IN ('waiting', 'blocked') THEN
-        UPDATE {schema}.jobs AS j
-           SET priority = least(d.priority::bigint + 1, 2147483647)::int
-          FROM {schema}.jobs AS d
-         WHERE j.job_id = NEW.depends_on AND d.job_id = NEW.job_id
-           AND j.priority < least(d.priority::bigint + 1, 2147483647);
-    ELSIF v_status IN ('complete', 'failed', 'cancelled') THEN
-        PERFORM {schema}._settle(ARRAY[NEW.depends_on]);
-    END IF;
-    RETURN NULL;
-END $$;
-
-DROP TRIGGER IF EXISTS job_dependencies_check_at_commit ON {schema}.job_dependencies;
-CREATE CONSTRAINT TRIGGER job_dependencies_check_at_commit AFTER INSERT ON {schema}.job_dependencies
-    DEFERRABLE INITIALLY DEFERRED
-    FOR EACH ROW WHEN (NEW.check_at_commit) EXECUTE FUNCTION {schema}._check_link();
 
 -- Where a history event comes from: the worker's node and pid, else the client's. (A set-returning
 -- SQL function, so the planner inlines it into the statements that join it.)
@@ -45,17 +37,12 @@ RETURNS TABLE (node text, pid int) LANGUAGE sql STABLE AS $$
 $$;
 
 
--- History and NOTIFY of inserted jobs. The library's plain hot-path statements (queries.sql
--- insert_job_fast, claim_jobs_fast) and complete_jobs write their own history rows, set-based,
--- and say so with the transaction-local setting jobmaster.history_written, which makes these
--- triggers skip them. Only the library's own statements on its own connections can leave it on
--- for a trigger: every SQL entry point sets it off for its duration ({entry_point}), so a client
--- that sets it (the insert-only web role calling add_job) suppresses nothing.
+-- History and NOTIFY of inserted jobs (but for the statements that write their own: above).
 CREATE OR REPLACE FUNCTION {schema}._jobs_inserted()
 RETURNS trigger LANGUAGE plpgsql {search_path} AS $$
 BEGIN
     -- the statement wrote its own history and NOTIFY (queries.sql insert_job_fast)
-    IF current_setting('jobmaster.history_written', true) = 'on' THEN
+    IF {fragment:history_written} THEN
         RETURN NULL;
     END IF;
     INSERT INTO {schema}.job_events (job_id, status, reason, node, pid, message)
@@ -68,6 +55,7 @@ BEGIN
 END $$;
 
 
+-- History and NOTIFY of status changes (but for the statements that write their own: above).
 CREATE OR REPLACE FUNCTION {schema}._jobs_updated()
 RETURNS trigger LANGUAGE plpgsql {search_path} AS $$
 DECLARE
@@ -75,8 +63,8 @@ DECLARE
     v_cancelled uuid[];
     v_job_id    uuid;
 BEGIN
-    -- the statement wrote its own history (the plain claim, complete_jobs)
-    IF current_setting('jobmaster.history_written', true) = 'on' THEN
+    -- the statement wrote its own history (queries.sql claim_jobs_fast, complete_jobs)
+    IF {fragment:history_written} THEN
         RETURN NULL;
     END IF;
     WITH
@@ -131,3 +119,33 @@ DROP TRIGGER IF EXISTS jobs_updated ON {schema}.jobs;
 CREATE TRIGGER jobs_updated AFTER UPDATE ON {schema}.jobs
     REFERENCING OLD TABLE AS old_jobs NEW TABLE AS new_jobs
     FOR EACH STATEMENT EXECUTE FUNCTION {schema}._jobs_updated();
+
+
+-- The check at commit of a link to a job that existed before the linking transaction (queued by
+-- the deferred constraint trigger job_dependencies_check_at_commit). Linking locks nothing, so a
+-- worker never waits on a client's open transaction; the dependency may have finished since the
+-- plan saw it pending. Here, at commit, it is locked (workers then wait for this commit alone,
+-- and their settling afterwards sees the link), given the dependent's priority + 1 if it is
+-- still waiting or blocked, and if it finished already, the dependent is settled now.
+CREATE OR REPLACE FUNCTION {schema}._check_link()
+RETURNS trigger LANGUAGE plpgsql {search_path} AS $$
+DECLARE
+    v_status text;
+BEGIN
+    SELECT j.status INTO v_status FROM {schema}.jobs AS j WHERE j.job_id = NEW.depends_on FOR NO KEY UPDATE;
+    IF v_status IN ('waiting', 'blocked') THEN
+        UPDATE {schema}.jobs AS j
+           SET priority = least(d.priority::bigint + 1, 2147483647)::int
+          FROM {schema}.jobs AS d
+         WHERE j.job_id = NEW.depends_on AND d.job_id = NEW.job_id
+           AND j.priority < least(d.priority::bigint + 1, 2147483647);
+    ELSIF v_status IN ('complete', 'failed', 'cancelled') THEN
+        PERFORM {schema}._settle(ARRAY[NEW.depends_on]);
+    END IF;
+    RETURN NULL;
+END $$;
+
+DROP TRIGGER IF EXISTS job_dependencies_check_at_commit ON {schema}.job_dependencies;
+CREATE CONSTRAINT TRIGGER job_dependencies_check_at_commit AFTER INSERT ON {schema}.job_dependencies
+    DEFERRABLE INITIALLY DEFERRED
+    FOR EACH ROW WHEN (NEW.check_at_commit) EXECUTE FUNCTION {schema}._check_link();
