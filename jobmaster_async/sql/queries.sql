@@ -26,7 +26,9 @@ waiting_jobs AS (
            pg_catalog.md5(c.args::text)::uuid AS args_hash, t.is_dependency, t.retries,
            {fragment:own_history} AS own_history
       FROM task AS t
-     CROSS JOIN LATERAL (SELECT {schema}._fast_canonical(t, coalesce($4::text::jsonb, '{}')) AS args) AS c
+     -- OFFSET 0 keeps the subquery whole, so the arguments are made canonical once, not once for
+     -- each use of c.args below
+     CROSS JOIN LATERAL (SELECT {schema}._fast_canonical(t, coalesce($4::text::jsonb, '{}')) AS args OFFSET 0) AS c
      WHERE c.args IS NOT NULL
 ),
 -- the job, unless an identical one is active

@@ -100,7 +100,11 @@ $$;
 
 
 -- Canonical arguments, the fast way: NULL unless they fit the task's arguments_path and the
--- bounds; then the defaults filled in (an integer given as 5.0 made 5 the slow way).
+-- bounds; then the defaults filled in. An integer given as 5.0 is made 5 the slow way: only the
+-- values of integer parameters are looked at for a dot (the arguments less the other
+-- parameters: non_integer_names, migration 0010), so strings, floats and objects of other
+-- parameters never send arguments the slow way. jsonb writes no number with an exponent (1e2 is
+-- stored as 100), so a dot is the one sign of a whole number written otherwise than canonically.
 -- (Inlined into the plain insert statement, which runs with the caller's search_path: built-ins
 -- are qualified; the operators used have exact matches in pg_catalog, which is searched first.)
 CREATE OR REPLACE FUNCTION {schema}._fast_canonical(p_task {schema}.tasks, p_arguments jsonb)
@@ -110,7 +114,7 @@ RETURNS jsonb LANGUAGE sql IMMUTABLE AS $$
         WHEN p_arguments - p_task.parameter_names <> '{}' THEN NULL
         WHEN NOT coalesce(pg_catalog.jsonb_path_match(p_arguments, p_task.arguments_path, '{}', true), false) THEN NULL
         WHEN NOT {schema}._within_bounds(p_arguments) THEN NULL
-        WHEN p_task.has_integers AND p_arguments::text LIKE '%.%'
+        WHEN p_task.has_integers AND (p_arguments - p_task.non_integer_names)::text LIKE '%.%'
             THEN {schema}._canonical_of(p_task.parameters, p_arguments)
         ELSE p_task.defaults || p_arguments
     END

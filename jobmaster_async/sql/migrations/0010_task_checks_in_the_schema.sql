@@ -4,6 +4,13 @@
 -- functions and derives every task again (a backfill lives in a migration, never in functions/).
 -- Placeholders: {schema} is the quoted schema name.
 
+-- The names of the parameters that are not integers. The arguments without them hold only the
+-- values of integer parameters, which show whether one was given as 5.0 (to be stored as 5) on
+-- their own, so a dot in a string, a float or an object of another parameter costs nothing
+-- (functions/validation.sql, _fast_canonical). Until derived, '{}': then every value is looked
+-- at, which is still right.
+ALTER TABLE {schema}.tasks ADD COLUMN IF NOT EXISTS non_integer_names text[] NOT NULL DEFAULT '{}';
+
 -- The parameters as one jsonpath predicate that arguments without unknown keys match when they
 -- fit (JSON types, whole integers, nullability, options, required ones present): the same rules
 -- as _arguments_ok, but run by jsonb_path_match in C, so a bulk insert checks thousands of
@@ -51,8 +58,9 @@ BEGIN
     SELECT coalesce(array_agg(p.value->>'name'), '{}'),
            coalesce(jsonb_object_agg(p.value->>'name', p.value->'default')
                         FILTER (WHERE p.value ? 'default'), '{}'),
-           coalesce(bool_or(p.value->>'type' = 'integer'), false)
-      INTO NEW.parameter_names, NEW.defaults, NEW.has_integers
+           coalesce(bool_or(p.value->>'type' = 'integer'), false),
+           coalesce(array_agg(p.value->>'name') FILTER (WHERE p.value->>'type' IS DISTINCT FROM 'integer'), '{}')
+      INTO NEW.parameter_names, NEW.defaults, NEW.has_integers, NEW.non_integer_names
       FROM jsonb_array_elements(NEW.parameters) AS p;
     NEW.arguments_path := {schema}._arguments_path(NEW.parameters);
     RETURN NEW;
