@@ -163,6 +163,12 @@ class Catalogue:
         return "\n\n".join(self.render(_read(f"functions/{name}.sql")) for name in FUNCTIONS)
 
     @cached_property
+    def schema_sql(self) -> str:
+        """``sql/schema.sql``: the tables, types, indexes and constraints the migrations produce,
+        which deploy() applies to a new schema instead of running every migration."""
+        return self.render(_frozen("schema.sql", _read("schema.sql")))
+
+    @cached_property
     def interface(self) -> str:
         """The SQL interface, as a text to copy from."""
         return self.render(_read("interface.sql")).strip()

@@ -252,10 +252,12 @@ BEGIN
 
         -- a later statement, whose snapshot sees the identical jobs that made us skip
         WITH
+        -- the steps to carry out, as above
         steps AS (
             SELECT s.* FROM unnest(p_plan) AS s
              WHERE s.depth > 0 AND s.kind IN ('new', 'pending') AND p_root_ids[s.root] IS NOT NULL
         ),
+        -- the dependencies created so far (by this statement's predecessors in the loop)
         created AS (
             SELECT * FROM unnest(v_tasks, v_hashes, v_ids) AS c(task_id, args_hash, job_id)
         ),

@@ -18,7 +18,9 @@ BEGIN
     IF v_status NOT IN ('waiting', 'blocked', 'running') THEN
         RETURN v_status;
     END IF;
-    WITH cancelled AS (
+    WITH
+    -- the job, and an "ALL" parent's unfinished children, cancelled
+    cancelled AS (
         UPDATE {schema}.jobs AS j
            SET status = 'cancelled', finished_at = now(), message = 'cancelled'
          WHERE j.status IN ('waiting', 'blocked', 'running')
