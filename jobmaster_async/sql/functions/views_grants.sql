@@ -8,10 +8,10 @@
 -- jobs_dedupe_idx (all three), one of the claim indexes (waiting), jobs_running_idx (running);
 -- blocked is the difference, exact because one statement sees one snapshot. Until vacuum,
 -- finished jobs leave dead entries in those indexes. A bitmap scan, which the planner picks on
--- most statistics, visits the table for each of them on every call (16 ms with 120,000 finished
--- jobs); an index-only scan marks each dead entry once and skips it afterwards (under 1 ms).
--- Hence the planner settings. Live jobs still cost a visit each until vacuum marks their pages
--- all-visible (about 7 ms for 20,000 waiting jobs).
+-- most statistics, visits the table for each of them on every call, so its cost grows with the
+-- finished jobs; an index-only scan marks each dead entry once and skips it afterwards. Hence
+-- the planner settings. Live jobs still cost a visit each until vacuum marks their pages
+-- all-visible (benchmarks/README.md has the figures).
 CREATE OR REPLACE FUNCTION {schema}.active_counts(OUT waiting bigint, OUT blocked bigint, OUT running bigint)
 LANGUAGE sql STABLE
 {search_path}

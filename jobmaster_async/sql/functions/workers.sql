@@ -14,8 +14,9 @@ $$;
 
 -- Jobs of workers whose heartbeat lapsed (or that are gone) go back to waiting, or fail when
 -- their attempts are used up. Dead worker rows are locked SKIP LOCKED: one rescuer each. Every
--- worker calls this on each poll: bitmap scans are off for the reason given at claim_jobs, and
--- jit with them (a disabled plan node costs 1e10 before PostgreSQL 18).
+-- worker calls this on each poll: bitmap scans are off for the reason the claim's are (fragment
+-- claim_settings), and jit with them (before PostgreSQL 18 a disabled plan node is given a huge
+-- cost, which would make JIT compile the statement on every call).
 CREATE OR REPLACE FUNCTION {schema}.rescue_jobs()
 RETURNS int LANGUAGE plpgsql {entry_point} SET enable_bitmapscan = off SET jit = off AS $$
 DECLARE

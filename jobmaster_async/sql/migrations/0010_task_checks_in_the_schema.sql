@@ -13,8 +13,8 @@ ALTER TABLE {schema}.tasks ADD COLUMN IF NOT EXISTS non_integer_names text[] NOT
 
 -- The parameters as one jsonpath predicate that arguments without unknown keys match when they
 -- fit (JSON types, whole integers, nullability, options, required ones present): the same rules
--- as _arguments_ok, but run by jsonb_path_match in C, so a bulk insert checks thousands of
--- elements in milliseconds. NULL when an option is not a scalar (then _arguments_ok checks).
+-- as _arguments_ok, but run by jsonb_path_match in C, so a bulk insert checks its elements
+-- without a PL/pgSQL loop each. NULL when an option is not a scalar (then _arguments_ok checks).
 CREATE OR REPLACE FUNCTION {schema}._arguments_path(p_parameters jsonb)
 RETURNS jsonpath LANGUAGE plpgsql IMMUTABLE AS $$
 DECLARE
