@@ -3,6 +3,21 @@
 -- db/sql.py FUNCTIONS gives. Placeholders, fragments and name resolution: sql/README.md.
 
 
+-- The task of that name; refused (unknown_task) when there is none.
+CREATE OR REPLACE FUNCTION {schema}._task(p_type_key text, p_task_key text)
+RETURNS {schema}.tasks LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    v_task {schema}.tasks;
+BEGIN
+    SELECT * INTO v_task FROM {schema}.tasks WHERE type_key = p_type_key AND task_key = p_task_key;
+    IF NOT FOUND THEN
+        PERFORM {schema}._refuse('unknown_task',
+            format('unknown task %s.%s (is it deployed?)', p_type_key, p_task_key));
+    END IF;
+    RETURN v_task;
+END $$;
+
+
 -- The identical job (same task, same canonical arguments) that is waiting, blocked or running.
 CREATE OR REPLACE FUNCTION {schema}._active_twin(p_task_id int, p_args_hash uuid)
 RETURNS uuid LANGUAGE sql STABLE AS $$
@@ -115,11 +130,7 @@ DECLARE
     v_task {schema}.tasks;
     v_args jsonb;
 BEGIN
-    SELECT * INTO v_task FROM {schema}.tasks WHERE type_key = p_type_key AND task_key = p_task_key;
-    IF NOT FOUND THEN
-        PERFORM {schema}._refuse('unknown_task',
-            format('unknown task %s.%s (is it deployed?)', p_type_key, p_task_key));
-    END IF;
+    v_task := {schema}._task(p_type_key, p_task_key);
     v_args := {schema}._canonical_arguments(v_task, p_arguments, true);
     IF cardinality(v_task.write_all) > 0 THEN
         IF EXISTS (SELECT 1 FROM unnest(v_task.write_all) AS p WHERE v_args->p = '"ALL"') THEN
@@ -232,11 +243,7 @@ DECLARE
     v_ids       uuid[] := '{}';
     v_args      jsonb;
 BEGIN
-    SELECT * INTO v_task FROM {schema}.tasks WHERE type_key = p_type_key AND task_key = p_task_key;
-    IF NOT FOUND THEN
-        PERFORM {schema}._refuse('unknown_task',
-            format('unknown task %s.%s (is it deployed?)', p_type_key, p_task_key));
-    END IF;
+    v_task := {schema}._task(p_type_key, p_task_key);
     IF coalesce(cardinality(p_arguments), 0) = 0 THEN
         RETURN '{}';
     END IF;
