@@ -58,29 +58,6 @@ async def test_refuses_a_newer_schema(jm: JobMaster) -> None:
         await jm.deploy()
 
 
-async def test_fresh_install_equals_all_migrations(dsn: str, schema_name: str) -> None:
-    """One table layout whether deployed fresh or migrated step by step (today: one step)."""
-    master = JobMaster(dsn, schema=schema_name)
-    try:
-        await master.deploy()
-        pool = await master.store.pool()
-        first = await pool.fetch(
-            "SELECT table_name, column_name, data_type FROM information_schema.columns "
-            "WHERE table_schema = $1 ORDER BY 1, 2",
-            schema_name,
-        )
-        await master.deploy()
-        second = await pool.fetch(
-            "SELECT table_name, column_name, data_type FROM information_schema.columns "
-            "WHERE table_schema = $1 ORDER BY 1, 2",
-            schema_name,
-        )
-        assert first == second and len(first) > 20
-    finally:
-        await master.close()
-        await drop_schema(dsn, schema_name)
-
-
 async def test_upgrade_from_version_1_drops_the_replaced_functions(jm: JobMaster, conn: asyncpg.Connection) -> None:
     """A schema deployed at version 1 had _insert_job with two more (defaulted) parameters; left in
     place, every insert_job call would be ambiguous."""

@@ -50,10 +50,8 @@ _STRING = re.compile(r"'(?:[^']|'')*'")
 def library_sql() -> list[str]:
     """Every SQL text of the package: the .sql files and the SQL strings in its Python modules."""
     texts = []
-    folder = resources.files("jobmaster_async").joinpath("sql")
-    for entry in [*folder.iterdir(), *folder.joinpath("migrations").iterdir()]:
-        if entry.name.endswith(".sql"):
-            texts.append(entry.read_text(encoding="utf-8"))
+    folder = Path(str(resources.files("jobmaster_async").joinpath("sql")))
+    texts += [file.read_text(encoding="utf-8") for file in sorted(folder.rglob("*.sql"))]
     for module in sorted(Path(jobmaster_async.__file__).parent.rglob("*.py")):
         for node in ast.walk(ast.parse(module.read_text(encoding="utf-8"))):
             if isinstance(node, ast.Constant) and isinstance(node.value, str) and _SQL_HINT.search(node.value):

@@ -1,12 +1,13 @@
 """Claiming jobs: the common claim as one prepared plain statement, on a connection of its own.
 
-``claim_jobs()`` (functions.sql) respects process_limit and process_units; most claims have
-neither to respect, and for them the PL/pgSQL call is pure overhead. Those run
-``claim_jobs_fast`` (queries.sql) instead, on a connection whose session settings are the ones
-``claim_jobs()`` sets for itself: enable_sort and jit off (see functions.sql), and
-synchronous_commit off (a claim lost in a crash only puts the job back to waiting). The statement
-itself says when the tasks do have limits (another deploy may have added one): then, and while
-the connection is busy with a concurrent claim, ``claim_jobs()`` runs through the pool.
+``claim_jobs()`` (sql/functions/claim.sql) respects process_limit and process_units; most claims
+have neither to respect, and for them the PL/pgSQL call is pure overhead. Those run
+``claim_jobs_fast`` (queries.sql) instead, on a connection whose session settings are the planner
+settings ``claim_jobs()`` sets for itself (``Catalogue.claim_session_settings``, from the one
+source: sql/fragments.sql claim_settings); like ``claim_jobs()``, the statement turns
+synchronous_commit off for itself. It also says when the tasks do have limits (another deploy may
+have added one): then, and while the connection is busy with a concurrent claim, ``claim_jobs()``
+runs through the pool.
 """
 
 from __future__ import annotations
@@ -25,8 +26,6 @@ from .sql import Catalogue
 __all__ = ("Claimer",)
 
 logger = logging.getLogger(__name__)
-
-SESSION_SETTINGS = "SET enable_sort = off; SET jit = off; SET synchronous_commit = off"
 
 
 class Claimer:
@@ -68,7 +67,7 @@ class Claimer:
         if self._conn is None or self._conn.is_closed():
             conn = await self._connect()
             try:
-                await conn.execute(SESSION_SETTINGS, timeout=self.timeout)
+                await conn.execute(self.sql.claim_session_settings, timeout=self.timeout)
             except BaseException:
                 conn.terminate()
                 raise

@@ -56,11 +56,7 @@ async def deploy_schema(
                 f"schema {sql.schema} is at version {current}, newer than this jobmaster_async "
                 f"(which knows up to {sql.latest_version}): upgrade jobmaster_async"
             )
-        for migration in sql.migrations:
-            if migration.version > current:
-                logger.info("applying migration %s to schema %s", migration.name, sql.schema)
-                await conn.execute(sql["record_migration"], migration.version, migration.name)
-                await conn.execute(migration.sql)
+        await _migrate(conn, sql, current)
         await conn.execute(sql.functions)
 
         deployed = {(r["type_key"], r["task_key"]): r for r in await conn.fetch(sql["deployed_tasks"])}
@@ -92,3 +88,20 @@ async def deploy_schema(
                 logger.info("deploy(prune=True): removed task %s.%s", row["type_key"], row["task_key"])
         await conn.execute(sql["mark_dependency_targets"])
     logger.info("deployed schema %s with %d task definitions", sql.schema, len(rows))
+
+
+async def _migrate(conn: asyncpg.Connection, sql: Catalogue, current: int) -> None:
+    """Brings the schema's tables to the latest version: a new schema (version 0) at once from
+    schema.sql, recording every migration as applied; an existing one by the migrations it lacks,
+    in order. Each version is recorded before it is applied (the advisory lock serialises
+    deploys; the primary key would stop a second one anyway)."""
+    if current == 0:
+        logger.info("creating schema %s at version %d", sql.schema, sql.latest_version)
+        await conn.executemany(sql["record_migration"], [(m.version, m.name) for m in sql.migrations])
+        await conn.execute(sql.schema_sql)
+        return
+    for migration in sql.migrations:
+        if migration.version > current:
+            logger.info("applying migration %s to schema %s", migration.name, sql.schema)
+            await conn.execute(sql["record_migration"], migration.version, migration.name)
+            await conn.execute(migration.sql)

@@ -1,18 +1,35 @@
-"""The SQL catalogue: ``.sql`` files from ``jobmaster_async/sql`` with the schema substituted."""
+"""The SQL catalogue: ``.sql`` files from ``jobmaster_async/sql`` with the schema and the fragments
+substituted (``sql/README.md``)."""
 
 from __future__ import annotations
 
 import hashlib
 import re
 from dataclasses import dataclass
-from functools import cached_property
+from functools import cache, cached_property
 from importlib import resources
 
-__all__ = ("Catalogue", "Migration", "channel_name", "check_schema_name", "quote_identifier")
+__all__ = ("FUNCTIONS", "Catalogue", "Migration", "channel_name", "check_schema_name", "quote_identifier")
 
 _BLOCK = re.compile(r"^-- name: (\w+)\s*$", re.MULTILINE)
 _MIGRATION = re.compile(r"^(\d{4})_\w+\.sql$")
-_PLACEHOLDER = re.compile(r"\{(schema|channel|search_path|entry_point)\}|\$\$")
+_FRAGMENT = re.compile(r"^-- fragment: (\w+)\s*$", re.MULTILINE)
+_PLACEHOLDER = re.compile(r"\{(?:schema|channel|search_path|entry_point|fragment:\w+)\}|\$\$")
+_SET_CLAUSE = re.compile(r"SET (\w+) = (\w+)")
+
+#: The files of ``sql/functions/``, in the order deploy() runs them: a SQL-language function's body
+#: is checked when it is created, so what it calls comes first.
+FUNCTIONS = (
+    "validation",
+    "dependencies",
+    "insert",
+    "claim",
+    "outcomes",
+    "workers",
+    "manage",
+    "triggers",
+    "views_grants",
+)
 
 #: PostgreSQL cuts identifiers longer than this (NAMEDATALEN - 1), in bytes.
 MAX_IDENTIFIER_BYTES = 63
@@ -51,8 +68,31 @@ def channel_name(schema: str) -> str:
     return "jobmaster_" + hashlib.sha256(schema.encode()).hexdigest()[:32]
 
 
+@cache
 def _read(name: str) -> str:
-    return resources.files("jobmaster_async").joinpath("sql", name).read_text(encoding="utf-8")
+    """A file of ``jobmaster_async/sql``, named by its path there (``functions/claim.sql``)."""
+    return resources.files("jobmaster_async").joinpath("sql", *name.split("/")).read_text(encoding="utf-8")
+
+
+@cache
+def _fragments() -> tuple[tuple[str, str], ...]:
+    """The blocks of ``sql/fragments.sql`` in file order: (name, text without comment lines)."""
+    parts = _FRAGMENT.split(_read("fragments.sql"))
+    found = []
+    for name, body in zip(parts[1::2], parts[2::2], strict=True):
+        lines = [line.rstrip() for line in body.splitlines() if line.strip() and not line.lstrip().startswith("--")]
+        if not lines or "--" in lines[-1]:
+            raise ValueError(f"sql/fragments.sql: fragment {name} is empty or ends in a comment")
+        found.append((name, "\n".join(lines)))
+    return tuple(found)
+
+
+def _frozen(name: str, text: str) -> str:
+    """A migration's or schema.sql's text: plain SQL, using no fragment (a fragment may change; what
+    a migration did may not)."""
+    if "{fragment:" in text:
+        raise ValueError(f"{name} uses a fragment; migrations and schema.sql are written out in full")
+    return text
 
 
 @dataclass(frozen=True)
@@ -77,16 +117,36 @@ class Catalogue:
             # trigger functions: names resolve in pg_catalog first, then this schema, never elsewhere
             "{search_path}": search_path,
             # the SQL entry points: the same, and no caller can switch history and NOTIFY off
-            # (functions.sql, _jobs_inserted)
+            # (sql/functions/triggers.sql)
             "{entry_point}": f"{search_path} SET jobmaster.history_written = 'off'",
             "$$": _dollar_tag(schema),
         }
+        # each fragment rendered once, with the fragments above it in place
+        for name, body in _fragments():
+            self._values[f"{{fragment:{name}}}"] = self.render(body)
 
     def render(self, text: str) -> str:
         """The text with its placeholders filled in, in one pass (a schema name holding
         "{channel}" stays as it is), and each $$ dollar quote given a tag the name cannot close.
-        {search_path} and {entry_point} are the SET clauses that pin what a function resolves."""
-        return _PLACEHOLDER.sub(lambda m: self._values[m.group(0)], text)
+        {search_path} and {entry_point} are the SET clauses that pin what a function resolves;
+        {fragment:name} is that block of ``sql/fragments.sql``."""
+        return _PLACEHOLDER.sub(self._value, text)
+
+    def _value(self, match: re.Match[str]) -> str:
+        try:
+            return self._values[match.group(0)]
+        except KeyError:
+            raise ValueError(f"unknown placeholder {match.group(0)} (a fragment defined further down?)") from None
+
+    @cached_property
+    def claim_session_settings(self) -> str:
+        """claim_jobs()'s planner settings (fragment claim_settings, their one source) as the
+        statements that make them the session settings of the connection that runs claim_jobs_fast."""
+        clauses = self._values["{fragment:claim_settings}"]
+        settings = [f"SET {name} = {value}" for name, value in _SET_CLAUSE.findall(clauses)]
+        if " ".join(settings) != " ".join(clauses.split()):
+            raise ValueError(f"fragment claim_settings holds more than SET clauses: {clauses!r}")
+        return "; ".join(settings)
 
     @cached_property
     def queries(self) -> dict[str, str]:
@@ -99,7 +159,14 @@ class Catalogue:
 
     @cached_property
     def functions(self) -> str:
-        return self.render(_read("functions.sql"))
+        """Every function, trigger and view: the files of ``sql/functions/`` in FUNCTIONS order."""
+        return "\n\n".join(self.render(_read(f"functions/{name}.sql")) for name in FUNCTIONS)
+
+    @cached_property
+    def schema_sql(self) -> str:
+        """``sql/schema.sql``: the tables, types, indexes and constraints the migrations produce,
+        which deploy() applies to a new schema instead of running every migration."""
+        return self.render(_frozen("schema.sql", _read("schema.sql")))
 
     @cached_property
     def interface(self) -> str:
@@ -113,7 +180,8 @@ class Catalogue:
         for entry in folder.iterdir():
             match = _MIGRATION.match(entry.name)
             if match:
-                found.append(Migration(int(match.group(1)), entry.name, self.render(entry.read_text(encoding="utf-8"))))
+                text = _frozen(entry.name, entry.read_text(encoding="utf-8"))
+                found.append(Migration(int(match.group(1)), entry.name, self.render(text)))
         return tuple(sorted(found, key=lambda m: m.version))
 
     @property

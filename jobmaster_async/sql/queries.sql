@@ -19,23 +19,21 @@ task AS (
      WHERE t.type_key = $1 AND t.task_key = $2
        AND pg_catalog.jsonb_array_length(t.dependencies) = 0 AND pg_catalog.cardinality(t.write_all) = 0
 ),
--- the canonical arguments, if they fit; this statement writes its own history (logged), so the
--- jobs_inserted trigger skips it
-job AS (
-    SELECT t.task_id, t.is_dependency, t.retries, c.args, pg_catalog.md5(c.args::text)::uuid AS args_hash,
-           pg_catalog.set_config('jobmaster.history_written', 'on', true) AS history_written
+-- the job to insert, if its arguments fit (canonical); this statement writes its own history
+-- (logged), so the jobs_inserted trigger skips it (the contract: functions/triggers.sql)
+waiting_jobs AS (
+    SELECT t.task_id, coalesce($3, 0) AS priority, c.args AS arguments,
+           pg_catalog.md5(c.args::text)::uuid AS args_hash, t.is_dependency, t.retries,
+           {fragment:own_history} AS own_history
       FROM task AS t
-     CROSS JOIN LATERAL (SELECT {schema}._fast_canonical(t, coalesce($4::text::jsonb, '{}')) AS args) AS c
+     -- OFFSET 0 keeps the subquery whole, so the arguments are made canonical once, not once for
+     -- each use of c.args below
+     CROSS JOIN LATERAL (SELECT {schema}._fast_canonical(t, coalesce($4::text::jsonb, '{}')) AS args OFFSET 0) AS c
      WHERE c.args IS NOT NULL
 ),
 -- the job, unless an identical one is active
 inserted AS (
-    INSERT INTO {schema}.jobs AS j (task_id, priority, arguments, args_hash, status, is_dependency,
-                                    max_attempts)
-    SELECT b.task_id, coalesce($3, 0), b.args, b.args_hash, 'waiting', b.is_dependency, b.retries + 1
-      FROM job AS b
-    ON CONFLICT (task_id, args_hash) WHERE status IN ('waiting', 'blocked', 'running') DO NOTHING
-    RETURNING j.job_id
+{fragment:insert_waiting}
 ),
 -- the history: its 'waiting' event
 logged AS (
@@ -66,11 +64,12 @@ mode AS (
                     WHERE t.task_id = ANY ($2::int[])
                       AND (t.process_limit IS NOT NULL OR t.process_units * $3 > $4)) AS slow,
            -- this statement writes its own history (logged): the jobs_updated trigger skips it
-           pg_catalog.set_config('jobmaster.history_written', 'on', true) AS history_written
+           {fragment:own_history} AS own_history,
+           {fragment:claim_commit} AS claim_commit
 ),
 -- the next runnable jobs, locked; rows other claimers hold are skipped
-next_jobs AS (
-    SELECT j.job_id FROM {schema}.jobs AS j
+to_claim AS (
+    SELECT j.job_id, $1::uuid AS worker_id FROM {schema}.jobs AS j
      WHERE j.status = 'waiting' AND j.run_after <= pg_catalog.now() AND j.task_id = ANY ($2::int[])
        AND NOT (SELECT m.slow FROM mode AS m)
      ORDER BY j.priority DESC, j.seq
@@ -79,12 +78,7 @@ next_jobs AS (
 ),
 -- the jobs, running for this worker
 claimed AS (
-    UPDATE {schema}.jobs AS j
-       SET status = 'running', worker_id = $1, attempts = j.attempts + 1,
-           started_at = pg_catalog.now(), message = NULL
-      FROM next_jobs AS n
-     WHERE j.job_id = n.job_id
-    RETURNING j.job_id, j.task_id, j.priority, j.arguments, j.attempts, j.max_attempts
+{fragment:claim}
 ),
 -- the history: a 'running' event per job
 logged AS (

@@ -1,5 +1,5 @@
 -- Initial schema. Placeholders: {schema} is the quoted schema name.
--- Functions, triggers and views live in functions.sql and are (re)created on every deploy().
+-- Functions, triggers and views live in functions/ and are (re)created on every deploy().
 
 CREATE TABLE {schema}.tasks (
     task_id        int GENERATED ALWAYS AS IDENTITY PRIMARY KEY,

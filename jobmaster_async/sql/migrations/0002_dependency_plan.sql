@@ -1,5 +1,5 @@
 -- Dependencies are resolved set-based: one recursive query plans the whole tree of a batch,
--- one statement carries the plan out (functions.sql: _plan_dependencies, _carry_out_plan).
+-- one statement carries the plan out (functions/dependencies.sql: _plan_dependencies, _carry_out_plan).
 -- Placeholders: {schema} is the quoted schema name.
 
 -- One step of a plan: a job that inserting a batch needs, and what to do about it.

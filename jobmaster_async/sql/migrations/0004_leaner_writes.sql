@@ -1,7 +1,7 @@
 -- Fewer writes per job. Placeholders: {schema} is the quoted schema name.
 
 -- jobs.task_id referenced tasks with a foreign key, whose check is a row-level trigger: one
--- lookup and row lock per inserted job, measured at about 40 % of a 5,000-job insert_jobs. Jobs
+-- lookup and row lock per inserted job, a large share of a bulk insert (benchmarks/README.md). Jobs
 -- are only inserted by this schema's functions, which look their task up first; deleting tasks
 -- (deploy(prune=True), queries.sql prune_tasks) deletes their finished jobs itself.
 ALTER TABLE {schema}.jobs DROP CONSTRAINT IF EXISTS jobs_task_id_fkey;

@@ -5,6 +5,6 @@
 -- their jobs by primary key, and rescue reads every running job: none needs worker_id first.
 -- The functions read this index with plain or index-only scans, which mark the entries of
 -- finished jobs dead once; a bitmap scan visits the table for each of them on every call until
--- vacuum (17 ms per claim of a limited task with 100,000 finished jobs, 0.7 ms without).
+-- vacuum, so a claim of a limited task grew slower with every finished job (benchmarks/README.md).
 DROP INDEX {schema}.jobs_running_idx;
 CREATE INDEX jobs_running_idx ON {schema}.jobs (task_id) WHERE status = 'running';

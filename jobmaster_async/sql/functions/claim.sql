@@ -1,0 +1,91 @@
+-- Claiming jobs (the hot path): claim_jobs(), for claims that must respect process_limit or
+-- process_units (the common claim is queries.sql claim_jobs_fast).
+-- One of the function files that every deploy() runs after the migrations, in the order
+-- db/sql.py FUNCTIONS gives. Placeholders, fragments and name resolution: sql/README.md.
+
+
+-- Claims up to p_limit runnable jobs of the given tasks for a worker whose free process units
+-- are p_units: highest priority first, then oldest; process_limit exact across all workers.
+CREATE OR REPLACE FUNCTION {schema}.claim_jobs(
+    p_worker uuid, p_task_ids int[], p_limit int, p_units int)
+RETURNS TABLE (job_id uuid, task_id int, priority int, arguments jsonb, attempts int,
+               max_attempts int)
+-- the planner settings of every claim (why: the fragment)
+LANGUAGE plpgsql {entry_point} {fragment:claim_settings} AS $$
+DECLARE
+    v_limited   int[];
+    v_max_units int;
+    v_eligible  int[];
+    v_caps      int[];
+    v_ids       uuid[] := '{}';
+    v_taken     jsonb := '{}';
+    v_left      int := p_units;
+    v_row       record;
+BEGIN
+    PERFORM {fragment:claim_commit};
+    SELECT array_agg(t.task_id) FILTER (WHERE t.process_limit IS NOT NULL), max(t.process_units)
+      INTO v_limited, v_max_units
+      FROM {schema}.tasks AS t WHERE t.task_id = ANY (p_task_ids);
+
+    IF v_limited IS NULL AND v_max_units * p_limit <= p_units THEN
+        -- fast path: no limits to respect, the units budget cannot be exceeded
+        RETURN QUERY
+        WITH
+        -- the next runnable jobs, locked; rows other claimers hold are skipped
+        to_claim AS (
+            SELECT j.job_id, p_worker AS worker_id FROM {schema}.jobs AS j
+             WHERE j.status = 'waiting' AND j.run_after <= now() AND j.task_id = ANY (p_task_ids)
+             ORDER BY j.priority DESC, j.seq
+             LIMIT p_limit
+             FOR NO KEY UPDATE SKIP LOCKED
+        )
+        {fragment:claim};
+        RETURN;
+    END IF;
+
+    -- Limited tasks: lock their rows (those another claimer holds are skipped this round), then
+    -- count their running jobs in a later statement, whose snapshot sees every committed claim.
+    SELECT coalesce(array_agg(t.task_id), '{}') INTO v_limited
+      FROM (SELECT t.task_id FROM {schema}.tasks AS t
+             WHERE t.task_id = ANY (v_limited) ORDER BY t.task_id
+               FOR NO KEY UPDATE SKIP LOCKED) AS t;
+    SELECT array_agg(t.task_id), array_agg(least(p_limit, coalesce(t.process_limit - r.running, t.process_limit, p_limit)))
+      INTO v_eligible, v_caps
+      FROM {schema}.tasks AS t
+      -- running: jobs_running_idx; abandoned (cancelled, thread still running): jobs_abandoned_idx
+      LEFT JOIN LATERAL (SELECT (SELECT count(*)::int FROM {schema}.jobs AS j
+                                  WHERE j.task_id = t.task_id AND j.status = 'running')
+                              + (SELECT count(*)::int FROM {schema}.jobs AS j
+                                  WHERE j.task_id = t.task_id AND j.abandoned
+                                    AND j.status <> 'running') AS running) AS r ON true
+     WHERE t.task_id = ANY (p_task_ids) AND t.process_units <= p_units
+       AND (t.process_limit IS NULL OR t.task_id = ANY (v_limited));
+
+    -- candidates: up to each task's cap, locked; then taken greedily within the units budget
+    FOR v_row IN
+        SELECT c.job_id, c.task_id, c.process_units
+          FROM unnest(v_eligible, v_caps) AS e(task_id, cap)
+         CROSS JOIN LATERAL (
+               SELECT j.job_id, j.task_id, j.priority, j.seq, t.process_units
+                 FROM {schema}.jobs AS j JOIN {schema}.tasks AS t ON t.task_id = j.task_id
+                WHERE j.task_id = e.task_id AND j.status = 'waiting' AND j.run_after <= now()
+                ORDER BY j.priority DESC, j.seq
+                LIMIT greatest(e.cap, 0)
+                  FOR NO KEY UPDATE OF j SKIP LOCKED) AS c
+         ORDER BY c.priority DESC, c.seq
+    LOOP
+        CONTINUE WHEN v_row.process_units > v_left;
+        v_left := v_left - v_row.process_units;
+        v_ids := v_ids || v_row.job_id;
+        EXIT WHEN cardinality(v_ids) >= p_limit;
+    END LOOP;
+
+    RETURN QUERY
+    WITH
+    -- the jobs taken, locked above (found by primary key)
+    to_claim AS (
+        SELECT j.job_id, p_worker AS worker_id FROM {schema}.jobs AS j
+         WHERE j.job_id = ANY (v_ids)
+    )
+    {fragment:claim};
+END $$;

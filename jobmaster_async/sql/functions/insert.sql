@@ -1,0 +1,269 @@
+-- Inserting jobs: the internal helpers, the SQL interface (insert_job, add_job) and insert_jobs.
+-- One of the function files that every deploy() runs after the migrations, in the order
+-- db/sql.py FUNCTIONS gives. Placeholders, fragments and name resolution: sql/README.md.
+
+
+-- The task of that name; refused (unknown_task) when there is none.
+CREATE OR REPLACE FUNCTION {schema}._task(p_type_key text, p_task_key text)
+RETURNS {schema}.tasks LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    v_task {schema}.tasks;
+BEGIN
+    SELECT * INTO v_task FROM {schema}.tasks WHERE type_key = p_type_key AND task_key = p_task_key;
+    IF NOT FOUND THEN
+        PERFORM {schema}._refuse('unknown_task',
+            format('unknown task %s.%s (is it deployed?)', p_type_key, p_task_key));
+    END IF;
+    RETURN v_task;
+END $$;
+
+
+-- The identical job (same task, same canonical arguments) that is waiting, blocked or running.
+CREATE OR REPLACE FUNCTION {schema}._active_twin(p_task_id int, p_args_hash uuid)
+RETURNS uuid LANGUAGE sql STABLE AS $$
+    SELECT job_id FROM {schema}.jobs
+     WHERE task_id = p_task_id AND args_hash = p_args_hash
+       AND status IN ('waiting', 'blocked', 'running')
+$$;
+
+
+-- Inserts a batch of jobs of a task that has dependencies (canonical arguments), resolving the
+-- dependencies of all of them together: one id per element, in order. A job whose dependency
+-- cannot be created is inserted failed, and nothing is created for it.
+CREATE OR REPLACE FUNCTION {schema}._insert_batch(
+    p_task {schema}.tasks, p_priority int, p_arguments jsonb[])
+RETURNS uuid[] LANGUAGE plpgsql AS $$
+DECLARE
+    v_plan    {schema}.plan_step[] := {schema}._plan_dependencies(p_task, p_priority, p_arguments);
+    v_ids     uuid[];
+    v_blocked uuid[];
+    v_i       int;
+BEGIN
+    WITH
+    -- each requested job's twin, or the status to insert it with
+    verdicts AS (
+        SELECT * FROM {schema}._plan_verdicts(v_plan)
+    ),
+    -- the requested jobs that have no active twin, once each
+    inserted AS (
+        INSERT INTO {schema}.jobs AS j (task_id, priority, arguments, args_hash, status,
+                                        is_dependency, max_attempts, message, finished_at)
+        SELECT DISTINCT ON (v.args_hash) p_task.task_id, p_priority, p_arguments[v.root],
+               v.args_hash, v.status, p_task.is_dependency, p_task.retries + 1, v.failure,
+               CASE WHEN v.status = 'failed' THEN now() END
+          FROM verdicts AS v
+         WHERE v.twin IS NULL
+         ORDER BY v.args_hash, v.root
+        {fragment:unless_active_twin}
+        RETURNING j.job_id, j.args_hash, j.status
+    )
+    SELECT array_agg(coalesce(v.twin, i.job_id) ORDER BY v.root),
+           array_agg(CASE WHEN i.status = 'blocked' THEN i.job_id END ORDER BY v.root)
+      INTO v_ids, v_blocked
+      FROM verdicts AS v
+      LEFT JOIN inserted AS i ON i.args_hash = v.args_hash;
+
+    IF EXISTS (SELECT 1 FROM unnest(v_blocked) AS b WHERE b IS NOT NULL) THEN
+        PERFORM {schema}._carry_out_plan(v_plan, v_blocked);
+    END IF;
+
+    -- an identical job inserted by a concurrent transaction is not in our snapshot: ask again
+    FOR v_i IN SELECT i FROM generate_subscripts(v_ids, 1) AS i WHERE v_ids[i] IS NULL LOOP
+        v_ids[v_i] := coalesce({schema}._active_twin(p_task.task_id, md5(p_arguments[v_i]::text)::uuid),
+                               ({schema}._insert_batch(p_task, p_priority, ARRAY[p_arguments[v_i]]))[1]);
+    END LOOP;
+    RETURN v_ids;
+END $$;
+
+
+-- Inserts jobs of a task without dependencies (canonical arguments, no "ALL"): one id per
+-- element, in order; an element identical to an active job, or to an earlier element, gets that
+-- job's id. The one way such jobs are inserted but for queries.sql insert_job_fast, which states
+-- the same rule (fragment insert_waiting) in a plain statement.
+CREATE OR REPLACE FUNCTION {schema}._insert_waiting(p_task {schema}.tasks, p_priority int, p_arguments jsonb[])
+RETURNS uuid[] LANGUAGE plpgsql AS $$
+DECLARE
+    v_ids uuid[];
+    v_i   int;
+BEGIN
+    WITH
+    -- the elements, numbered and hashed
+    batch AS (
+        SELECT u.ord, u.args, md5(u.args::text)::uuid AS args_hash
+          FROM unnest(p_arguments) WITH ORDINALITY AS u(args, ord)
+    ),
+    -- the jobs to insert, as the fragment takes them
+    waiting_jobs AS (
+        SELECT p_task.task_id, p_priority AS priority, b.args AS arguments, b.args_hash,
+               p_task.is_dependency, p_task.retries
+          FROM batch AS b
+    ),
+    -- the jobs; an element identical to an active job, or to an earlier element, is skipped
+    inserted AS (
+        {fragment:insert_waiting}
+    )
+    SELECT array_agg(i.job_id ORDER BY b.ord) INTO v_ids
+      FROM batch AS b
+      LEFT JOIN inserted AS i ON i.args_hash = b.args_hash;
+
+    IF array_position(v_ids, NULL) IS NOT NULL THEN
+        -- skipped elements: the ids of their identical active jobs (this statement also sees those
+        -- committed meanwhile by other transactions)
+        SELECT array_agg(coalesce(v_ids[b.ord], {schema}._active_twin(p_task.task_id, md5(b.args::text)::uuid))
+                         ORDER BY b.ord)
+          INTO v_ids
+          FROM unnest(p_arguments) WITH ORDINALITY AS b(args, ord);
+        -- rare: an identical job that finished meanwhile; insert again, one by one
+        FOR v_i IN SELECT i FROM generate_subscripts(v_ids, 1) AS i WHERE v_ids[i] IS NULL LOOP
+            v_ids[v_i] := ({schema}._insert_waiting(p_task, p_priority, ARRAY[p_arguments[v_i]]))[1];
+        END LOOP;
+    END IF;
+    RETURN coalesce(v_ids, '{}');
+END $$;
+
+
+-- Inserts one job (or hands back an identical active one), resolving its dependencies.
+CREATE OR REPLACE FUNCTION {schema}._insert_job(
+    p_type_key text, p_task_key text, p_priority int, p_arguments jsonb)
+RETURNS uuid LANGUAGE plpgsql {entry_point} AS $$
+DECLARE
+    v_task {schema}.tasks;
+    v_args jsonb;
+BEGIN
+    v_task := {schema}._task(p_type_key, p_task_key);
+    v_args := {schema}._canonical_arguments(v_task, p_arguments, true);
+    IF cardinality(v_task.write_all) > 0 THEN
+        IF EXISTS (SELECT 1 FROM unnest(v_task.write_all) AS p WHERE v_args->p = '"ALL"') THEN
+            RETURN {schema}._fan_out(v_task, coalesce(p_priority, 0), v_args);
+        END IF;
+    END IF;
+    IF jsonb_array_length(v_task.dependencies) > 0 THEN
+        RETURN ({schema}._insert_batch(v_task, coalesce(p_priority, 0), ARRAY[v_args]))[1];
+    END IF;
+    RETURN ({schema}._insert_waiting(v_task, coalesce(p_priority, 0), ARRAY[v_args]))[1];
+END $$;
+
+
+-- "ALL" for write_all parameters: a parent job blocked on one child per option (the cartesian
+-- product over several such parameters), the children inserted as one batch. The parent
+-- completes when all children complete.
+CREATE OR REPLACE FUNCTION {schema}._fan_out(
+    p_task {schema}.tasks, p_priority int, p_arguments jsonb)
+RETURNS uuid LANGUAGE plpgsql AS $$
+DECLARE
+    v_hash   uuid := md5(p_arguments::text)::uuid;
+    v_parent uuid;
+    v_param  text;
+    v_combos jsonb[] := ARRAY[p_arguments];
+    v_failed uuid;
+BEGIN
+    LOOP
+        INSERT INTO {schema}.jobs AS j (task_id, priority, arguments, args_hash, status, is_parent,
+                                        is_dependency, max_attempts)
+        VALUES (p_task.task_id, p_priority, p_arguments, v_hash, 'blocked', true,
+                p_task.is_dependency, 1)
+        {fragment:unless_active_twin}
+        RETURNING j.job_id INTO v_parent;
+        EXIT WHEN v_parent IS NOT NULL;
+        v_parent := {schema}._active_twin(p_task.task_id, v_hash);
+        IF v_parent IS NOT NULL THEN
+            RETURN v_parent;
+        END IF;
+    END LOOP;
+
+    FOREACH v_param IN ARRAY p_task.write_all LOOP
+        CONTINUE WHEN p_arguments->v_param IS DISTINCT FROM '"ALL"';
+        SELECT array_agg(c || jsonb_build_object(v_param, o.value))
+          INTO v_combos
+          FROM unnest(v_combos) AS c,
+               jsonb_array_elements((SELECT p.value->'options'
+                                       FROM jsonb_array_elements(p_task.parameters) AS p
+                                      WHERE p.value->>'name' = v_param)) AS o;
+    END LOOP;
+
+    -- a child may be an identical job that existed before: checked at commit (_check_link)
+    INSERT INTO {schema}.job_dependencies (job_id, depends_on, check_at_commit)
+    SELECT DISTINCT v_parent, c, true
+      FROM unnest({schema}.insert_jobs(p_task.type_key, p_task.task_key, p_priority, v_combos)) AS c
+     ORDER BY c
+    ON CONFLICT DO NOTHING;
+
+    -- a child inserted as failed (its dependencies could not be created) fails the parent
+    SELECT d.depends_on INTO v_failed
+      FROM {schema}.job_dependencies AS d JOIN {schema}.jobs AS x ON x.job_id = d.depends_on
+     WHERE d.job_id = v_parent AND x.status IN ('failed', 'cancelled')
+     LIMIT 1;
+    IF v_failed IS NOT NULL THEN
+        PERFORM {schema}._settle(ARRAY[v_failed]);
+    END IF;
+    RETURN v_parent;
+END $$;
+
+
+-- The arguments of the SQL interface as jsonb. json takes what jsonb refuses (\u0000, lone
+-- surrogates, numbers beyond numeric's range): refused here, naming the task.
+CREATE OR REPLACE FUNCTION {schema}._jsonb_arguments(p_type_key text, p_task_key text, p_arguments json)
+RETURNS jsonb LANGUAGE plpgsql IMMUTABLE AS $$
+BEGIN
+    RETURN p_arguments::jsonb;
+EXCEPTION WHEN data_exception OR program_limit_exceeded THEN
+    PERFORM {schema}._refuse('invalid_arguments',
+        format('%s.%s: arguments cannot be stored: %s', p_type_key, p_task_key, SQLERRM));
+END $$;
+
+
+-- The SQL interface: CALL insert_job(...) hands back the id through INOUT job_id.
+CREATE OR REPLACE PROCEDURE {schema}.insert_job(
+    type_key text, task_key text, priority int, arguments json, INOUT job_id uuid DEFAULT NULL)
+LANGUAGE plpgsql SECURITY DEFINER {entry_point} AS $$
+BEGIN
+    job_id := {schema}._insert_job(type_key, task_key, priority,
+                                   {schema}._jsonb_arguments(type_key, task_key, arguments));
+END $$;
+
+
+-- The same as a function, for SELECT and for trigger functions.
+CREATE OR REPLACE FUNCTION {schema}.add_job(
+    type_key text, task_key text, priority int, arguments json)
+RETURNS uuid LANGUAGE sql SECURITY DEFINER {entry_point} AS $$
+    SELECT {schema}._insert_job(type_key, task_key, priority,
+                                {schema}._jsonb_arguments(type_key, task_key, arguments));
+$$;
+
+
+-- Bulk insert: one id per element, in order (identical elements share one id); all or nothing.
+-- One set-based statement (one trigger run, one NOTIFY); tasks with dependencies resolve them
+-- for the whole batch at once. Only elements with "ALL" are inserted one by one.
+CREATE OR REPLACE FUNCTION {schema}.insert_jobs(
+    p_type_key text, p_task_key text, p_priority int, p_arguments jsonb[])
+RETURNS uuid[] LANGUAGE plpgsql {entry_point} AS $$
+DECLARE
+    v_task      {schema}.tasks;
+    v_canonical jsonb[];
+    v_ids       uuid[] := '{}';
+    v_args      jsonb;
+BEGIN
+    v_task := {schema}._task(p_type_key, p_task_key);
+    IF coalesce(cardinality(p_arguments), 0) = 0 THEN
+        RETURN '{}';
+    END IF;
+    IF EXISTS (SELECT 1 FROM unnest(p_arguments) AS a, unnest(v_task.write_all) AS w
+                WHERE a->w = '"ALL"') THEN
+        FOREACH v_args IN ARRAY p_arguments LOOP
+            v_ids := v_ids || {schema}._insert_job(p_type_key, p_task_key, p_priority, v_args);
+        END LOOP;
+        RETURN v_ids;
+    END IF;
+
+    -- every element made canonical in one pass, the fast way where it can (see _fast_canonical);
+    -- the first one that does not fit is refused with its precise message
+    SELECT array_agg(coalesce({schema}._fast_canonical(v_task, u.a),
+                              {schema}._canonical_arguments(v_task, u.a, false)) ORDER BY u.ord)
+      INTO v_canonical
+      FROM (SELECT coalesce(e.a, '{}') AS a, e.ord
+              FROM unnest(p_arguments) WITH ORDINALITY AS e(a, ord)) AS u;
+    IF jsonb_array_length(v_task.dependencies) > 0 THEN
+        RETURN {schema}._insert_batch(v_task, coalesce(p_priority, 0), v_canonical);
+    END IF;
+    RETURN {schema}._insert_waiting(v_task, coalesce(p_priority, 0), v_canonical);
+END $$;

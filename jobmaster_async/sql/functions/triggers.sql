@@ -1,0 +1,158 @@
+-- Triggers: the history of every status change, NOTIFY when jobs become runnable, and links
+-- checked at commit.
+-- One of the function files that every deploy() runs after the migrations, in the order
+-- db/sql.py FUNCTIONS gives. Placeholders, fragments and name resolution: sql/README.md.
+--
+-- WHO WRITES THE HISTORY (the one contract; DESIGN 9.1 "Counting starts")
+-- Every status change of a job is one job_events row saying why (reason), and a statement that
+-- makes jobs runnable, or ends a running job of a process_limit task, wakes the workers
+-- (NOTIFY). The statement-level triggers jobs_inserted and jobs_updated below do both for every
+-- statement on jobs, except exactly these three, which write their own rows set-based (the
+-- triggers' work is much of the hot path's):
+--   queries.sql insert_job_fast   its 'inserted' rows and its NOTIFY
+--   queries.sql claim_jobs_fast   its 'claimed' rows (a claim makes nothing runnable)
+--   complete_jobs()               its 'completed' rows, and its NOTIFY when a slot freed
+-- Each says so before it writes, by setting jobmaster.history_written on for the transaction
+-- (fragment own_history); the triggers skip a statement that finds it on
+-- (fragment history_written). complete_jobs sets it off again right after its statement
+-- (fragment own_history_done): the triggers record the rest of its transaction (dependents
+-- settled). The two plain statements run alone in their transaction on the library's own
+-- connections, so the setting ends with them. Nothing else may set it.
+-- A client cannot suppress history with it: every entry point, any function a client or the
+-- library calls by name, resets it to off for its own duration ({entry_point}, a SET clause,
+-- restored on return), so whatever a caller set before calling add_job, insert_job or any other
+-- function, its statements are recorded; so does the check at commit of a client's links
+-- (_check_link), which runs after add_job returned; and the documented grants give no right on
+-- the tables.
+-- A statement that is to write its own history joins the list above, or leaves it to triggers.
+
+
+-- Where a history event comes from: the worker's node and pid, else the client's. (A set-returning
+-- SQL function, so the planner inlines it into the statements that join it.)
+CREATE OR REPLACE FUNCTION {schema}._event_origin(p_worker uuid)
+RETURNS TABLE (node text, pid int) LANGUAGE sql STABLE AS $$
+    -- inlined into plain statements too: built-ins qualified
+    SELECT coalesce(w.node, pg_catalog.host(pg_catalog.inet_client_addr()), 'local'),
+           coalesce(w.pid, pg_catalog.pg_backend_pid())
+      FROM (SELECT 1) AS one
+      LEFT JOIN {schema}.workers AS w ON w.worker_id = p_worker
+$$;
+
+
+-- History and NOTIFY of inserted jobs (but for the statements that write their own: above).
+CREATE OR REPLACE FUNCTION {schema}._jobs_inserted()
+RETURNS trigger LANGUAGE plpgsql {search_path} AS $$
+BEGIN
+    -- the statement wrote its own history and NOTIFY (queries.sql insert_job_fast)
+    IF {fragment:history_written} THEN
+        RETURN NULL;
+    END IF;
+    INSERT INTO {schema}.job_events (job_id, status, reason, node, pid, message)
+    SELECT n.job_id, n.status, 'inserted', w.node, w.pid, n.message
+      FROM new_jobs AS n, {schema}._event_origin(NULL) AS w;
+    IF EXISTS (SELECT 1 FROM new_jobs WHERE status = 'waiting') THEN
+        PERFORM pg_notify({channel}, 'wake');
+    END IF;
+    RETURN NULL;
+END $$;
+
+
+-- History and NOTIFY of status changes (but for the statements that write their own: above).
+CREATE OR REPLACE FUNCTION {schema}._jobs_updated()
+RETURNS trigger LANGUAGE plpgsql {search_path} AS $$
+DECLARE
+    v_wake      boolean;
+    v_cancelled uuid[];
+    v_job_id    uuid;
+BEGIN
+    -- the statement wrote its own history (queries.sql claim_jobs_fast, complete_jobs)
+    IF {fragment:history_written} THEN
+        RETURN NULL;
+    END IF;
+    WITH
+    -- rows whose status changed in this statement, and why (told apart by what else changed:
+    -- a rescue counts a rescue, a release gives the start back through max_attempts)
+    changes AS (
+        SELECT n.job_id, n.task_id, n.status, o.status AS old_status,
+               coalesce(n.worker_id, o.worker_id) AS worker_id, n.message,
+               CASE WHEN n.status = 'running' THEN 'claimed'
+                    WHEN n.status = 'complete' THEN 'completed'
+                    WHEN n.status = 'cancelled' THEN 'cancelled'
+                    WHEN n.status = 'failed' THEN 'failed'
+                    WHEN o.status = 'running' AND n.rescues > o.rescues THEN 'rescued'
+                    WHEN o.status = 'running' AND n.max_attempts > o.max_attempts THEN 'released'
+                    WHEN o.status = 'running' THEN 'retried'
+                    WHEN o.status = 'blocked' THEN 'unblocked'
+                    WHEN o.status IN ('failed', 'cancelled') THEN 'requeued'
+                    ELSE n.status END AS reason
+          FROM new_jobs AS n JOIN old_jobs AS o ON o.job_id = n.job_id
+         WHERE n.status <> o.status
+    ),
+    -- each change in the history, with the worker's node and pid (else the client's)
+    logged AS (
+        INSERT INTO {schema}.job_events (job_id, status, reason, worker_id, node, pid, message)
+        SELECT c.job_id, c.status, c.reason, c.worker_id, w.node, w.pid, c.message
+          FROM changes AS c
+         CROSS JOIN LATERAL {schema}._event_origin(c.worker_id) AS w
+    )
+    -- wake workers when jobs became runnable, or a running job of a process_limit task ended
+    -- (a slot freed); tell the workers of cancelled running jobs
+    SELECT coalesce(bool_or(c.status = 'waiting' OR t.process_limit IS NOT NULL), false),
+           array_agg(c.job_id) FILTER (WHERE c.old_status = 'running' AND c.status = 'cancelled')
+      INTO v_wake, v_cancelled
+      FROM changes AS c
+      LEFT JOIN {schema}.tasks AS t ON c.old_status = 'running' AND t.task_id = c.task_id;
+    IF v_wake THEN
+        PERFORM pg_notify({channel}, 'wake');
+    END IF;
+    FOREACH v_job_id IN ARRAY coalesce(v_cancelled, '{}') LOOP
+        PERFORM pg_notify({channel}, 'cancel:' || v_job_id);
+    END LOOP;
+    RETURN NULL;
+END $$;
+
+
+DROP TRIGGER IF EXISTS jobs_inserted ON {schema}.jobs;
+CREATE TRIGGER jobs_inserted AFTER INSERT ON {schema}.jobs
+    REFERENCING NEW TABLE AS new_jobs
+    FOR EACH STATEMENT EXECUTE FUNCTION {schema}._jobs_inserted();
+
+DROP TRIGGER IF EXISTS jobs_updated ON {schema}.jobs;
+CREATE TRIGGER jobs_updated AFTER UPDATE ON {schema}.jobs
+    REFERENCING OLD TABLE AS old_jobs NEW TABLE AS new_jobs
+    FOR EACH STATEMENT EXECUTE FUNCTION {schema}._jobs_updated();
+
+
+-- The check at commit of a link to a job that existed before the linking transaction (queued by
+-- the deferred constraint trigger job_dependencies_check_at_commit). Linking locks nothing, so a
+-- worker never waits on a client's open transaction; the dependency may have finished since the
+-- plan saw it pending. Here, at commit, it is locked (workers then wait for this commit alone,
+-- and their settling afterwards sees the link), given the dependent's priority + 1 if it is
+-- still waiting or blocked, and if it finished already, the dependent is settled now.
+-- It runs at COMMIT, after add_job returned: in the client's role and with the client's
+-- settings. So it is SECURITY DEFINER (before PostgreSQL 18 a deferred trigger runs as the role
+-- current at commit: the insert-only web role, which may not touch jobs) and an {entry_point}
+-- (a client's jobmaster.history_written = on must not silence the history and NOTIFY of the
+-- dependent it settles).
+CREATE OR REPLACE FUNCTION {schema}._check_link()
+RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER {entry_point} AS $$
+DECLARE
+    v_status text;
+BEGIN
+    SELECT j.status INTO v_status FROM {schema}.jobs AS j WHERE j.job_id = NEW.depends_on FOR NO KEY UPDATE;
+    IF v_status IN ('waiting', 'blocked') THEN
+        UPDATE {schema}.jobs AS j
+           SET priority = least(d.priority::bigint + 1, 2147483647)::int
+          FROM {schema}.jobs AS d
+         WHERE j.job_id = NEW.depends_on AND d.job_id = NEW.job_id
+           AND j.priority < least(d.priority::bigint + 1, 2147483647);
+    ELSIF v_status IN ('complete', 'failed', 'cancelled') THEN
+        PERFORM {schema}._settle(ARRAY[NEW.depends_on]);
+    END IF;
+    RETURN NULL;
+END $$;
+
+DROP TRIGGER IF EXISTS job_dependencies_check_at_commit ON {schema}.job_dependencies;
+CREATE CONSTRAINT TRIGGER job_dependencies_check_at_commit AFTER INSERT ON {schema}.job_dependencies
+    DEFERRABLE INITIALLY DEFERRED
+    FOR EACH ROW WHEN (NEW.check_at_commit) EXECUTE FUNCTION {schema}._check_link();

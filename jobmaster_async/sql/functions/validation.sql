@@ -1,0 +1,206 @@
+-- Validation: a job's arguments checked against its task's parameters and made canonical.
+-- Refusals of bad input raise SQLSTATE JM400 with DETAIL naming the kind of refusal.
+-- One of the function files that every deploy() runs after the migrations, in the order
+-- db/sql.py FUNCTIONS gives. Placeholders, fragments and name resolution: sql/README.md.
+
+
+CREATE OR REPLACE FUNCTION {schema}._refuse(p_kind text, p_message text)
+RETURNS void LANGUAGE plpgsql AS $$
+BEGIN
+    RAISE EXCEPTION USING ERRCODE = 'JM400', MESSAGE = p_message, DETAIL = p_kind;
+END $$;
+
+
+-- Does a value fit its parameter (JSON type, nullability, options)? Plain SQL, so the bulk insert
+-- checks whole batches in one statement; _check_value says what is wrong when it does not.
+CREATE OR REPLACE FUNCTION {schema}._value_ok(p_param jsonb, p_value jsonb)
+RETURNS boolean LANGUAGE sql IMMUTABLE AS $$
+    SELECT CASE
+        WHEN jsonb_typeof(p_value) = 'null' THEN coalesce((p_param->>'nullable')::boolean, false)
+        ELSE CASE p_param->>'type'
+                 WHEN 'any' THEN true
+                 WHEN 'integer' THEN jsonb_typeof(p_value) = 'number'
+                                     AND p_value::numeric = trunc(p_value::numeric)
+                 ELSE jsonb_typeof(p_value) = p_param->>'type'
+             END
+             AND (NOT p_param ? 'options'
+                  OR EXISTS (SELECT 1 FROM jsonb_array_elements(p_param->'options') AS o
+                              WHERE o.value = p_value))
+    END
+$$;
+
+
+-- The canonical spelling of a value that fits: 5.0 for an integer parameter is 5.
+-- (Inlined into the plain insert statement through _fast_canonical, which runs with the caller's
+-- search_path: built-ins are qualified.)
+CREATE OR REPLACE FUNCTION {schema}._canonical_value(p_param jsonb, p_value jsonb)
+RETURNS jsonb LANGUAGE sql IMMUTABLE AS $$
+    SELECT CASE WHEN p_param->>'type' = 'integer' AND pg_catalog.jsonb_typeof(p_value) = 'number'
+                THEN pg_catalog.to_jsonb(pg_catalog.trunc(p_value::numeric)) ELSE p_value END
+$$;
+
+
+-- Do a job's arguments fit the parameters (an object, no unknown key, nothing required
+-- missing, every value fitting)?
+CREATE OR REPLACE FUNCTION {schema}._arguments_ok(p_parameters jsonb, p_arguments jsonb)
+RETURNS boolean LANGUAGE sql IMMUTABLE AS $$
+    SELECT jsonb_typeof(p_arguments) = 'object'
+       AND NOT EXISTS (SELECT 1 FROM jsonb_object_keys(p_arguments) AS k
+                        WHERE NOT EXISTS (SELECT 1 FROM jsonb_array_elements(p_parameters) AS p
+                                           WHERE p.value->>'name' = k))
+       AND NOT EXISTS (SELECT 1 FROM jsonb_array_elements(p_parameters) AS p
+                        WHERE CASE WHEN p_arguments ? (p.value->>'name')
+                                   THEN NOT {schema}._value_ok(p.value, p_arguments->(p.value->>'name'))
+                                   ELSE NOT p.value ? 'default' END)
+$$;
+
+
+-- The canonical arguments of arguments that fit: values canonical, defaults filled in.
+-- (Reached from the plain insert statement too: built-ins are qualified.)
+CREATE OR REPLACE FUNCTION {schema}._canonical_of(p_parameters jsonb, p_arguments jsonb)
+RETURNS jsonb LANGUAGE sql IMMUTABLE AS $$
+    SELECT coalesce(pg_catalog.jsonb_object_agg(
+               p.value->>'name',
+               CASE WHEN p_arguments ? (p.value->>'name')
+                    THEN {schema}._canonical_value(p.value, p_arguments->(p.value->>'name'))
+                    ELSE p.value->'default' END), '{}')
+      FROM pg_catalog.jsonb_array_elements(p_parameters) AS p
+$$;
+
+
+-- Are arguments within the bounds every client can read back (DESIGN 9.1 "Hostile data
+-- bounds")? Nested at most 100 deep (the arguments object is level 1) and no number of more
+-- than 4,300 digits (Python refuses to read such an integer). Strings cannot hold NUL or lone
+-- surrogates in jsonb, and numbers are finite. A short text can break neither bound, so the
+-- common case costs one length. (Inlined into the plain insert statement: built-ins qualified.)
+CREATE OR REPLACE FUNCTION {schema}._within_bounds(p_arguments jsonb)
+RETURNS boolean LANGUAGE sql IMMUTABLE AS $$
+    SELECT pg_catalog.length(p_arguments::text) <= 200
+        OR (NOT pg_catalog.jsonb_path_exists(
+                    p_arguments, 'strict $.**{100 to last} ? (@.type() == "object" || @.type() == "array")')
+            AND (pg_catalog.length(p_arguments::text) <= 4300
+                 OR NOT EXISTS (SELECT 1 FROM pg_catalog.jsonb_path_query(
+                                                  p_arguments, 'strict $.** ? (@.type() == "number")') AS n(v)
+                                 WHERE pg_catalog.length(n.v::text) > 4300
+                                   AND pg_catalog.length(pg_catalog.regexp_replace(n.v::text, '[^0-9]', '', 'g')) > 4300)))
+$$;
+
+
+-- What breaks the bounds of _within_bounds in one argument value, or NULL: for the refusal.
+CREATE OR REPLACE FUNCTION {schema}._bounds_failure(p_value jsonb)
+RETURNS text LANGUAGE sql IMMUTABLE AS $$
+    SELECT CASE
+        WHEN jsonb_path_exists(p_value, 'strict $.**{99 to last} ? (@.type() == "object" || @.type() == "array")')
+            THEN 'is nested deeper than 100 levels (counting the arguments object)'
+        WHEN EXISTS (SELECT 1 FROM jsonb_path_query(p_value, 'strict $.** ? (@.type() == "number")') AS n(v)
+                      WHERE length(regexp_replace(n.v::text, '[^0-9]', '', 'g')) > 4300)
+            THEN 'holds a number of more than 4300 digits'
+    END
+$$;
+
+
+-- Canonical arguments, the fast way: NULL unless they fit the task's arguments_path and the
+-- bounds; then the defaults filled in. An integer given as 5.0 is made 5 the slow way: only the
+-- values of integer parameters are looked at for a dot (the arguments less the other
+-- parameters: non_integer_names, migration 0010), so strings, floats and objects of other
+-- parameters never send arguments the slow way. jsonb writes no number with an exponent (1e2 is
+-- stored as 100), so a dot is the one sign of a whole number written otherwise than canonically.
+-- (Inlined into the plain insert statement, which runs with the caller's search_path: built-ins
+-- are qualified; the operators used have exact matches in pg_catalog, which is searched first.)
+CREATE OR REPLACE FUNCTION {schema}._fast_canonical(p_task {schema}.tasks, p_arguments jsonb)
+RETURNS jsonb LANGUAGE sql IMMUTABLE AS $$
+    SELECT CASE
+        WHEN p_task.arguments_path IS NULL OR pg_catalog.jsonb_typeof(p_arguments) IS DISTINCT FROM 'object' THEN NULL
+        WHEN p_arguments - p_task.parameter_names <> '{}' THEN NULL
+        WHEN NOT coalesce(pg_catalog.jsonb_path_match(p_arguments, p_task.arguments_path, '{}', true), false) THEN NULL
+        WHEN NOT {schema}._within_bounds(p_arguments) THEN NULL
+        WHEN p_task.has_integers AND (p_arguments - p_task.non_integer_names)::text LIKE '%.%'
+            THEN {schema}._canonical_of(p_task.parameters, p_arguments)
+        ELSE p_task.defaults || p_arguments
+    END
+$$;
+
+
+-- One argument value checked against its parameter: refused, naming task and argument, if it
+-- does not fit.
+CREATE OR REPLACE FUNCTION {schema}._check_value(p_label text, p_param jsonb, p_value jsonb)
+RETURNS void LANGUAGE plpgsql IMMUTABLE AS $$
+DECLARE
+    v_name text := p_param->>'name';
+BEGIN
+    IF {schema}._value_ok(p_param, p_value) THEN
+        RETURN;
+    END IF;
+    IF jsonb_typeof(p_value) = 'null' THEN
+        PERFORM {schema}._refuse('invalid_argument',
+            format('%s: argument "%s" must not be null', p_label, v_name));
+    END IF;
+    IF p_param ? 'options' THEN
+        PERFORM {schema}._refuse('invalid_argument',
+            format('%s: argument "%s" must be one of %s, got %s',
+                   p_label, v_name, p_param->'options', p_value));
+    END IF;
+    PERFORM {schema}._refuse('invalid_argument',
+        format('%s: argument "%s" must be %s, got %s', p_label, v_name,
+               CASE p_param->>'type' WHEN 'integer' THEN 'an integer'
+                                     ELSE 'a JSON ' || (p_param->>'type') END, p_value));
+END $$;
+
+
+-- The canonical arguments of a job: validated, defaults filled in. "ALL" passes for write_all
+-- parameters when p_allow_all. Refuses what does not fit, naming task and argument.
+CREATE OR REPLACE FUNCTION {schema}._canonical_arguments(
+    p_task {schema}.tasks, p_arguments jsonb, p_allow_all boolean)
+RETURNS jsonb LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    v_label   text := p_task.type_key || '.' || p_task.task_key;
+    v_param   jsonb;
+    v_name    text;
+    v_unknown text;
+    v_fast    jsonb;
+    v_failure text;
+BEGIN
+    p_arguments := coalesce(p_arguments, '{}');
+    v_fast := {schema}._fast_canonical(p_task, p_arguments);
+    IF v_fast IS NOT NULL THEN
+        RETURN v_fast;
+    END IF;
+    IF jsonb_typeof(p_arguments) = 'object' AND NOT {schema}._within_bounds(p_arguments) THEN
+        SELECT a.key, {schema}._bounds_failure(a.value) INTO v_name, v_failure
+          FROM jsonb_each(p_arguments) AS a
+         WHERE {schema}._bounds_failure(a.value) IS NOT NULL
+         ORDER BY a.key LIMIT 1;
+        PERFORM {schema}._refuse('out_of_bounds', format('%s: argument "%s" %s', v_label, v_name, v_failure));
+    END IF;
+    IF {schema}._arguments_ok(p_task.parameters, p_arguments) THEN
+        RETURN {schema}._canonical_of(p_task.parameters, p_arguments);
+    END IF;
+    -- something does not fit ("ALL", or a mistake): find out what, refusing mistakes
+    IF jsonb_typeof(p_arguments) <> 'object' THEN
+        PERFORM {schema}._refuse('invalid_arguments',
+            format('%s: arguments must be a JSON object, got %s', v_label, p_arguments));
+    END IF;
+    SELECT k INTO v_unknown
+      FROM jsonb_object_keys(p_arguments) AS k
+     WHERE NOT EXISTS (SELECT 1 FROM jsonb_array_elements(p_task.parameters) AS p
+                        WHERE p.value->>'name' = k)
+     ORDER BY k LIMIT 1;
+    IF v_unknown IS NOT NULL THEN
+        PERFORM {schema}._refuse('unknown_argument',
+            format('%s: unknown argument "%s" (parameters: %s)', v_label, v_unknown,
+                   (SELECT coalesce(string_agg(p.value->>'name', ', '), 'none')
+                      FROM jsonb_array_elements(p_task.parameters) AS p)));
+    END IF;
+    FOR v_param IN SELECT p.value FROM jsonb_array_elements(p_task.parameters) AS p LOOP
+        v_name := v_param->>'name';
+        IF p_arguments ? v_name THEN
+            IF NOT (p_allow_all AND p_arguments->v_name = '"ALL"' AND v_name = ANY (p_task.write_all)) THEN
+                PERFORM {schema}._check_value(v_label, v_param, p_arguments->v_name);
+            END IF;
+        ELSIF NOT v_param ? 'default' THEN
+            PERFORM {schema}._refuse('missing_argument',
+                format('%s: missing required argument "%s"', v_label, v_name));
+        END IF;
+    END LOOP;
+    RETURN {schema}._canonical_of(p_task.parameters, p_arguments);
+END $$;
