@@ -4,22 +4,33 @@ from __future__ import annotations
 
 import os
 import time
+from typing import Any
 
 from jobmaster_async import Dependency, same, task
 
 
+def realistic_arguments(i: int) -> dict[str, Any]:
+    """Arguments as applications pass them: a path and an e-mail (dots), a float, a nested object."""
+    return {
+        "i": i,
+        "path": f"exports/2026-12/run-{i}.csv",
+        "ratio": i / 7,
+        "meta": {"user": f"user{i}@example.org", "tags": ["nightly", "eu-west.1"], "limits": {"rows": 10_000}},
+    }
+
+
 @task
-async def noop_async(i: int) -> None:
+async def noop_async(i: int, path: str = "", ratio: float = 0.0, meta: dict[str, Any] | None = None) -> None:
     return None
 
 
 @task
-def noop_sync(i: int) -> None:
+def noop_sync(i: int, path: str = "", ratio: float = 0.0, meta: dict[str, Any] | None = None) -> None:
     return None
 
 
 @task
-async def probe(i: int) -> float:
+async def probe(i: int, path: str = "", ratio: float = 0.0, meta: dict[str, Any] | None = None) -> float:
     """Returns when it started (wall clock), for insert -> start latency."""
     return time.time()
 

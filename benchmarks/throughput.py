@@ -2,7 +2,8 @@
 
     python -m benchmarks.throughput [--dsn DSN] [--jobs 20000] [--concurrency 100] [--json out.json]
 
-Drain: N no-op jobs (async, then sync) inserted in one statement, drained by 1 and by 2 worker
+Drain: N no-op jobs (async, then sync) with realistic arguments (bench_tasks.realistic_arguments:
+a path, an e-mail, a float, a nested object), inserted in slices of 5,000, drained by 1 and by 2 worker
 processes; the rate is N / (last finish - first start), read from the jobs table. Latency: 500
 jobs inserted one at a time (~200/s) into an idle worker; insert -> start, from the task's own
 clock reading. Every run checks that each job completed exactly once before its figure counts.
@@ -27,9 +28,8 @@ from typing import Any
 
 import asyncpg
 
-import benchmarks.bench_tasks  # noqa: F401
+from benchmarks.bench_tasks import realistic_arguments
 from jobmaster_async import JobMaster
-from jobmaster_async.cli.embedded import temporary_server
 from jobmaster_async.db.sql import quote_identifier
 
 ROOT = Path(__file__).parent.parent
@@ -113,7 +113,7 @@ async def drain(dsn: str, task_key: str, jobs: int, processes: int, concurrency:
     try:
         async with JobMaster(dsn, schema=schema) as jm:  # pre-inserted, in slices of one transaction each
             for start in range(0, jobs, 5000):
-                arguments = [{"i": i} for i in range(start, min(jobs, start + 5000))]
+                arguments = [realistic_arguments(i) for i in range(start, min(jobs, start + 5000))]
                 await jm.insert_jobs("bench_tasks", task_key, 0, arguments)
         seconds = await run_to_completion(conn, dsn, schema, jobs, processes, concurrency)
     finally:
@@ -136,7 +136,7 @@ async def latency(dsn: str, jobs: int = 500, per_second: float = 200) -> dict[st
             for i in range(jobs):
                 now = time.time()
                 job_id = await conn.fetchval(
-                    f"SELECT {q}.add_job('bench_tasks', 'probe', 0, $1::json)", json.dumps({"i": i})
+                    f"SELECT {q}.add_job('bench_tasks', 'probe', 0, $1::json)", json.dumps(realistic_arguments(i))
                 )
                 sent[job_id] = now
                 next_at += interval
@@ -194,6 +194,8 @@ def main() -> None:
     if args.dsn:
         results = go(args.dsn)
     else:
+        from jobmaster_async.cli.embedded import temporary_server
+
         with temporary_server(SERVER_SETTINGS) as server:
             results = go(server.dsn)
     print(table(results))

@@ -22,7 +22,7 @@ if __name__ == "__main__":
     dsn, schema, concurrency = sys.argv[1], sys.argv[2], int(sys.argv[3])
     try:
         import uvloop
-
-        uvloop.run(main(dsn, schema, concurrency))
-    except ImportError:
+    except ImportError:  # only the import is guarded: an ImportError from main() must not re-run it
         asyncio.run(main(dsn, schema, concurrency))
+    else:
+        uvloop.run(main(dsn, schema, concurrency))
