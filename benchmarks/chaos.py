@@ -27,7 +27,7 @@ def row(result: ChaosResult) -> str:
     if others:
         notes.append(", ".join(f"{n} {status}" for status, n in sorted(others.items())))
     if result.rescue_failures:
-        notes.append(f"{result.rescue_failures} failed when rescued (the lost start used up retries=0)")
+        notes.append(f"{result.rescue_failures} failed when rescued (their worker lost more often than rescues allows)")
     if result.dead_survivors:
         notes.append(f"{result.dead_survivors} surviving workers died")
     cells = (

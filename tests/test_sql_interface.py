@@ -365,3 +365,32 @@ async def test_job_ids_are_time_ordered_uuids(jm: JobMaster, conn: asyncpg.Conne
         assert (job_id.version, job_id.variant) == (7, uuid.RFC_4122)
         assert before <= job_id.int >> 80 <= after
     assert [i.int >> 80 for i in ids] == sorted(i.int >> 80 for i in ids)
+
+
+@pytest.mark.parametrize(
+    "arguments",
+    [
+        '{"file_path": "/tmp/f", "number": 1, "letter": "Z"}',  # the README's example
+        '{"file_path": "/tmp/f"}',
+        '{"file_path": "/tmp/f", "number": 1, "colour": 2}',
+        '{"file_path": "a\\u0000b", "number": 1}',
+        '{"file_path": "f", "number": 1e99999999}',
+        "[1]",
+    ],
+)
+async def test_a_refusal_shows_at_most_two_context_lines(
+    jm: JobMaster, conn: asyncpg.Connection, arguments: str
+) -> None:
+    """What psql prints under the ERROR and DETAIL: the call, not the library's internals."""
+    schema = quote_identifier(jm.schema)
+    for call in (
+        f"CALL {schema}.insert_job('nice_tasks', 'bar', 1, $1::json)",
+        f"SELECT {schema}.add_job('nice_tasks', 'bar', 1, $1::json)",
+    ):
+        with pytest.raises(asyncpg.PostgresError) as refused:
+            await conn.execute(call, arguments)
+        assert refused.value.sqlstate == "JM400"
+        assert len((refused.value.context or "").splitlines()) <= 2, refused.value.context
+    with pytest.raises(asyncpg.PostgresError) as unknown:
+        await conn.execute(f"SELECT {schema}.add_job('nice_tasks', 'nope', 1, '{{}}')")
+    assert unknown.value.sqlstate == "JM400" and len((unknown.value.context or "").splitlines()) <= 2

@@ -122,16 +122,27 @@ BEGIN
 END $$;
 
 
--- Inserts one job (or hands back an identical active one), resolving its dependencies.
+-- Inserts one job (or hands back an identical active one), resolving its dependencies. Its
+-- refusals are raised here, one call below insert_job and add_job, so that psql shows them with
+-- two CONTEXT lines at most.
 CREATE OR REPLACE FUNCTION {schema}._insert_job(
     p_type_key text, p_task_key text, p_priority int, p_arguments jsonb)
 RETURNS uuid LANGUAGE plpgsql {entry_point} AS $$
 DECLARE
-    v_task {schema}.tasks;
-    v_args jsonb;
+    v_task    {schema}.tasks;
+    v_checked record;
+    v_args    jsonb;
 BEGIN
-    v_task := {schema}._task(p_type_key, p_task_key);
-    v_args := {schema}._canonical_arguments(v_task, p_arguments, true);
+    SELECT * INTO v_task FROM {schema}.tasks WHERE type_key = p_type_key AND task_key = p_task_key;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION USING ERRCODE = 'JM400', DETAIL = 'unknown_task',
+            MESSAGE = format('unknown task %s.%s (is it deployed?)', p_type_key, p_task_key);
+    END IF;
+    v_checked := {schema}._canonical_or_refusal(v_task, p_arguments, true);
+    IF v_checked.refusal IS NOT NULL THEN
+        RAISE EXCEPTION USING ERRCODE = 'JM400', MESSAGE = v_checked.refusal[2], DETAIL = v_checked.refusal[1];
+    END IF;
+    v_args := v_checked.arguments;
     IF cardinality(v_task.write_all) > 0 THEN
         IF EXISTS (SELECT 1 FROM unnest(v_task.write_all) AS p WHERE v_args->p = '"ALL"') THEN
             RETURN {schema}._fan_out(v_task, coalesce(p_priority, 0), v_args);
@@ -200,15 +211,36 @@ BEGIN
 END $$;
 
 
+-- json text cast to jsonb, or the error that refused it. The exception block is a
+-- subtransaction: only texts that may hold what jsonb refuses come here (_jsonb_arguments).
+CREATE OR REPLACE FUNCTION {schema}._jsonb_or_error(p_arguments json, OUT value jsonb, OUT error text)
+LANGUAGE plpgsql IMMUTABLE AS $$
+BEGIN
+    value := p_arguments::jsonb;
+EXCEPTION WHEN data_exception OR program_limit_exceeded THEN
+    error := SQLERRM;
+END $$;
+
+
 -- The arguments of the SQL interface as jsonb. json takes what jsonb refuses (\u0000, lone
--- surrogates, numbers beyond numeric's range): refused here, naming the task.
+-- surrogates, numbers beyond numeric's range): refused here, naming the task. Only a text that
+-- may hold one of those (an escape of \u0000 or of a surrogate, a long digit string, a long
+-- exponent) is cast inside an exception block: a trigger calling add_job for each row of a bulk
+-- insert must not open a subtransaction per row.
 CREATE OR REPLACE FUNCTION {schema}._jsonb_arguments(p_type_key text, p_task_key text, p_arguments json)
 RETURNS jsonb LANGUAGE plpgsql IMMUTABLE AS $$
+DECLARE
+    v_cast record;
 BEGIN
-    RETURN p_arguments::jsonb;
-EXCEPTION WHEN data_exception OR program_limit_exceeded THEN
-    PERFORM {schema}._refuse('invalid_arguments',
-        format('%s.%s: arguments cannot be stored: %s', p_type_key, p_task_key, SQLERRM));
+    IF p_arguments::text !~ '\\u(0000|[dD][89a-fA-F])|[0-9]{250}|[eE][+-]?[0-9]{5}' THEN
+        RETURN p_arguments::jsonb;
+    END IF;
+    v_cast := {schema}._jsonb_or_error(p_arguments);
+    IF v_cast.error IS NOT NULL THEN
+        RAISE EXCEPTION USING ERRCODE = 'JM400', DETAIL = 'invalid_arguments',
+            MESSAGE = format('%s.%s: arguments cannot be stored: %s', p_type_key, p_task_key, v_cast.error);
+    END IF;
+    RETURN v_cast.value;
 END $$;
 
 

@@ -121,64 +121,51 @@ RETURNS jsonb LANGUAGE sql IMMUTABLE AS $$
 $$;
 
 
--- One argument value checked against its parameter: refused, naming task and argument, if it
--- does not fit.
-CREATE OR REPLACE FUNCTION {schema}._check_value(p_label text, p_param jsonb, p_value jsonb)
-RETURNS void LANGUAGE plpgsql IMMUTABLE AS $$
-DECLARE
-    v_name text := p_param->>'name';
-BEGIN
-    IF {schema}._value_ok(p_param, p_value) THEN
-        RETURN;
-    END IF;
-    IF jsonb_typeof(p_value) = 'null' THEN
-        PERFORM {schema}._refuse('invalid_argument',
-            format('%s: argument "%s" must not be null', p_label, v_name));
-    END IF;
-    IF p_param ? 'options' THEN
-        PERFORM {schema}._refuse('invalid_argument',
+-- What is wrong with one argument value, naming task and argument (NULL: it fits).
+CREATE OR REPLACE FUNCTION {schema}._value_refusal(p_label text, p_param jsonb, p_value jsonb)
+RETURNS text LANGUAGE sql IMMUTABLE AS $$
+    SELECT CASE
+        WHEN {schema}._value_ok(p_param, p_value) THEN NULL
+        WHEN jsonb_typeof(p_value) = 'null' THEN
+            format('%s: argument "%s" must not be null', p_label, p_param->>'name')
+        WHEN p_param ? 'options' THEN
             format('%s: argument "%s" must be one of %s, got %s',
-                   p_label, v_name, p_param->'options', p_value));
-    END IF;
-    PERFORM {schema}._refuse('invalid_argument',
-        format('%s: argument "%s" must be %s, got %s', p_label, v_name,
-               CASE p_param->>'type' WHEN 'integer' THEN 'an integer'
-                                     ELSE 'a JSON ' || (p_param->>'type') END, p_value));
-END $$;
+                   p_label, p_param->>'name', p_param->'options', p_value)
+        ELSE format('%s: argument "%s" must be %s, got %s', p_label, p_param->>'name',
+                    CASE p_param->>'type' WHEN 'integer' THEN 'an integer'
+                                          ELSE 'a JSON ' || (p_param->>'type') END, p_value)
+    END
+$$;
 
 
--- The canonical arguments of a job: validated, defaults filled in. "ALL" passes for write_all
--- parameters when p_allow_all. Refuses what does not fit, naming task and argument.
-CREATE OR REPLACE FUNCTION {schema}._canonical_arguments(
+-- Why arguments do not fit their task: {kind, message} naming task and argument, or NULL when
+-- they fit ("ALL" passes for write_all parameters when p_allow_all). Refusals are raised by the
+-- callers, as close to the entry point as they can (a psql user sees at most two CONTEXT lines).
+CREATE OR REPLACE FUNCTION {schema}._arguments_refusal(
     p_task {schema}.tasks, p_arguments jsonb, p_allow_all boolean)
-RETURNS jsonb LANGUAGE plpgsql STABLE AS $$
+RETURNS text[] LANGUAGE plpgsql STABLE AS $$
 DECLARE
     v_label   text := p_task.type_key || '.' || p_task.task_key;
     v_param   jsonb;
     v_name    text;
     v_unknown text;
-    v_fast    jsonb;
     v_failure text;
 BEGIN
     p_arguments := coalesce(p_arguments, '{}');
-    v_fast := {schema}._fast_canonical(p_task, p_arguments);
-    IF v_fast IS NOT NULL THEN
-        RETURN v_fast;
-    END IF;
     IF jsonb_typeof(p_arguments) = 'object' AND NOT {schema}._within_bounds(p_arguments) THEN
         SELECT a.key, {schema}._bounds_failure(a.value) INTO v_name, v_failure
           FROM jsonb_each(p_arguments) AS a
          WHERE {schema}._bounds_failure(a.value) IS NOT NULL
          ORDER BY a.key LIMIT 1;
-        PERFORM {schema}._refuse('out_of_bounds', format('%s: argument "%s" %s', v_label, v_name, v_failure));
+        RETURN ARRAY['out_of_bounds', format('%s: argument "%s" %s', v_label, v_name, v_failure)];
     END IF;
     IF {schema}._arguments_ok(p_task.parameters, p_arguments) THEN
-        RETURN {schema}._canonical_of(p_task.parameters, p_arguments);
+        RETURN NULL;
     END IF;
-    -- something does not fit ("ALL", or a mistake): find out what, refusing mistakes
+    -- something does not fit ("ALL", or a mistake): find out what
     IF jsonb_typeof(p_arguments) <> 'object' THEN
-        PERFORM {schema}._refuse('invalid_arguments',
-            format('%s: arguments must be a JSON object, got %s', v_label, p_arguments));
+        RETURN ARRAY['invalid_arguments',
+                     format('%s: arguments must be a JSON object, got %s', v_label, p_arguments)];
     END IF;
     SELECT k INTO v_unknown
       FROM jsonb_object_keys(p_arguments) AS k
@@ -186,21 +173,56 @@ BEGIN
                         WHERE p.value->>'name' = k)
      ORDER BY k LIMIT 1;
     IF v_unknown IS NOT NULL THEN
-        PERFORM {schema}._refuse('unknown_argument',
-            format('%s: unknown argument "%s" (parameters: %s)', v_label, v_unknown,
-                   (SELECT coalesce(string_agg(p.value->>'name', ', '), 'none')
-                      FROM jsonb_array_elements(p_task.parameters) AS p)));
+        RETURN ARRAY['unknown_argument',
+                     format('%s: unknown argument "%s" (parameters: %s)', v_label, v_unknown,
+                            (SELECT coalesce(string_agg(p.value->>'name', ', '), 'none')
+                               FROM jsonb_array_elements(p_task.parameters) AS p))];
     END IF;
     FOR v_param IN SELECT p.value FROM jsonb_array_elements(p_task.parameters) AS p LOOP
         v_name := v_param->>'name';
         IF p_arguments ? v_name THEN
             IF NOT (p_allow_all AND p_arguments->v_name = '"ALL"' AND v_name = ANY (p_task.write_all)) THEN
-                PERFORM {schema}._check_value(v_label, v_param, p_arguments->v_name);
+                v_failure := {schema}._value_refusal(v_label, v_param, p_arguments->v_name);
+                IF v_failure IS NOT NULL THEN
+                    RETURN ARRAY['invalid_argument', v_failure];
+                END IF;
             END IF;
         ELSIF NOT v_param ? 'default' THEN
-            PERFORM {schema}._refuse('missing_argument',
-                format('%s: missing required argument "%s"', v_label, v_name));
+            RETURN ARRAY['missing_argument', format('%s: missing required argument "%s"', v_label, v_name)];
         END IF;
     END LOOP;
-    RETURN {schema}._canonical_of(p_task.parameters, p_arguments);
+    RETURN NULL;
+END $$;
+
+
+-- The canonical arguments of a job (validated, defaults filled in), or why they do not fit:
+-- {kind, message}. "ALL" passes for write_all parameters when p_allow_all.
+CREATE OR REPLACE FUNCTION {schema}._canonical_or_refusal(
+    p_task {schema}.tasks, p_arguments jsonb, p_allow_all boolean,
+    OUT arguments jsonb, OUT refusal text[])
+LANGUAGE plpgsql STABLE AS $$
+BEGIN
+    p_arguments := coalesce(p_arguments, '{}');
+    arguments := {schema}._fast_canonical(p_task, p_arguments);
+    IF arguments IS NULL THEN
+        refusal := {schema}._arguments_refusal(p_task, p_arguments, p_allow_all);
+        IF refusal IS NULL THEN
+            arguments := {schema}._canonical_of(p_task.parameters, p_arguments);
+        END IF;
+    END IF;
+END $$;
+
+
+-- The canonical arguments of a job; refuses (JM400) what does not fit.
+CREATE OR REPLACE FUNCTION {schema}._canonical_arguments(
+    p_task {schema}.tasks, p_arguments jsonb, p_allow_all boolean)
+RETURNS jsonb LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    v_checked record;
+BEGIN
+    v_checked := {schema}._canonical_or_refusal(p_task, p_arguments, p_allow_all);
+    IF v_checked.refusal IS NOT NULL THEN
+        RAISE EXCEPTION USING ERRCODE = 'JM400', MESSAGE = v_checked.refusal[2], DETAIL = v_checked.refusal[1];
+    END IF;
+    RETURN v_checked.arguments;
 END $$;
