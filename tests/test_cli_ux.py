@@ -250,6 +250,18 @@ def test_a_schema_never_deployed_is_one_line_for_every_command(dsn: str) -> None
     assert verbose.exit_code == 1 and "Traceback" in verbose.stderr and "UndefinedTableError" in verbose.stderr
 
 
+def test_a_worker_refused_at_start_ends_in_one_line() -> None:
+    """A server that refuses connections is waited for (10 s, logged), then one line, exit 1."""
+    done = command(
+        "--dsn", "postgresql://nobody@127.0.0.1:1/none", "worker", "--app", "tests.tasks_for_tests", cwd=ROOT
+    )
+    assert done.returncode == 1
+    lines = done.stderr.strip().splitlines()
+    assert lines[-1] == "Error: cannot reach the database at 127.0.0.1:1: [Errno 111] Connection refused"
+    assert all("waiting for the database to accept connections" in line for line in lines[:-1])
+    assert "Traceback" not in done.stderr and "started" not in done.stderr
+
+
 def test_an_outdated_schema_says_to_deploy(cli: tuple[CliRunner, list[str]], dsn: str) -> None:
     runner, base = cli
     schema = base[3]
