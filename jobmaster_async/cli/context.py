@@ -9,6 +9,7 @@ import contextlib
 import importlib
 import logging
 import os
+import shlex
 import sys
 import traceback
 from collections.abc import Awaitable, Callable, Iterator
@@ -74,7 +75,7 @@ class Settings:
 
     def deploy_hint(self, apps: tuple[str, ...] = ()) -> str:
         """The command that deploys this schema."""
-        schema = "" if self.schema == "jobmaster" else f"--schema {_shell_word(self.schema)} "
+        schema = "" if self.schema == "jobmaster" else f"--schema {shlex.quote(self.schema)} "
         modules = ",".join(_modules(apps)) or "…"
         return f"jobmaster-async {schema}deploy --app {modules}"
 
@@ -103,12 +104,6 @@ class Settings:
         """A JobMaster for these settings, its task modules imported (call it inside ``errors()``)."""
         modules = import_task_modules(apps)
         return JobMaster(self.resolve_dsn(), schema=self.schema, task_modules=modules, **options)
-
-
-def _shell_word(word: str) -> str:
-    import shlex
-
-    return shlex.quote(word)
 
 
 def _modules(apps: tuple[str, ...]) -> list[str]:

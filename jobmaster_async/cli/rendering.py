@@ -97,7 +97,7 @@ def jobs_table(jobs: Sequence[Job], title: str | None = None, width: int | None 
     ]
     # each column takes 2 of padding and 1 of border, plus the last border
     room = (width or PIPE_WIDTH) - 3 * len(_HEADS) - 1 - longest[0] - longest[2] - longest[3]
-    task = min(longest[1], max(room // 3, 12))
+    task = min(longest[1], max(room // 2, 12))
     room -= task
     arguments = min(longest[4], CELL_LIMIT, max(room * 2 // 5, len(_HEADS[4])))
     outcome = min(longest[5], CELL_LIMIT, max(room - arguments, len(_HEADS[5])))

@@ -177,11 +177,13 @@ class RecentRate:
 
 class OutcomeCounter(logging.Handler):
     """Counts this worker's finished jobs per task from its one log line per job (INFO: done,
-    WARNING: failed and retried, ERROR: failed for good)."""
+    WARNING: failed, a retry follows; ERROR: failed for good). The worker's own counter
+    (``jm.finished``) has no task; these lines name it (their second argument)."""
 
     def __init__(self) -> None:
         super().__init__(logging.DEBUG)
         self.done: Counter[str] = Counter()
+        self.retried: Counter[str] = Counter()
         self.failed: Counter[str] = Counter()
 
     def emit(self, record: logging.LogRecord) -> None:
@@ -189,8 +191,10 @@ class OutcomeCounter(logging.Handler):
         if not hasattr(record, "job_id") or not isinstance(args, tuple) or len(args) < 2:
             return
         task = str(args[1])
-        if record.levelno >= logging.WARNING:
+        if record.levelno >= logging.ERROR:
             self.failed[task] += 1
+        elif record.levelno >= logging.WARNING:
+            self.retried[task] += 1
         else:
             self.done[task] += 1
 
@@ -218,13 +222,14 @@ class TaskRow:
 def progress_table(
     schema: str, rows: list[TaskRow], total: TaskRow, concurrency: int, max_rows: int | None = None
 ) -> Table:
-    """The live view: a row per task with jobs (active in the schema, or finished by this worker),
-    the busiest first, then all tasks. Waiting, blocked and running count every worker's jobs;
-    done, failed and finished/s (done or failed, per second) this worker's."""
+    """The live view: a row per task this worker runs or that has active jobs, the busiest first,
+    then all tasks. Waiting, blocked and running count every worker's jobs; done, failed (for
+    good: an attempt a retry follows is neither) and finished/s (done or failed, per second)
+    this worker's."""
     table = Table(
         title=f"schema {schema}: concurrency {concurrency}",
-        caption=f"waiting, blocked, running: every worker's; done, failed, finished/s: this worker's "
-        f"(finished/s over the last {RATE_WINDOW:g} s)",
+        caption=f"waiting, blocked, running: all workers · done, failed, finished/s (last {RATE_WINDOW:g} s): "
+        "this worker",
     )
     table.add_column("task", no_wrap=True, overflow="ellipsis")
     for column in ("waiting", "blocked", "running", "done", "failed", "finished/s"):
@@ -252,7 +257,7 @@ class _View:
     rows: dict[str, TaskRow] = field(default_factory=dict)
     total: TaskRow = field(default_factory=lambda: TaskRow("all tasks"))
 
-    def update(self, activity: list[TaskActivity], finished: int, now: float) -> None:
+    def update(self, activity: list[TaskActivity], now: float) -> None:
         by_key = {a.key: a for a in activity}
         for key in by_key.keys() | self.counter.done.keys() | self.counter.failed.keys() | self.rows.keys():
             row = self.rows.setdefault(key, TaskRow(key))
@@ -264,7 +269,7 @@ class _View:
         self.total.blocked = sum(a.blocked for a in activity)
         self.total.running = sum(a.running for a in activity)
         self.total.done, self.total.failed = sum(self.counter.done.values()), sum(self.counter.failed.values())
-        self.total.rate.add(now, finished)
+        self.total.rate.add(now, self.total.done + self.total.failed)
 
     def table(self, max_rows: int | None) -> Table:
         return progress_table(self.schema, list(self.rows.values()), self.total, self.concurrency, max_rows)
@@ -277,6 +282,8 @@ async def _show_progress(
 
     with OutcomeCounter().attached() as counter:
         view = _View(jm.schema, concurrency, counter)
+        with contextlib.suppress(Exception):  # the tasks this worker runs have a row from the start
+            view.rows.update((d.key, TaskRow(d.key)) for d in (await jm.definitions()).values())
         with Live(console=console, refresh_per_second=4, transient=False) as live:
             stopping = False
             while True:
@@ -290,9 +297,9 @@ async def _show_progress(
                         break
                     await asyncio.sleep(1)  # the worker reports the outage; look again later
                     continue
-                view.update(activity, jm.finished.count, time.monotonic())
+                view.update(activity, time.monotonic())
                 # room for the logs above: the table never takes more than the terminal's height
-                live.update(view.table(max_rows=max(console.height - 10, 3)))
+                live.update(view.table(max_rows=max(console.height - 10, 3) if console.is_terminal else None))
                 if ended:
                     break
                 if stop_when_empty and not stopping and not any(a.waiting or a.blocked or a.running for a in activity):
