@@ -647,16 +647,34 @@ def check_definitions(
             for param in parameters[target_key]:
                 name = param["name"]
                 if param.get("required") and name not in dep.arguments and name not in own:
-                    logger.warning(
-                        "task %s: %r: required argument %r of %s is neither specified nor an argument "
-                        "of %s; jobs that need to create this dependency will fail",
-                        definition.key,
-                        dep,
-                        name,
-                        ".".join(target_key),
-                        definition.key,
-                    )
+                    _unknowable_argument(definition, dep, name, ".".join(target_key))
     check_cycles(edges)
+
+
+#: The examples' known cases already explained in this process (each is said once).
+_explained: set[tuple[str, str, str]] = set()
+
+#: Modules whose tasks show such cases on purpose: the original README's examples.
+_EXAMPLE_MODULES = "jobmaster_async.examples."
+
+
+def _unknowable_argument(definition: TaskDefinition, dep: Dependency, name: str, target: str) -> None:
+    """A dependency that cannot be created when missing: a required argument of it is neither
+    given by the Dependency nor an argument of the dependent. A warning for a user's task (likely
+    a mistake); for the original README's examples, which show it on purpose (``baz``), an INFO
+    explanation, once per process."""
+    message = (
+        f"task {definition.key}: {dep!r} cannot be created when missing: its required argument {name!r} is "
+        f"neither given by the Dependency nor an argument of {definition.key}; so a {definition.key} job is "
+        f"inserted as failed when no fresh or active {target} job matches it"
+    )
+    if getattr(definition.func, "__module__", "").startswith(_EXAMPLE_MODULES):
+        case = (definition.key, target, name)
+        if case not in _explained:
+            _explained.add(case)
+            logger.info("%s (the example shows this on purpose)", message)
+        return
+    logger.warning("%s", message)
 
 
 def check_cycles(edges: Mapping[tuple[str, str], Iterable[tuple[str, str]]]) -> None:

@@ -21,7 +21,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("errors", "storable", "jobs", "tasks", "settings", "arguments", "schedules"),
     ("db",),
     ("worker",),
-    ("app", "sync", "enqueue"),
+    ("app", "sync", "enqueue", "ids", "inspection"),
     ("cli",),
     ("", "__main__", "examples"),  # the package itself re-exports the API; examples import it
 ]
