@@ -353,9 +353,7 @@ def test_piped_jobs_are_tab_separated_and_never_cut(cli: tuple[CliRunner, list[s
     ]  # fmt: skip
     cells = row.split("\t")
     assert cells[:4] == [job_id, "tasks_for_tests.explode", "failed", "0"]
-    assert cells[6] == "ValueError: exploded: tab\\there, newline\\nhere, and long " + "x" * 400 or cells[6].endswith(
-        "x" * 400
-    )
+    assert cells[6] == "ValueError: exploded: tab\\there, newline\\nhere, and long " + "x" * 400
     assert "…" not in row
     as_json = runner.invoke(main, [*base, "jobs", "--json"])
     (line,) = as_json.stdout.splitlines()

@@ -67,7 +67,12 @@ def cut(text: str, width: int = CELL_LIMIT) -> str:
 
 
 def _outcome(job: Job) -> str:
-    return json.dumps(job.result) if job.result is not None else (job.message or "")
+    """The result as JSON, else the message (after the exception's type, if any)."""
+    if job.result is not None:
+        return json.dumps(job.result, ensure_ascii=False)
+    if job.error_type:
+        return f"{job.error_type}: {job.message or ''}"
+    return job.message or ""
 
 
 def _status(status: str) -> str:
@@ -167,7 +172,9 @@ def print_job(
             console.print(f"{label}: {at}", highlight=False)
     if job.status == "complete":
         console.print(f"result: {json.dumps(job.result, ensure_ascii=False)}", markup=False)
-    if job.message:
+    if job.error_type:
+        console.print(f"error: {job.error_type}: {job.message or ''}", markup=False, highlight=False)
+    elif job.message:
         console.print(f"message: {job.message}", markup=False, highlight=False)
     if job.traceback:
         console.print(job.traceback, markup=False, highlight=False)
