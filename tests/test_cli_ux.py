@@ -22,7 +22,7 @@ import pytest
 from click.testing import CliRunner
 from rich.console import Console
 
-from jobmaster_async import JobMaster, tasks
+from jobmaster_async import JobMaster, definitions
 from jobmaster_async.cli import main
 from jobmaster_async.cli.context import database_location, run
 from jobmaster_async.cli.rendering import cut, jobs_table
@@ -372,7 +372,7 @@ def test_piped_jobs_are_tab_separated_and_never_cut(cli: tuple[CliRunner, list[s
 def test_the_examples_unknowable_argument_is_explained_once_a_users_is_warned(
     caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(tasks, "_explained", set())
+    monkeypatch.setattr(definitions, "_explained", set())
     seed = [definition_of(nice_tasks.foo), definition_of(nice_tasks.bar), definition_of(nice_tasks.baz)]
     with caplog.at_level(logging.INFO, logger="jobmaster_async"):
         check_definitions(seed, {})

@@ -135,9 +135,9 @@ async def test_deploy_explains_unknowable_required_arguments(
     """The seed's baz can never create the bar it needs (bar's number is unknown): that is the
     example's point, so it is explained once, at INFO (tests/test_cli_ux.py: a user's task with
     the same gap is warned about at each deploy)."""
-    from jobmaster_async import tasks
+    from jobmaster_async import definitions
 
-    monkeypatch.setattr(tasks, "_explained", set())
+    monkeypatch.setattr(definitions, "_explained", set())
     master = JobMaster(dsn, schema=schema_name)
     try:
         with caplog.at_level(logging.INFO, logger="jobmaster_async"):
