@@ -283,7 +283,7 @@ async def _show_progress(
     with OutcomeCounter().attached() as counter:
         view = _View(jm.schema, concurrency, counter)
         with contextlib.suppress(Exception):  # the tasks this worker runs have a row from the start
-            view.rows.update((d.key, TaskRow(d.key)) for d in (await jm.definitions()).values())
+            view.rows.update((d.key, TaskRow(d.key)) for d in (await jm.worker.definitions()).values())
         with Live(console=console, refresh_per_second=4, transient=False) as live:
             stopping = False
             while True:

@@ -47,7 +47,7 @@ SHUTDOWN_RETRY_SECONDS = 10.0
 
 
 class Backend(Protocol):
-    """What the dispatcher needs from JobMaster."""
+    """What the dispatcher needs of the worker's database side (worker.backend.WorkerBackend)."""
 
     store: Store
     settings: Settings
