@@ -25,7 +25,7 @@ def test_quickstart_example_runs(dsn: str, tmp_path: Path) -> None:
     try:
         done = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=120)
         assert done.returncode == 0, done.stderr
-        assert "100 jobs inserted in one round trip; {'complete': 101}" in done.stdout
+        assert "100 jobs inserted in one round trip; {'complete': 102}" in done.stdout
     finally:
         import asyncio
 
