@@ -15,7 +15,7 @@ from typing import Any, ParamSpec
 
 import asyncpg
 
-from .arguments import as_json, as_json_array, check_insert, refusals_as_errors
+from .arguments import RunAt, as_json, as_json_array, check_insert, refusals_as_errors, when
 from .db.connection import DatabaseTarget, dsn_from, opener
 from .db.faults import server_not_ready
 from .db.sql import Catalogue
@@ -165,17 +165,26 @@ class JobMaster:
     # -- inserting -------------------------------------------------------------------------------
 
     async def insert_job(
-        self, type_key: str, task_key: str, priority: int = 0, arguments: Mapping[str, Any] | None = None
+        self,
+        type_key: str,
+        task_key: str,
+        priority: int = 0,
+        arguments: Mapping[str, Any] | None = None,
+        *,
+        run_at: RunAt = None,
     ) -> uuid.UUID:
         """Inserts a job (validated and deduplicated in SQL) and returns its id, or the id of the
-        identical job already waiting, blocked or running."""
+        identical job already waiting, blocked or running (moved earlier if it was to run later
+        than ``run_at``). ``run_at``: an aware datetime, or a timedelta from now (the database's
+        clock); the job never starts before it."""
         check_insert(type_key, task_key, priority)
-        arguments_json = as_json(f"{type_key}.{task_key}", arguments)
+        label = f"{type_key}.{task_key}"
+        arguments_json, (at, delay) = as_json(label, arguments), when(label, run_at)
         # the common case in one plain statement; dependencies, "ALL", twins and refusals: in full
-        job_id = await self.store.insert_job_fast(type_key, task_key, priority, arguments_json)
+        job_id = await self.store.insert_job_fast(type_key, task_key, priority, arguments_json, at, delay)
         if job_id is None:
             with refusals_as_errors():
-                job_id = await self.store.insert_job(type_key, task_key, priority, arguments_json)
+                job_id = await self.store.insert_job(type_key, task_key, priority, arguments_json, at, delay)
         return job_id
 
     async def insert_jobs(
@@ -184,9 +193,13 @@ class JobMaster:
         task_key: str,
         priority: int = 0,
         arguments: Sequence[Mapping[str, Any]] = (),
+        *,
+        run_at: RunAt = None,
     ) -> list[uuid.UUID]:
-        """Inserts many jobs of one task in one round trip; one id per element, in order."""
+        """Inserts many jobs of one task in one round trip; one id per element, in order. Every
+        job is to run at ``run_at`` (as ``insert_job``)."""
         check_insert(type_key, task_key, priority)
+        at, delay = when(f"{type_key}.{task_key}", run_at)
         if isinstance(arguments, Mapping | str | bytes) or not isinstance(arguments, Sequence | Iterable):
             raise InvalidArguments(
                 f"{type_key}.{task_key}: insert_jobs takes a list of argument mappings, got "
@@ -194,17 +207,18 @@ class JobMaster:
             )
         batch = as_json_array(f"{type_key}.{task_key}", list(arguments))
         with refusals_as_errors():
-            return await self.store.insert_jobs(type_key, task_key, priority, batch)
+            return await self.store.insert_jobs(type_key, task_key, priority, batch, at, delay)
 
     async def enqueue(self, task: Callable[P, Any], /, *args: P.args, **kwargs: P.kwargs) -> uuid.UUID:
         """Queues a job of ``task`` (a function decorated with ``@task``), its arguments checked
         by your type checker against the function's signature; returns the job id, as
-        ``insert_job``. Priority: ``jm.options(priority=5).enqueue(...)``."""
+        ``insert_job``. Priority and time: ``jm.options(priority=5, run_at=...).enqueue(...)``."""
         return await self.options().enqueue(task, *args, **kwargs)
 
-    def options(self, *, priority: int = 0) -> EnqueueOptions:
-        """Options for jobs queued with ``.enqueue(task, ...)`` on the result."""
-        return EnqueueOptions(self.insert_job, priority=priority)
+    def options(self, *, priority: int = 0, run_at: RunAt = None) -> EnqueueOptions:
+        """Options for jobs queued with ``.enqueue(task, ...)`` on the result: their priority, and
+        when they are to run (as ``insert_job``'s ``run_at``)."""
+        return EnqueueOptions(self.insert_job, priority=priority, run_at=run_at)
 
     # -- running -------------------------------------------------------------------------------
 

@@ -6,14 +6,18 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator, Mapping, Sequence
-from typing import Any
+from datetime import datetime, timedelta
+from typing import Any, TypeAlias
 
 import asyncpg
 
 from .errors import REFUSAL_SQLSTATE, InvalidArguments, JobMasterError, NotRetryable, TaskNotFound
 from .storable import dumps_storable, unstorable_reason
 
-__all__ = ("PRIORITY_RANGE", "as_json", "as_json_array", "check_insert", "refusals_as_errors")
+__all__ = ("PRIORITY_RANGE", "RunAt", "as_json", "as_json_array", "check_insert", "refusals_as_errors", "when")
+
+#: When a job is to run: an aware datetime, a timedelta from now, or None (now).
+RunAt: TypeAlias = datetime | timedelta | None
 
 
 def refusal(exc: asyncpg.PostgresError) -> JobMasterError:
@@ -52,6 +56,26 @@ def check_insert(type_key: object, task_key: object, priority: object) -> None:
             f"{type_key}.{task_key}: priority must be an int from {PRIORITY_RANGE.start} to "
             f"{PRIORITY_RANGE.stop - 1}, got {priority!r} (insert_job(type_key, task_key, priority, arguments))"
         )
+
+
+def when(label: str, run_at: RunAt) -> tuple[datetime | None, timedelta | None]:
+    """``run_at`` as the insert statements take it: a time, or a delay from the server's now
+    (whose clock decides, not this machine's). A naive datetime is refused: which zone it meant
+    cannot be known."""
+    if run_at is None:
+        return None, None
+    if isinstance(run_at, datetime):
+        if run_at.tzinfo is None or run_at.tzinfo.utcoffset(run_at) is None:
+            raise InvalidArguments(
+                f"{label}: run_at={run_at!r} is a naive datetime (no time zone); give an aware one, such "
+                "as datetime.now(UTC) + timedelta(minutes=5), or a timedelta from now"
+            )
+        return run_at, None
+    if isinstance(run_at, timedelta):
+        return None, run_at
+    raise InvalidArguments(
+        f"{label}: run_at must be an aware datetime or a timedelta from now, got {type(run_at).__name__}"
+    )
 
 
 def as_json(label: str, arguments: Mapping[str, Any] | None) -> str | None:

@@ -64,6 +64,8 @@ class Job:
     finished_at: datetime | None = None
     run_after: datetime | None = None
     worker_id: uuid.UUID | None = None
+    #: the time its inserter asked it to run at (None: none; retry() forgets it)
+    run_at: datetime | None = None
 
     @property
     def task_name(self) -> str:
@@ -91,6 +93,7 @@ class Job:
             finished_at=row["finished_at"],
             run_after=row["run_after"],
             worker_id=row["worker_id"],
+            run_at=row["run_at"],
         )
 
 

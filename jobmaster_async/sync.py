@@ -15,6 +15,7 @@ from types import TracebackType
 from typing import Any, ParamSpec, TypeVar
 
 from . import app
+from .arguments import RunAt
 from .db.connection import DatabaseTarget
 from .enqueue import EnqueueOptions
 from .jobs import Job, PoppedJob
@@ -98,21 +99,33 @@ class JobMaster:
         self._call(self.aio.deploy(_reset, prune=prune))
 
     def insert_job(
-        self, type_key: str, task_key: str, priority: int = 0, arguments: Mapping[str, Any] | None = None
+        self,
+        type_key: str,
+        task_key: str,
+        priority: int = 0,
+        arguments: Mapping[str, Any] | None = None,
+        *,
+        run_at: RunAt = None,
     ) -> uuid.UUID:
-        return self._call(self.aio.insert_job(type_key, task_key, priority, arguments))
+        return self._call(self.aio.insert_job(type_key, task_key, priority, arguments, run_at=run_at))
 
     def insert_jobs(
-        self, type_key: str, task_key: str, priority: int = 0, arguments: Sequence[Mapping[str, Any]] = ()
+        self,
+        type_key: str,
+        task_key: str,
+        priority: int = 0,
+        arguments: Sequence[Mapping[str, Any]] = (),
+        *,
+        run_at: RunAt = None,
     ) -> list[uuid.UUID]:
-        return self._call(self.aio.insert_jobs(type_key, task_key, priority, arguments))
+        return self._call(self.aio.insert_jobs(type_key, task_key, priority, arguments, run_at=run_at))
 
     def enqueue(self, task: Callable[P, Any], /, *args: P.args, **kwargs: P.kwargs) -> uuid.UUID:
         """``jobmaster_async.JobMaster.enqueue``, blocking."""
         return self._call(self.aio.enqueue(task, *args, **kwargs))
 
-    def options(self, *, priority: int = 0) -> SyncEnqueueOptions:
-        return SyncEnqueueOptions(self.aio.options(priority=priority), self._call)
+    def options(self, *, priority: int = 0, run_at: RunAt = None) -> SyncEnqueueOptions:
+        return SyncEnqueueOptions(self.aio.options(priority=priority, run_at=run_at), self._call)
 
     def pop_job(self) -> SyncJob | None:
         job = self._call(self.aio.pop_job())

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from datetime import timedelta
 
 import asyncpg
 import pytest
@@ -170,16 +171,15 @@ async def test_a_limit_deployed_elsewhere_is_respected_by_a_running_worker(
 
 async def test_a_claim_tells_when_the_next_job_falls_due(jm: JobMaster, conn: asyncpg.Connection) -> None:
     await lift_limits(jm, conn)
-    job_id = await jm.insert_job("tasks_for_tests", "add", 1, {"a": 1})
-    await conn.execute(
-        f"UPDATE {quote_identifier(jm.schema)}.jobs SET run_after = now() + interval '1 hour' WHERE job_id = $1",
-        job_id,
-    )
+    job_id = await jm.insert_job("tasks_for_tests", "add", 1, {"a": 1}, run_at=timedelta(hours=1))
     assert await jm.worker.claim(5, 100) == []
     assert jm.store.claimer.due_in_known
     assert jm.store.claimer.due_in is not None and 3000 < jm.store.claimer.due_in <= 3600
     # the jobs a claim takes are not waiting any more: nothing else is due
-    await conn.execute(f"UPDATE {quote_identifier(jm.schema)}.jobs SET run_after = now() WHERE job_id = $1", job_id)
+    await conn.execute(
+        f"UPDATE {quote_identifier(jm.schema)}.jobs SET run_after = now(), scheduled = false WHERE job_id = $1",
+        job_id,
+    )
     assert len(await jm.worker.claim(5, 100)) == 1
     assert jm.store.claimer.due_in_known and jm.store.claimer.due_in is None
 

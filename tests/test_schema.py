@@ -173,3 +173,86 @@ def test_every_cte_says_what_it_is() -> None:
                 found += 1
                 assert lines[number - 1].strip().startswith("--"), f"{name}:{number + 1}: CTE {match.group(1)}"
     assert found > 30
+
+
+async def test_the_upgrade_to_run_at_keeps_the_grants(dsn: str, conn: asyncpg.Connection, schemas: list[str]) -> None:
+    """Migration 0012 replaces add_job, insert_job and insert_jobs by versions taking run_at (a
+    parameter more is another function): every role granted EXECUTE on the old ones keeps it on the
+    new ones (with its grant option), and the old signatures are gone (else calls would be
+    ambiguous). The schema is left at version 11 with the interface as version 11 declared it
+    (stand-in bodies: the migration looks at signatures and privileges only) and the README's
+    grants to a web role."""
+    sql = await migrated_to(conn, new_schema(schemas), 11)
+    s = sql.quoted_schema
+    web, reporting = f"web_{uuid.uuid4().hex[:8]}", f"reporting_{uuid.uuid4().hex[:8]}"
+    await conn.execute(f"""
+        CREATE ROLE {web} LOGIN;
+        CREATE ROLE {reporting};
+        CREATE PROCEDURE {s}.insert_job(type_key text, task_key text, priority int, arguments json,
+                                        INOUT job_id uuid DEFAULT NULL)
+            LANGUAGE plpgsql AS 'BEGIN END';
+        CREATE FUNCTION {s}.add_job(type_key text, task_key text, priority int, arguments json)
+            RETURNS uuid LANGUAGE sql AS 'SELECT NULL::uuid';
+        CREATE FUNCTION {s}.insert_jobs(p_type_key text, p_task_key text, p_priority int, p_arguments jsonb[])
+            RETURNS uuid[] LANGUAGE sql AS 'SELECT NULL::uuid[]';
+        REVOKE ALL ON ALL ROUTINES IN SCHEMA {s} FROM PUBLIC;
+        GRANT USAGE ON SCHEMA {s} TO {web};
+        GRANT EXECUTE ON PROCEDURE {s}.insert_job(text, text, int, json, uuid) TO {web};
+        GRANT EXECUTE ON FUNCTION {s}.add_job(text, text, int, json) TO {web} WITH GRANT OPTION;
+        GRANT EXECUTE ON FUNCTION {s}.insert_jobs(text, text, int, jsonb[]) TO {reporting};
+    """)
+    try:
+        upgraded = JobMaster(dsn, schema=sql.schema)
+        try:
+            await upgraded.deploy()
+        finally:
+            await upgraded.close()
+        signatures = await conn.fetch(
+            "SELECT p.oid::regprocedure::text AS signature FROM pg_proc AS p "
+            "WHERE p.pronamespace = $1::regnamespace AND p.proname IN ('add_job', 'insert_job', 'insert_jobs') "
+            "ORDER BY p.proname",
+            sql.schema,
+        )
+        assert [r["signature"].split(".", 1)[1] for r in signatures] == [
+            "add_job(text,text,integer,json,timestamp with time zone)",
+            "insert_job(text,text,integer,json,uuid,timestamp with time zone)",
+            "insert_jobs(text,text,integer,jsonb[],timestamp with time zone)",
+        ]
+        privileges = await conn.fetch(
+            "SELECT p.proname, pg_get_userbyid(a.grantee) AS grantee, a.is_grantable "
+            "FROM pg_proc AS p, aclexplode(p.proacl) AS a "
+            "WHERE p.pronamespace = $1::regnamespace AND a.grantee <> p.proowner "
+            "AND p.proname IN ('add_job', 'insert_job', 'insert_jobs') ORDER BY p.proname",
+            sql.schema,
+        )
+        assert [tuple(r) for r in privileges] == [
+            ("add_job", web, True),
+            ("insert_job", web, False),
+            ("insert_jobs", reporting, False),
+        ]
+        client = await asyncpg.connect(dsn, user=web)
+        try:
+            task = "'tasks_for_tests', 'add', 1"
+            ids = [
+                (await client.fetchrow(f"""CALL {s}.insert_job({task}, '{{"a": 1}}'::json)"""))["job_id"],
+                (await client.fetchrow(f"""CALL {s}.insert_job({task}, '{{"a": 2}}'::json, NULL)"""))["job_id"],
+                (
+                    await client.fetchrow(
+                        f"""CALL {s}.insert_job({task}, '{{"a": 3}}'::json, run_at => now() + interval '1 hour')"""
+                    )
+                )["job_id"],
+                await client.fetchval(f"""SELECT {s}.add_job({task}, '{{"a": 4}}')"""),
+                await client.fetchval(f"""SELECT {s}.add_job({task}, '{{"a": 5}}', now() + interval '1 hour')"""),
+            ]
+            with pytest.raises(asyncpg.InsufficientPrivilegeError):
+                await client.fetchval(f"SELECT {s}.insert_jobs({task}, ARRAY['{{}}'::jsonb])")
+        finally:
+            await client.close()
+        scheduled = await conn.fetch(
+            f"SELECT job_id, run_at IS NOT NULL AS later FROM {s}.jobs WHERE job_id = ANY ($1::uuid[]) ORDER BY seq",
+            ids,
+        )
+        assert [r["later"] for r in scheduled] == [False, False, True, False, True]
+    finally:
+        await drop_schema(dsn, sql.schema)
+        await conn.execute(f"DROP ROLE {web}; DROP ROLE {reporting}")

@@ -16,12 +16,14 @@ database of its own, dropped afterwards."""
 from __future__ import annotations
 
 import ast
+import asyncio
 import itertools
 import json
 import re
 import uuid
 from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -719,6 +721,31 @@ async def workload(
         await until(lambda: running(jm, held), "the job to start")
     assert await status(held) == "waiting"
     assert await jm.cancel(held) is True
+
+    # -- scheduled jobs: run_at from Python (both insert statements) and SQL, a twin moved earlier
+    # and one not moved later, a scheduled dependent, "ALL", a limited task; promoted by the plain
+    # claim's claimer, by claim_jobs(), and the dispatcher's wait for the earliest one
+    soon = timedelta(seconds=0.3)
+    timed = [
+        await jm.insert_job(t, "add", 1, {"a": 3000}, run_at=soon),
+        *await jm.insert_jobs(t, "add", 1, [{"a": 3001}, {"a": 3002}], run_at=datetime.now(UTC) + soon),
+        await client.fetchval(f"""SELECT {s}.add_job('{t}', 'add', 1, '{{"a": 3003}}', now() + interval '0.3 s')"""),
+        (
+            await client.fetchrow(
+                f"""CALL {s}.insert_job('{t}', 'add', 1, '{{"a": 3004}}'::json, run_at => now() + interval '1 hour')"""
+            )
+        )["job_id"],
+        await jm.insert_job("nice_tasks", "bar", 1, {"file_path": str(tmp_path / "g.txt"), "number": 1}, run_at=soon),
+        await jm.insert_job(t, "paint", 1, {"item": "s", "colour": "ALL"}, run_at=soon),
+        await jm.insert_job(t, "limited", 1, {"n": 3000}, run_at=soon),
+    ]
+    assert await jm.insert_job(t, "add", 1, {"a": 3000}, run_at=timedelta(hours=1)) == timed[0]
+    assert await add_job("add", {"a": 3004}) == timed[4]  # now: moved earlier
+    await asyncio.sleep(0.4)
+    assert await fast.run() > 0
+    async with worker(jm, concurrency=4):
+        await until(lambda: quiet(jm), "the scheduled jobs to run", seconds=30)
+    assert {await status(job_id) for job_id in timed} == {"complete"}
 
     # -- looking: every listing, from Python and SQL
     assert (await jm.get_job(first)) is not None

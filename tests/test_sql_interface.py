@@ -327,8 +327,8 @@ async def test_role_with_only_the_documented_grants(jm: JobMaster, conn: asyncpg
     await conn.execute(f"CREATE ROLE {role} LOGIN")
     await conn.execute(f"GRANT USAGE ON SCHEMA {q(jm)} TO {role}")
     await conn.execute(
-        f"GRANT EXECUTE ON PROCEDURE {q(jm)}.insert_job(text, text, int, json, uuid) TO {role}; "
-        f"GRANT EXECUTE ON FUNCTION {q(jm)}.add_job(text, text, int, json) TO {role}"
+        f"GRANT EXECUTE ON PROCEDURE {q(jm)}.insert_job(text, text, int, json, uuid, timestamptz) TO {role}; "
+        f"GRANT EXECUTE ON FUNCTION {q(jm)}.add_job(text, text, int, json, timestamptz) TO {role}"
     )
     web = await asyncpg.connect(dsn, user=role)
     try:

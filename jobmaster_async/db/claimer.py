@@ -8,14 +8,23 @@ source: sql/fragments.sql claim_settings); like ``claim_jobs()``, the statement 
 synchronous_commit off for itself. It also says when the tasks do have limits (another deploy may
 have added one): then, and while the connection is busy with a concurrent claim, ``claim_jobs()``
 runs through the pool.
+
+Scheduled jobs (a future ``run_at``, a retry's backoff) are out of the claim's path until
+``promote_due_jobs()`` makes them claimable (sql/functions/claim.sql). Each plain claim says when
+the earliest scheduled job of its tasks falls due; the claimer promotes when that time has come:
+before its next claim, or at once when the claim says one is due already, and claims again if the
+first claim took nothing. So promoting costs a round trip only when a job is due, and a due job
+waits for no backlog of claimable ones. (``claim_jobs()`` promotes for itself.)
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import uuid
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import asyncpg
 
@@ -48,22 +57,59 @@ class Claimer:
         self.due_in_known = False
         #: claims made by the plain statement (the others went through claim_jobs())
         self.plain_claims = 0
+        #: when (time.monotonic()) the earliest scheduled job of the last plain claim's tasks falls
+        #: due, as that claim said (None: none, or unknown)
+        self._scheduled_due: float | None = None
+        #: promote_due_jobs() calls made, and the jobs they promoted
+        self.promotions = 0
+        self.promoted = 0
 
     async def claim(self, worker_id: uuid.UUID, task_ids: list[int], limit: int, units: int) -> list[asyncpg.Record]:
         """Rows of claimed jobs (job_id, task_id, priority, arguments, attempts, max_attempts)."""
         self.due_in_known = False
         if not self._lock.locked():
             async with self._lock:
+                if self._scheduled_is_due():
+                    await self._promote()
                 rows = await self._claim_fast(worker_id, task_ids, limit, units)
+                if rows is not None and self._scheduled_is_due():
+                    # a scheduled job was due already: claimable from now on
+                    await self._promote()
+                    if not rows:
+                        rows = await self._claim_fast(worker_id, task_ids, limit, units)
             if rows is not None:
                 return rows
         pool = await self._pool()
         rows = await pool.fetch(self.sql["claim_jobs"], worker_id, task_ids, limit, units, timeout=self.timeout)
         return rows
 
+    def _scheduled_is_due(self) -> bool:
+        return self._scheduled_due is not None and time.monotonic() >= self._scheduled_due
+
     async def _claim_fast(
         self, worker_id: uuid.UUID, task_ids: list[int], limit: int, units: int
     ) -> list[asyncpg.Record] | None:
+        rows: list[asyncpg.Record] = await self._run("fetch", "claim_jobs_fast", worker_id, task_ids, limit, units)
+        marker = rows.pop()
+        scheduled_in = marker["scheduled_in"]
+        self._scheduled_due = None if scheduled_in is None else time.monotonic() + scheduled_in
+        if marker["slow"]:
+            return None
+        self.plain_claims += 1
+        if len(rows) < limit:
+            self.due_in, self.due_in_known = marker["due_in"], True
+        return rows
+
+    async def _promote(self) -> None:
+        """Makes the scheduled jobs that fell due claimable (and wakes the workers)."""
+        self._scheduled_due = None  # the next plain claim says when the next one falls due
+        promoted: int = await self._run("fetchval", "promote_due_jobs")
+        self.promotions += 1
+        self.promoted += promoted
+
+    async def _run(self, method: str, name: str, *args: object) -> Any:
+        """A statement on the claim connection (opened with the claim's session settings when
+        there is none)."""
         if self._conn is None or self._conn.is_closed():
             conn = await self._connect()
             try:
@@ -73,21 +119,12 @@ class Claimer:
                 raise
             self._conn = conn
         try:
-            rows: list[asyncpg.Record] = await self._conn.fetch(
-                self.sql["claim_jobs_fast"], worker_id, task_ids, limit, units, timeout=self.timeout
-            )
+            return await getattr(self._conn, method)(self.sql[name], *args, timeout=self.timeout)
         except BaseException as exc:
             if connection_unusable(exc):  # interrupted, lost, or closing: never reused
                 self._conn.terminate()
                 self._conn = None
             raise
-        marker = rows.pop()
-        if marker["slow"]:
-            return None
-        self.plain_claims += 1
-        if len(rows) < limit:
-            self.due_in, self.due_in_known = marker["due_in"], True
-        return rows
 
     def discard_idle(self) -> None:
         """Closes the claim connection unless a claim is using it (after a fault, it is suspect)."""

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import uuid
 from collections.abc import AsyncIterator, Sequence
+from datetime import datetime, timedelta
 from typing import Any
 
 import asyncpg
@@ -78,26 +79,55 @@ class Store:
 
     # -- inserting -------------------------------------------------------------------------------
 
+    # ``run_at``, ``run_in``: when the jobs are to run, a time or a delay from the server's now
+    # (both None: now)
+
     async def insert_job_fast(
-        self, type_key: str, task_key: str, priority: int, arguments: str | None
+        self,
+        type_key: str,
+        task_key: str,
+        priority: int,
+        arguments: str | None,
+        run_at: datetime | None = None,
+        run_in: timedelta | None = None,
     ) -> uuid.UUID | None:
         """The common insert as one plain statement; None when it needs the full path
         (dependencies, "ALL", a twin, a refusal)."""
         pool = await self.pool()
         job_id: uuid.UUID | None = await pool.fetchval(
-            self.sql["insert_job_fast"], type_key, task_key, priority, arguments
+            self.sql["insert_job_fast"], type_key, task_key, priority, arguments, run_at, run_in
         )
         return job_id
 
-    async def insert_job(self, type_key: str, task_key: str, priority: int, arguments: str | None) -> uuid.UUID:
+    async def insert_job(
+        self,
+        type_key: str,
+        task_key: str,
+        priority: int,
+        arguments: str | None,
+        run_at: datetime | None = None,
+        run_in: timedelta | None = None,
+    ) -> uuid.UUID:
         pool = await self.pool()
-        job_id: uuid.UUID = await pool.fetchval(self.sql["insert_job"], type_key, task_key, priority, arguments)
+        job_id: uuid.UUID = await pool.fetchval(
+            self.sql["insert_job"], type_key, task_key, priority, arguments, run_at, run_in
+        )
         return job_id
 
-    async def insert_jobs(self, type_key: str, task_key: str, priority: int, batch: str) -> list[uuid.UUID]:
+    async def insert_jobs(
+        self,
+        type_key: str,
+        task_key: str,
+        priority: int,
+        batch: str,
+        run_at: datetime | None = None,
+        run_in: timedelta | None = None,
+    ) -> list[uuid.UUID]:
         """``batch``: the elements' arguments as one JSON array."""
         pool = await self.pool()
-        ids: list[uuid.UUID] = await pool.fetchval(self.sql["insert_jobs"], type_key, task_key, priority, batch)
+        ids: list[uuid.UUID] = await pool.fetchval(
+            self.sql["insert_jobs"], type_key, task_key, priority, batch, run_at, run_in
+        )
         return ids
 
     # -- the worker's path -----------------------------------------------------------------------
@@ -121,7 +151,9 @@ class Store:
         return await self.claimer.claim(worker_id, task_ids, limit, units)
 
     async def seconds_to_next_run(self, task_ids: list[int]) -> float | None:
-        """When the earliest waiting job of these tasks falls due (None: none waits)."""
+        """In how many seconds a job of these tasks may be claimable: 0 or less when one is
+        (held by another claimer, or held back by a process_limit), else when the earliest scheduled
+        one falls due (None: none waits)."""
         if self.claimer.due_in_known:  # the last claim said it
             return self.claimer.due_in
         pool = await self.pool()

@@ -15,11 +15,15 @@ ON CONFLICT (task_id, args_hash) WHERE status IN ('waiting', 'blocked', 'running
 -- fragment: insert_waiting
 -- Inserting jobs of a task without dependencies (nor "ALL"): each row of `waiting_jobs`
 -- (task_id, priority, arguments: canonical, args_hash: md5 of their text, is_dependency and
--- retries: the task's) becomes a waiting job, unless an identical job is active or an earlier
--- row is identical; returns job_id and args_hash of the jobs inserted. queries.sql
+-- retries: the task's, run_at: the requested time or NULL) becomes a waiting job, unless an
+-- identical job is active or an earlier row is identical; returns job_id and args_hash of the
+-- jobs inserted. A job asked for a future time is scheduled: it may run from then, and is out
+-- of the claim indexes until promoted (functions/claim.sql promote_due_jobs). queries.sql
 -- insert_job_fast and _insert_waiting (functions/insert.sql) are its two users.
-INSERT INTO {schema}.jobs AS j (task_id, priority, arguments, args_hash, status, is_dependency, max_attempts)
-SELECT w.task_id, w.priority, w.arguments, w.args_hash, 'waiting', w.is_dependency, w.retries + 1
+INSERT INTO {schema}.jobs AS j (task_id, priority, arguments, args_hash, status, is_dependency, max_attempts,
+                                run_at, run_after, scheduled)
+SELECT w.task_id, w.priority, w.arguments, w.args_hash, 'waiting', w.is_dependency, w.retries + 1,
+       w.run_at, greatest(pg_catalog.now(), w.run_at), coalesce(w.run_at > pg_catalog.now(), false)
   FROM waiting_jobs AS w
 {fragment:unless_active_twin}
 RETURNING j.job_id, j.args_hash

@@ -6,10 +6,14 @@ CALL {schema}.insert_job('type_key', 'task_key', 10, '{"arg": "value"}'::json);
 -- The same as a function, for SELECT and for trigger functions (a jsonb value needs ::json).
 SELECT {schema}.add_job('type_key', 'task_key', 10, '{"arg": "value"}');
 
+-- Scheduled: never before run_at (after the INOUT job_id in CALL: name it).
+CALL {schema}.insert_job('type_key', 'task_key', 10, '{"arg": "value"}'::json, run_at => now() + interval '1 hour');
+SELECT {schema}.add_job('type_key', 'task_key', 10, '{"arg": "value"}', now() + interval '1 hour');
+
 -- What is going on.
 SELECT * FROM {schema}.job_list LIMIT 20;
 
 -- A web app role that may insert jobs and do nothing else.
 GRANT USAGE ON SCHEMA {schema} TO webapp;
-GRANT EXECUTE ON PROCEDURE {schema}.insert_job(text, text, int, json, uuid) TO webapp;
-GRANT EXECUTE ON FUNCTION {schema}.add_job(text, text, int, json) TO webapp;
+GRANT EXECUTE ON PROCEDURE {schema}.insert_job(text, text, int, json, uuid, timestamptz) TO webapp;
+GRANT EXECUTE ON FUNCTION {schema}.add_job(text, text, int, json, timestamptz) TO webapp;

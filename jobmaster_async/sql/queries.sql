@@ -6,12 +6,14 @@
 -- pg_catalog is searched first unless a search_path names it later, which ours never do.)
 
 -- name: insert_job
-SELECT {schema}._insert_job($1, $2, $3, $4::text::jsonb)
+-- $5: run_at, or $6: run in that long from now (the server's clock); both NULL: now
+SELECT {schema}._insert_job($1, $2, $3, $4::text::jsonb, coalesce($5::timestamptz, pg_catalog.now() + $6::interval))
 
 -- name: insert_job_fast
 -- The common insert as one plain statement (no PL/pgSQL): a task without dependencies or
 -- write_all, arguments that _fast_canonical accepts, no identical active job. Otherwise it
 -- inserts nothing and returns no row, and insert_job above does it all (and says what it refuses).
+-- $5, $6: the run_at of insert_job above.
 WITH
 -- the task, unless inserting its jobs needs more than this statement does
 task AS (
@@ -24,6 +26,7 @@ task AS (
 waiting_jobs AS (
     SELECT t.task_id, coalesce($3, 0) AS priority, c.args AS arguments,
            pg_catalog.md5(c.args::text)::uuid AS args_hash, t.is_dependency, t.retries,
+           coalesce($5::timestamptz, pg_catalog.now() + $6::interval) AS run_at,
            {fragment:own_history} AS own_history
       FROM task AS t
      -- OFFSET 0 keeps the subquery whole, so the arguments are made canonical once, not once for
@@ -43,20 +46,24 @@ logged AS (
 SELECT i.job_id, pg_catalog.pg_notify({channel}, 'wake') FROM inserted AS i
 
 -- name: insert_jobs
--- $4: the elements as one JSON array (one json.dumps in Python, one parse here)
+-- $4: the elements as one JSON array (one json.dumps in Python, one parse here); $5, $6: the
+-- run_at of insert_job above
 SELECT {schema}.insert_jobs($1, $2, $3, ARRAY(SELECT e.a FROM pg_catalog.jsonb_array_elements($4::text::jsonb)
-                                                            WITH ORDINALITY AS e(a, n) ORDER BY e.n))
+                                                            WITH ORDINALITY AS e(a, n) ORDER BY e.n),
+                            coalesce($5::timestamptz, pg_catalog.now() + $6::interval))
 
 -- name: claim_jobs
 SELECT job_id, task_id, priority, arguments, attempts, max_attempts
   FROM {schema}.claim_jobs($1, $2, $3, $4)
 
 -- name: claim_jobs_fast
--- The common claim as one plain statement (worker/claimer.py): when none of the tasks $2 has a
+-- The common claim as one plain statement (db/claimer.py): when none of the tasks $2 has a
 -- process_limit and the units budget $4 cannot be exceeded by $3 jobs. Otherwise nothing is
 -- claimed and the last row says slow: claim_jobs() must be used. The last row (job_id NULL) also
--- says in how many seconds the earliest waiting job falls due (NULL: none; only computed when
--- fewer than $3 were claimed, for the dispatcher's idle wait).
+-- says in how many seconds the earliest scheduled job of these tasks falls due (scheduled_in;
+-- NULL: none; at most 0 when one is due, which the claimer then promotes: promote_due_jobs), and
+-- in how many a job of theirs may be claimable (due_in: 0 when one this claim skipped is, else
+-- scheduled_in; only computed when fewer than $3 were claimed, for the dispatcher's idle wait).
 WITH
 -- must this claim respect limits? (then claim_jobs() does it; this claims nothing)
 mode AS (
@@ -70,8 +77,8 @@ mode AS (
 -- the next runnable jobs, locked; rows other claimers hold are skipped
 to_claim AS (
     SELECT j.job_id, $1::uuid AS worker_id FROM {schema}.jobs AS j
-     WHERE j.status = 'waiting' AND j.run_after <= pg_catalog.now() AND j.task_id = ANY ($2::int[])
-       AND NOT (SELECT m.slow FROM mode AS m)
+     WHERE j.status = 'waiting' AND NOT j.scheduled AND j.run_after <= pg_catalog.now()
+       AND j.task_id = ANY ($2::int[]) AND NOT (SELECT m.slow FROM mode AS m)
      ORDER BY j.priority DESC, j.seq
      LIMIT $3
        FOR NO KEY UPDATE SKIP LOCKED
@@ -80,6 +87,13 @@ to_claim AS (
 claimed AS (
 {fragment:claim}
 ),
+-- the earliest scheduled job of these tasks: the first entry of jobs_scheduled_idx, in time order
+next_scheduled AS (
+    SELECT j.run_after FROM {schema}.jobs AS j
+     WHERE j.status = 'waiting' AND j.scheduled AND j.task_id = ANY ($2::int[])
+     ORDER BY j.run_after
+     LIMIT 1
+),
 -- the history: a 'running' event per job
 logged AS (
     INSERT INTO {schema}.job_events (job_id, status, reason, worker_id, node, pid)
@@ -87,16 +101,22 @@ logged AS (
       FROM claimed AS c, {schema}._event_origin($1) AS w
 )
 SELECT c.job_id, c.task_id, c.priority, c.arguments, c.attempts, c.max_attempts,
-       NULL::float8 AS due_in, NULL::boolean AS slow
+       NULL::float8 AS due_in, NULL::float8 AS scheduled_in, NULL::boolean AS slow
   FROM claimed AS c
 UNION ALL
 SELECT NULL, NULL, NULL, NULL, NULL, NULL,
-       (SELECT pg_catalog.date_part('epoch', pg_catalog.min(j.run_after) - pg_catalog.clock_timestamp())::float8
-          FROM {schema}.jobs AS j
-         WHERE j.status = 'waiting' AND j.task_id = ANY ($2::int[])
-           AND (SELECT pg_catalog.count(*) FROM claimed) < $3
-           -- this statement's snapshot still sees the jobs it claimed as waiting
-           AND NOT EXISTS (SELECT 1 FROM claimed AS c WHERE c.job_id = j.job_id)),
+       (SELECT pg_catalog.date_part('epoch', least(
+                   -- a claimable job this claim did not take (another claimer holds it)
+                   (SELECT pg_catalog.now()
+                     WHERE EXISTS (SELECT 1 FROM {schema}.jobs AS j
+                                    WHERE j.status = 'waiting' AND NOT j.scheduled AND j.task_id = ANY ($2::int[])
+                                      -- this statement's snapshot still sees the jobs it claimed as waiting
+                                      AND NOT EXISTS (SELECT 1 FROM claimed AS c WHERE c.job_id = j.job_id))),
+                   n.run_after) - pg_catalog.clock_timestamp())::float8
+          FROM (SELECT (SELECT s.run_after FROM next_scheduled AS s) AS run_after) AS n
+         WHERE (SELECT pg_catalog.count(*) FROM claimed) < $3 AND NOT (SELECT m.slow FROM mode AS m)),
+       (SELECT pg_catalog.date_part('epoch', s.run_after - pg_catalog.clock_timestamp())::float8
+          FROM next_scheduled AS s),
        (SELECT m.slow FROM mode AS m)
 
 -- name: complete_jobs
@@ -132,14 +152,14 @@ SELECT task_id, type_key, task_key FROM {schema}.tasks
 -- name: get_job
 SELECT j.job_id, t.type_key, t.task_key, j.priority, j.arguments, j.status, j.attempts,
        j.max_attempts, j.result, j.message, j.error_type, j.traceback, j.is_parent,
-       j.created_at, j.started_at, j.finished_at, j.run_after, j.worker_id, j.rescues
+       j.created_at, j.started_at, j.finished_at, j.run_after, j.worker_id, j.rescues, j.run_at
   FROM {schema}.jobs AS j JOIN {schema}.tasks AS t ON t.task_id = j.task_id
  WHERE j.job_id = $1
 
 -- name: list_jobs
 SELECT j.job_id, t.type_key, t.task_key, j.priority, j.arguments, j.status, j.attempts,
        j.max_attempts, j.result, j.message, j.error_type, j.traceback, j.is_parent,
-       j.created_at, j.started_at, j.finished_at, j.run_after, j.worker_id, j.rescues
+       j.created_at, j.started_at, j.finished_at, j.run_after, j.worker_id, j.rescues, j.run_at
   FROM {schema}.jobs AS j JOIN {schema}.tasks AS t ON t.task_id = j.task_id
  WHERE ($1::text IS NULL OR j.status = $1)
    AND ($2::text IS NULL OR t.type_key = $2)
@@ -164,8 +184,19 @@ SELECT d.depends_on AS job_id, t.type_key, t.task_key, j.status
  WHERE d.job_id = $1
 
 -- name: seconds_to_next_run
-SELECT pg_catalog.date_part('epoch', pg_catalog.min(run_after) - pg_catalog.clock_timestamp())::float8 FROM {schema}.jobs
- WHERE status = 'waiting' AND task_id = ANY ($1::int[])
+-- In how many seconds a job of the tasks $1 may be claimable: 0 when one is (held by another
+-- claimer, or held back by a process_limit), else when the earliest scheduled one falls due (NULL: none)
+SELECT pg_catalog.date_part('epoch', least(
+           (SELECT pg_catalog.now()
+             WHERE EXISTS (SELECT 1 FROM {schema}.jobs
+                            WHERE status = 'waiting' AND NOT scheduled AND task_id = ANY ($1::int[]))),
+           (SELECT run_after FROM {schema}.jobs
+             WHERE status = 'waiting' AND scheduled AND task_id = ANY ($1::int[])
+             ORDER BY run_after
+             LIMIT 1)) - pg_catalog.clock_timestamp())::float8
+
+-- name: promote_due_jobs
+SELECT {schema}.promote_due_jobs()
 
 -- name: deployed_tasks
 SELECT type_key, task_key, parameters, dependencies FROM {schema}.tasks

@@ -181,14 +181,21 @@ CREATE TABLE {schema}.jobs (
     error_type     text,
     traceback      text,
     -- how many times it was put back because its worker was lost
-    rescues        int NOT NULL DEFAULT 0
+    rescues        int NOT NULL DEFAULT 0,
+    -- the time its inserter asked it to run at (NULL: none); run_after is when it may run
+    run_at         timestamptz,
+    -- waiting, and not due when it was written (run_after in the future): out of the claim
+    -- indexes, in jobs_scheduled_idx, until promote_due_jobs() clears the flag once it is due
+    scheduled      boolean NOT NULL DEFAULT false
 );
 
--- The claim: runnable jobs by priority, then age; the same per task, for claims that respect
--- process_limit and process_units.
-CREATE INDEX jobs_claim_idx ON {schema}.jobs (priority DESC, seq) WHERE status = 'waiting';
+-- The claim: claimable jobs by priority, then age; the same per task, for claims that respect
+-- process_limit and process_units. Scheduled jobs are not in them, so that a claim costs the
+-- same however many jobs wait for a future time; those are found by time.
+CREATE INDEX jobs_claim_idx ON {schema}.jobs (priority DESC, seq) WHERE status = 'waiting' AND NOT scheduled;
 CREATE INDEX jobs_task_claim_idx ON {schema}.jobs (task_id, priority DESC, seq)
-    WHERE status = 'waiting';
+    WHERE status = 'waiting' AND NOT scheduled;
+CREATE INDEX jobs_scheduled_idx ON {schema}.jobs (run_after) WHERE status = 'waiting' AND scheduled;
 -- Race-free dedupe of identical active jobs (fragments.sql unless_active_twin names it).
 CREATE UNIQUE INDEX jobs_dedupe_idx ON {schema}.jobs (task_id, args_hash)
     WHERE status IN ('waiting', 'blocked', 'running');

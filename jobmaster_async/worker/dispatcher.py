@@ -203,7 +203,8 @@ class Dispatcher:
         return await self._idle_timeout()
 
     async def _idle_timeout(self) -> float:
-        """The jittered safety poll, or sooner if a retry falls due before it."""
+        """The jittered safety poll, or sooner if a job falls due before it (a scheduled job, a
+        retry after its backoff): the earliest time the last claim or the database said."""
         timeout = self.settings.poll_interval * random.uniform(0.8, 1.2)
         seconds = await self.backend.store.seconds_to_next_run(await self.backend.claimable_task_ids())
         if seconds is not None:

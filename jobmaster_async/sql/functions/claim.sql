@@ -1,7 +1,38 @@
 -- Claiming jobs (the hot path): claim_jobs(), for claims that must respect process_limit or
--- process_units (the common claim is queries.sql claim_jobs_fast).
+-- process_units (the common claim is queries.sql claim_jobs_fast); promote_due_jobs(), which
+-- makes scheduled jobs that fell due claimable.
 -- One of the function files that every deploy() runs after the migrations, in the order
 -- db/sql.py FUNCTIONS gives. Placeholders, fragments and name resolution: sql/README.md.
+
+
+-- Scheduled jobs (waiting for a future run_after when they were written: out of the claim
+-- indexes) that fell due become claimable: up to p_max of them, earliest first, found through
+-- jobs_scheduled_idx; rows another transaction holds are skipped (another promoter's, or a
+-- client's moving a job earlier: a later call takes them). Wakes the workers when it promoted
+-- any. Returns how many it promoted. The claim path calls it: claim_jobs() at its start, the
+-- claimer (db/claimer.py) when claim_jobs_fast said the earliest scheduled job is due, so that
+-- it costs no round trip while none is.
+CREATE OR REPLACE FUNCTION {schema}.promote_due_jobs(p_max int DEFAULT 1000)
+RETURNS int
+-- the planner settings of every claim (why: the fragment)
+LANGUAGE plpgsql {entry_point} {fragment:claim_settings} AS $$
+DECLARE
+    v_due uuid[];
+BEGIN
+    SELECT array_agg(d.job_id) INTO v_due
+      FROM (SELECT j.job_id FROM {schema}.jobs AS j
+             WHERE j.status = 'waiting' AND j.scheduled AND j.run_after <= now()
+             ORDER BY j.run_after
+             LIMIT p_max
+               FOR NO KEY UPDATE SKIP LOCKED) AS d;
+    IF v_due IS NULL THEN
+        RETURN 0;
+    END IF;
+    -- no status changes: the history trigger writes nothing, so the wake-up is said here
+    UPDATE {schema}.jobs SET scheduled = false WHERE job_id = ANY (v_due);
+    PERFORM pg_notify({channel}, 'wake');
+    RETURN cardinality(v_due);
+END $$;
 
 
 -- Claims up to p_limit runnable jobs of the given tasks for a worker whose free process units
@@ -23,6 +54,8 @@ DECLARE
     v_row       record;
 BEGIN
     PERFORM {fragment:claim_commit};
+    -- scheduled jobs that fell due become claimable first (an index probe when none did)
+    PERFORM {schema}.promote_due_jobs();
     SELECT array_agg(t.task_id) FILTER (WHERE t.process_limit IS NOT NULL), max(t.process_units)
       INTO v_limited, v_max_units
       FROM {schema}.tasks AS t WHERE t.task_id = ANY (p_task_ids);
@@ -34,7 +67,7 @@ BEGIN
         -- the next runnable jobs, locked; rows other claimers hold are skipped
         to_claim AS (
             SELECT j.job_id, p_worker AS worker_id FROM {schema}.jobs AS j
-             WHERE j.status = 'waiting' AND j.run_after <= now() AND j.task_id = ANY (p_task_ids)
+             WHERE j.status = 'waiting' AND NOT j.scheduled AND j.run_after <= now() AND j.task_id = ANY (p_task_ids)
              ORDER BY j.priority DESC, j.seq
              LIMIT p_limit
              FOR NO KEY UPDATE SKIP LOCKED
@@ -68,7 +101,7 @@ BEGIN
          CROSS JOIN LATERAL (
                SELECT j.job_id, j.task_id, j.priority, j.seq, t.process_units
                  FROM {schema}.jobs AS j JOIN {schema}.tasks AS t ON t.task_id = j.task_id
-                WHERE j.task_id = e.task_id AND j.status = 'waiting' AND j.run_after <= now()
+                WHERE j.task_id = e.task_id AND j.status = 'waiting' AND NOT j.scheduled AND j.run_after <= now()
                 ORDER BY j.priority DESC, j.seq
                 LIMIT greatest(e.cap, 0)
                   FOR NO KEY UPDATE OF j SKIP LOCKED) AS c

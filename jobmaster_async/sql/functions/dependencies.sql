@@ -214,7 +214,7 @@ BEGIN
         v_step.kind := 'pending';
         v_step.match := {schema}._fan_out(
             (SELECT t FROM {schema}.tasks AS t WHERE t.task_id = v_step.task_id),
-            v_step.priority, v_step.arguments);
+            v_step.priority, v_step.arguments, NULL);
         p_plan[v_i] := v_step;
         v_fanned := v_fanned || v_step.match;
     END LOOP;
@@ -298,8 +298,9 @@ BEGIN
 END $$;
 
 -- Moves the dependents of jobs that just reached a final status: a dependency failed or was
--- cancelled -> failed (final, transitively); all dependencies complete -> waiting, or complete for
--- an "ALL" parent (whose own dependents are then settled in the next round).
+-- cancelled -> failed (final, transitively); all dependencies complete -> waiting (scheduled if
+-- its run_at is still ahead), or complete for an "ALL" parent (whose own dependents are then
+-- settled in the next round).
 CREATE OR REPLACE FUNCTION {schema}._settle(p_finished uuid[])
 RETURNS void LANGUAGE plpgsql AS $$
 BEGIN
@@ -337,7 +338,9 @@ BEGIN
                                       THEN now() END,
                    message = CASE WHEN v.failed_dependency IS NOT NULL
                                   THEN 'dependency ' || v.failed_dependency END,
-                   run_after = now()
+                   run_after = greatest(now(), j.run_at),
+                   scheduled = v.failed_dependency IS NULL AND NOT j.is_parent
+                               AND coalesce(j.run_at > now(), false)
               FROM verdicts AS v
              WHERE j.job_id = v.job_id AND j.status = 'blocked'
                AND (v.failed_dependency IS NOT NULL OR v.all_complete)

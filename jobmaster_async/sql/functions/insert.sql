@@ -27,17 +27,44 @@ RETURNS uuid LANGUAGE sql STABLE AS $$
 $$;
 
 
+-- Dedupe and time (DESIGN 9 "Scheduled jobs"): an insert that found active twins (p_ids) and
+-- asks for p_run_at (NULL: now) moves those of them earlier that are waiting or blocked and
+-- whose requested time is still ahead and later than that. Their priority never changes. A
+-- waiting one may run at the new time (at once if it has passed): the workers are woken, to
+-- claim it or to set their timers by it. (The row stays locked until the inserting transaction
+-- commits: keep a transaction that moves jobs earlier short.)
+CREATE OR REPLACE FUNCTION {schema}._move_earlier(p_ids uuid[], p_run_at timestamptz)
+RETURNS void LANGUAGE plpgsql AS $$
+BEGIN
+    -- the common case, cheaply (an UPDATE of nothing would still run the history trigger)
+    IF NOT EXISTS (SELECT 1 FROM {schema}.jobs AS j
+                    WHERE j.job_id = ANY (p_ids) AND j.status IN ('waiting', 'blocked')
+                      AND j.run_at > now() AND coalesce(p_run_at, now()) < j.run_at) THEN
+        RETURN;
+    END IF;
+    UPDATE {schema}.jobs AS j
+       SET run_at = p_run_at, run_after = greatest(now(), p_run_at),
+           scheduled = j.status = 'waiting' AND coalesce(p_run_at > now(), false)
+     WHERE j.job_id = ANY (p_ids) AND j.status IN ('waiting', 'blocked')
+       AND j.run_at > now() AND coalesce(p_run_at, now()) < j.run_at;
+    PERFORM pg_notify({channel}, 'wake');
+END $$;
+
+
 -- Inserts a batch of jobs of a task that has dependencies (canonical arguments), resolving the
 -- dependencies of all of them together: one id per element, in order. A job whose dependency
--- cannot be created is inserted failed, and nothing is created for it.
+-- cannot be created is inserted failed, and nothing is created for it. p_run_at: the requested
+-- time (NULL: none); a job waits for it and for its dependencies (which are created to run at
+-- once); its freshness window is judged now, at insert.
 CREATE OR REPLACE FUNCTION {schema}._insert_batch(
-    p_task {schema}.tasks, p_priority int, p_arguments jsonb[])
+    p_task {schema}.tasks, p_priority int, p_arguments jsonb[], p_run_at timestamptz)
 RETURNS uuid[] LANGUAGE plpgsql AS $$
 DECLARE
-    v_plan    {schema}.plan_step[] := {schema}._plan_dependencies(p_task, p_priority, p_arguments);
-    v_ids     uuid[];
-    v_blocked uuid[];
-    v_i       int;
+    v_plan     {schema}.plan_step[] := {schema}._plan_dependencies(p_task, p_priority, p_arguments);
+    v_ids      uuid[];
+    v_blocked  uuid[];
+    v_inserted uuid[];
+    v_i        int;
 BEGIN
     WITH
     -- each requested job's twin, or the status to insert it with
@@ -47,10 +74,12 @@ BEGIN
     -- the requested jobs that have no active twin, once each
     inserted AS (
         INSERT INTO {schema}.jobs AS j (task_id, priority, arguments, args_hash, status,
-                                        is_dependency, max_attempts, message, finished_at)
+                                        is_dependency, max_attempts, message, finished_at,
+                                        run_at, run_after, scheduled)
         SELECT DISTINCT ON (v.args_hash) p_task.task_id, p_priority, p_arguments[v.root],
                v.args_hash, v.status, p_task.is_dependency, p_task.retries + 1, v.failure,
-               CASE WHEN v.status = 'failed' THEN now() END
+               CASE WHEN v.status = 'failed' THEN now() END,
+               p_run_at, greatest(now(), p_run_at), v.status = 'waiting' AND coalesce(p_run_at > now(), false)
           FROM verdicts AS v
          WHERE v.twin IS NULL
          ORDER BY v.args_hash, v.root
@@ -58,8 +87,9 @@ BEGIN
         RETURNING j.job_id, j.args_hash, j.status
     )
     SELECT array_agg(coalesce(v.twin, i.job_id) ORDER BY v.root),
-           array_agg(CASE WHEN i.status = 'blocked' THEN i.job_id END ORDER BY v.root)
-      INTO v_ids, v_blocked
+           array_agg(CASE WHEN i.status = 'blocked' THEN i.job_id END ORDER BY v.root),
+           array_agg(DISTINCT i.job_id) FILTER (WHERE i.job_id IS NOT NULL)
+      INTO v_ids, v_blocked, v_inserted
       FROM verdicts AS v
       LEFT JOIN inserted AS i ON i.args_hash = v.args_hash;
 
@@ -70,21 +100,28 @@ BEGIN
     -- an identical job inserted by a concurrent transaction is not in our snapshot: ask again
     FOR v_i IN SELECT i FROM generate_subscripts(v_ids, 1) AS i WHERE v_ids[i] IS NULL LOOP
         v_ids[v_i] := coalesce({schema}._active_twin(p_task.task_id, md5(p_arguments[v_i]::text)::uuid),
-                               ({schema}._insert_batch(p_task, p_priority, ARRAY[p_arguments[v_i]]))[1]);
+                               ({schema}._insert_batch(p_task, p_priority, ARRAY[p_arguments[v_i]], p_run_at))[1]);
     END LOOP;
+    -- twins found (an id this call did not insert) may have to run earlier
+    IF cardinality(v_ids) > coalesce(cardinality(v_inserted), 0) THEN
+        PERFORM {schema}._move_earlier(ARRAY(SELECT unnest(v_ids) EXCEPT SELECT unnest(v_inserted)), p_run_at);
+    END IF;
     RETURN v_ids;
 END $$;
 
 
--- Inserts jobs of a task without dependencies (canonical arguments, no "ALL"): one id per
--- element, in order; an element identical to an active job, or to an earlier element, gets that
--- job's id. The one way such jobs are inserted but for queries.sql insert_job_fast, which states
--- the same rule (fragment insert_waiting) in a plain statement.
-CREATE OR REPLACE FUNCTION {schema}._insert_waiting(p_task {schema}.tasks, p_priority int, p_arguments jsonb[])
+-- Inserts jobs of a task without dependencies (canonical arguments, no "ALL"), to run at p_run_at
+-- (NULL: now): one id per element, in order; an element identical to an active job, or to an
+-- earlier element, gets that job's id (and may move it earlier: _move_earlier). The one way such
+-- jobs are inserted but for queries.sql insert_job_fast, which states the same rule (fragment
+-- insert_waiting) in a plain statement.
+CREATE OR REPLACE FUNCTION {schema}._insert_waiting(
+    p_task {schema}.tasks, p_priority int, p_arguments jsonb[], p_run_at timestamptz)
 RETURNS uuid[] LANGUAGE plpgsql AS $$
 DECLARE
-    v_ids uuid[];
-    v_i   int;
+    v_ids      uuid[];
+    v_inserted uuid[];
+    v_i        int;
 BEGIN
     WITH
     -- the elements, numbered and hashed
@@ -95,7 +132,7 @@ BEGIN
     -- the jobs to insert, as the fragment takes them
     waiting_jobs AS (
         SELECT p_task.task_id, p_priority AS priority, b.args AS arguments, b.args_hash,
-               p_task.is_dependency, p_task.retries
+               p_task.is_dependency, p_task.retries, p_run_at AS run_at
           FROM batch AS b
     ),
     -- the jobs; an element identical to an active job, or to an earlier element, is skipped
@@ -107,6 +144,7 @@ BEGIN
       LEFT JOIN inserted AS i ON i.args_hash = b.args_hash;
 
     IF array_position(v_ids, NULL) IS NOT NULL THEN
+        v_inserted := v_ids;
         -- skipped elements: the ids of their identical active jobs (this statement also sees those
         -- committed meanwhile by other transactions)
         SELECT array_agg(coalesce(v_ids[b.ord], {schema}._active_twin(p_task.task_id, md5(b.args::text)::uuid))
@@ -115,18 +153,20 @@ BEGIN
           FROM unnest(p_arguments) WITH ORDINALITY AS b(args, ord);
         -- rare: an identical job that finished meanwhile; insert again, one by one
         FOR v_i IN SELECT i FROM generate_subscripts(v_ids, 1) AS i WHERE v_ids[i] IS NULL LOOP
-            v_ids[v_i] := ({schema}._insert_waiting(p_task, p_priority, ARRAY[p_arguments[v_i]]))[1];
+            v_ids[v_i] := ({schema}._insert_waiting(p_task, p_priority, ARRAY[p_arguments[v_i]], p_run_at))[1];
         END LOOP;
+        -- the twins may have to run earlier
+        PERFORM {schema}._move_earlier(ARRAY(SELECT unnest(v_ids) EXCEPT SELECT unnest(v_inserted)), p_run_at);
     END IF;
     RETURN coalesce(v_ids, '{}');
 END $$;
 
 
--- Inserts one job (or hands back an identical active one), resolving its dependencies. Its
--- refusals are raised here, one call below insert_job and add_job, so that psql shows them with
--- two CONTEXT lines at most.
+-- Inserts one job to run at p_run_at (NULL: now), or hands back an identical active one (moved
+-- earlier if it asks for a later time), resolving its dependencies. Its refusals are raised here,
+-- one call below insert_job and add_job, so that psql shows them with two CONTEXT lines at most.
 CREATE OR REPLACE FUNCTION {schema}._insert_job(
-    p_type_key text, p_task_key text, p_priority int, p_arguments jsonb)
+    p_type_key text, p_task_key text, p_priority int, p_arguments jsonb, p_run_at timestamptz DEFAULT NULL)
 RETURNS uuid LANGUAGE plpgsql {entry_point} AS $$
 DECLARE
     v_task    {schema}.tasks;
@@ -145,21 +185,21 @@ BEGIN
     v_args := v_checked.arguments;
     IF cardinality(v_task.write_all) > 0 THEN
         IF EXISTS (SELECT 1 FROM unnest(v_task.write_all) AS p WHERE v_args->p = '"ALL"') THEN
-            RETURN {schema}._fan_out(v_task, coalesce(p_priority, 0), v_args);
+            RETURN {schema}._fan_out(v_task, coalesce(p_priority, 0), v_args, p_run_at);
         END IF;
     END IF;
     IF jsonb_array_length(v_task.dependencies) > 0 THEN
-        RETURN ({schema}._insert_batch(v_task, coalesce(p_priority, 0), ARRAY[v_args]))[1];
+        RETURN ({schema}._insert_batch(v_task, coalesce(p_priority, 0), ARRAY[v_args], p_run_at))[1];
     END IF;
-    RETURN ({schema}._insert_waiting(v_task, coalesce(p_priority, 0), ARRAY[v_args]))[1];
+    RETURN ({schema}._insert_waiting(v_task, coalesce(p_priority, 0), ARRAY[v_args], p_run_at))[1];
 END $$;
 
 
 -- "ALL" for write_all parameters: a parent job blocked on one child per option (the cartesian
--- product over several such parameters), the children inserted as one batch. The parent
--- completes when all children complete.
+-- product over several such parameters), the children inserted as one batch, to run at p_run_at
+-- (NULL: now), which the parent records too. The parent completes when all children complete.
 CREATE OR REPLACE FUNCTION {schema}._fan_out(
-    p_task {schema}.tasks, p_priority int, p_arguments jsonb)
+    p_task {schema}.tasks, p_priority int, p_arguments jsonb, p_run_at timestamptz)
 RETURNS uuid LANGUAGE plpgsql AS $$
 DECLARE
     v_hash   uuid := md5(p_arguments::text)::uuid;
@@ -170,14 +210,19 @@ DECLARE
 BEGIN
     LOOP
         INSERT INTO {schema}.jobs AS j (task_id, priority, arguments, args_hash, status, is_parent,
-                                        is_dependency, max_attempts)
+                                        is_dependency, max_attempts, run_at)
         VALUES (p_task.task_id, p_priority, p_arguments, v_hash, 'blocked', true,
-                p_task.is_dependency, 1)
+                p_task.is_dependency, 1, p_run_at)
         {fragment:unless_active_twin}
         RETURNING j.job_id INTO v_parent;
         EXIT WHEN v_parent IS NOT NULL;
         v_parent := {schema}._active_twin(p_task.task_id, v_hash);
         IF v_parent IS NOT NULL THEN
+            -- an earlier time moves the parent and its unfinished children
+            PERFORM {schema}._move_earlier(
+                ARRAY(SELECT v_parent UNION ALL
+                      SELECT d.depends_on FROM {schema}.job_dependencies AS d WHERE d.job_id = v_parent),
+                p_run_at);
             RETURN v_parent;
         END IF;
     END LOOP;
@@ -195,7 +240,7 @@ BEGIN
     -- a child may be an identical job that existed before: checked at commit (_check_link)
     INSERT INTO {schema}.job_dependencies (job_id, depends_on, check_at_commit)
     SELECT DISTINCT v_parent, c, true
-      FROM unnest({schema}.insert_jobs(p_task.type_key, p_task.task_key, p_priority, v_combos)) AS c
+      FROM unnest({schema}.insert_jobs(p_task.type_key, p_task.task_key, p_priority, v_combos, p_run_at)) AS c
      ORDER BY c
     ON CONFLICT DO NOTHING;
 
@@ -244,30 +289,34 @@ BEGIN
 END $$;
 
 
--- The SQL interface: CALL insert_job(...) hands back the id through INOUT job_id.
+-- The SQL interface: CALL insert_job(...) hands back the id through INOUT job_id. run_at, after
+-- it (CALL insert_job(..., run_at => now() + interval '1 hour')), is when the job is to run
+-- (NULL: now), so that the 4- and 5-argument calls keep working.
 CREATE OR REPLACE PROCEDURE {schema}.insert_job(
-    type_key text, task_key text, priority int, arguments json, INOUT job_id uuid DEFAULT NULL)
+    type_key text, task_key text, priority int, arguments json, INOUT job_id uuid DEFAULT NULL,
+    run_at timestamptz DEFAULT NULL)
 LANGUAGE plpgsql SECURITY DEFINER {entry_point} AS $$
 BEGIN
     job_id := {schema}._insert_job(type_key, task_key, priority,
-                                   {schema}._jsonb_arguments(type_key, task_key, arguments));
+                                   {schema}._jsonb_arguments(type_key, task_key, arguments), run_at);
 END $$;
 
 
 -- The same as a function, for SELECT and for trigger functions.
 CREATE OR REPLACE FUNCTION {schema}.add_job(
-    type_key text, task_key text, priority int, arguments json)
+    type_key text, task_key text, priority int, arguments json, run_at timestamptz DEFAULT NULL)
 RETURNS uuid LANGUAGE sql SECURITY DEFINER {entry_point} AS $$
     SELECT {schema}._insert_job(type_key, task_key, priority,
-                                {schema}._jsonb_arguments(type_key, task_key, arguments));
+                                {schema}._jsonb_arguments(type_key, task_key, arguments), run_at);
 $$;
 
 
 -- Bulk insert: one id per element, in order (identical elements share one id); all or nothing.
 -- One set-based statement (one trigger run, one NOTIFY); tasks with dependencies resolve them
--- for the whole batch at once. Only elements with "ALL" are inserted one by one.
+-- for the whole batch at once. Only elements with "ALL" are inserted one by one. Every job is to
+-- run at p_run_at (NULL: now).
 CREATE OR REPLACE FUNCTION {schema}.insert_jobs(
-    p_type_key text, p_task_key text, p_priority int, p_arguments jsonb[])
+    p_type_key text, p_task_key text, p_priority int, p_arguments jsonb[], p_run_at timestamptz DEFAULT NULL)
 RETURNS uuid[] LANGUAGE plpgsql {entry_point} AS $$
 DECLARE
     v_task      {schema}.tasks;
@@ -282,7 +331,7 @@ BEGIN
     IF EXISTS (SELECT 1 FROM unnest(p_arguments) AS a, unnest(v_task.write_all) AS w
                 WHERE a->w = '"ALL"') THEN
         FOREACH v_args IN ARRAY p_arguments LOOP
-            v_ids := v_ids || {schema}._insert_job(p_type_key, p_task_key, p_priority, v_args);
+            v_ids := v_ids || {schema}._insert_job(p_type_key, p_task_key, p_priority, v_args, p_run_at);
         END LOOP;
         RETURN v_ids;
     END IF;
@@ -295,7 +344,7 @@ BEGIN
       FROM (SELECT coalesce(e.a, '{}') AS a, e.ord
               FROM unnest(p_arguments) WITH ORDINALITY AS e(a, ord)) AS u;
     IF jsonb_array_length(v_task.dependencies) > 0 THEN
-        RETURN {schema}._insert_batch(v_task, coalesce(p_priority, 0), v_canonical);
+        RETURN {schema}._insert_batch(v_task, coalesce(p_priority, 0), v_canonical, p_run_at);
     END IF;
-    RETURN {schema}._insert_waiting(v_task, coalesce(p_priority, 0), v_canonical);
+    RETURN {schema}._insert_waiting(v_task, coalesce(p_priority, 0), v_canonical, p_run_at);
 END $$;

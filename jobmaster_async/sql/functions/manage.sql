@@ -22,7 +22,7 @@ BEGIN
     -- the job, and an "ALL" parent's unfinished children, cancelled
     cancelled AS (
         UPDATE {schema}.jobs AS j
-           SET status = 'cancelled', finished_at = now(), message = 'cancelled'
+           SET status = 'cancelled', finished_at = now(), message = 'cancelled', scheduled = false
          WHERE j.status IN ('waiting', 'blocked', 'running')
            AND (j.job_id = p_job_id
                 OR j.job_id IN (SELECT d.depends_on FROM {schema}.job_dependencies AS d
@@ -36,8 +36,9 @@ BEGIN
 END $$;
 
 
--- Queues a failed or cancelled job again (same id, its task's retries afresh, dependencies
--- resolved afresh; attempts keeps counting, for fencing). If an identical job is active, its id is returned instead.
+-- Queues a failed or cancelled job again, to run now (same id, its task's retries afresh,
+-- dependencies resolved afresh, its run_at forgotten; attempts keeps counting, for fencing). If
+-- an identical job is active, its id is returned instead.
 CREATE OR REPLACE FUNCTION {schema}.retry_job(p_job_id uuid)
 RETURNS uuid LANGUAGE plpgsql {entry_point} AS $$
 DECLARE
@@ -87,7 +88,8 @@ BEGIN
 
     UPDATE {schema}.jobs
        SET status = v_status,
-           max_attempts = v_job.attempts + v_task.retries + 1, run_after = now(),
+           max_attempts = v_job.attempts + v_task.retries + 1, run_after = now(), run_at = NULL,
+           scheduled = false,
            started_at = NULL, finished_at = CASE WHEN v_failure IS NOT NULL THEN now() END,
            worker_id = NULL, result = NULL, error_type = NULL, traceback = NULL,
            message = coalesce(v_failure, 'retried')

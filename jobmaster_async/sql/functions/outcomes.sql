@@ -44,7 +44,8 @@ END $$;
 
 
 -- Records failures (fenced like complete_jobs). A job with attempts left and a retry delay goes
--- back to waiting after that delay; otherwise it fails for good and fails its dependents.
+-- back to waiting after that delay (scheduled: out of the claim indexes until then); otherwise it
+-- fails for good and fails its dependents.
 CREATE OR REPLACE FUNCTION {schema}.fail_jobs(
     p_worker uuid, p_ids uuid[], p_attempts int[], p_error_types text[], p_messages text[],
     p_tracebacks text[], p_retry_delays double precision[])
@@ -67,6 +68,7 @@ BEGIN
         UPDATE {schema}.jobs AS j
            SET status = CASE WHEN b.retry THEN 'waiting' ELSE 'failed' END,
                run_after = now() + coalesce(p_retry_delays[b.i], 0) * interval '1 second',
+               scheduled = b.retry AND coalesce(p_retry_delays[b.i], 0) > 0,
                finished_at = CASE WHEN b.retry THEN NULL ELSE now() END,
                worker_id = CASE WHEN b.retry THEN NULL ELSE j.worker_id END,
                error_type = p_error_types[b.i], message = p_messages[b.i],

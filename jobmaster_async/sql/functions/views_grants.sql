@@ -5,7 +5,8 @@
 
 -- How many jobs wait, are blocked, and run: a queue's depth, cheap however many finished jobs
 -- the table keeps. Each count reads a partial index that holds exactly those jobs:
--- jobs_dedupe_idx (all three), one of the claim indexes (waiting), jobs_running_idx (running);
+-- jobs_dedupe_idx (all three), one of the claim indexes and jobs_scheduled_idx (waiting),
+-- jobs_running_idx (running);
 -- blocked is the difference, exact because one statement sees one snapshot. Until vacuum,
 -- finished jobs leave dead entries in those indexes. A bitmap scan, which the planner picks on
 -- most statistics, visits the table for each of them on every call, so its cost grows with the
@@ -21,8 +22,9 @@ AS $$
     WITH
     -- waiting, blocked or running: jobs_dedupe_idx
     active AS (SELECT count(*) AS n FROM {schema}.jobs WHERE status IN ('waiting', 'blocked', 'running')),
-    -- waiting: jobs_claim_idx or jobs_task_claim_idx
-    waiting AS (SELECT count(*) AS n FROM {schema}.jobs WHERE status = 'waiting'),
+    -- waiting: claimable (jobs_claim_idx or jobs_task_claim_idx) and scheduled (jobs_scheduled_idx)
+    waiting AS (SELECT (SELECT count(*) FROM {schema}.jobs WHERE status = 'waiting' AND NOT scheduled)
+                     + (SELECT count(*) FROM {schema}.jobs WHERE status = 'waiting' AND scheduled) AS n),
     -- running: jobs_running_idx
     running AS (SELECT count(*) AS n FROM {schema}.jobs WHERE status = 'running')
     SELECT w.n, a.n - w.n - r.n, r.n FROM active AS a, waiting AS w, running AS r
@@ -32,7 +34,7 @@ $$;
 DROP VIEW IF EXISTS {schema}.job_list;
 CREATE VIEW {schema}.job_list AS
 SELECT j.job_id, t.type_key, t.task_key, j.status, j.priority, j.arguments, j.attempts,
-       j.created_at, j.started_at, j.finished_at,
+       j.created_at, j.run_at, j.started_at, j.finished_at,
        w.node AS worker_node, w.pid AS worker_pid, j.message
   FROM {schema}.jobs AS j
   JOIN {schema}.tasks AS t ON t.task_id = j.task_id
