@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import sys
 import time
 from collections import Counter, deque
@@ -21,6 +22,7 @@ from ..db.faults import database_fault
 from ..inspection import TaskActivity, active_jobs_by_task
 from .context import Settings, call, check_deployed, pass_settings
 from .rendering import make_console
+from .supervisor import READY_FD, SUPERVISOR_PID, Supervisor, child_arguments
 
 __all__ = ("ConsoleHandler", "OutcomeCounter", "RecentRate", "progress_table", "worker")
 
@@ -42,6 +44,13 @@ OUTCOME_LOGGER = "jobmaster_async.worker.outcomes"
     help="A live table of this worker's tasks (jobs waiting, running, done; rates over the last 10 s), logs above it.",
 )
 @click.option("--until-empty", is_flag=True, help="Stop once no job is waiting, blocked or running.")
+@click.option(
+    "--processes",
+    default=1,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Worker processes, under a supervisor that restarts them (1: this process, no supervisor).",
+)
 @click.option("--poll-interval", default=5.0, show_default=True, help="Seconds between safety polls.")
 @click.option("--heartbeat-interval", default=5.0, show_default=True, help="Seconds between heartbeats.")
 @click.option(
@@ -67,6 +76,7 @@ def worker(
     grace_period: float,
     progress: bool,
     until_empty: bool,
+    processes: int,
     poll_interval: float,
     heartbeat_interval: float,
     heartbeat_lapse: float,
@@ -83,10 +93,16 @@ def worker(
     survives every database fault."""
     if settings.verbose == 0:
         logging.getLogger("jobmaster_async").setLevel(logging.INFO)
+    if processes > 1:
+        if deploy:
+            call(settings, lambda jm: jm.deploy(), apps)
+        supervisor = Supervisor(child_arguments(sys.argv[1:]), processes, restart=not until_empty)
+        sys.exit(supervisor.run())
     console = make_console() if progress else None
 
     async def run(jm: JobMaster) -> None:
         await jm.connect()
+        _tell_supervisor_connected()
         if deploy:
             await jm.deploy()
         else:
@@ -96,6 +112,8 @@ def worker(
                 worker_task = group.create_task(
                     jm.run_forever(concurrency, handle_signals=True, grace_period=grace_period)
                 )
+                if SUPERVISOR_PID in os.environ:
+                    group.create_task(_stop_when_orphaned(jm, int(os.environ[SUPERVISOR_PID]), worker_task))
                 if console is not None:
                     group.create_task(_show_progress(jm, worker_task, console, concurrency, until_empty))
                 elif until_empty:
@@ -109,6 +127,28 @@ def worker(
         "rescue_interval": rescue_interval,
     }
     call(settings, run, apps, **options)
+
+
+# -- under a supervisor (--processes N) ------------------------------------------------------------
+
+
+def _tell_supervisor_connected() -> None:
+    """A child tells its supervisor it reached the database (its early deaths are counted)."""
+    fd = os.environ.pop(READY_FD, None)
+    if fd is not None:
+        with contextlib.suppress(OSError):
+            os.write(int(fd), b"1")
+            os.close(int(fd))
+
+
+async def _stop_when_orphaned(jm: JobMaster, supervisor: int, worker_task: asyncio.Task[None]) -> None:
+    """A child whose supervisor died stops, as after SIGTERM."""
+    while not worker_task.done():
+        if os.getppid() != supervisor:
+            logging.getLogger(__name__).warning("the supervisor (pid %d) is gone: stopping", supervisor)
+            jm.request_stop(exiting=True)
+            return
+        await asyncio.sleep(1.0)
 
 
 # -- logs above the live view ---------------------------------------------------------------------
