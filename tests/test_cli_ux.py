@@ -193,9 +193,9 @@ def test_outcome_counter_counts_per_task(monkeypatch: pytest.MonkeyPatch) -> Non
     logger = logging.getLogger("jobmaster_async.worker.outcomes")
     monkeypatch.setattr(logger, "level", logging.INFO)
     with OutcomeCounter().attached() as counter:
-        logger.info("job %s (%s) done in %.3fs", "x", "t.a", 0.1, extra={"job_id": "x"})
-        logger.warning("job %s (%s) failed in %.3fs: %s", "y", "t.a", 0.1, "E", extra={"job_id": "y"})
-        logger.error("job %s (%s) failed in %.3fs: %s", "z", "t.b", 0.1, "E", extra={"job_id": "z"})
+        logger.info("done", extra={"job_id": "x", "task": "t.a", "outcome": "completed"})
+        logger.warning("failed", extra={"job_id": "y", "task": "t.a", "outcome": "retried"})
+        logger.error("failed", extra={"job_id": "z", "task": "t.b", "outcome": "failed"})
         logger.info("something else %s %s", "a", "b")
     assert counter.done == {"t.a": 1} and counter.retried == {"t.a": 1} and counter.failed == {"t.b": 1}
 

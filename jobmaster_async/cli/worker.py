@@ -216,9 +216,9 @@ class RecentRate:
 
 
 class OutcomeCounter(logging.Handler):
-    """Counts this worker's finished jobs per task from its one log line per job (INFO: done,
-    WARNING: failed, a retry follows; ERROR: failed for good). The worker's own counter
-    (``jm.finished``) has no task; these lines name it (their second argument)."""
+    """Counts this worker's finished jobs per task from its one log record per job, whose
+    ``task`` and ``outcome`` attributes say which and how (worker.outcomes.log_outcome). The
+    worker's own counter (``jm.finished``) has no task."""
 
     def __init__(self) -> None:
         super().__init__(logging.DEBUG)
@@ -227,16 +227,12 @@ class OutcomeCounter(logging.Handler):
         self.failed: Counter[str] = Counter()
 
     def emit(self, record: logging.LogRecord) -> None:
-        args = record.args
-        if not hasattr(record, "job_id") or not isinstance(args, tuple) or len(args) < 2:
+        task, outcome = getattr(record, "task", None), getattr(record, "outcome", None)
+        if task is None:
             return
-        task = str(args[1])
-        if record.levelno >= logging.ERROR:
-            self.failed[task] += 1
-        elif record.levelno >= logging.WARNING:
-            self.retried[task] += 1
-        else:
-            self.done[task] += 1
+        counter = {"completed": self.done, "retried": self.retried, "failed": self.failed}.get(str(outcome))
+        if counter is not None:
+            counter[str(task)] += 1
 
     @contextlib.contextmanager
     def attached(self) -> Iterator[OutcomeCounter]:

@@ -52,13 +52,18 @@ def log_outcome(claim: Claim, outcome: Outcome, seconds: float, backoff: float) 
     """One line per finished job: INFO when done; a failure at WARNING when a retry follows
     (saying which and when), at ERROR with its traceback when it is final."""
     job, key = claim.job_id, claim.definition.key
-    extra = {"job_id": str(job)}
+    delay = None if outcome.ok else retry_delay(claim, outcome, backoff)
+    #: for handlers (the CLI's live view counts outcomes per task with them)
+    extra = {
+        "job_id": str(job),
+        "task": key,
+        "outcome": "completed" if outcome.ok else "retried" if delay is not None else "failed",
+    }
     if outcome.ok:
         if logger.isEnabledFor(logging.INFO):
             logger.info("job %s (%s) done in %.3fs", job, key, seconds, extra=extra)
         return
     error = f"{outcome.error_type}: {outcome.message}"
-    delay = retry_delay(claim, outcome, backoff)
     if delay is not None:
         retries, retry = claim.definition.retries, retry_number(claim)
         logger.warning(
