@@ -44,6 +44,12 @@ logger = logging.getLogger(__name__)
 #: database is away; past it, the rescuer of another worker puts them back once this one's
 #: heartbeat lapsed.
 SHUTDOWN_RETRY_SECONDS = 10.0
+#: Seconds an idle dispatcher sleeps past the earliest due time it knows of (timers may fire a
+#: hair early; too early costs one more claim, no correctness).
+DUE_MARGIN = 0.001
+#: Seconds before claiming again when the last claim saw claimable jobs it could not take (held
+#: by other claimers, or by a process_limit).
+CONTENDED = 0.005
 
 
 class Backend(Protocol):
@@ -204,11 +210,14 @@ class Dispatcher:
 
     async def _idle_timeout(self) -> float:
         """The jittered safety poll, or sooner if a job falls due before it (a scheduled job, a
-        retry after its backoff): the earliest time the last claim or the database said."""
+        retry after its backoff): the earliest time the last claim or the database said. That
+        time was measured at the server before its answer arrived, so waking at it is waking a
+        little after it; a job claimable now but held by another claimer is tried again in
+        CONTENDED seconds."""
         timeout = self.settings.poll_interval * random.uniform(0.8, 1.2)
         seconds = await self.backend.store.seconds_to_next_run(await self.backend.claimable_task_ids())
         if seconds is not None:
-            timeout = min(timeout, max(seconds, 0.0) + 0.005)
+            timeout = min(timeout, seconds + DUE_MARGIN if seconds > 0 else CONTENDED)
         return timeout
 
     async def _pause(self, seconds: float) -> None:

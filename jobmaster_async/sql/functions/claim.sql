@@ -19,6 +19,8 @@ LANGUAGE plpgsql {entry_point} {fragment:claim_settings} AS $$
 DECLARE
     v_due uuid[];
 BEGIN
+    -- lost in a crash, a promotion is made again by the next one
+    PERFORM {fragment:claim_commit};
     SELECT array_agg(d.job_id) INTO v_due
       FROM (SELECT j.job_id FROM {schema}.jobs AS j
              WHERE j.status = 'waiting' AND j.scheduled AND j.run_after <= now()
