@@ -11,6 +11,7 @@ import socket
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any, ParamSpec
 
@@ -26,8 +27,10 @@ from .errors import (
     ConfigurationError,
     InvalidArguments,
     JobNotFound,
+    TaskDefinitionError,
 )
 from .jobs import ACTIVE_STATUSES, Job, JobStatus, PoppedJob, as_job_id
+from .schedules import Cron
 from .settings import Settings
 from .tasks import TaskDefinition, registry
 from .worker.dispatcher import Dispatcher, RunOptions
@@ -257,6 +260,10 @@ class JobMaster:
             self._definitions = found
         return self._definitions
 
+    async def registered_task_ids(self) -> list[int]:
+        """The tasks registered here and deployed (their schedules are this worker's to fire)."""
+        return list(await self.definitions())
+
     async def claimable_task_ids(self) -> list[int]:
         """The tasks this process may claim: registered, deployed, within the units budget."""
         ids = []
@@ -452,6 +459,21 @@ class JobMaster:
     async def dependencies(self, job_id: uuid.UUID | str) -> list[dict[str, Any]]:
         """The jobs a job waits (or waited) for: job_id, type_key, task_key, status."""
         return await self.store.job_dependencies(as_job_id(job_id))
+
+    async def schedules(self) -> list[dict[str, Any]]:
+        """The periodic tasks' schedules as deployed: type_key, task_key, expression, timezone,
+        arguments, priority, created_at, last_tick (the last tick fired), last_job_id and
+        last_job_status (the job it created or deduped into), and next_tick (computed here)."""
+        now = datetime.now(UTC)
+        found = await self.store.list_schedules()
+        for schedule in found:
+            try:
+                cron = Cron(schedule["expression"], schedule["arguments"], schedule["priority"], schedule["timezone"])
+            except TaskDefinitionError:
+                schedule["next_tick"] = None
+            else:
+                schedule["next_tick"] = cron.next_tick(now)
+        return found
 
     async def cancel(self, job_id: uuid.UUID | str) -> bool:
         """Cancels a waiting, blocked or running job (its blocked dependents fail). Returns
