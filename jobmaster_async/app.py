@@ -10,6 +10,7 @@ import os
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any, ParamSpec
 
@@ -25,8 +26,10 @@ from .errors import (
     ConfigurationError,
     InvalidArguments,
     JobNotFound,
+    TaskDefinitionError,
 )
 from .jobs import ACTIVE_STATUSES, Job, JobStatus, PoppedJob, as_job_id
+from .schedules import Cron
 from .settings import Settings
 from .tasks import registry
 from .worker.backend import WorkerBackend
@@ -317,6 +320,21 @@ class JobMaster:
     async def dependencies(self, job_id: uuid.UUID | str) -> list[dict[str, Any]]:
         """The jobs a job waits (or waited) for: job_id, type_key, task_key, status."""
         return await self.store.job_dependencies(as_job_id(job_id))
+
+    async def schedules(self) -> list[dict[str, Any]]:
+        """The periodic tasks' schedules as deployed: type_key, task_key, expression, timezone,
+        arguments, priority, created_at, last_tick (the last tick fired), last_job_id and
+        last_job_status (the job it created or deduped into), and next_tick (computed here)."""
+        now = datetime.now(UTC)
+        found = await self.store.list_schedules()
+        for schedule in found:
+            try:
+                cron = Cron(schedule["expression"], schedule["arguments"], schedule["priority"], schedule["timezone"])
+            except TaskDefinitionError:
+                schedule["next_tick"] = None
+            else:
+                schedule["next_tick"] = cron.next_tick(now)
+        return found
 
     async def cancel(self, job_id: uuid.UUID | str) -> bool:
         """Cancels a waiting, blocked or running job (its blocked dependents fail). Returns

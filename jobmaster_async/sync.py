@@ -179,6 +179,9 @@ class JobMaster:
     def active_counts(self) -> dict[str, int]:
         return self._call(self.aio.active_counts())
 
+    def schedules(self) -> list[dict[str, Any]]:
+        return self._call(self.aio.schedules())
+
     def cancel(self, job_id: uuid.UUID | str) -> bool:
         return self._call(self.aio.cancel(job_id))
 

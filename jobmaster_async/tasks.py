@@ -207,6 +207,27 @@ class Registry:
         check_definitions(definitions, deployed)
         return [definition.to_row() for definition in definitions]
 
+    def schedules_to_deploy(self) -> list[dict[str, Any]]:
+        """The schedules deploy() stores: every registered task's (none is a list too: a task that
+        lost its schedules loses them in the database)."""
+        return [
+            {
+                "type_key": definition.type_key,
+                "task_key": definition.task_key,
+                "schedules": [
+                    {
+                        "key": cron.key(),
+                        "expression": cron.expression,
+                        "timezone": cron.timezone,
+                        "arguments": cron.arguments,
+                        "priority": cron.priority,
+                    }
+                    for cron in definition.crons
+                ],
+            }
+            for definition in self
+        ]
+
 
 registry = Registry()
 

@@ -3,12 +3,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from zoneinfo import ZoneInfo
 
 import pytest
 
 from jobmaster_async import Cron, TaskDefinitionError
+from jobmaster_async.tasks import registry
 
 PARIS = ZoneInfo("Europe/Paris")  # 2026: spring gap 29 March 02:00-03:00, autumn overlap 25 October 02:00-03:00
 
@@ -96,7 +98,17 @@ def test_a_naive_instant_is_refused() -> None:
         Cron("* * * * *").next_tick(datetime(2026, 1, 1))
 
 
-def test_a_cron_must_give_every_required_argument_and_no_unknown_one() -> None:
+@pytest.fixture
+def forget() -> Iterator[None]:
+    """Removes the tasks a test registers under the type key 'schedule_checks': left registered,
+    every later deploy in the session would store their schedules and every worker fire them."""
+    yield
+    for definition in list(registry):
+        if definition.type_key == "schedule_checks":
+            registry.remove(definition.type_key, definition.task_key)
+
+
+def test_a_cron_must_give_every_required_argument_and_no_unknown_one(forget: None) -> None:
     from jobmaster_async import task
 
     @task(type_key="schedule_checks", cron=["*/5 * * * *", Cron("0 3 * * *", priority=2)])

@@ -741,6 +741,18 @@ async def workload(
     ]
     assert await jm.insert_job(t, "add", 1, {"a": 3000}, run_at=timedelta(hours=1)) == timed[0]
     assert await add_job("add", {"a": 3004}) == timed[4]  # now: moved earlier
+    # periodic tasks: a schedule's tick fired as the scheduler fires it (once), listed; the deploy
+    # at the end removes the schedule (its task has none here)
+    schedule_id = await admin.fetchval(
+        f"INSERT INTO {s}.schedules (task_id, cron_key, expression, timezone, arguments, priority) "
+        f"""SELECT task_id, 'k', '0 0 1 1 *', 'UTC', '{{"a": 4000}}', 1 FROM {s}.tasks WHERE task_key = 'add' """
+        "RETURNING schedule_id"
+    )
+    assert schedule_id in [row["schedule_id"] for row in await jm.store.ticks.load(await jm.worker.registered_task_ids())]
+    tick = datetime.now(UTC)
+    timed.append(await jm.store.ticks.fire(schedule_id, tick))
+    assert await jm.store.ticks.fire(schedule_id, tick) is None
+    assert timed[-1] in [row["last_job_id"] for row in await jm.schedules()]
     await asyncio.sleep(0.4)
     assert await fast.run() > 0
     async with worker(jm, concurrency=4):

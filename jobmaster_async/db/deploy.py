@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 from collections.abc import Mapping
 from typing import Any, Protocol
 
 import asyncpg
 
-from ..errors import SchemaVersionError
+from ..errors import SchemaVersionError, TaskDefinitionError
 from .sql import Catalogue
 
 __all__ = ("TaskRows", "deploy_schema")
@@ -22,6 +23,11 @@ class TaskRows(Protocol):
 
     def rows_to_deploy(self, deployed: Mapping[tuple[str, str], Mapping[str, Any]]) -> list[dict[str, Any]]:
         """The tasks-table rows, once checked against the tasks already deployed (by key)."""
+        ...
+
+    def schedules_to_deploy(self) -> list[dict[str, Any]]:
+        """Each registered task's schedules: [{"type_key", "task_key", "schedules": [{"key",
+        "expression", "timezone", "arguments", "priority"}]}]."""
         ...
 
 
@@ -57,6 +63,7 @@ async def deploy_schema(
                 f"(which knows up to {sql.latest_version}): upgrade jobmaster_async"
             )
         await _migrate(conn, sql, current)
+        await conn.execute(sql["lock_schedules"])
         await conn.execute(sql.functions)
 
         deployed = {(r["type_key"], r["task_key"]): r for r in await conn.fetch(sql["deployed_tasks"])}
@@ -87,7 +94,24 @@ async def deploy_schema(
             for row in pruned:
                 logger.info("deploy(prune=True): removed task %s.%s", row["type_key"], row["task_key"])
         await conn.execute(sql["mark_dependency_targets"])
+        await _deploy_schedules(conn, sql, definitions)
     logger.info("deployed schema %s with %d task definitions", sql.schema, len(rows))
+
+
+async def _deploy_schedules(conn: asyncpg.Connection, sql: Catalogue, definitions: TaskRows) -> None:
+    """The registered tasks' schedules, once their arguments are known to fit (a Cron whose
+    arguments a task refuses is a definition mistake, said at deploy, not at every tick)."""
+    try:
+        schedules = json.dumps(definitions.schedules_to_deploy())
+    except (TypeError, ValueError) as exc:
+        raise TaskDefinitionError(f"a Cron's arguments are not JSON: {exc}") from None
+    refused = await conn.fetch(sql["schedule_refusals"], schedules)
+    if refused:
+        row = refused[0]
+        raise TaskDefinitionError(
+            f"task {row['type_key']}.{row['task_key']}: cron {row['expression']!r}: {row['refusal']}"
+        )
+    await conn.execute(sql["sync_schedules"], schedules)
 
 
 async def _migrate(conn: asyncpg.Connection, sql: Catalogue, current: int) -> None:

@@ -27,6 +27,7 @@ FUNCTIONS = (
     "outcomes",
     "workers",
     "manage",
+    "schedules",
     "triggers",
     "views_grants",
 )

@@ -22,6 +22,7 @@ from .claimer import Claimer
 from .deploy import deploy_schema
 from .pool import Connect, Pool
 from .sql import Catalogue
+from .ticks import Ticks
 
 __all__ = ("Store",)
 
@@ -37,6 +38,8 @@ class Store:
         self._pool_size = pool_size
         self._pool: Pool | None = None
         self.claimer = Claimer(sql, connect, self.pool, timeout)
+        #: the scheduler's statements, on their own connection (db.ticks)
+        self.ticks = Ticks(sql, connect, timeout)
 
     # -- connections -----------------------------------------------------------------------------
 
@@ -62,10 +65,12 @@ class Store:
         if self._pool is not None:
             self._pool.discard_idle()
         self.claimer.discard_idle()
+        self.ticks.discard_idle()
 
     async def close(self, worker_id: uuid.UUID | None = None) -> None:
         """Closes every connection; with ``worker_id``, first forgets that worker's row."""
         await self.claimer.close()
+        await self.ticks.close()
         if self._pool is not None:
             pool, self._pool = self._pool, None
             if worker_id is not None:
@@ -247,6 +252,10 @@ class Store:
     async def job_dependencies(self, job_id: uuid.UUID) -> list[dict[str, Any]]:
         pool = await self.pool()
         return [dict(row) for row in await pool.fetch(self.sql["job_dependencies"], job_id)]
+
+    async def list_schedules(self) -> list[dict[str, Any]]:
+        pool = await self.pool()
+        return [dict(row) for row in await pool.fetch(self.sql["list_schedules"])]
 
     async def cancel_job(self, job_id: uuid.UUID) -> str | None:
         """The job's status before (None: no such job)."""

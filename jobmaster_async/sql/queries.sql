@@ -253,6 +253,80 @@ finished_jobs AS (
 )
 SELECT p.type_key, p.task_key FROM pruned AS p
 
+-- name: lock_schedules
+-- deploy(), before it re-creates the functions and the jobs table's triggers: a worker firing a
+-- tick (fire_schedule) locks its schedule's row, then inserts a job, while deploy() locks the jobs
+-- table, then writes schedules; in that order they would deadlock. Firing waits for the deploy
+-- instead (and a schedule's missed ticks are fired as after any downtime: the latest one).
+LOCK TABLE {schema}.schedules IN SHARE ROW EXCLUSIVE MODE
+
+-- name: schedule_refusals
+-- $1: the schedules of the tasks this deploy registers, as JSON: [{"type_key", "task_key",
+-- "schedules": [{"key", "expression", "timezone", "arguments", "priority"}]}]. Why a schedule's
+-- arguments do not fit its task (as insert_job would refuse them), one row each.
+SELECT r.value->>'type_key' AS type_key, r.value->>'task_key' AS task_key,
+       s.value->>'expression' AS expression, c.refusal[2] AS refusal
+  FROM pg_catalog.jsonb_array_elements($1::text::jsonb) AS r
+  JOIN {schema}.tasks AS t ON t.type_key = r.value->>'type_key' AND t.task_key = r.value->>'task_key'
+ CROSS JOIN LATERAL pg_catalog.jsonb_array_elements(r.value->'schedules') AS s
+ CROSS JOIN LATERAL {schema}._canonical_or_refusal(t, s.value->'arguments', true) AS c
+ WHERE c.refusal IS NOT NULL
+
+-- name: sync_schedules
+-- $1: as schedule_refusals. The registered tasks get exactly these schedules (the last deploy
+-- wins): a schedule whose key a task no longer has is removed, a new key is a new schedule, which
+-- starts at its next tick; one that stays keeps its last tick. The workers are told (NOTIFY) when
+-- anything changed.
+WITH
+-- the registered tasks
+registered AS (
+    SELECT t.task_id, r.value->'schedules' AS schedules
+      FROM pg_catalog.jsonb_array_elements($1::text::jsonb) AS r
+      JOIN {schema}.tasks AS t ON t.type_key = r.value->>'type_key' AND t.task_key = r.value->>'task_key'
+),
+-- the schedules they are to have
+wanted AS (
+    SELECT g.task_id, s.value->>'key' AS cron_key, s.value->>'expression' AS expression,
+           s.value->>'timezone' AS timezone, s.value->'arguments' AS arguments, (s.value->>'priority')::int AS priority
+      FROM registered AS g
+     CROSS JOIN LATERAL pg_catalog.jsonb_array_elements(g.schedules) AS s
+),
+-- the schedules they no longer have (a changed one is a new one)
+removed AS (
+    DELETE FROM {schema}.schedules AS s USING registered AS g
+     WHERE s.task_id = g.task_id
+       AND NOT EXISTS (SELECT 1 FROM wanted AS w WHERE w.task_id = s.task_id AND w.cron_key = s.cron_key)
+    RETURNING s.schedule_id
+),
+-- the new ones
+added AS (
+    INSERT INTO {schema}.schedules (task_id, cron_key, expression, timezone, arguments, priority)
+    SELECT w.task_id, w.cron_key, w.expression, w.timezone, w.arguments, w.priority FROM wanted AS w
+    ON CONFLICT (task_id, cron_key) DO NOTHING
+    RETURNING schedule_id
+)
+SELECT pg_catalog.pg_notify({channel}, 'schedules')
+ WHERE EXISTS (SELECT 1 FROM removed) OR EXISTS (SELECT 1 FROM added)
+
+-- name: load_schedules
+-- The schedules of the tasks $1 (a scheduler's), with the server's clock
+SELECT s.schedule_id, t.type_key, t.task_key, s.expression, s.timezone, s.arguments, s.priority,
+       s.created_at, s.last_tick, pg_catalog.clock_timestamp() AS now
+  FROM {schema}.schedules AS s JOIN {schema}.tasks AS t ON t.task_id = s.task_id
+ WHERE s.task_id = ANY ($1::int[])
+ ORDER BY s.schedule_id
+
+-- name: fire_schedule
+SELECT {schema}.fire_schedule($1, $2)
+
+-- name: list_schedules
+SELECT t.type_key, t.task_key, s.expression, s.timezone, s.arguments, s.priority, s.created_at,
+       s.last_tick, s.last_job_id, j.status AS last_job_status
+  FROM {schema}.schedules AS s
+  JOIN {schema}.tasks AS t ON t.task_id = s.task_id
+  LEFT JOIN {schema}.jobs AS j ON j.job_id = s.last_job_id
+ ORDER BY t.type_key, t.task_key, s.schedule_id
+
 -- name: drop_schema
 DROP SCHEMA IF EXISTS {schema} CASCADE
 

@@ -77,6 +77,10 @@ class WorkerBackend:
             self._definitions = found
         return self._definitions
 
+    async def registered_task_ids(self) -> list[int]:
+        """The tasks registered here and deployed (their schedules are this worker's to fire)."""
+        return list(await self.definitions())
+
     async def claimable_task_ids(self) -> list[int]:
         """The tasks this process may claim: registered, deployed, within the units budget."""
         ids = []

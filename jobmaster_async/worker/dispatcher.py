@@ -2,7 +2,7 @@
 (by the listener's NOTIFY, a slot freed, or a slow safety poll), runs them, and shuts down
 gracefully on stop, cancellation and SIGTERM. Its services run beside it: the listener
 (worker.listener), the recorder of outcomes (worker.recorder), heartbeat and rescue
-(worker.maintenance).
+(worker.maintenance), and the scheduler of periodic tasks (worker.scheduler).
 
 It never dies of the database: every service retries database faults (db.faults) with backoff,
 and the worker reports an outage once (worker.outage). Only a bug of ours ends it, with its
@@ -29,11 +29,12 @@ from ..db.faults import database_fault
 from ..db.store import Store
 from ..settings import Settings
 from .executors import DaemonThreadPool, Outcome, run_task
-from .listener import CancelJob, Listener, Notification
+from .listener import CancelJob, Listener, Notification, SchedulesChanged
 from .maintenance import Maintenance
 from .outage import Outage, Service
 from .outcomes import Claim, log_outcome
 from .recorder import Recorder
+from .scheduler import Scheduler
 from .signals import Signal
 
 __all__ = ("Backend", "Dispatcher", "RunOptions")
@@ -64,6 +65,7 @@ class Backend(Protocol):
     async def claim(self, limit: int, units: int) -> list[Claim]: ...
     async def record(self, outcomes: Sequence[tuple[Claim, Outcome]]) -> set[uuid.UUID]: ...
     async def claimable_task_ids(self) -> list[int]: ...
+    async def registered_task_ids(self) -> list[int]: ...
 
 
 @dataclass(frozen=True)
@@ -104,11 +106,12 @@ class Dispatcher:
         self.claimed = claimed
         self.finished = finished
         self._wake = asyncio.Event()  # set: claim now (NOTIFY, a slot freed, an outage ended)
-        self.outage = Outage(outages, recoveries, on_begin=self._suspect_connections, on_end=self._wake.set)
+        self.outage = Outage(outages, recoveries, on_begin=self._suspect_connections, on_end=self._outage_ended)
         self.listener = Listener(
             backend.store, self.outage, self._on_notification, self.settings.connection_timeout / 2
         )
         self.recorder = Recorder(backend.record, self.outage, self._on_recorded)
+        self.scheduler = Scheduler(backend.store.ticks, backend.registered_task_ids, self.outage)
         self._stopping = False
         self._stop_requested = asyncio.Event()
         self._exiting = asyncio.Event()  # the process ends after this run: threads cannot be waited for
@@ -132,6 +135,11 @@ class Dispatcher:
         self._stopping = True
         self._stop_requested.set()
         self._wake.set()
+
+    def _outage_ended(self) -> None:
+        """Catch up on what may have been notified meanwhile: claim, and read the schedules."""
+        self._wake.set()
+        self.scheduler.reload()
 
     def _suspect_connections(self) -> None:
         """An outage began: close the idle connections, ping the LISTEN one now."""
@@ -162,6 +170,7 @@ class Dispatcher:
                     services.start_soon(self.backend.maintenance.heartbeat_loop, self.outage)
                     services.start_soon(self.backend.maintenance.rescue_loop, self.outage)
                     services.start_soon(self.recorder.run)
+                    services.start_soon(self.scheduler.run)
                     await self._dispatch_loop()
                     services.cancel_scope.cancel()
             except Exception as exc:
@@ -313,6 +322,8 @@ class Dispatcher:
             if running is not None:
                 self._user_cancelled.add(notification.job_id)
                 running[0].cancel()
+        elif isinstance(notification, SchedulesChanged):
+            self.scheduler.reload()
         else:
             self._wake.set()
 

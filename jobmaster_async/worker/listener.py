@@ -1,7 +1,8 @@
 """The listener: LISTEN on the schema's channel, on a connection of its own.
 
-The database says two things on that channel (sql/ triggers and functions): ``wake`` (jobs became
-runnable, or a process_limit slot freed) and ``cancel:<job id>`` (a running job was cancelled).
+The database says three things on that channel (sql/ triggers and functions, deploy): ``wake``
+(jobs became runnable, or a process_limit slot freed), ``cancel:<job id>`` (a running job was
+cancelled) and ``schedules`` (a deploy changed the periodic tasks' schedules).
 Payloads are parsed into typed notifications here; nothing else looks at their text.
 
 A lost connection is reopened with backoff (an outage of the worker, reported once). An idle one
@@ -22,7 +23,7 @@ from ..db.store import Store
 from .outage import Outage, Service
 from .signals import Signal
 
-__all__ = ("CancelJob", "Listener", "Notification", "Wake", "parse_notification")
+__all__ = ("CancelJob", "Listener", "Notification", "SchedulesChanged", "Wake", "parse_notification")
 
 logger = logging.getLogger(__name__)
 
@@ -39,7 +40,12 @@ class CancelJob:
     job_id: uuid.UUID
 
 
-Notification = Wake | CancelJob
+@dataclass(frozen=True, slots=True)
+class SchedulesChanged:
+    """A deploy changed the schedules: the scheduler reads them again."""
+
+
+Notification = Wake | CancelJob | SchedulesChanged
 
 _CANCEL = "cancel:"
 
@@ -48,6 +54,8 @@ def parse_notification(payload: str) -> Notification | None:
     """The notification a payload says, or None for one this version does not know."""
     if payload == "wake":
         return Wake()
+    if payload == "schedules":
+        return SchedulesChanged()
     if payload.startswith(_CANCEL):
         with contextlib.suppress(ValueError):
             return CancelJob(uuid.UUID(payload[len(_CANCEL) :]))
