@@ -7,7 +7,6 @@ import contextlib
 import importlib
 import logging
 import os
-import socket
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
@@ -32,12 +31,10 @@ from .errors import (
 from .jobs import ACTIVE_STATUSES, Job, JobStatus, PoppedJob, as_job_id
 from .schedules import Cron
 from .settings import Settings
-from .tasks import TaskDefinition, registry
+from .tasks import registry
+from .worker.backend import WorkerBackend
 from .worker.dispatcher import Dispatcher, RunOptions
-from .worker.executors import DaemonThreadPool, Outcome, run_task
-from .worker.maintenance import Maintenance
-from .worker.outage import Backoff, Outage
-from .worker.outcomes import Claim, log_outcome, record_outcomes
+from .worker.outage import Backoff
 from .worker.signals import Signal
 
 __all__ = ("JobMaster",)
@@ -97,36 +94,23 @@ class JobMaster:
             rescue_interval=rescue_interval,
         )
         self.connect_kwargs = dict(connect_kwargs or {})
-        self.worker_id = uuid.uuid4()
-        self.node = socket.gethostname()
-
-        self.threads = DaemonThreadPool(max_workers=32)
         self._open = opener(self.dsn, self.connect_kwargs, settings.connection_timeout)
         #: whether a connection ever opened: before, errors are fatal; after, a worker survives them
         self.connected = False
         self.store = Store(self.sql, self.open_connection, settings.pool_size, settings.connection_timeout)
-        self.maintenance = Maintenance(
-            settings,
-            beat=self.beat,
-            rescue=self.store.rescue_jobs,
-            last_beat=lambda: self.last_beat,
-        )
-        self._definitions: dict[int, TaskDefinition] | None = None  # task_id -> definition
-        self._registered = False
-        self.last_beat = 0.0
-        self._units_in_use = 0
-        self._popped = 0
-        self._heartbeat: asyncio.Task[None] | None = None
-        self._too_large_logged: set[str] = set()
+        #: fired when run_forever loses the database (or the network) and when it recovered
+        self.outages = Signal()
+        self.recoveries = Signal()
+        #: the database side of this process's worker (claims, heartbeat, outcomes, pop_job)
+        self.worker = WorkerBackend(self.store, settings, self.outages, self.recoveries)
+        #: this process's worker, as heartbeats, claims and the history name it
+        self.worker_id = self.worker.worker_id
         self._dispatcher: Dispatcher | None = None
         self._stop_requested = False
         self._exit_requested = False
         #: fired with the number of jobs claimed / whose outcome was recorded by run_forever
         self.claimed = Signal()
         self.finished = Signal()
-        #: fired when run_forever loses the database (or the network) and when it recovered
-        self.outages = Signal()
-        self.recoveries = Signal()
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -158,13 +142,9 @@ class JobMaster:
 
     async def close(self) -> None:
         """Closes the connections (and forgets this worker's heartbeat row)."""
-        if self._heartbeat is not None:
-            self._heartbeat.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._heartbeat
-            self._heartbeat = None
-        await self.store.close(self.worker_id if self._registered and self._popped == 0 else None)
-        self._registered = False
+        await self.worker.stop_heartbeat()
+        await self.store.close(self.worker_id if self.worker.registered and self.worker.popped == 0 else None)
+        self.worker.registered = False
 
     async def __aenter__(self) -> JobMaster:
         return self
@@ -181,9 +161,9 @@ class JobMaster:
         and safe to run from several processes at once. ``_reset=True`` drops every job first;
         ``prune=True`` removes task definitions no longer registered here (and idle)."""
         await self.store.deploy(registry, reset=_reset, prune=prune)
-        self._definitions = None
+        self.worker.forget_definitions()
         if _reset:
-            self._registered = False
+            self.worker.registered = False
 
     # -- inserting -------------------------------------------------------------------------------
 
@@ -243,133 +223,14 @@ class JobMaster:
         when they are to run (as ``insert_job``'s ``run_at``)."""
         return EnqueueOptions(self.insert_job, priority=priority, run_at=run_at)
 
-    # -- claiming and running --------------------------------------------------------------------
-
-    async def definitions(self) -> dict[int, TaskDefinition]:
-        """task_id -> definition, for the tasks registered here and deployed."""
-        if self._definitions is None:
-            rows = await self.store.task_ids()
-            found: dict[int, TaskDefinition] = {}
-            for row in rows:
-                definition = registry.get(row["type_key"], row["task_key"])
-                if definition is not None:
-                    found[row["task_id"]] = definition
-            missing = {d.key for d in registry} - {d.key for d in found.values()}
-            if missing:
-                logger.warning("tasks registered but not deployed (call deploy()): %s", ", ".join(sorted(missing)))
-            self._definitions = found
-        return self._definitions
-
-    async def registered_task_ids(self) -> list[int]:
-        """The tasks registered here and deployed (their schedules are this worker's to fire)."""
-        return list(await self.definitions())
-
-    async def claimable_task_ids(self) -> list[int]:
-        """The tasks this process may claim: registered, deployed, within the units budget."""
-        ids = []
-        for task_id, definition in (await self.definitions()).items():
-            if definition.process_units > self.settings.system_process_units:
-                if definition.key not in self._too_large_logged:
-                    self._too_large_logged.add(definition.key)
-                    logger.warning(
-                        "task %s needs %d process units, more than this process's %d: never claimed here",
-                        definition.key,
-                        definition.process_units,
-                        self.settings.system_process_units,
-                    )
-                continue
-            ids.append(task_id)
-        return ids
-
-    async def beat(self) -> None:
-        """Records this worker's heartbeat (registering it on first use)."""
-        await self.store.heartbeat(self.worker_id, self.node, os.getpid(), self.settings.heartbeat_lapse)
-        self._registered = True
-        self.last_beat = time.monotonic()
-
-    async def claim(self, limit: int, units: int) -> list[Claim]:
-        """Claims up to ``limit`` runnable jobs within ``units`` free process units."""
-        task_ids = await self.claimable_task_ids()
-        if not task_ids or limit <= 0:
-            return []
-        if not self._registered or time.monotonic() - self.last_beat > self.settings.heartbeat_interval:
-            await self.beat()  # a fresh heartbeat before holding jobs: never claimed by a 'dead' worker
-        rows = await self.store.claim(self.worker_id, task_ids, limit, units)
-        definitions = await self.definitions()
-        return [
-            Claim(
-                job_id=row["job_id"],
-                definition=definitions[row["task_id"]],
-                priority=row["priority"],
-                arguments=row["arguments"],
-                attempts=row["attempts"],
-                max_attempts=row["max_attempts"],
-            )
-            for row in rows
-        ]
+    # -- running -------------------------------------------------------------------------------
 
     async def pop_job(self) -> PoppedJob | None:
         """Claims the next runnable job (highest priority, then oldest) of a task registered in
         this process; ``await job.execute()`` runs it. The worker heartbeats until then. Every
         ``rescue_interval`` it first puts back the jobs of workers whose heartbeat lapsed, so that
         deployments that only pop (a cron script) recover lost jobs too."""
-        await self.maintenance.rescue_if_due()
-        claims = await self.claim(1, self.settings.system_process_units - self._units_in_use)
-        if not claims:
-            return None
-        claim = claims[0]
-        self._units_in_use += claim.definition.process_units
-        self._popped += 1
-        self._start_heartbeat()
-        job = PoppedJob(
-            job_id=claim.job_id,
-            type_key=claim.definition.type_key,
-            task_key=claim.definition.task_key,
-            priority=claim.priority,
-            arguments=claim.arguments,
-            status=JobStatus.RUNNING,
-            attempts=claim.attempts,
-            max_attempts=claim.max_attempts,
-            worker_id=self.worker_id,
-            _executor=lambda j: self._execute_popped(j, claim),
-        )
-        return job
-
-    async def _execute_popped(self, job: PoppedJob, claim: Claim) -> None:
-        recorded = False
-        try:
-            started = time.monotonic()
-            outcome = await run_task(claim.definition, claim.arguments, self.threads)
-            log_outcome(claim, outcome, time.monotonic() - started, self.settings.retry_backoff)
-            await self.record([(claim, outcome)])
-            recorded = True
-            self._apply(job, claim, outcome)
-        finally:
-            self._units_in_use -= claim.definition.process_units
-            self._popped -= 1
-            if not recorded:  # cancelled: hand the job back rather than leave it running
-                with contextlib.suppress(Exception):
-                    await asyncio.shield(self.store.release_jobs(self.worker_id, [claim.job_id], [claim.attempts]))
-            if self._popped == 0 and self._heartbeat is not None:
-                self._heartbeat.cancel()
-                self._heartbeat = None
-
-    def _apply(self, job: Job, claim: Claim, outcome: Outcome) -> None:
-        if outcome.ok:
-            job.status, job.result = JobStatus.COMPLETE, outcome.result
-        else:
-            retrying = not outcome.final and claim.attempts < claim.max_attempts
-            job.status = JobStatus.WAITING if retrying else JobStatus.FAILED
-            job.error_type, job.message, job.traceback = outcome.error_type, outcome.message, outcome.traceback
-
-    async def record(self, outcomes: Sequence[tuple[Claim, Outcome]]) -> set[uuid.UUID]:
-        """Records outcomes of claimed jobs; returns the ids recorded (fencing drops the others)."""
-        return await record_outcomes(self.store, self.worker_id, outcomes, self.settings.retry_backoff)
-
-    def _start_heartbeat(self) -> None:
-        if self._heartbeat is None:
-            outage = Outage(self.outages, self.recoveries)
-            self._heartbeat = asyncio.create_task(self.maintenance.heartbeat_loop(outage), name="jobmaster-heartbeat")
+        return await self.worker.pop_job()
 
     async def run_forever(
         self,
@@ -387,9 +248,9 @@ class JobMaster:
         if self._dispatcher is not None:
             raise RuntimeError("run_forever is already running on this JobMaster")
         options = RunOptions(concurrency=concurrency, grace_period=grace_period, handle_signals=handle_signals)
-        if self.threads.max_workers < concurrency:
-            self.threads.max_workers = concurrency
-        self._dispatcher = Dispatcher(self, options, self.claimed, self.finished, self.outages, self.recoveries)
+        if self.worker.threads.max_workers < concurrency:
+            self.worker.threads.max_workers = concurrency
+        self._dispatcher = Dispatcher(self.worker, options, self.claimed, self.finished, self.outages, self.recoveries)
         if self._stop_requested:
             self._dispatcher.stop(exiting=self._exit_requested)
         try:

@@ -9,6 +9,7 @@ stays as the seed has it.
 
 from __future__ import annotations
 
+import difflib
 import inspect
 import uuid
 from collections.abc import Callable, Mapping
@@ -44,6 +45,11 @@ class EnqueueOptions:
         """Queues a job of ``task`` (a function decorated with ``@task``) with these arguments;
         returns its id, or the id of an identical job already active (as ``insert_job``)."""
         definition = definition_of(task)
+        names = [p.name for p in definition.parameters]
+        for unknown in sorted(set(kwargs) - set(names)):
+            close = difflib.get_close_matches(unknown, names, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else f" (parameters: {', '.join(names) or 'none'})"
+            raise InvalidArguments(f"{definition.key}: unknown argument {unknown!r}{hint}")
         try:
             bound = inspect.signature(definition.func).bind(*args, **kwargs)
         except TypeError as exc:

@@ -1,21 +1,21 @@
-"""Tasks: the ``@task`` decorator, ``Dependency``, ``same``, parameter parsing and the registry."""
+"""Tasks: the ``@task`` decorator, ``Dependency``, ``same`` and the registry (parameters:
+parameters.py; checks of a set of definitions: definitions.py)."""
 
 from __future__ import annotations
 
-import graphlib
 import inspect
 import json
 import logging
-import re
 import sys
-import types
 import typing
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, TypeVar, overload
 
+from .definitions import check_cycles, check_definitions, check_dependency_arguments
 from .errors import TaskDefinitionError
+from .parameters import Parameter, check_json, parameters_of
 from .schedules import Cron, as_crons
 
 __all__ = (
@@ -39,7 +39,6 @@ F = TypeVar("F", bound=Callable[..., Any])
 DEFAULT_HOURS = 720.0
 Executor = Literal["thread", "process"]
 _ARITHMETIC = {"+", "-", "*", "/", "r-", "r/"}
-_PARAM_HELP = re.compile(r"^\s*:param\s+(?:[^:]*\s)?(\w+)\s*:\s*(.*)$")
 
 
 class Same:
@@ -127,30 +126,6 @@ class Dependency:
     def __repr__(self) -> str:
         args = "".join(f", {k}={v!r}" for k, v in self.arguments.items())
         return f"Dependency({_name_of(self.task)}, {self.hours:g}{args})"
-
-
-@dataclass(frozen=True)
-class Parameter:
-    """One parameter of a task, as the SQL validation sees it."""
-
-    name: str
-    type: str  # "string" | "integer" | "number" | "boolean" | "array" | "object" | "any"
-    required: bool
-    default: Any = None
-    options: tuple[Any, ...] | None = None
-    nullable: bool = False
-    help: str | None = None
-
-    def to_json(self) -> dict[str, Any]:
-        data: dict[str, Any] = {"name": self.name, "type": self.type, "required": self.required}
-        data["nullable"] = self.nullable
-        if not self.required:
-            data["default"] = self.default
-        if self.options is not None:
-            data["options"] = list(self.options)
-        if self.help:
-            data["help"] = self.help
-        return data
 
 
 @dataclass
@@ -372,7 +347,7 @@ def _define(
     if is_async and executor == "process":
         raise TaskDefinitionError(f"task {label}: executor='process' is for sync functions; async tasks run inline")
 
-    parameters = _parameters(label, fn)
+    parameters = parameters_of(label, fn)
     names = {p.name for p in parameters}
     all_params = _write_all(label, write_all, parameters)
     deps = _dependencies(label, dependencies, names)
@@ -441,135 +416,6 @@ def _check_int(label: str, option: str, value: object, minimum: int) -> None:
         raise TaskDefinitionError(f"task {label}: {option} must be an integer >= {minimum}, got {value!r}")
 
 
-def _parameters(label: str, fn: Callable[..., Any]) -> tuple[Parameter, ...]:
-    signature = inspect.signature(fn)
-    helps = _param_help(inspect.getdoc(fn) or "")
-    parameters = []
-    for p in signature.parameters.values():
-        if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
-            raise TaskDefinitionError(f"task {label}: parameter {p.name!r}: *args and **kwargs are not supported")
-        if p.kind is p.POSITIONAL_ONLY:
-            raise TaskDefinitionError(
-                f"task {label}: parameter {p.name!r}: positional-only parameters are not supported"
-            )
-        annotation = p.annotation
-        if isinstance(annotation, str):
-            annotation = _evaluate(label, p.name, annotation, fn)
-        json_type, nullable, options = _json_type(label, p.name, annotation)
-        required = p.default is inspect.Parameter.empty
-        default = None if required else p.default
-        if not required:
-            _check_json(label, p.name, default, "default")
-            if default is None and not nullable and json_type != "any":
-                nullable = True  # `x: int = None` is an implicit Optional
-            if options is not None and default not in options and default is not None:
-                raise TaskDefinitionError(
-                    f"task {label}: parameter {p.name!r}: default {default!r} is not one of {list(options)}"
-                )
-        parameters.append(
-            Parameter(
-                name=p.name,
-                type=json_type,
-                required=required,
-                default=default,
-                options=options,
-                nullable=nullable,
-                help=helps.get(p.name),
-            )
-        )
-    return tuple(parameters)
-
-
-def _evaluate(label: str, name: str, annotation: str, fn: Callable[..., Any]) -> Any:
-    try:
-        return eval(annotation, getattr(fn, "__globals__", {}), {"Literal": Literal})
-    except Exception as exc:
-        raise TaskDefinitionError(
-            f"task {label}: parameter {name!r}: cannot evaluate annotation {annotation!r}: {exc}"
-        ) from exc
-
-
-_SIMPLE_TYPES: dict[Any, str] = {
-    str: "string",
-    int: "integer",
-    float: "number",
-    bool: "boolean",
-    list: "array",
-    tuple: "array",
-    dict: "object",
-    Any: "any",
-    object: "any",
-}
-
-
-def _json_type(label: str, name: str, annotation: Any) -> tuple[str, bool, tuple[Any, ...] | None]:
-    """(JSON type, nullable, options) of an annotation."""
-    if annotation is inspect.Parameter.empty:
-        return "any", True, None
-    if isinstance(annotation, list | tuple):  # the seed's ['A', 'B', 'C']
-        return _options_type(label, name, tuple(annotation)), False, tuple(annotation)
-    origin = typing.get_origin(annotation)
-    if origin is Literal:
-        options = typing.get_args(annotation)
-        return _options_type(label, name, options), False, options
-    if origin in (typing.Union, types.UnionType):
-        members = [a for a in typing.get_args(annotation) if a is not type(None)]
-        nullable = len(members) < len(typing.get_args(annotation))
-        if len(members) == 1:
-            json_type, _, member_options = _json_type(label, name, members[0])
-            return json_type, nullable, member_options
-        kinds = {_json_type(label, name, m)[0] for m in members}
-        if kinds <= {"integer", "number"}:
-            return "number", nullable, None
-        return "any", nullable, None
-    if annotation is None or annotation is type(None):
-        return "any", True, None
-    base = origin if origin is not None else annotation
-    if base in (list, tuple, Sequence, typing.List, typing.Tuple):  # noqa: UP006
-        return "array", False, None
-    if base in (dict, Mapping, typing.Dict):  # noqa: UP006
-        return "object", False, None
-    if base in _SIMPLE_TYPES:
-        json_type = _SIMPLE_TYPES[base]
-        return json_type, json_type == "any", None  # None is an Any (and an object)
-    raise TaskDefinitionError(
-        f"task {label}: parameter {name!r}: annotation {annotation!r} is not a JSON type "
-        "(use str, int, float, bool, list, dict, a Literal or a list of options)"
-    )
-
-
-def _options_type(label: str, name: str, options: tuple[Any, ...]) -> str:
-    if not options:
-        raise TaskDefinitionError(f"task {label}: parameter {name!r}: the list of options is empty")
-    for option in options:
-        _check_json(label, name, option, "option")
-    if all(isinstance(o, bool) for o in options):
-        return "boolean"
-    if all(isinstance(o, int) and not isinstance(o, bool) for o in options):
-        return "integer"
-    if all(isinstance(o, int | float) and not isinstance(o, bool) for o in options):
-        return "number"
-    if all(isinstance(o, str) for o in options):
-        return "string"
-    return "any"
-
-
-def _check_json(label: str, name: str, value: Any, what: str) -> None:
-    try:
-        json.dumps(value, allow_nan=False)
-    except (TypeError, ValueError) as exc:
-        raise TaskDefinitionError(f"task {label}: parameter {name!r}: {what} {value!r} is not JSON") from exc
-
-
-def _param_help(doc: str) -> dict[str, str]:
-    helps: dict[str, str] = {}
-    for line in doc.splitlines():
-        match = _PARAM_HELP.match(line)
-        if match:
-            helps[match.group(1)] = match.group(2).strip()
-    return helps
-
-
 def _write_all(label: str, write_all: str | Sequence[str] | None, parameters: tuple[Parameter, ...]) -> tuple[str, ...]:
     if write_all is None:
         return ()
@@ -602,17 +448,10 @@ def _dependencies(
                         f"task {label}: {dep!r}: same for argument {arg!r}, but {label} has no parameter {arg!r}"
                     )
             else:
-                _check_json(label, arg, value, "dependency argument")
+                check_json(label, arg, value, "dependency argument")
         if not isinstance(dep.task, str):
             check_dependency_arguments(label, dep, definition_of(dep.task))
     return deps
-
-
-def check_dependency_arguments(label: str, dep: Dependency, target: TaskDefinition) -> None:
-    """Raises if the dependency specifies arguments its task does not take."""
-    for arg in dep.arguments:
-        if target.parameter(arg) is None:
-            raise TaskDefinitionError(f"task {label}: {dep!r}: {target.key} takes no argument {arg!r}")
 
 
 def _name_of(task: object) -> str:
@@ -622,74 +461,3 @@ def _name_of(task: object) -> str:
     if isinstance(definition, TaskDefinition):
         return definition.key
     return getattr(task, "__qualname__", repr(task))
-
-
-# ------------------------------------------------------------------------------------------------
-# Checking a set of definitions (at deploy, against the tasks other services deployed)
-# ------------------------------------------------------------------------------------------------
-
-
-def check_definitions(
-    definitions: Sequence[TaskDefinition], deployed: Mapping[tuple[str, str], Mapping[str, Any]]
-) -> None:
-    """Checks what only the whole set of tasks shows: unknown dependencies, arguments a dependency
-    does not take, cycles; warns about dependencies whose required arguments stay unknown."""
-    local = {(d.type_key, d.task_key): d for d in definitions}
-    # (type_key, task_key) -> parameters as JSON dicts, for tasks defined here or elsewhere
-    parameters: dict[tuple[str, str], list[dict[str, Any]]] = {
-        key: _json(row["parameters"]) for key, row in deployed.items()
-    }
-    edges: dict[tuple[str, str], list[tuple[str, str]]] = {
-        key: [(d["type_key"], d["task_key"]) for d in _json(row["dependencies"])] for key, row in deployed.items()
-    }
-    for key, definition in local.items():
-        parameters[key] = [p.to_json() for p in definition.parameters]
-        edges[key] = [dep.key for dep in definition.dependencies]
-
-    for definition in definitions:
-        for dep in definition.dependencies:
-            target_key = dep.key
-            if target_key not in parameters:
-                raise TaskDefinitionError(
-                    f"task {definition.key}: {dep!r}: unknown dependency {'.'.join(target_key)} "
-                    "(neither registered in this process nor deployed)"
-                )
-            target = local.get(target_key)
-            if target is not None:
-                check_dependency_arguments(definition.key, dep, target)
-            else:
-                names = {p["name"] for p in parameters[target_key]}
-                for arg in dep.arguments:
-                    if arg not in names:
-                        raise TaskDefinitionError(
-                            f"task {definition.key}: {dep!r}: {'.'.join(target_key)} takes no argument {arg!r}"
-                        )
-            own = {p.name for p in definition.parameters}
-            for param in parameters[target_key]:
-                name = param["name"]
-                if param.get("required") and name not in dep.arguments and name not in own:
-                    logger.warning(
-                        "task %s: %r: required argument %r of %s is neither specified nor an argument "
-                        "of %s; jobs that need to create this dependency will fail",
-                        definition.key,
-                        dep,
-                        name,
-                        ".".join(target_key),
-                        definition.key,
-                    )
-    check_cycles(edges)
-
-
-def check_cycles(edges: Mapping[tuple[str, str], Iterable[tuple[str, str]]]) -> None:
-    """Raises if tasks depend on each other in a circle (``edges``: task -> the tasks it depends
-    on), naming the tasks of the circle in order: ``a -> b -> a`` reads "a depends on b"."""
-    try:
-        graphlib.TopologicalSorter(edges).prepare()
-    except graphlib.CycleError as exc:
-        # each node of the cycle graphlib reports is depended on by the next one; read backwards
-        cycle = reversed(exc.args[1])
-        raise TaskDefinitionError("dependency cycle: " + " -> ".join(".".join(k) for k in cycle)) from None
-
-
-def _json(value: Any) -> Any:
-    return json.loads(value) if isinstance(value, str) else value

@@ -51,9 +51,9 @@ def test_insert_jobs_show_cancel_retry(cli: tuple[CliRunner, list[str]]) -> None
     assert shown.exit_code == 0 and '"a": 1' in shown.output and "waiting" in shown.output
     assert runner.invoke(main, [*base, "cancel", job_id]).exit_code == 0
     again = runner.invoke(main, [*base, "cancel", job_id])
-    assert again.exit_code == 1 and "already finished" in again.output
+    assert again.exit_code == 1 and f"job {job_id} is already cancelled" in again.output
     retried = runner.invoke(main, [*base, "retry", job_id])
-    assert retried.exit_code == 0 and retried.output.strip() == job_id
+    assert retried.exit_code == 0 and retried.output.strip() == f"queued again {job_id}"
 
 
 def test_worker_runs_until_empty(cli: tuple[CliRunner, list[str]]) -> None:

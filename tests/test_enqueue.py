@@ -13,6 +13,7 @@ import pytest
 from jobmaster_async import InvalidArguments, InvalidJobId, JobMaster, TaskDefinitionError
 from jobmaster_async.sync import JobMaster as BlockingJobMaster
 from tests import tasks_for_tests
+from tests.conftest import deployed
 
 
 async def test_enqueue_takes_the_task_and_its_arguments(jm: JobMaster) -> None:
@@ -106,3 +107,22 @@ async def test_failures_are_logged_at_warning_while_retried_and_error_with_trace
     assert "retry 2 of 2 in 0s" in failures[1].getMessage()
     assert "RuntimeError: flaky logged" in failures[2].getMessage()
     assert "Traceback (most recent call last)" in failures[2].getMessage()
+
+
+async def test_a_requeued_job_starts_its_retries_and_backoff_afresh(
+    dsn: str, schema_name: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="jobmaster_async")
+    async with deployed(dsn, schema_name, retry_backoff=1.0) as jm:
+        job_id = await jm.insert_job("tasks_for_tests", "flaky", 1, {"key": "afresh"})
+        assert await jm.run() == 1  # attempt 1 fails; its retry waits a second
+        assert await jm.cancel(job_id)
+        await jm.retry(job_id)
+        assert await jm.run() == 1  # attempt 2, the first of the requeued job's retries
+    retries = [r.getMessage() for r in caplog.records if "retry" in r.getMessage() and "failed" in r.getMessage()]
+    assert len(retries) == 2 and all("retry 1 of 2 in 1s" in message for message in retries), retries
+
+
+async def test_enqueue_names_an_unknown_argument_and_what_was_meant(jm: JobMaster) -> None:
+    with pytest.raises(InvalidArguments, match=r"tasks_for_tests\.add: unknown argument 'aa'; did you mean 'a'\?"):
+        await jm.enqueue(tasks_for_tests.add, aa=1)  # type: ignore[call-arg]

@@ -18,10 +18,10 @@ ROOT = Path(jobmaster_async.__file__).parent
 
 # lowest first; a module may import only from its own layer and the ones before it
 LAYERS: list[tuple[str, ...]] = [
-    ("errors", "storable", "jobs", "tasks", "settings", "arguments", "schedules"),
+    ("errors", "storable", "jobs", "tasks", "parameters", "definitions", "settings", "arguments", "schedules"),
     ("db",),
     ("worker",),
-    ("app", "sync", "enqueue"),
+    ("app", "sync", "enqueue", "ids", "inspection"),
     ("cli",),
     ("", "__main__", "examples"),  # the package itself re-exports the API; examples import it
 ]

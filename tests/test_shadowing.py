@@ -667,12 +667,12 @@ async def workload(
     fast = JobMaster(jm.dsn, schema=jm.schema, retry_backoff=0.0)
     others.append(fast)
     unlimited = {r["task_id"] for r in await admin.fetch(f"SELECT task_id FROM {s}.tasks WHERE process_limit IS NULL")}
-    claimable = fast.claimable_task_ids
+    claimable = fast.worker.claimable_task_ids
 
     async def only_unlimited() -> list[int]:
         return [i for i in await claimable() if i in unlimited]
 
-    monkeypatch.setattr(fast, "claimable_task_ids", only_unlimited)
+    monkeypatch.setattr(fast.worker, "claimable_task_ids", only_unlimited)
     assert await fast.run() > 20
     assert fast.store.claimer.plain_claims > 0
     assert await status(flaky) == "failed" and await status(exploded) == "failed"
@@ -748,7 +748,7 @@ async def workload(
         f"""SELECT task_id, 'k', '0 0 1 1 *', 'UTC', '{{"a": 4000}}', 1 FROM {s}.tasks WHERE task_key = 'add' """
         "RETURNING schedule_id"
     )
-    assert schedule_id in [row["schedule_id"] for row in await jm.store.ticks.load(await jm.registered_task_ids())]
+    assert schedule_id in [row["schedule_id"] for row in await jm.store.ticks.load(await jm.worker.registered_task_ids())]
     tick = datetime.now(UTC)
     timed.append(await jm.store.ticks.fire(schedule_id, tick))
     assert await jm.store.ticks.fire(schedule_id, tick) is None

@@ -5,12 +5,10 @@ puts them together, so imports point one way: here -> commands -> context and re
 
 from __future__ import annotations
 
-import logging
-
 import click
 
 from .commands import cancel, deploy, insert, list_jobs, retry, show, sql
-from .context import Settings
+from .context import Settings, configure_logging, settings_options
 from .database import db
 from .demo import demo
 from .worker import worker
@@ -25,18 +23,16 @@ __all__ = ("main",)
 @click.pass_context
 def main(ctx: click.Context, dsn: str | None, schema: str, verbose: int) -> None:
     """jobmaster-async: an asyncio job queue on PostgreSQL."""
-    level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(verbose)
     ctx.obj = Settings(dsn, schema, verbose)
 
 
-main.add_command(worker)
-main.add_command(deploy)
-main.add_command(insert)
-main.add_command(list_jobs)
-main.add_command(show)
-main.add_command(cancel)
-main.add_command(retry)
-main.add_command(sql)
-main.add_command(db)
-main.add_command(demo)
+def _add(command: click.Command) -> None:
+    """Adds a command; it (each of a group's) takes --dsn, --schema and -v after its name too."""
+    for leaf in command.commands.values() if isinstance(command, click.Group) else [command]:
+        settings_options(leaf)
+    main.add_command(command)
+
+
+for _command in (worker, deploy, insert, list_jobs, show, cancel, retry, sql, db, demo):
+    _add(_command)

@@ -1,7 +1,11 @@
-"""Managing the queue: ``deploy``, ``insert``, ``jobs``, ``show``, ``cancel``, ``retry``, ``sql``."""
+"""Managing the queue: ``deploy``, ``insert``, ``jobs``, ``show``, ``cancel``, ``retry``, ``sql``.
+
+``show``, ``cancel`` and ``retry`` take a job's full id or any part of it that only that job has
+(its first or last hex digits: ``jobs`` shows the last 12), by the rule of ``jobmaster_async.ids``."""
 
 from __future__ import annotations
 
+import difflib
 import json
 import uuid
 from typing import Any
@@ -10,20 +14,29 @@ import click
 
 from ..app import JobMaster
 from ..db.sql import Catalogue
+from ..errors import TaskNotFound
+from ..ids import resolve_job_id
+from ..inspection import deployed_tasks
 from ..jobs import Job, JobStatus
 from .context import Settings, call, pass_settings
-from .rendering import console, jobs_table, print_job
+from .rendering import job_json, jobs_table, jobs_tsv, make_console, print_job, to_json_line
 
 __all__ = ("cancel", "deploy", "insert", "list_jobs", "retry", "show", "sql")
 
+#: How many task names a "did you mean" lists at most.
+_LISTED = 20
+
 
 @click.command()
-@click.option("--app", "apps", multiple=True, help="Task module(s) whose tasks to register.")
+@click.option("--app", "apps", multiple=True, help="Task module(s) whose tasks to register: a.b[,c.d].")
 @click.option("--reset", is_flag=True, help="Drop the schema and every job first.")
 @click.option("--prune", is_flag=True, help="Remove task definitions not registered by these modules.")
 @pass_settings
 def deploy(settings: Settings, apps: tuple[str, ...], reset: bool, prune: bool) -> None:
-    """Create or migrate the schema and write task definitions."""
+    """Create or migrate the schema and write task definitions.
+
+    --app takes module names as Python imports them; the current directory is importable, so
+    --app billing finds ./billing.py."""
     if reset:
         click.confirm(f"Drop schema {settings.schema!r} and every job in it?", abort=True, default=False)
 
@@ -32,6 +45,28 @@ def deploy(settings: Settings, apps: tuple[str, ...], reset: bool, prune: bool) 
 
     call(settings, run, apps)
     click.echo(f"deployed schema {settings.schema}")
+
+
+def _listing(names: list[str]) -> str:
+    shown = ", ".join(names[:_LISTED])
+    return shown + (f", … ({len(names)} in all)" if len(names) > _LISTED else "")
+
+
+def task_hint(type_key: str, task_key: str, deployed: list[tuple[str, str]], schema: str) -> str:
+    """Why ``type_key.task_key`` is not found, and what is there: the task keys of that type
+    ("did you mean …" for a near miss), else the type keys deployed."""
+    if not deployed:
+        return f"no task is deployed in schema {schema!r}: deploy your task modules first (deploy --app …)"
+    wanted = f"unknown task {type_key}.{task_key}"
+    keys = [task for type_, task in deployed if type_ == type_key]
+    if keys:
+        close = difflib.get_close_matches(task_key, keys, n=3, cutoff=0.6)
+        guess = f"did you mean {' or '.join(close)}? " if close else ""
+        return f"{wanted}: {guess}tasks of {type_key}: {_listing(keys)}"
+    types = sorted({type_ for type_, _ in deployed})
+    close = difflib.get_close_matches(type_key, types, n=3, cutoff=0.6)
+    guess = f"did you mean {' or '.join(f'{c}.{task_key}' for c in close)}? " if close else ""
+    return f"{wanted}: no task of type {type_key} is deployed; {guess}types deployed: {_listing(types)}"
 
 
 @click.command()
@@ -48,7 +83,11 @@ def insert(settings: Settings, type_key: str, task_key: str, priority: int, argu
         raise click.BadParameter(f"not JSON: {exc}", param_hint="--args") from exc
 
     async def run(jm: JobMaster) -> uuid.UUID:
-        return await jm.insert_job(type_key, task_key, priority, parsed)
+        try:
+            return await jm.insert_job(type_key, task_key, priority, parsed)
+        except TaskNotFound as exc:
+            hint = task_hint(type_key, task_key, await deployed_tasks(jm), jm.schema)
+            raise click.ClickException(hint) from exc
 
     click.echo(str(call(settings, run)))
 
@@ -58,63 +97,94 @@ def insert(settings: Settings, type_key: str, task_key: str, priority: int, argu
 @click.option("--type-key")
 @click.option("--task-key")
 @click.option("--limit", default=50, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per job and line, every field in full.")
 @pass_settings
-def list_jobs(settings: Settings, status: str | None, type_key: str | None, task_key: str | None, limit: int) -> None:
-    """List jobs, newest first."""
+def list_jobs(
+    settings: Settings, status: str | None, type_key: str | None, task_key: str | None, limit: int, as_json: bool
+) -> None:
+    """List jobs, newest first.
+
+    In a terminal: a table, long cells cut with "…", and the last 12 hex digits of each id
+    (show, cancel and retry take them). Piped: tab-separated lines, a header first, full ids and
+    values, never cut. --json: one JSON object per line."""
 
     async def run(jm: JobMaster) -> list[Job]:
         return await jm.jobs(status, type_key, task_key, limit)
 
-    console.print(jobs_table(call(settings, run)))
+    jobs = call(settings, run)
+    if as_json:
+        for job in jobs:
+            click.echo(to_json_line(job_json(job)))
+        return
+    console = make_console()
+    if console.is_terminal:
+        console.print(jobs_table(jobs, width=console.width))
+    else:
+        for line in jobs_tsv(jobs):
+            click.echo(line)
 
 
-@click.command()
+_JOB_ID_HELP = "JOB_ID: the full id, or its first or last hex digits (any part only one job has)."
+
+
+@click.command(epilog=_JOB_ID_HELP)
 @click.argument("job_id")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object: the job, its history and dependencies.")
 @pass_settings
-def show(settings: Settings, job_id: str) -> None:
+def show(settings: Settings, job_id: str, as_json: bool) -> None:
     """Show one job: arguments, result or traceback, history, dependencies."""
 
-    async def run(jm: JobMaster) -> tuple[Job | None, list[dict[str, Any]], list[dict[str, Any]]]:
-        job = await jm.get_job(job_id)
+    async def run(jm: JobMaster) -> tuple[Job, list[dict[str, Any]], list[dict[str, Any]]]:
+        found = await resolve_job_id(jm, job_id)
+        job = await jm.get_job(found)
         if job is None:
-            return None, [], []
-        return job, await jm.history(job_id), await jm.dependencies(job_id)
+            raise click.ClickException(f"no job {found}")
+        return job, await jm.history(found), await jm.dependencies(found)
 
-    with settings.errors():
-        try:
-            job, history, deps = call(settings, run)
-        except ValueError as exc:
-            raise click.BadParameter(str(exc), param_hint="JOB_ID") from exc
-    if job is None:
-        raise click.ClickException(f"no job {job_id}")
-    print_job(job, history, deps)
+    job, history, deps = call(settings, run)
+    if as_json:
+        click.echo(to_json_line({**job_json(job), "history": history, "dependencies": deps}))
+    else:
+        print_job(make_console(), job, history, deps)
 
 
-@click.command()
+@click.command(epilog=_JOB_ID_HELP)
 @click.argument("job_id")
 @pass_settings
 def cancel(settings: Settings, job_id: str) -> None:
-    """Cancel a waiting, blocked or running job."""
+    """Cancel a waiting, blocked or running job; prints "cancelled <id>"."""
 
-    async def run(jm: JobMaster) -> bool:
-        return await jm.cancel(job_id)
+    async def run(jm: JobMaster) -> tuple[uuid.UUID, str | None]:
+        found = await resolve_job_id(jm, job_id)
+        if await jm.cancel(found):
+            return found, None
+        job = await jm.get_job(found)
+        return found, job.status if job is not None else None
 
-    if call(settings, run):
-        click.echo(f"cancelled {job_id}")
+    found, finished = call(settings, run)
+    if finished is None:
+        click.echo(f"cancelled {found}")
+    elif finished == JobStatus.CANCELLED:
+        raise click.ClickException(f"job {found} is already cancelled")
     else:
-        raise click.ClickException(f"job {job_id} had already finished")
+        raise click.ClickException(f"job {found} had already {'completed' if finished == 'complete' else finished}")
 
 
-@click.command()
+@click.command(epilog=_JOB_ID_HELP)
 @click.argument("job_id")
 @pass_settings
 def retry(settings: Settings, job_id: str) -> None:
-    """Queue a failed or cancelled job again; prints the id that will run."""
+    """Queue a failed or cancelled job again; prints "queued again <id>"."""
 
-    async def run(jm: JobMaster) -> uuid.UUID:
-        return await jm.retry(job_id)
+    async def run(jm: JobMaster) -> tuple[uuid.UUID, uuid.UUID]:
+        found = await resolve_job_id(jm, job_id)
+        return found, await jm.retry(found)
 
-    click.echo(str(call(settings, run)))
+    found, queued = call(settings, run)
+    if queued == found:
+        click.echo(f"queued again {found}")
+    else:
+        click.echo(f"not queued again: the identical job {queued} is already waiting, blocked or running")
 
 
 @click.command()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -13,9 +14,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
 from ..app import JobMaster
 from ..db.sql import quote_identifier
-from . import rendering
 from .context import Settings, pass_settings, run
-from .rendering import jobs_table
+from .rendering import jobs_table, make_console
 
 __all__ = ("demo", "run_demo")
 
@@ -26,15 +26,22 @@ EXAMPLES = ["jobmaster_async.examples.my_tasks", "jobmaster_async.examples.nice_
 @pass_settings
 def demo(settings: Settings) -> None:
     """Deploy the original README's examples, insert jobs through SQL, and run them."""
-    with settings.errors():
-        dsn = settings.resolve_dsn()
     schema = settings.schema if settings.schema != "jobmaster" else "jobmaster_demo"
-    run(run_demo(dsn, schema, rendering.console))
+    with settings.errors():
+        run(run_demo(settings.resolve_dsn(), schema, make_console()))
 
 
 async def run_demo(dsn: str, schema: str, console: Console) -> list[str]:
-    """Runs the demo; returns the job statuses at the end (for tests)."""
+    """Runs the demo in a temporary folder (removed at the end); returns the job statuses at
+    the end (for tests)."""
     folder = Path(tempfile.mkdtemp(prefix="jobmaster-demo-"))
+    try:
+        return await _demo(dsn, schema, console, folder)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+async def _demo(dsn: str, schema: str, console: Console, folder: Path) -> list[str]:
     s = quote_identifier(schema)
     f, g = folder / "f.txt", folder / "g.txt"
     statements = [
@@ -87,14 +94,14 @@ async def run_demo(dsn: str, schema: str, console: Console) -> list[str]:
                     console.print(f"  [green]-> job_id {row['job_id'] if row else '?'}[/]")
                 except asyncpg.PostgresError as exc:
                     console.print(f"  [red]-> ERROR {exc.sqlstate}: {exc}[/]")
-        console.print(jobs_table(await jm.jobs(), title="before running"))
+        console.print(jobs_table(await jm.jobs(), title="before running", width=console.width))
         console.print("[bold]3. run a worker until the queue is empty[/]")
         await _run_until_empty(jm, console)
         jobs = await jm.jobs()
-        console.print(jobs_table(jobs, title="after running"))
+        console.print(jobs_table(jobs, title="after running", width=console.width))
         console.print(f"{f.name} holds {f.read_text()!r}; sum.txt holds {(folder / 'sum.txt').read_text()!r}")
         view = f"{quote_identifier(schema)}.job_list"
-        console.print(f"files in {folder}. Look around with: jobmaster-async --schema {schema} jobs, or", style="dim")
+        console.print(f"Look around with: jobmaster-async --schema {schema} jobs, or", style="dim")
         console.print(f"psql \"$(jobmaster-async db url)\" -c 'TABLE {view}'", style="dim", highlight=False)
         return [job.status for job in jobs]
 

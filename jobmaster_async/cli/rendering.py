@@ -1,77 +1,200 @@
-"""What the commands print: tables of jobs and counts, one job in full."""
+"""What the commands print: for people, tables that fit the terminal, long cells cut with "…";
+for pipes (stdout not a terminal), lines never wrapped nor cut (``jobs``: tab-separated values);
+with ``--json``, one JSON object per line, never cut."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
-from collections.abc import Mapping
+import uuid
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import datetime
 from typing import Any
 
+from rich.cells import cell_len
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
-from ..jobs import Job, JobStatus
+from ..ids import short_id
+from ..jobs import Job
 
-__all__ = ("console", "counts_table", "jobs_table", "print_job")
+__all__ = (
+    "CELL_LIMIT",
+    "cut",
+    "job_json",
+    "jobs_table",
+    "jobs_tsv",
+    "make_console",
+    "print_job",
+    "to_json_line",
+)
 
-console = Console()
+#: The width of a console that is not a terminal: lines are never wrapped.
+PIPE_WIDTH = 100_000
+
+#: At most this many characters of a text in a table cell, even on a wide console.
+CELL_LIMIT = 300
 
 _COLOURS = {"complete": "green", "failed": "red", "cancelled": "yellow", "running": "cyan", "blocked": "magenta"}
 
 
-def jobs_table(jobs: list[Job], title: str | None = None) -> Table:
-    table = Table(title=title)
-    for column in ("job id", "task", "status", "prio"):
-        table.add_column(column, no_wrap=True)
-    for column in ("arguments", "result / message"):
-        table.add_column(column, overflow="fold")
-    for job in jobs:
-        outcome = json.dumps(job.result) if job.result is not None else (job.message or "")
-        table.add_row(
-            str(job.job_id)[:8],
+def make_console() -> Console:
+    """A console on stdout as it is now: a terminal's own width, else one wide enough that no
+    line is wrapped (``… | grep`` sees each row on one line)."""
+    console = Console()
+    if console.is_terminal:
+        return console
+    return Console(width=PIPE_WIDTH, soft_wrap=True)
+
+
+def cut(text: str, width: int = CELL_LIMIT) -> str:
+    """The first line of ``text`` in at most ``width`` cells, ending with "…" when anything was
+    left out (a further line, or the rest of a long one)."""
+    width = max(width, 1)
+    first, newline, _ = text.partition("\n")
+    first = first.rstrip("\r")
+    if not newline and cell_len(first) <= width:
+        return first
+    kept, used = [], 0
+    for char in first:
+        size = cell_len(char)
+        if used + size > width - 1:
+            break
+        kept.append(char)
+        used += size
+    return "".join(kept) + "…"
+
+
+def _outcome(job: Job) -> str:
+    """The result as JSON, else the message (after the exception's type, if any)."""
+    if job.result is not None:
+        return json.dumps(job.result, ensure_ascii=False)
+    if job.error_type:
+        return f"{job.error_type}: {job.message or ''}"
+    return job.message or ""
+
+
+def _status(status: str) -> str:
+    return f"[{_COLOURS.get(status, 'white')}]{status}[/]"
+
+
+_HEADS = ("job id (end)", "task", "status", "prio", "arguments", "outcome")
+
+
+def jobs_table(jobs: Sequence[Job], title: str | None = None, width: int | None = None) -> Table:
+    """Jobs, one per row: the end of the id (what ``show``, ``cancel`` and ``retry`` take), task,
+    status, priority, arguments, and the result or message; within ``width``, the task, arguments
+    and outcome cut with "…" where they do not fit (the id, status and priority never)."""
+    cells = [
+        (
+            short_id(job.job_id),
             job.task_name,
-            f"[{_COLOURS.get(job.status, 'white')}]{job.status}[/]",
+            job.status,
             str(job.priority),
-            json.dumps(job.arguments),
-            outcome[:80],
+            json.dumps(job.arguments, ensure_ascii=False),
+            _outcome(job),
+        )
+        for job in jobs
+    ]
+    longest = [
+        max([cell_len(head), *(cell_len(row[i].partition("\n")[0]) for row in cells)]) for i, head in enumerate(_HEADS)
+    ]
+    # each column takes 2 of padding and 1 of border, plus the last border
+    room = (width or PIPE_WIDTH) - 3 * len(_HEADS) - 1 - longest[0] - longest[2] - longest[3]
+    task = min(longest[1], max(room // 2, 12))
+    room -= task
+    arguments = min(longest[4], CELL_LIMIT, max(room * 2 // 5, len(_HEADS[4])))
+    outcome = min(longest[5], CELL_LIMIT, max(room - arguments, len(_HEADS[5])))
+    widths = [longest[0], task, longest[2], longest[3], arguments, outcome]
+    fits = room >= arguments + outcome
+    table = Table(title=title)
+    for head, size in zip(_HEADS, widths, strict=True):
+        table.add_column(head, no_wrap=True, min_width=size if fits else None)
+    for job_id, task_name, status, priority, args, outcome_text in cells:
+        # data as Text: a "[" in it is never read as markup
+        table.add_row(
+            job_id,
+            Text(cut(task_name, widths[1])),
+            _status(status),
+            priority,
+            Text(cut(args, widths[4])),
+            Text(cut(outcome_text, widths[5])),
         )
     return table
 
 
-def counts_table(schema: str, counts: Mapping[str, int], finished_per_second: float) -> Table:
-    """The live view of ``worker --progress``: jobs by status, and this worker's throughput."""
-    table = Table(title=f"jobs in schema {schema}")
-    for status in JobStatus:
-        table.add_column(status.value, justify="right")
-    table.add_column("finished/s here", justify="right")
-    table.add_row(*(str(counts.get(s.value, 0)) for s in JobStatus), f"{finished_per_second:.1f}")
-    return table
+def _tsv_cell(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
 
 
-def print_job(job: Job, history: list[dict[str, Any]], dependencies: list[dict[str, Any]]) -> None:
+def jobs_tsv(jobs: Iterable[Job]) -> Iterable[str]:
+    """Jobs as tab-separated lines (a header first) for pipes: the full id and every value in
+    full, tabs, newlines and backslashes escaped as ``\\t``, ``\\n`` and ``\\\\``."""
+    yield "job_id\ttask\tstatus\tpriority\tcreated_at\targuments\tresult_or_message"
+    for job in jobs:
+        created = job.created_at.isoformat() if job.created_at else ""
+        cells = [str(job.job_id), job.task_name, job.status, str(job.priority), created]
+        cells += [json.dumps(job.arguments, ensure_ascii=False), _outcome(job)]
+        yield "\t".join(_tsv_cell(cell) for cell in cells)
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, uuid.UUID):
+        return str(value)
+    if isinstance(value, datetime):
+        return value.isoformat()
+    raise TypeError(f"{type(value).__name__} is not JSON")
+
+
+def to_json_line(value: Any) -> str:
+    """One line of JSON (ids and times as strings)."""
+    return json.dumps(value, default=_plain, ensure_ascii=False)
+
+
+def job_json(job: Job) -> dict[str, Any]:
+    """Every field of a job, for ``--json``."""
+    return {field.name: getattr(job, field.name) for field in dataclasses.fields(Job)}
+
+
+def print_job(
+    console: Console, job: Job, history: list[dict[str, Any]], dependencies: Sequence[Mapping[str, Any]]
+) -> None:
     """``show``: arguments, result or traceback, dependencies, history."""
-    console.print(f"[bold]{job.task_name}[/] {job.job_id}  status [bold]{job.status}[/]  priority {job.priority}")
-    console.print(f"arguments: {json.dumps(job.arguments)}")
-    console.print(f"attempts: {job.attempts} of {job.max_attempts}")
+    colour = _COLOURS.get(job.status, "")
+    title = Text.assemble((job.task_name, "bold"), f" {job.job_id}  status ", (job.status, colour))
+    title.append(f"  priority {job.priority}")
+    console.print(title, highlight=False)
+    console.print(f"arguments: {json.dumps(job.arguments, ensure_ascii=False)}", markup=False)
+    console.print(f"attempts: {job.attempts} of {job.max_attempts}; rescues: {job.rescues}")
+    for label, at in (("created", job.created_at), ("started", job.started_at), ("finished", job.finished_at)):
+        if at is not None:
+            console.print(f"{label}: {at}", highlight=False)
     if job.status == "complete":
-        console.print(f"result: {json.dumps(job.result)}")
-    if job.message:
-        console.print(f"message: {job.message}")
+        console.print(f"result: {json.dumps(job.result, ensure_ascii=False)}", markup=False)
+    if job.error_type:
+        console.print(f"error: {job.error_type}: {job.message or ''}", markup=False, highlight=False)
+    elif job.message:
+        console.print(f"message: {job.message}", markup=False, highlight=False)
     if job.traceback:
         console.print(job.traceback, markup=False, highlight=False)
     if dependencies:
         console.print("dependencies:")
         for dep in dependencies:
-            console.print(f"  {dep['job_id']} {dep['type_key']}.{dep['task_key']} {dep['status']}")
+            line = f"  {dep['job_id']} {dep['type_key']}.{dep['task_key']} {dep['status']}"
+            console.print(line, markup=False, highlight=False)
+    heads = ("at", "status", "reason", "node", "pid")
+    rows = [
+        (str(e["at"]), e["status"], e["reason"] or "", e["node"] or "", str(e["pid"] or ""), e["message"] or "")
+        for e in history
+    ]
+    fixed = [max([cell_len(head), *(cell_len(row[i]) for row in rows)]) for i, head in enumerate(heads)]
+    budget = console.width - sum(fixed) - 3 * (len(heads) + 1) - 1
+    width = max(min(budget, CELL_LIMIT), len("message"))
     table = Table(title="history")
-    for column in ("at", "status", "reason", "node", "pid", "message"):
-        table.add_column(column)
-    for event in history:
-        table.add_row(
-            str(event["at"]),
-            event["status"],
-            event["reason"] or "",
-            event["node"] or "",
-            str(event["pid"] or ""),
-            event["message"] or "",
-        )
+    for head, size in zip(heads, fixed, strict=True):
+        table.add_column(head, no_wrap=True, min_width=size if budget >= width else None)
+    table.add_column("message", no_wrap=True)
+    for *cells, message in rows:
+        table.add_row(*(Text(cell) for cell in cells), Text(cut(message, width)))
     console.print(table)

@@ -54,7 +54,7 @@ CONTENDED = 0.005
 
 
 class Backend(Protocol):
-    """What the dispatcher needs from JobMaster."""
+    """What the dispatcher needs of the worker's database side (worker.backend.WorkerBackend)."""
 
     store: Store
     settings: Settings

@@ -38,23 +38,34 @@ def retry_delay(claim: Claim, outcome: Outcome, backoff: float) -> float | None:
     failure is final."""
     if outcome.final or claim.attempts >= claim.max_attempts:
         return None
-    return float(min(backoff * 2.0 ** (claim.attempts - 1), MAX_RETRY_DELAY))
+    return float(min(backoff * 2.0 ** (retry_number(claim) - 1), MAX_RETRY_DELAY))
+
+
+def retry_number(claim: Claim) -> int:
+    """Which retry of its task's ``retries`` the next attempt is (1 for the first). Starts given
+    back (rescues, releases) and a requeue by ``retry(id)`` raise ``max_attempts`` instead of
+    using retries, so the count is taken from the end."""
+    return claim.attempts - (claim.max_attempts - claim.definition.retries - 1)
 
 
 def log_outcome(claim: Claim, outcome: Outcome, seconds: float, backoff: float) -> None:
     """One line per finished job: INFO when done; a failure at WARNING when a retry follows
     (saying which and when), at ERROR with its traceback when it is final."""
     job, key = claim.job_id, claim.definition.key
-    extra = {"job_id": str(job)}
+    delay = None if outcome.ok else retry_delay(claim, outcome, backoff)
+    #: for handlers (the CLI's live view counts outcomes per task with them)
+    extra = {
+        "job_id": str(job),
+        "task": key,
+        "outcome": "completed" if outcome.ok else "retried" if delay is not None else "failed",
+    }
     if outcome.ok:
         if logger.isEnabledFor(logging.INFO):
             logger.info("job %s (%s) done in %.3fs", job, key, seconds, extra=extra)
         return
     error = f"{outcome.error_type}: {outcome.message}"
-    delay = retry_delay(claim, outcome, backoff)
     if delay is not None:
-        retries = claim.definition.retries
-        retry = claim.attempts - (claim.max_attempts - retries - 1)
+        retries, retry = claim.definition.retries, retry_number(claim)
         logger.warning(
             "job %s (%s) failed in %.3fs: %s; retry %d of %d in %gs",
             job,

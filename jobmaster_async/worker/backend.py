@@ -1,0 +1,186 @@
+"""What a worker of this process does with the database: find its tasks, heartbeat, claim, record
+outcomes, and the pop_job path. Shared by run_forever (worker.dispatcher) and JobMaster.pop_job;
+JobMaster keeps only the public API.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import time
+import uuid
+from collections.abc import Sequence
+
+from ..db.store import Store
+from ..jobs import Job, JobStatus, PoppedJob
+from ..settings import Settings
+from ..tasks import TaskDefinition, registry
+from .executors import DaemonThreadPool, Outcome, run_task
+from .maintenance import Maintenance
+from .outage import Outage
+from .outcomes import Claim, log_outcome, record_outcomes
+from .signals import Signal
+
+__all__ = ("WorkerBackend",)
+
+logger = logging.getLogger(__name__)
+
+
+class WorkerBackend:
+    """The database side of this process's worker (one worker id, one heartbeat row)."""
+
+    def __init__(self, store: Store, settings: Settings, outages: Signal, recoveries: Signal) -> None:
+        self.store = store
+        self.settings = settings
+        self.worker_id = uuid.uuid4()
+        self.node = socket.gethostname()
+        self.threads = DaemonThreadPool(max_workers=32)
+        self.maintenance = Maintenance(
+            settings, beat=self.beat, rescue=store.rescue_jobs, last_beat=lambda: self.last_beat
+        )
+        self._outages = outages
+        self._recoveries = recoveries
+        self._definitions: dict[int, TaskDefinition] | None = None  # task_id -> definition
+        self.registered = False
+        self.last_beat = 0.0  # monotonic time of the last heartbeat recorded
+        self._units_in_use = 0
+        self.popped = 0  # jobs popped and not yet executed
+        self._heartbeat: asyncio.Task[None] | None = None
+        self._too_large_logged: set[str] = set()
+
+    def forget_definitions(self) -> None:
+        """After a deploy: task ids are read again."""
+        self._definitions = None
+
+    async def stop_heartbeat(self) -> None:
+        if self._heartbeat is not None:
+            self._heartbeat.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._heartbeat
+            self._heartbeat = None
+
+    async def definitions(self) -> dict[int, TaskDefinition]:
+        """task_id -> definition, for the tasks registered here and deployed."""
+        if self._definitions is None:
+            rows = await self.store.task_ids()
+            found: dict[int, TaskDefinition] = {}
+            for row in rows:
+                definition = registry.get(row["type_key"], row["task_key"])
+                if definition is not None:
+                    found[row["task_id"]] = definition
+            missing = {d.key for d in registry} - {d.key for d in found.values()}
+            if missing:
+                logger.warning("tasks registered but not deployed (call deploy()): %s", ", ".join(sorted(missing)))
+            self._definitions = found
+        return self._definitions
+
+    async def registered_task_ids(self) -> list[int]:
+        """The tasks registered here and deployed (their schedules are this worker's to fire)."""
+        return list(await self.definitions())
+
+    async def claimable_task_ids(self) -> list[int]:
+        """The tasks this process may claim: registered, deployed, within the units budget."""
+        ids = []
+        for task_id, definition in (await self.definitions()).items():
+            if definition.process_units > self.settings.system_process_units:
+                if definition.key not in self._too_large_logged:
+                    self._too_large_logged.add(definition.key)
+                    logger.warning(
+                        "task %s needs %d process units, more than this process's %d: never claimed here",
+                        definition.key,
+                        definition.process_units,
+                        self.settings.system_process_units,
+                    )
+                continue
+            ids.append(task_id)
+        return ids
+
+    async def beat(self) -> None:
+        """Records this worker's heartbeat (registering it on first use)."""
+        await self.store.heartbeat(self.worker_id, self.node, os.getpid(), self.settings.heartbeat_lapse)
+        self.registered = True
+        self.last_beat = time.monotonic()
+
+    async def claim(self, limit: int, units: int) -> list[Claim]:
+        """Claims up to ``limit`` runnable jobs within ``units`` free process units."""
+        task_ids = await self.claimable_task_ids()
+        if not task_ids or limit <= 0:
+            return []
+        if not self.registered or time.monotonic() - self.last_beat > self.settings.heartbeat_interval:
+            await self.beat()  # a fresh heartbeat before holding jobs: never claimed by a 'dead' worker
+        rows = await self.store.claim(self.worker_id, task_ids, limit, units)
+        definitions = await self.definitions()
+        return [
+            Claim(
+                job_id=row["job_id"],
+                definition=definitions[row["task_id"]],
+                priority=row["priority"],
+                arguments=row["arguments"],
+                attempts=row["attempts"],
+                max_attempts=row["max_attempts"],
+            )
+            for row in rows
+        ]
+
+    async def pop_job(self) -> PoppedJob | None:
+        """JobMaster.pop_job."""
+        await self.maintenance.rescue_if_due()
+        claims = await self.claim(1, self.settings.system_process_units - self._units_in_use)
+        if not claims:
+            return None
+        claim = claims[0]
+        self._units_in_use += claim.definition.process_units
+        self.popped += 1
+        self._start_heartbeat()
+        job = PoppedJob(
+            job_id=claim.job_id,
+            type_key=claim.definition.type_key,
+            task_key=claim.definition.task_key,
+            priority=claim.priority,
+            arguments=claim.arguments,
+            status=JobStatus.RUNNING,
+            attempts=claim.attempts,
+            max_attempts=claim.max_attempts,
+            worker_id=self.worker_id,
+            _executor=lambda j: self._execute_popped(j, claim),
+        )
+        return job
+
+    async def _execute_popped(self, job: PoppedJob, claim: Claim) -> None:
+        recorded = False
+        try:
+            started = time.monotonic()
+            outcome = await run_task(claim.definition, claim.arguments, self.threads)
+            log_outcome(claim, outcome, time.monotonic() - started, self.settings.retry_backoff)
+            await self.record([(claim, outcome)])
+            recorded = True
+            self._apply(job, claim, outcome)
+        finally:
+            self._units_in_use -= claim.definition.process_units
+            self.popped -= 1
+            if not recorded:  # cancelled: hand the job back rather than leave it running
+                with contextlib.suppress(Exception):
+                    await asyncio.shield(self.store.release_jobs(self.worker_id, [claim.job_id], [claim.attempts]))
+            if self.popped == 0 and self._heartbeat is not None:
+                self._heartbeat.cancel()
+                self._heartbeat = None
+
+    def _apply(self, job: Job, claim: Claim, outcome: Outcome) -> None:
+        if outcome.ok:
+            job.status, job.result = JobStatus.COMPLETE, outcome.result
+        else:
+            retrying = not outcome.final and claim.attempts < claim.max_attempts
+            job.status = JobStatus.WAITING if retrying else JobStatus.FAILED
+            job.error_type, job.message, job.traceback = outcome.error_type, outcome.message, outcome.traceback
+
+    async def record(self, outcomes: Sequence[tuple[Claim, Outcome]]) -> set[uuid.UUID]:
+        """Records outcomes of claimed jobs; returns the ids recorded (fencing drops the others)."""
+        return await record_outcomes(self.store, self.worker_id, outcomes, self.settings.retry_backoff)
+
+    def _start_heartbeat(self) -> None:
+        if self._heartbeat is None:
+            outage = Outage(self._outages, self._recoveries)
+            self._heartbeat = asyncio.create_task(self.maintenance.heartbeat_loop(outage), name="jobmaster-heartbeat")
