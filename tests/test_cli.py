@@ -3,15 +3,18 @@ embedded database end to end."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
 import sys
 import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
+import asyncpg
 import pytest
 from click.testing import CliRunner
 
@@ -32,7 +35,7 @@ def cli(dsn: str) -> Iterator[tuple[CliRunner, list[str]]]:
 def test_every_command_has_help() -> None:
     runner = CliRunner()
     for command in (
-        [], ["worker"], ["deploy"], ["insert"], ["jobs"], ["show"], ["cancel"], ["retry"], ["sql"],
+        [], ["worker"], ["deploy"], ["insert"], ["jobs"], ["show"], ["cancel"], ["retry"], ["schedules"], ["sql"],
         ["db"], ["db", "url"], ["db", "stop"], ["demo"],
     ):  # fmt: skip
         result = runner.invoke(main, [*command, "--help"])
@@ -83,6 +86,52 @@ def test_refusals_and_bad_input_exit_1_or_2(cli: tuple[CliRunner, list[str]]) ->
     assert missing.exit_code == 1 and "no job" in missing.output
     usage = runner.invoke(main, [*base, "jobs", "--status", "done"])
     assert usage.exit_code == 2
+
+
+def test_insert_scheduled_and_schedules(cli: tuple[CliRunner, list[str]], dsn: str) -> None:
+    runner, base = cli
+    insert = [*base, "insert", "tasks_for_tests", "add"]
+    later = runner.invoke(main, [*insert, "--args", '{"a": 1}', "--in", "1h30m"])
+    assert later.exit_code == 0, later.output
+    job_id = later.output.strip()
+    at = runner.invoke(main, [*insert, "--args", '{"a": 2}', "--run-at", "2099-01-04T06:00+01:00"])
+    assert at.exit_code == 0, at.output
+    shown = runner.invoke(main, [*base, "show", at.output.strip()])
+    assert "run at: 2099-01-04 05:00:00+00:00" in shown.output
+    as_json = json.loads(runner.invoke(main, [*base, "show", job_id, "--json"]).output)
+    assert as_json["run_at"] is not None and as_json["status"] == "waiting"
+    piped = runner.invoke(main, [*base, "jobs"]).stdout.splitlines()
+    assert piped[0].endswith("\trun_at") and all(line.split("\t")[-1].startswith("20") for line in piped[1:])
+    for bad, says in (
+        (["--run-at", "2099-01-04T06:00"], "no offset"),
+        (["--run-at", "tomorrow"], "not an ISO 8601 time"),
+        (["--in", "ten minutes"], "not a duration"),
+        (["--in", "1h", "--run-at", "2099-01-04T06:00Z"], "not both"),
+    ):
+        refused = runner.invoke(main, [*insert, "--args", '{"a": 3}', *bad])
+        assert refused.exit_code == 2 and says in refused.output, bad
+
+    assert runner.invoke(main, [*base, "schedules"]).output.strip().startswith("no schedules deployed")
+    schema = base[base.index("--schema") + 1]
+
+    async def add_schedule() -> None:
+        conn = await asyncpg.connect(dsn)
+        try:
+            await conn.execute(
+                f'INSERT INTO "{schema}".schedules (task_id, cron_key, expression, timezone, arguments, priority) '
+                f"""SELECT task_id, 'k', '0 3 * * *', 'Europe/Paris', '{{"a": 5}}', 2 FROM "{schema}".tasks """
+                "WHERE task_key = 'add'"
+            )
+        finally:
+            await conn.close()
+
+    asyncio.run(add_schedule())
+    listed = runner.invoke(main, [*base, "schedules"])
+    assert listed.exit_code == 0 and "tasks_for_tests.add" in listed.output and "Europe/Paris" in listed.output
+    [line] = runner.invoke(main, [*base, "schedules", "--json"]).output.splitlines()
+    schedule = json.loads(line)
+    assert schedule["expression"] == "0 3 * * *" and schedule["arguments"] == {"a": 5}
+    assert schedule["next_tick"] > datetime.now(UTC).isoformat() and schedule["last_tick"] is None
 
 
 def test_sql_prints_the_interface_with_the_schema() -> None:

@@ -349,7 +349,7 @@ def test_piped_jobs_are_tab_separated_and_never_cut(cli: tuple[CliRunner, list[s
     assert listing.exit_code == 0, listing.output
     header, row = listing.stdout.splitlines()
     assert header.split("\t") == [
-        "job_id", "task", "status", "priority", "created_at", "arguments", "result_or_message",
+        "job_id", "task", "status", "priority", "created_at", "arguments", "result_or_message", "run_at",
     ]  # fmt: skip
     cells = row.split("\t")
     assert cells[:4] == [job_id, "tasks_for_tests.explode", "failed", "0"]

@@ -168,9 +168,12 @@ async def test_pop_job_and_run_do_not_wait_for_future_jobs(jm: JobMaster, conn: 
     # once due, pop_job promotes and takes it (a cron script that only pops runs scheduled jobs)
     soon = await jm.insert_job(T, "add", 1, {"a": 3}, run_at=timedelta(seconds=0.3))
     assert await jm.pop_job() is None
+    claimer = jm.store.claimer
+    assert claimer.promotions == 0  # no round trip for the future jobs while none is due
     await asyncio.sleep(0.4)
     popped = await jm.pop_job()
     assert popped is not None and popped.job_id == soon
+    assert (claimer.promotions, claimer.promoted) == (1, 1)
     await popped.execute()
     assert_started_on_time(await times(conn, jm, soon))
 

@@ -748,8 +748,8 @@ async def workload(
         f"""SELECT task_id, 'k', '0 0 1 1 *', 'UTC', '{{"a": 4000}}', 1 FROM {s}.tasks WHERE task_key = 'add' """
         "RETURNING schedule_id"
     )
-    schedules = await jm.store.ticks.load(await jm.worker.registered_task_ids())
-    assert schedule_id in [row["schedule_id"] for row in schedules]
+    loaded = await jm.store.ticks.load(await jm.worker.registered_task_ids())
+    assert schedule_id in [row["schedule_id"] for row in loaded]
     tick = datetime.now(UTC)
     timed.append(await jm.store.ticks.fire(schedule_id, tick))
     assert await jm.store.ticks.fire(schedule_id, tick) is None

@@ -1,4 +1,5 @@
-"""Managing the queue: ``deploy``, ``insert``, ``jobs``, ``show``, ``cancel``, ``retry``, ``sql``.
+"""Managing the queue: ``deploy``, ``insert``, ``jobs``, ``show``, ``cancel``, ``retry``,
+``schedules``, ``sql``.
 
 ``show``, ``cancel`` and ``retry`` take a job's full id or any part of it that only that job has
 (its first or last hex digits: ``jobs`` shows the last 12), by the rule of ``jobmaster_async.ids``."""
@@ -7,7 +8,9 @@ from __future__ import annotations
 
 import difflib
 import json
+import re
 import uuid
+from datetime import datetime, timedelta
 from typing import Any
 
 import click
@@ -19,9 +22,9 @@ from ..ids import resolve_job_id
 from ..inspection import deployed_tasks
 from ..jobs import Job, JobStatus
 from .context import Settings, call, pass_settings
-from .rendering import job_json, jobs_table, jobs_tsv, make_console, print_job, to_json_line
+from .rendering import job_json, jobs_table, jobs_tsv, make_console, print_job, schedules_table, to_json_line
 
-__all__ = ("cancel", "deploy", "insert", "list_jobs", "retry", "show", "sql")
+__all__ = ("cancel", "deploy", "insert", "list_jobs", "retry", "schedules", "show", "sql")
 
 #: How many task names a "did you mean" lists at most.
 _LISTED = 20
@@ -69,22 +72,64 @@ def task_hint(type_key: str, task_key: str, deployed: list[tuple[str, str]], sch
     return f"{wanted}: no task of type {type_key} is deployed; {guess}types deployed: {_listing(types)}"
 
 
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)([smhdw])")
+_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+
+
+def parse_duration(text: str) -> timedelta:
+    """``90s``, ``10m``, ``1h30m``, ``2d``, ``1w`` (a number alone: seconds)."""
+    text = text.strip().replace(" ", "")
+    if re.fullmatch(r"\d+(?:\.\d+)?", text):
+        return timedelta(seconds=float(text))
+    if not text or not re.fullmatch(f"(?:{_DURATION.pattern})+", text):
+        raise click.BadParameter(f"{text!r} is not a duration such as 90s, 10m, 1h30m, 2d", param_hint="--in")
+    return sum((timedelta(**{_UNITS[unit]: float(n)}) for n, unit in _DURATION.findall(text)), timedelta())
+
+
+def parse_time(text: str) -> datetime:
+    """An ISO 8601 time with its offset (``2027-01-04T06:00+01:00``, ``…Z``)."""
+    try:
+        when = datetime.fromisoformat(text.strip().replace("z", "Z").replace("Z", "+00:00"))
+    except ValueError as exc:
+        raise click.BadParameter(f"{text!r} is not an ISO 8601 time: {exc}", param_hint="--run-at") from exc
+    if when.tzinfo is None:
+        raise click.BadParameter(
+            f"{text!r} has no offset: which zone it meant cannot be known (say 2027-01-04T06:00+01:00, "
+            "or …Z for UTC; or use --in)",
+            param_hint="--run-at",
+        )
+    return when
+
+
 @click.command()
 @click.argument("type_key")
 @click.argument("task_key")
 @click.option("--priority", "-p", default=0, show_default=True)
 @click.option("--args", "arguments", default="{}", show_default=True, help="Arguments as a JSON object.")
+@click.option("--run-at", "run_at", help="Not before this time: ISO 8601 with an offset (2027-01-04T06:00+01:00).")
+@click.option("--in", "run_in", help="Not before this long from now (the database's clock): 90s, 10m, 1h30m, 2d.")
 @pass_settings
-def insert(settings: Settings, type_key: str, task_key: str, priority: int, arguments: str) -> None:
+def insert(
+    settings: Settings,
+    type_key: str,
+    task_key: str,
+    priority: int,
+    arguments: str,
+    run_at: str | None,
+    run_in: str | None,
+) -> None:
     """Insert a job; prints its id."""
     try:
         parsed = json.loads(arguments)
     except json.JSONDecodeError as exc:
         raise click.BadParameter(f"not JSON: {exc}", param_hint="--args") from exc
+    if run_at is not None and run_in is not None:
+        raise click.UsageError("give --run-at or --in, not both")
+    when = parse_time(run_at) if run_at is not None else parse_duration(run_in) if run_in is not None else None
 
     async def run(jm: JobMaster) -> uuid.UUID:
         try:
-            return await jm.insert_job(type_key, task_key, priority, parsed)
+            return await jm.insert_job(type_key, task_key, priority, parsed, run_at=when)
         except TaskNotFound as exc:
             hint = task_hint(type_key, task_key, await deployed_tasks(jm), jm.schema)
             raise click.ClickException(hint) from exc
@@ -185,6 +230,27 @@ def retry(settings: Settings, job_id: str) -> None:
         click.echo(f"queued again {found}")
     else:
         click.echo(f"not queued again: the identical job {queued} is already waiting, blocked or running")
+
+
+@click.command()
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per schedule and line, every field in full.")
+@pass_settings
+def schedules(settings: Settings, as_json: bool) -> None:
+    """List the periodic tasks' schedules as deployed: next tick, last tick, its job and status."""
+
+    async def run(jm: JobMaster) -> list[dict[str, Any]]:
+        return await jm.schedules()
+
+    found = call(settings, run)
+    if as_json:
+        for schedule in found:
+            click.echo(to_json_line(schedule))
+        return
+    if not found:
+        click.echo("no schedules deployed (@task(cron=...), then deploy)")
+        return
+    console = make_console()
+    console.print(schedules_table(found, width=console.width))
 
 
 @click.command()

@@ -8,7 +8,7 @@ import dataclasses
 import json
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from rich.cells import cell_len
@@ -27,6 +27,7 @@ __all__ = (
     "jobs_tsv",
     "make_console",
     "print_job",
+    "schedules_table",
     "to_json_line",
 )
 
@@ -75,8 +76,20 @@ def _outcome(job: Job) -> str:
     return job.message or ""
 
 
-def _status(status: str) -> str:
-    return f"[{_COLOURS.get(status, 'white')}]{status}[/]"
+def _status(status: str, later: str = "") -> str:
+    return f"[{_COLOURS.get(status, 'white')}]{status}[/]{later}"
+
+
+def _when(at: datetime | None) -> str:
+    """A time as listings show it: UTC, to the second."""
+    return at.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%SZ") if at is not None else ""
+
+
+def _later(job: Job, now: datetime) -> str:
+    """ " until <run_at>" for a waiting or blocked job whose run_at is still ahead."""
+    if job.run_at is not None and job.run_at > now and job.status in ("waiting", "blocked"):
+        return f" until {_when(job.run_at)}"
+    return ""
 
 
 _HEADS = ("job id (end)", "task", "status", "prio", "arguments", "outcome")
@@ -86,11 +99,12 @@ def jobs_table(jobs: Sequence[Job], title: str | None = None, width: int | None 
     """Jobs, one per row: the end of the id (what ``show``, ``cancel`` and ``retry`` take), task,
     status, priority, arguments, and the result or message; within ``width``, the task, arguments
     and outcome cut with "…" where they do not fit (the id, status and priority never)."""
+    now = datetime.now(UTC)
     cells = [
         (
             short_id(job.job_id),
             job.task_name,
-            job.status,
+            job.status + _later(job, now),
             str(job.priority),
             json.dumps(job.arguments, ensure_ascii=False),
             _outcome(job),
@@ -113,10 +127,11 @@ def jobs_table(jobs: Sequence[Job], title: str | None = None, width: int | None 
         table.add_column(head, no_wrap=True, min_width=size if fits else None)
     for job_id, task_name, status, priority, args, outcome_text in cells:
         # data as Text: a "[" in it is never read as markup
+        status, _, later = status.partition(" ")
         table.add_row(
             job_id,
             Text(cut(task_name, widths[1])),
-            _status(status),
+            _status(status, f" {later}" if later else ""),
             priority,
             Text(cut(args, widths[4])),
             Text(cut(outcome_text, widths[5])),
@@ -131,11 +146,12 @@ def _tsv_cell(text: str) -> str:
 def jobs_tsv(jobs: Iterable[Job]) -> Iterable[str]:
     """Jobs as tab-separated lines (a header first) for pipes: the full id and every value in
     full, tabs, newlines and backslashes escaped as ``\\t``, ``\\n`` and ``\\\\``."""
-    yield "job_id\ttask\tstatus\tpriority\tcreated_at\targuments\tresult_or_message"
+    yield "job_id\ttask\tstatus\tpriority\tcreated_at\targuments\tresult_or_message\trun_at"
     for job in jobs:
         created = job.created_at.isoformat() if job.created_at else ""
         cells = [str(job.job_id), job.task_name, job.status, str(job.priority), created]
         cells += [json.dumps(job.arguments, ensure_ascii=False), _outcome(job)]
+        cells.append(job.run_at.isoformat() if job.run_at else "")
         yield "\t".join(_tsv_cell(cell) for cell in cells)
 
 
@@ -157,6 +173,37 @@ def job_json(job: Job) -> dict[str, Any]:
     return {field.name: getattr(job, field.name) for field in dataclasses.fields(Job)}
 
 
+_SCHEDULE_HEADS = ("task", "cron", "arguments", "prio", "next tick", "last tick", "last job")
+
+
+def schedules_table(schedules: Sequence[Mapping[str, Any]], width: int | None = None) -> Table:
+    """``schedules``: one row each, times in UTC; the arguments cut with "…" to fit ``width``."""
+    rows = []
+    for s in schedules:
+        zone = "" if s["timezone"] == "UTC" else f" ({s['timezone']})"
+        last_job = f"{short_id(s['last_job_id'])} {s['last_job_status'] or 'gone'}" if s["last_job_id"] else ""
+        rows.append(
+            (
+                f"{s['type_key']}.{s['task_key']}",
+                s["expression"] + zone,
+                json.dumps(s["arguments"], ensure_ascii=False),
+                str(s["priority"]),
+                _when(s["next_tick"]),
+                _when(s["last_tick"]),
+                last_job,
+            )
+        )
+    longest = [max([cell_len(h), *(cell_len(r[i]) for r in rows)]) for i, h in enumerate(_SCHEDULE_HEADS)]
+    room = (width or PIPE_WIDTH) - 3 * len(_SCHEDULE_HEADS) - 1 - sum(longest) + longest[2]
+    arguments = max(min(longest[2], CELL_LIMIT, room), len(_SCHEDULE_HEADS[2]))
+    table = Table()
+    for head in _SCHEDULE_HEADS:
+        table.add_column(head, no_wrap=True)
+    for row in rows:
+        table.add_row(*(Text(cut(cell, arguments) if i == 2 else cell) for i, cell in enumerate(row)))
+    return table
+
+
 def print_job(
     console: Console, job: Job, history: list[dict[str, Any]], dependencies: Sequence[Mapping[str, Any]]
 ) -> None:
@@ -167,7 +214,13 @@ def print_job(
     console.print(title, highlight=False)
     console.print(f"arguments: {json.dumps(job.arguments, ensure_ascii=False)}", markup=False)
     console.print(f"attempts: {job.attempts} of {job.max_attempts}; rescues: {job.rescues}")
-    for label, at in (("created", job.created_at), ("started", job.started_at), ("finished", job.finished_at)):
+    times = (
+        ("created", job.created_at),
+        ("run at", job.run_at),
+        ("started", job.started_at),
+        ("finished", job.finished_at),
+    )
+    for label, at in times:
         if at is not None:
             console.print(f"{label}: {at}", highlight=False)
     if job.status == "complete":

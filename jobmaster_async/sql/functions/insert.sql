@@ -64,6 +64,7 @@ DECLARE
     v_ids      uuid[];
     v_blocked  uuid[];
     v_inserted uuid[];
+    v_twins    uuid[];
     v_i        int;
 BEGIN
     WITH
@@ -88,7 +89,7 @@ BEGIN
     )
     SELECT array_agg(coalesce(v.twin, i.job_id) ORDER BY v.root),
            array_agg(CASE WHEN i.status = 'blocked' THEN i.job_id END ORDER BY v.root),
-           array_agg(DISTINCT i.job_id) FILTER (WHERE i.job_id IS NOT NULL)
+           array_agg(i.job_id) FILTER (WHERE i.job_id IS NOT NULL)
       INTO v_ids, v_blocked, v_inserted
       FROM verdicts AS v
       LEFT JOIN inserted AS i ON i.args_hash = v.args_hash;
@@ -102,9 +103,10 @@ BEGIN
         v_ids[v_i] := coalesce({schema}._active_twin(p_task.task_id, md5(p_arguments[v_i]::text)::uuid),
                                ({schema}._insert_batch(p_task, p_priority, ARRAY[p_arguments[v_i]], p_run_at))[1]);
     END LOOP;
-    -- twins found (an id this call did not insert) may have to run earlier
-    IF cardinality(v_ids) > coalesce(cardinality(v_inserted), 0) THEN
-        PERFORM {schema}._move_earlier(ARRAY(SELECT unnest(v_ids) EXCEPT SELECT unnest(v_inserted)), p_run_at);
+    -- the twins found (ids this call did not insert) may have to run earlier
+    v_twins := ARRAY(SELECT unnest(v_ids) EXCEPT SELECT unnest(v_inserted));
+    IF cardinality(v_twins) > 0 THEN
+        PERFORM {schema}._move_earlier(v_twins, p_run_at);
     END IF;
     RETURN v_ids;
 END $$;
