@@ -19,7 +19,6 @@ waits for no backlog of claimable ones. (``claim_jobs()`` promotes for itself.)
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 import uuid
@@ -28,8 +27,8 @@ from typing import Any
 
 import asyncpg
 
-from .faults import connection_unusable
-from .pool import Connect, Pool, close_connection
+from .dedicated import Dedicated
+from .pool import Connect, Pool
 from .sql import Catalogue
 
 __all__ = ("Claimer",)
@@ -46,11 +45,10 @@ class Claimer:
         timeout: float | None = None,
     ) -> None:
         self.sql = sql
-        self._connect = connect
         self._pool = pool
         self.timeout = timeout  # each round trip's deadline
-        self._conn: asyncpg.Connection | None = None
-        self._lock = asyncio.Lock()
+        self._connection = Dedicated(connect, sql.claim_session_settings, timeout)
+        self._lock = self._connection.lock
         #: seconds until the earliest waiting job falls due, as the last fast claim that took fewer
         #: jobs than asked for saw it (None: none waiting); unknown after any other claim
         self.due_in: float | None = None
@@ -108,31 +106,12 @@ class Claimer:
         self.promoted += promoted
 
     async def _run(self, method: str, name: str, *args: object) -> Any:
-        """A statement on the claim connection (opened with the claim's session settings when
-        there is none)."""
-        if self._conn is None or self._conn.is_closed():
-            conn = await self._connect()
-            try:
-                await conn.execute(self.sql.claim_session_settings, timeout=self.timeout)
-            except BaseException:
-                conn.terminate()
-                raise
-            self._conn = conn
-        try:
-            return await getattr(self._conn, method)(self.sql[name], *args, timeout=self.timeout)
-        except BaseException as exc:
-            if connection_unusable(exc):  # interrupted, lost, or closing: never reused
-                self._conn.terminate()
-                self._conn = None
-            raise
+        """A statement on the claim connection (with the claim's session settings)."""
+        return await self._connection.run(method, self.sql[name], *args)
 
     def discard_idle(self) -> None:
         """Closes the claim connection unless a claim is using it (after a fault, it is suspect)."""
-        if self._conn is not None and not self._lock.locked():
-            conn, self._conn = self._conn, None
-            conn.terminate()
+        self._connection.discard_idle()
 
     async def close(self) -> None:
-        conn, self._conn = self._conn, None
-        if conn is not None and not conn.is_closed():
-            await close_connection(conn)
+        await self._connection.close()

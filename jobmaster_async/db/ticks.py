@@ -9,15 +9,14 @@ connection keeps the setting off the pool's connections and the scheduler off th
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from datetime import datetime
 from typing import Any
 
 import asyncpg
 
-from .faults import connection_unusable
-from .pool import Connect, close_connection
+from .dedicated import Dedicated
+from .pool import Connect
 from .sql import Catalogue
 
 __all__ = ("LOCK_TIMEOUT", "Ticks")
@@ -29,10 +28,7 @@ LOCK_TIMEOUT = 5.0
 class Ticks:
     def __init__(self, sql: Catalogue, connect: Connect, timeout: float | None = None) -> None:
         self.sql = sql
-        self._connect = connect
-        self.timeout = timeout  # each round trip's deadline
-        self._conn: asyncpg.Connection | None = None
-        self._lock = asyncio.Lock()
+        self._connection = Dedicated(connect, f"SET lock_timeout = '{int(LOCK_TIMEOUT * 1000)}ms'", timeout)
 
     async def load(self, task_ids: list[int]) -> list[asyncpg.Record]:
         """The schedules of these tasks (schedule_id, type_key, task_key, expression, timezone,
@@ -47,30 +43,12 @@ class Ticks:
         return job_id
 
     async def _run(self, method: str, name: str, *args: object) -> Any:
-        async with self._lock:
-            if self._conn is None or self._conn.is_closed():
-                conn = await self._connect()
-                try:
-                    await conn.execute(f"SET lock_timeout = '{int(LOCK_TIMEOUT * 1000)}ms'", timeout=self.timeout)
-                except BaseException:
-                    conn.terminate()
-                    raise
-                self._conn = conn
-            try:
-                return await getattr(self._conn, method)(self.sql[name], *args, timeout=self.timeout)
-            except BaseException as exc:
-                if connection_unusable(exc):  # interrupted, lost, or closing: never reused
-                    self._conn.terminate()
-                    self._conn = None
-                raise
+        async with self._connection.lock:
+            return await self._connection.run(method, self.sql[name], *args)
 
     def discard_idle(self) -> None:
         """Closes the connection unless a statement is using it (after a fault, it is suspect)."""
-        if self._conn is not None and not self._lock.locked():
-            conn, self._conn = self._conn, None
-            conn.terminate()
+        self._connection.discard_idle()
 
     async def close(self) -> None:
-        conn, self._conn = self._conn, None
-        if conn is not None and not conn.is_closed():
-            await close_connection(conn)
+        await self._connection.close()
