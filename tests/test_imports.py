@@ -22,6 +22,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("db",),
     ("worker",),
     ("app", "sync", "enqueue", "ids", "inspection"),
+    ("web",),
     ("cli",),
     ("", "__main__", "examples"),  # the package itself re-exports the API; examples import it
 ]

@@ -151,9 +151,17 @@ class Catalogue:
 
     @cached_property
     def queries(self) -> dict[str, str]:
-        text = _read("queries.sql")
-        parts = _BLOCK.split(text)
-        return {name: self.render(body).strip() for name, body in zip(parts[1::2], parts[2::2], strict=True)}
+        return self._blocks("queries.sql")
+
+    @cached_property
+    def dashboard(self) -> dict[str, str]:
+        """The dashboard's reads (``sql/dashboard.sql``, run by db/insights.py)."""
+        return self._blocks("dashboard.sql")
+
+    def _blocks(self, name: str) -> dict[str, str]:
+        """The named blocks (``-- name: x``) of a file of ``sql/``, rendered."""
+        parts = _BLOCK.split(_read(name))
+        return {block: self.render(body).strip() for block, body in zip(parts[1::2], parts[2::2], strict=True)}
 
     def __getitem__(self, name: str) -> str:
         return self.queries[name]

@@ -20,6 +20,7 @@ import asyncpg
 
 from .claimer import Claimer
 from .deploy import deploy_schema
+from .insights import Insights
 from .pool import Connect, Pool
 from .sql import Catalogue
 from .ticks import Ticks
@@ -40,6 +41,8 @@ class Store:
         self.claimer = Claimer(sql, connect, self.pool, timeout)
         #: the scheduler's statements, on their own connection (db.ticks)
         self.ticks = Ticks(sql, connect, timeout)
+        #: the dashboard's reads (db.insights)
+        self.insights = Insights(sql, self.acquire)
 
     # -- connections -----------------------------------------------------------------------------
 

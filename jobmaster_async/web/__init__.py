@@ -1,0 +1,97 @@
+"""The dashboard: ``create_app(jm)`` returns an ASGI app (Starlette) that shows the queue, lists
+and shows jobs, cancels and retries them, streams live updates and serves ``/metrics``. Mount it
+under any prefix of a Starlette or FastAPI app, or run ``jobmaster-async dashboard``.
+
+Needs the ``web`` extra (``pip install 'jobmaster_async[web]'``)."""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING, Any
+
+import jinja2
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.templating import Jinja2Templates
+
+from .live import Broadcaster
+from .metrics import JobMetrics
+from .pages import Pages
+from .present import FILTERS
+from .security import Guard, GuardMiddleware
+
+if TYPE_CHECKING:
+    from ..app import JobMaster
+
+__all__ = ("Dashboard", "create_app")
+
+logger = logging.getLogger(__name__)
+
+
+class Dashboard(Starlette):
+    """The dashboard's ASGI app. Its live view keeps one database connection while it is used
+    (closed after a minute without use); ``await app.aclose()`` closes it at once (its own
+    lifespan does that when it is served alone; a parent app that mounts it may call it on
+    shutdown)."""
+
+    broadcaster: Broadcaster
+    metrics: JobMetrics
+    guard: Guard
+
+    async def aclose(self) -> None:
+        await self.broadcaster.close()
+
+
+def create_app(
+    jm: JobMaster,
+    read_only: bool = False,
+    token: str | None = None,
+    secret: str | bytes | None = None,
+) -> Dashboard:
+    """The dashboard of ``jm``'s schema as an ASGI app.
+
+    ``token``: every request must carry it (``Authorization: Bearer <token>`` or the login
+    form's cookie); without one, only requests to a loopback name (localhost, 127.0.0.1, [::1])
+    are served. ``secret``: the key of the CSRF tokens of the cancel and retry forms; give the
+    same one to every process that serves the dashboard (one is generated when None).
+    ``read_only``: no cancel or retry (the buttons are hidden, the POSTs refused)."""
+    if secret is None:
+        key = secrets.token_bytes(32)
+        logger.warning(
+            "dashboard: no secret given, so one was generated for this process: its forms' CSRF tokens "
+            "will not be accepted by another process; when several processes serve the dashboard, give "
+            "each the same secret (create_app(..., secret=...), or JOBMASTER_DASHBOARD_SECRET)"
+        )
+    else:
+        key = secret.encode() if isinstance(secret, str) else bytes(secret)
+        if not key:
+            raise ValueError("the dashboard's secret is empty")
+    guard = Guard(token, key, read_only)
+    env = jinja2.Environment(
+        loader=jinja2.PackageLoader("jobmaster_async.web", "templates"),
+        autoescape=True,
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    env.filters.update(FILTERS)
+    templates = Jinja2Templates(env=env)
+    broadcaster = Broadcaster(jm)
+    metrics = JobMetrics(jm.store.insights)
+    pages = Pages(jm, guard, broadcaster, metrics, templates)
+
+    @asynccontextmanager
+    async def lifespan(_app: Any) -> AsyncIterator[None]:
+        yield
+        await broadcaster.close()
+
+    app = Dashboard(
+        routes=pages.routes(),
+        middleware=[Middleware(GuardMiddleware, guard=guard, unauthorized=pages.unauthorized)],
+        lifespan=lifespan,
+    )
+    app.broadcaster, app.metrics, app.guard = broadcaster, metrics, guard
+    return app

@@ -1,0 +1,401 @@
+"""The live view: one poller per app, however many browsers watch.
+
+A ``Broadcaster`` keeps one database connection. It LISTENs on the schema's channel (the wake-ups
+that inserts, unblocks and retries already send: no NOTIFY of its own) and, while anybody
+subscribes (``/events``), reads the cheap state of the queue (db.insights: active jobs by task
+and status, workers, and the history's mark, a sequence's last value): at most once per
+``interval``, every second while things change, backing off to ``quiet_period`` when nothing
+does, and early when a wake-up arrives. The charts are read again only when the history's mark
+moved, from the last few minutes (whole minutes, replacing those buckets); the schedules every
+``SCHEDULES_EVERY`` seconds or when a deploy changed them. A read never runs more often than ten
+times its own duration, so a slow database is not swamped. Each subscriber is handed the latest
+snapshot (one that falls behind skips to the newest). Pages that render the overview take the
+latest snapshot, read afresh when it is older than ``interval``, so a page load costs the
+database nothing more while the live view runs. The connection is closed after ``idle`` seconds
+without use.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+import asyncpg
+
+from ..db.faults import database_fault
+from ..worker.listener import SchedulesChanged, parse_notification
+from ..worker.outage import Backoff
+from ..worker.signals import Signal
+
+if TYPE_CHECKING:
+    from ..app import JobMaster
+
+__all__ = ("Broadcaster", "Snapshot", "TaskDepth")
+
+logger = logging.getLogger(__name__)
+
+#: The charts' span, and how far back a read after the first one goes (whole minutes).
+CHART_SPAN = timedelta(hours=1)
+CHART_RECENT = timedelta(minutes=3)
+#: Seconds between two reads of the charts at least, and without a history mark (no privilege).
+CHART_INTERVAL = 2.0
+CHART_BLIND_INTERVAL = 15.0
+#: Seconds between two reads of the schedules (also read when a deploy changed them).
+SCHEDULES_EVERY = 30.0
+#: A read runs at most once per this many times its own duration.
+COST_FACTOR = 10.0
+
+
+@dataclass(frozen=True)
+class TaskDepth:
+    """The active jobs of one task: waiting (due), scheduled (waiting for a later time), blocked
+    and running."""
+
+    type_key: str
+    task_key: str
+    waiting: int = 0
+    scheduled: int = 0
+    blocked: int = 0
+    running: int = 0
+
+    @property
+    def name(self) -> str:
+        return f"{self.type_key}.{self.task_key}"
+
+    @property
+    def total(self) -> int:
+        return self.waiting + self.scheduled + self.blocked + self.running
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """What the overview shows, as read at ``now`` (the server's clock)."""
+
+    version: int
+    now: datetime
+    depth: tuple[TaskDepth, ...]
+    workers: tuple[Mapping[str, Any], ...]
+    #: (minute, {reason: events}) for each minute of the last hour, oldest first
+    chart: tuple[tuple[datetime, Mapping[str, int]], ...]
+    schedules: tuple[Mapping[str, Any], ...]
+    #: the history's mark (sql/dashboard.sql history_mark): changes when anything happened
+    history_mark: int | None
+    #: why the data may be stale (the database is unreachable), else None
+    error: str | None = None
+    totals: Mapping[str, int] = field(default_factory=dict)
+
+    def key(self) -> tuple[Any, ...]:
+        """What a viewer sees change (not the clock)."""
+        workers = tuple((w["worker_id"], w["running"], w["alive"]) for w in self.workers)
+        chart = tuple((minute, tuple(sorted(counts.items()))) for minute, counts in self.chart if counts)
+        schedules = tuple((s.get("type_key"), s.get("last_tick"), s.get("next_tick")) for s in self.schedules)
+        return (self.depth, workers, chart, schedules, self.history_mark, self.error)
+
+
+def _minute(at: datetime) -> datetime:
+    return at.replace(second=0, microsecond=0)
+
+
+async def _close(conn: asyncpg.Connection) -> None:
+    if conn.is_closed():
+        return
+    try:
+        await asyncio.wait_for(conn.close(), 2)
+    except Exception:
+        conn.terminate()
+
+
+def _depth(rows: list[asyncpg.Record]) -> tuple[TaskDepth, ...]:
+    found: dict[tuple[str, str], dict[str, int]] = {}
+    for row in rows:
+        counts = found.setdefault((row["type_key"], row["task_key"]), {})
+        status = "scheduled" if row["status"] == "waiting" and row["scheduled"] else row["status"]
+        counts[status] = counts.get(status, 0) + row["n"]
+    return tuple(TaskDepth(type_key, task_key, **counts) for (type_key, task_key), counts in sorted(found.items()))
+
+
+def _workers(rows: list[asyncpg.Record]) -> tuple[Mapping[str, Any], ...]:
+    return tuple({**dict(row), "alive": row["heartbeat_age"] <= row["lapse"]} for row in rows)
+
+
+class Broadcaster:
+    """The live state of one schema, read by one poller and handed to every subscriber."""
+
+    def __init__(
+        self,
+        jm: JobMaster,
+        *,
+        interval: float = 1.0,
+        quiet_period: float = 5.0,
+        keepalive: float = 15.0,
+        idle: float = 60.0,
+    ) -> None:
+        self.jm = jm
+        self.insights = jm.store.insights
+        self.interval = interval
+        self.quiet_period = quiet_period
+        self.keepalive = keepalive
+        self.idle = idle
+        #: fired for each snapshot published (tests await it)
+        self.published = Signal()
+        #: how many reads of the cheap state ran (tests and benchmarks read it)
+        self.polls = 0
+        self._latest: Snapshot | None = None
+        self._latest_at = 0.0  # monotonic time of the read
+        self._conn: asyncpg.Connection | None = None
+        self._lock = asyncio.Lock()
+        self._newer = asyncio.Event()
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._subscribers = 0
+        self._last_used = 0.0
+        self._closed = False
+        self._poll_cost = 0.0
+        self._period = interval
+        # the charts: {minute: {reason: events}}
+        self._buckets: dict[datetime, dict[str, int]] = {}
+        self._chart_read_at: float | None = None
+        self._chart_mark: int | None = None
+        self._chart_cost = 0.0
+        self._schedules: tuple[Mapping[str, Any], ...] = ()
+        self._schedules_read_at: float | None = None
+        self._failing = False
+
+    @property
+    def subscribers(self) -> int:
+        return self._subscribers
+
+    # -- what pages and /events use ---------------------------------------------------------------
+
+    async def snapshot(self, max_age: float | None = None) -> Snapshot:
+        """The latest snapshot, read afresh when older than ``max_age`` seconds (default:
+        ``interval``). When the database cannot be read, the last one with ``error`` set (raises
+        when there is none)."""
+        self._use()
+        age = self.interval if max_age is None else max_age
+        if self._latest is not None and time.monotonic() - self._latest_at <= age:
+            return self._latest
+        async with self._lock:
+            if self._latest is None or time.monotonic() - self._latest_at > age:
+                try:
+                    await self._poll()
+                except Exception as exc:
+                    self._fault(exc)
+                    if self._latest is None:
+                        raise
+        assert self._latest is not None
+        return self._latest
+
+    async def subscribe(self) -> AsyncIterator[Snapshot | None]:
+        """The latest snapshot now, then each newer one (None every ``keepalive`` seconds
+        without one), until closed."""
+        self._subscribers += 1
+        self._use()
+        self._wake.set()
+        try:
+            latest = await self.snapshot()
+            yield latest
+            seen = latest.version
+            while not self._closed:
+                newer = self._newer
+                if self._latest is None or self._latest.version == seen:
+                    try:
+                        await asyncio.wait_for(newer.wait(), self.keepalive)
+                    except TimeoutError:
+                        yield None
+                        continue
+                if self._closed or self._latest is None:
+                    break
+                latest = self._latest
+                seen = latest.version
+                yield latest
+        finally:
+            self._subscribers -= 1
+            self._use()
+
+    async def close(self) -> None:
+        """Ends the poller and every subscription, and closes the connection."""
+        self._closed = True
+        self._newer.set()
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await self._disconnect()
+
+    # -- the poller ------------------------------------------------------------------------------
+
+    def _use(self) -> None:
+        self._last_used = time.monotonic()
+        if self._closed:
+            return
+        if self._task is None or self._task.done():
+            self._task = asyncio.get_running_loop().create_task(self._run(), name="jobmaster dashboard poller")
+
+    async def _run(self) -> None:
+        backoff = Backoff(first=0.5, cap=10.0)
+        idle: asyncpg.Connection | None = None
+        try:
+            while not self._closed:
+                if self._subscribers:
+                    wait = self._latest_at + self._pace() - time.monotonic()
+                    if wait > 0:
+                        await asyncio.sleep(wait)
+                    self._wake.clear()
+                    async with self._lock:
+                        try:
+                            await self._poll()
+                        except Exception as exc:
+                            self._fault(exc)
+                            await asyncio.sleep(backoff.delay())
+                            continue
+                    backoff.reset()
+                    timeout = self._period
+                else:
+                    timeout = self._last_used + self.idle - time.monotonic()
+                    if timeout <= 0:
+                        async with self._lock:
+                            # unused for `idle` seconds: this task ends, and its connection is
+                            # closed (the next use opens another, in a new task)
+                            if not self._subscribers and self._last_used + self.idle <= time.monotonic():
+                                idle, self._conn = self._conn, None
+                                self._task = None
+                                break
+                        continue
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), timeout)
+        finally:
+            if idle is not None:
+                await _close(idle)
+
+    def _pace(self) -> float:
+        """Seconds between two reads at least."""
+        return max(self.interval, COST_FACTOR * self._poll_cost)
+
+    async def _connection(self) -> asyncpg.Connection:
+        if self._conn is None or self._conn.is_closed():
+            conn = await self.jm.store.open_connection()
+            try:
+                await conn.add_listener(self.jm.sql.channel, self._on_notify)
+            except BaseException:
+                conn.terminate()
+                raise
+            conn.add_termination_listener(lambda _c: self._wake.set())
+            self._conn = conn
+        return self._conn
+
+    async def _disconnect(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            await _close(conn)
+
+    def _on_notify(self, _conn: object, _pid: int, _channel: str, payload: str) -> None:
+        if isinstance(parse_notification(payload), SchedulesChanged):
+            self._schedules_read_at = None
+        self._wake.set()
+
+    def _fault(self, exc: Exception) -> None:
+        """A read failed: the connection is dropped, subscribers are told, the log says it once."""
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.terminate()
+        message = f"cannot read the database: {type(exc).__name__}: {exc}"
+        if not self._failing:
+            self._failing = True
+            if database_fault(exc) or isinstance(exc, asyncpg.PostgresError):
+                logger.warning("dashboard: %s", message)
+            else:
+                logger.exception("dashboard: the live view's read failed")
+        if self._latest is not None and self._latest.error != message:
+            self._publish(replace(self._latest, version=self._latest.version + 1, error=message))
+
+    async def _poll(self) -> None:
+        """Reads the cheap state (and the charts and schedules when due) and publishes a
+        snapshot if anything a viewer sees changed. Call it holding the lock."""
+        conn = await self._connection()
+        started = time.monotonic()
+        overview = await self.insights.overview(conn)
+        self._poll_cost = time.monotonic() - started
+        self.polls += 1
+        await self._read_chart(conn, overview.history_mark, overview.now)
+        await self._read_schedules()
+        version = self._latest.version + 1 if self._latest is not None else 1
+        depth = _depth(overview.depth)
+        totals = {
+            status: sum(getattr(task, status) for task in depth)
+            for status in ("waiting", "scheduled", "blocked", "running")
+        }
+        snapshot = Snapshot(
+            version=version,
+            now=overview.now,
+            depth=depth,
+            workers=_workers(overview.workers),
+            chart=self._chart(overview.now),
+            schedules=self._schedules,
+            history_mark=overview.history_mark,
+            totals=totals,
+        )
+        if self._failing:
+            self._failing = False
+            logger.warning("dashboard: the database can be read again")
+        changed = self._latest is None or snapshot.key() != self._latest.key()
+        self._latest_at = time.monotonic()
+        if changed:
+            self._period = self.interval
+            self._publish(snapshot)
+        else:
+            # nothing changed: wait longer before the next read (a wake-up cuts it short)
+            self._period = min(self.quiet_period, self._period * 2)
+            assert self._latest is not None
+            self._latest = replace(self._latest, now=snapshot.now, workers=snapshot.workers)
+
+    def _publish(self, snapshot: Snapshot) -> None:
+        self._latest = snapshot
+        newer, self._newer = self._newer, asyncio.Event()
+        newer.set()
+        self.published.fire()
+
+    # -- charts and schedules --------------------------------------------------------------------
+
+    async def _read_chart(self, conn: asyncpg.Connection, mark: int | None, server_now: datetime) -> None:
+        now = time.monotonic()
+        last = self._chart_read_at
+        if last is not None:
+            if mark is not None and mark == self._chart_mark:
+                return  # the history did not grow
+            spacing = CHART_INTERVAL if mark is not None else CHART_BLIND_INTERVAL
+            if now - last < max(spacing, COST_FACTOR * self._chart_cost):
+                return
+        # the whole hour at first, or when the last read is too old to build on; else the last
+        # few minutes, whose buckets the read replaces
+        whole = last is None or now - last > (CHART_RECENT - timedelta(minutes=1)).total_seconds()
+        since = _minute(server_now - (CHART_SPAN if whole else CHART_RECENT))
+        rows = await self.insights.chart(since, conn)
+        self._chart_cost = time.monotonic() - now
+        self._buckets = {} if whole else {m: c for m, c in self._buckets.items() if m < since}
+        for row in rows:
+            self._buckets.setdefault(row["minute"], {})[row["reason"]] = row["n"]
+        self._chart_read_at = now
+        self._chart_mark = mark
+
+    def _chart(self, now: datetime) -> tuple[tuple[datetime, Mapping[str, int]], ...]:
+        """The last hour, minute by minute, ending with the current one."""
+        current = _minute(now)
+        minutes = [current - timedelta(minutes=n) for n in range(59, -1, -1)]
+        for minute in [m for m in self._buckets if m < minutes[0]]:
+            del self._buckets[minute]
+        return tuple((minute, dict(self._buckets.get(minute, {}))) for minute in minutes)
+
+    async def _read_schedules(self) -> None:
+        now = time.monotonic()
+        if self._schedules_read_at is not None and now - self._schedules_read_at < SCHEDULES_EVERY:
+            return
+        self._schedules = tuple(await self.jm.schedules())
+        self._schedules_read_at = now

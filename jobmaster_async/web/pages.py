@@ -1,0 +1,455 @@
+"""The dashboard's routes: the overview, the job list, a job, its actions, the live events, the
+metrics, and logging in. Pages are Jinja2 templates (autoescaped: every job value is text);
+URLs are built from the prefix the app is mounted under (``root_path``)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import uuid
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qs, urlencode
+
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse, RedirectResponse, Response, StreamingResponse
+from starlette.routing import BaseRoute, Mount, Route
+from starlette.staticfiles import StaticFiles
+from starlette.templating import Jinja2Templates
+
+from ..errors import InvalidJobId, JobMasterError, JobNotFound
+from ..ids import AmbiguousJobId, digits_of, resolve_job_id
+from ..jobs import ACTIVE_STATUSES, JobStatus
+from .charts import Series, bar_chart
+from .live import Broadcaster, Snapshot
+from .metrics import CONTENT_TYPE, JobMetrics
+from .present import STATUSES, ago
+from .security import COOKIE, Guard, route_path
+
+if TYPE_CHECKING:
+    from ..app import JobMaster
+
+__all__ = ("Pages",)
+
+logger = logging.getLogger(__name__)
+
+#: Jobs on a page of the list; index entries a filtered page looks at, at most; characters of
+#: arguments and messages the list shows.
+PAGE = 50
+SCAN = 20_000
+CUT = 160
+#: How far the job page follows dependencies each way (levels, jobs).
+TREE_DEPTH = 8
+TREE_ROWS = 300
+#: The largest form an action or the login takes, in bytes.
+MAX_FORM = 4096
+#: How long the login cookie lasts, in seconds.
+SESSION_AGE = 7 * 86400
+
+THROUGHPUT = (
+    Series("completed", ("completed",), "ok"),
+    Series("inserted", ("inserted",), "info"),
+)
+FAILURES = (
+    Series("failed", ("failed",), "bad"),
+    Series("retried", ("retried",), "warn"),
+    Series("rescued", ("rescued",), "rescue"),
+)
+#: A search that may be a job id (as the list shows them: 12 hex digits or more)
+_ID_LIKE = re.compile(r"[0-9a-fA-F-]{12,36}")
+#: The statuses the list filters on.
+LIST_STATUSES = tuple(status.value for status in JobStatus)
+_NOTICES = {
+    "cancelled": "Cancelled.",
+    "finished": "Not cancelled: the job had already finished.",
+    "retried": "Queued again.",
+}
+
+
+@dataclass
+class TreeNode:
+    """A job in a dependency tree."""
+
+    job_id: uuid.UUID
+    name: str
+    status: str
+    arguments: str
+    children: list[TreeNode] = field(default_factory=list)
+
+
+def _tree(root: uuid.UUID, rows: list[Mapping[str, Any]], parent_key: str) -> list[TreeNode]:
+    """The tree below ``root``: each row is an edge from ``row[parent_key]`` to ``row["job_id"]``."""
+    edges: dict[uuid.UUID, dict[uuid.UUID, Mapping[str, Any]]] = {}
+    for row in rows:
+        edges.setdefault(row[parent_key], {})[row["job_id"]] = row
+
+    def build(job_id: uuid.UUID, path: frozenset[uuid.UUID]) -> list[TreeNode]:
+        nodes = []
+        for child, row in sorted(edges.get(job_id, {}).items(), key=lambda kv: str(kv[0])):
+            node = TreeNode(child, f"{row['type_key']}.{row['task_key']}", row["status"], json.dumps(row["arguments"]))
+            if child not in path:
+                node.children = build(child, path | {child})
+            nodes.append(node)
+        return nodes
+
+    return build(root, frozenset({root}))
+
+
+class Pages:
+    """The routes of one dashboard app."""
+
+    def __init__(
+        self,
+        jm: JobMaster,
+        guard: Guard,
+        broadcaster: Broadcaster,
+        metrics: JobMetrics,
+        templates: Jinja2Templates,
+    ) -> None:
+        self.jm = jm
+        self.guard = guard
+        self.broadcaster = broadcaster
+        self.metrics = metrics
+        self.templates = templates
+        self._messages: dict[tuple[int, str], str] = {}
+
+    def routes(self) -> list[BaseRoute]:
+        return [
+            Route("/", self.overview, name="overview"),
+            Route("/jobs", self.jobs, name="jobs"),
+            Route("/jobs/{job_id}", self.job, name="job"),
+            Route("/jobs/{job_id}/cancel", self.cancel, methods=["POST"], name="cancel"),
+            Route("/jobs/{job_id}/retry", self.retry, methods=["POST"], name="retry"),
+            Route("/events", self.events, name="events"),
+            Route("/metrics", self.prometheus, name="metrics"),
+            Route("/login", self.login, methods=["GET", "POST"], name="login"),
+            Route("/logout", self.logout, methods=["POST"], name="logout"),
+            Mount("/static", StaticFiles(packages=[("jobmaster_async.web", "static")]), name="static"),
+        ]
+
+    # -- rendering -------------------------------------------------------------------------------
+
+    @staticmethod
+    def base(request: Request) -> str:
+        """The prefix the app is mounted under ("" at the root)."""
+        root: str = request.scope.get("root_path", "")
+        return root.rstrip("/")
+
+    def render(self, request: Request, name: str, context: dict[str, Any], status: int = 200) -> Response:
+        credential: str | None = getattr(request.state, "credential", None)
+        common = {
+            "base": self.base(request),
+            "schema": self.jm.schema,
+            "read_only": self.guard.read_only,
+            "csrf_token": self.guard.csrf_token(credential) if credential else "",
+            "signed_in": credential is not None and credential.startswith("session:"),
+            "statuses": STATUSES,
+            "live": credential is not None,
+        }
+        response = self.templates.TemplateResponse(request, name, {**common, **context}, status_code=status)
+        response.headers["Cache-Control"] = "no-store"
+        return response
+
+    def problem(self, request: Request, status: int, title: str, message: str) -> Response:
+        return self.render(request, "problem.html", {"page": "problem", "title": title, "message": message}, status)
+
+    def regions(self, snapshot: Snapshot, base: str) -> dict[str, str]:
+        """The overview's parts that live updates replace, as HTML."""
+        context = {
+            "snap": snapshot,
+            "base": base,
+            "now": snapshot.now,
+            "ago": ago,
+            "throughput": bar_chart("Completed and inserted jobs per minute", THROUGHPUT, snapshot.chart),
+            "failures": bar_chart("Failures per minute", FAILURES, snapshot.chart),
+            "hour": {
+                reason: sum(counts.get(reason, 0) for _, counts in snapshot.chart)
+                for reason in ("completed", "failed", "retried", "inserted", "rescued", "cancelled")
+            },
+        }
+        env = self.templates.env
+        names = ("totals", "charts", "depth", "workers", "schedules", "status")
+        return {name: env.get_template(f"_{name}.html").render(context) for name in names}
+
+    # -- pages -----------------------------------------------------------------------------------
+
+    async def overview(self, request: Request) -> Response:
+        try:
+            snapshot = await self.broadcaster.snapshot()
+        except Exception as exc:
+            logger.warning("dashboard: cannot read the database: %s", exc)
+            return self.problem(request, 503, "Database unreachable", f"{type(exc).__name__}: {exc}")
+        regions = self.regions(snapshot, self.base(request))
+        return self.render(request, "overview.html", {"page": "overview", "regions": regions, "snap": snapshot})
+
+    async def jobs(self, request: Request) -> Response:
+        query = request.query_params
+        status = query.get("status") or None
+        task = query.get("task") or None
+        text = (query.get("q") or "").strip()[:200] or None
+        before_text = query.get("before") or None
+        if status is not None and status not in LIST_STATUSES:
+            message = f"{status!r} is not one of {', '.join(LIST_STATUSES)}"
+            return self.problem(request, 400, "Unknown status", message)
+        try:
+            before = uuid.UUID(before_text) if before_text else None
+        except ValueError:
+            return self.problem(request, 400, "Bad page", "before= takes a job id")
+        if text and _ID_LIKE.fullmatch(text) and before is None:
+            found = await self._find(text)
+            if found is not None:
+                return RedirectResponse(f"{self.base(request)}/jobs/{found}", 302)
+        tasks = await self.jm.store.insights.tasks()
+        task_id = None
+        if task is not None:
+            task_id = next((row["task_id"] for row in tasks if f"{row['type_key']}.{row['task_key']}" == task), -1)
+        pattern = None if text is None else "%" + re.sub(r"([\\%_])", r"\\\1", text) + "%"
+        rows = await self.jm.store.insights.jobs_page(
+            before=before, status=status, task_id=task_id, pattern=pattern, limit=PAGE + 1, scan=SCAN, cut=CUT
+        )
+        older, searched_to = None, None
+        filtered = status is not None or task_id is not None or pattern is not None
+        if len(rows) > PAGE:
+            rows = rows[:PAGE]
+            older = rows[-1]["job_id"]
+        elif filtered and status not in ACTIVE_STATUSES:
+            end = await self.jm.store.insights.scan_end(before, SCAN)
+            if end.more:
+                older = searched_to = end.last_id
+        now = await self.jm.store.insights.clock()
+        params = {k: v for k, v in (("status", status), ("task", task), ("q", text)) if v}
+        context = {
+            "page": "jobs",
+            "rows": rows,
+            "tasks": [f"{row['type_key']}.{row['task_key']}" for row in tasks],
+            "list_statuses": LIST_STATUSES,
+            "status": status,
+            "task": task,
+            "q": text or "",
+            "older": f"?{urlencode({**params, 'before': str(older)})}" if older else None,
+            "newest": f"?{urlencode(params)}" if before is not None else None,
+            "searched_to": searched_to,
+            "scan": SCAN,
+            "now": now,
+            "ago": ago,
+            "first_page": before is None,
+            "cut": CUT,
+        }
+        return self.render(request, "jobs.html", context)
+
+    async def _find(self, text: str) -> uuid.UUID | None:
+        """The one job an id-like search names, if it names exactly one."""
+        try:
+            job_id = await resolve_job_id(self.jm, text)
+        except (InvalidJobId, JobNotFound, AmbiguousJobId):
+            return None
+        return job_id if await self.jm.get_job(job_id) is not None else None
+
+    async def job(self, request: Request) -> Response:
+        text: str = request.path_params["job_id"]
+        base = self.base(request)
+        try:
+            job_id = await resolve_job_id(self.jm, text)
+        except InvalidJobId as exc:
+            return self.problem(request, 404, "Not a job id", str(exc))
+        except JobNotFound as exc:
+            return self.problem(request, 404, "No such job", str(exc))
+        except AmbiguousJobId as exc:
+            choices = {"page": "ambiguous", "text": exc.text, "candidates": exc.candidates}
+            return self.render(request, "ambiguous.html", choices, 300)
+        if text != str(job_id):  # a part of the id, or another spelling of it
+            query = f"?{request.url.query}" if request.url.query else ""
+            return RedirectResponse(f"{base}/jobs/{job_id}{query}", 302)
+        job = await self.jm.get_job(job_id)
+        if job is None:
+            return self.problem(request, 404, "No such job", f"no job {job_id}")
+        history = await self.jm.history(job_id)
+        up, down = await self.jm.store.insights.dependency_tree(job_id, TREE_DEPTH, TREE_ROWS)
+        worker = await self.jm.store.insights.worker_of(job_id, job.worker_id) if job.worker_id else None
+        now = await self.jm.store.insights.clock()
+        done = request.query_params.get("done")
+        notice = _NOTICES.get(done or "")
+        twin = request.query_params.get("twin")
+        if done == "twin" and twin:
+            try:
+                notice = f"Not queued again: the identical job {uuid.UUID(twin)} is already active."
+            except ValueError:
+                notice = None
+        context: dict[str, Any] = {
+            "page": "job",
+            "job": job,
+            "history": history,
+            "up": _tree(job_id, [dict(r) for r in up], "dependent"),
+            "down": _tree(job_id, [dict(r) for r in down], "depends_on"),
+            "tree_full": len(up) >= TREE_ROWS or len(down) >= TREE_ROWS,
+            "worker": worker,
+            "now": now,
+            "ago": ago,
+            "notice": notice,
+            "twin": twin if done == "twin" else None,
+            "can_cancel": job.status in ACTIVE_STATUSES,
+            "can_retry": job.status in ("failed", "cancelled"),
+            "run_seconds": (job.finished_at - job.started_at).total_seconds()
+            if job.finished_at and job.started_at
+            else None,
+        }
+        return self.render(request, "job.html", context)
+
+    # -- actions ---------------------------------------------------------------------------------
+
+    async def _form(self, request: Request) -> dict[str, str] | None:
+        body = b""
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > MAX_FORM:
+                return None
+        try:
+            fields = parse_qs(body.decode("utf-8"), max_num_fields=10)
+        except (UnicodeDecodeError, ValueError):
+            return None
+        return {name: values[0] for name, values in fields.items()}
+
+    async def _action(self, request: Request) -> tuple[uuid.UUID | None, Response | None]:
+        """The job an action names, or the response refusing it."""
+        if self.guard.read_only:
+            message = "This dashboard is read-only: it cancels and retries nothing."
+            return None, self.problem(request, 403, "Read-only", message)
+        form = await self._form(request)
+        credential: str = request.state.credential
+        if form is None or not self.guard.csrf_ok(credential, form.get("csrf_token")):
+            message = "The form's CSRF token is missing or wrong: reload the page and try again."
+            return None, self.problem(request, 403, "Forbidden", message)
+        try:
+            digits = digits_of(request.path_params["job_id"])
+        except InvalidJobId as exc:
+            return None, self.problem(request, 404, "Not a job id", str(exc))
+        if len(digits) != 32:
+            return None, self.problem(request, 404, "Not a job id", "actions take a job's full id")
+        return uuid.UUID(digits), None
+
+    async def cancel(self, request: Request) -> Response:
+        job_id, refused = await self._action(request)
+        if refused is not None or job_id is None:
+            return refused or PlainTextResponse("", 500)
+        try:
+            cancelled = await self.jm.cancel(job_id)
+        except JobNotFound as exc:
+            return self.problem(request, 404, "No such job", str(exc))
+        logger.info("dashboard: cancel %s: %s", job_id, "cancelled" if cancelled else "already finished")
+        done = "cancelled" if cancelled else "finished"
+        return RedirectResponse(f"{self.base(request)}/jobs/{job_id}?done={done}", 303)
+
+    async def retry(self, request: Request) -> Response:
+        job_id, refused = await self._action(request)
+        if refused is not None or job_id is None:
+            return refused or PlainTextResponse("", 500)
+        try:
+            queued = await self.jm.retry(job_id)
+        except JobNotFound as exc:
+            return self.problem(request, 404, "No such job", str(exc))
+        except JobMasterError as exc:  # not failed or cancelled
+            return self.problem(request, 409, "Not retried", str(exc))
+        logger.info("dashboard: retry %s: queued %s", job_id, queued)
+        suffix = "done=retried" if queued == job_id else f"done=twin&twin={queued}"
+        return RedirectResponse(f"{self.base(request)}/jobs/{job_id}?{suffix}", 303)
+
+    # -- live events and metrics -----------------------------------------------------------------
+
+    async def events(self, request: Request) -> Response:
+        base = self.base(request)
+        overview = request.query_params.get("view") == "overview"
+
+        async def stream() -> AsyncIterator[str]:
+            yield "retry: 3000\n\n"
+            try:
+                async for snapshot in self.broadcaster.subscribe():
+                    if snapshot is None:
+                        yield ": keepalive\n\n"
+                    else:
+                        yield f"event: snapshot\ndata: {self._message(snapshot, base, overview)}\n\n"
+            except Exception as exc:
+                logger.warning("dashboard: live events ended: %s", exc)
+                yield f"event: failure\ndata: {json.dumps(f'{type(exc).__name__}: {exc}')}\n\n"
+
+        headers = {"Cache-Control": "no-store", "X-Accel-Buffering": "no"}
+        return StreamingResponse(stream(), media_type="text/event-stream", headers=headers)
+
+    def _message(self, snapshot: Snapshot, base: str, overview: bool) -> str:
+        """A snapshot as an event's data (JSON on one line), made once per snapshot and prefix."""
+        key = (snapshot.version, f"{base}|{overview}")
+        message = self._messages.get(key)
+        if message is None:
+            data: dict[str, Any] = {
+                "version": snapshot.version,
+                "mark": snapshot.history_mark if snapshot.history_mark is not None else snapshot.version,
+                "now": snapshot.now.isoformat(),
+                "error": snapshot.error,
+            }
+            if overview:
+                data["regions"] = self.regions(snapshot, base)
+            message = json.dumps(data)
+            if len(self._messages) > 16:
+                self._messages.clear()
+            self._messages[key] = message
+        return message
+
+    async def prometheus(self, request: Request) -> Response:
+        try:
+            await self.metrics.refresh()
+        except Exception as exc:
+            logger.warning("dashboard: /metrics cannot read the database: %s", exc)
+            return PlainTextResponse(f"cannot read the database: {type(exc).__name__}", 503)
+        return Response(self.metrics.exposition(), media_type=CONTENT_TYPE)
+
+    # -- logging in ------------------------------------------------------------------------------
+
+    @staticmethod
+    def _next(value: str | None) -> str:
+        """Where to go after logging in: a path of this app, never another site."""
+        if not value or not value.startswith("/") or value.startswith("//") or "\\" in value:
+            return "/"
+        return value
+
+    async def unauthorized(self, request: Request) -> Response:
+        """The answer to a request without the token: the login form for a browser's GET."""
+        headers = {"WWW-Authenticate": 'Bearer realm="jobmaster dashboard"'}
+        if request.method == "GET" and "text/html" in request.headers.get("accept", ""):
+            target = route_path(request.scope) + (f"?{request.url.query}" if request.url.query else "")
+            response = self.render(request, "login.html", {"page": "login", "next": target, "failed": False}, 401)
+            response.headers.update(headers)
+            return response
+        message = "Unauthorized: this dashboard needs its token (Authorization: Bearer <token>, or log in)"
+        return PlainTextResponse(message, 401, headers=headers)
+
+    async def login(self, request: Request) -> Response:
+        base = self.base(request)
+        if self.guard.token is None:
+            return RedirectResponse(f"{base}/", 303)
+        if request.method == "GET":
+            target = self._next(request.query_params.get("next"))
+            return self.render(request, "login.html", {"page": "login", "next": target, "failed": False})
+        form = await self._form(request) or {}
+        target = self._next(form.get("next"))
+        if not self.guard.token_matches(form.get("token", "")):
+            client = request.client.host if request.client else "?"
+            logger.warning("dashboard: a login with a wrong token, from %s", client)
+            return self.render(request, "login.html", {"page": "login", "next": target, "failed": True}, 401)
+        response = RedirectResponse(f"{base}{target}", 303)
+        response.set_cookie(
+            COOKIE,
+            self.guard.session(),
+            max_age=SESSION_AGE,
+            path=f"{base}/",
+            httponly=True,
+            samesite="strict",
+            secure=request.url.scheme == "https",
+        )
+        return response
+
+    async def logout(self, request: Request) -> Response:
+        base = self.base(request)
+        response = RedirectResponse(f"{base}/login", 303)
+        response.delete_cookie(COOKIE, path=f"{base}/", httponly=True, samesite="strict")
+        return response

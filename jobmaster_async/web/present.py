@@ -1,0 +1,71 @@
+"""How values read in the pages: durations, times, JSON, cut text. Jinja filters and globals;
+everything returned is plain text, which the templates escape."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+from ..ids import short_id
+
+__all__ = ("FILTERS", "STATUSES", "ago", "cut", "duration", "pretty", "short")
+
+#: Every status, in the order the pages list them.
+STATUSES = ("waiting", "scheduled", "blocked", "running", "complete", "failed", "cancelled")
+
+
+def duration(seconds: float | None) -> str:
+    """``0.42s``, ``12s``, ``3m 20s``, ``2h 5m``, ``4d 3h``."""
+    if seconds is None:
+        return ""
+    seconds = max(seconds, 0.0)
+    if seconds < 10:
+        return f"{seconds:.2f}s" if seconds < 1 else f"{seconds:.1f}s"
+    whole = int(seconds)
+    for size, unit, sub_size, sub_unit in ((86400, "d", 3600, "h"), (3600, "h", 60, "m"), (60, "m", 1, "s")):
+        if whole >= size:
+            rest = (whole % size) // sub_size
+            return f"{whole // size}{unit}" + (f" {rest}{sub_unit}" if rest else "")
+    return f"{whole}s"
+
+
+def ago(at: datetime | None, now: datetime) -> str:
+    """``3m ago``, ``in 2m``, ``now``."""
+    if at is None:
+        return ""
+    seconds = (now - at).total_seconds()
+    if abs(seconds) < 1:
+        return "now"
+    text = duration(abs(seconds)) if abs(seconds) >= 10 else f"{int(abs(seconds))}s"
+    return f"{text} ago" if seconds > 0 else f"in {text}"
+
+
+def pretty(value: Any) -> str:
+    """JSON, indented (non-ASCII kept as it is)."""
+    text: str = json.dumps(value, indent=2, ensure_ascii=False, default=str)
+    return text
+
+
+def cut(value: Any, length: int = 80) -> str:
+    """At most ``length`` characters, the cut marked with "…"."""
+    text = "" if value is None else str(value)
+    return text if len(text) <= length else text[: length - 1] + "…"
+
+
+def short(job_id: uuid.UUID) -> str:
+    """What listings show of an id (its last 12 hex digits, which the job page takes back)."""
+    return short_id(job_id)
+
+
+def isotime(at: datetime | None) -> str:
+    return at.isoformat() if at is not None else ""
+
+
+def utc(at: datetime | None) -> str:
+    """A time as text, in UTC, to the second (the page's script shows local time)."""
+    return at.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC") if at is not None else ""
+
+
+FILTERS = {"duration": duration, "pretty": pretty, "cut": cut, "short": short, "isotime": isotime, "utc": utc}
