@@ -39,10 +39,17 @@ def _hhmm(minute: datetime) -> str:
     return minute.strftime("%H:%M")
 
 
-def bar_chart(title: str, series: Sequence[Series], points: Sequence[tuple[datetime, Mapping[str, int]]]) -> Markup:
-    """An SVG of ``points`` (minute, {reason: events}), one stacked bar per minute."""
+def bar_chart(
+    title: str,
+    series: Sequence[Series],
+    points: Sequence[tuple[datetime, Mapping[str, int]]],
+    line: Series | None = None,
+) -> Markup:
+    """An SVG of ``points`` (minute, {reason: events}), one stacked bar per minute, and ``line``
+    drawn over them."""
     stacks = [[sum(counts.get(r, 0) for r in s.reasons) for s in series] for _, counts in points]
-    top = _nice(max((sum(stack) for stack in stacks), default=0) or 1)
+    drawn = [sum(counts.get(r, 0) for r in line.reasons) for _, counts in points] if line is not None else []
+    top = _nice(max([*(sum(stack) for stack in stacks), *drawn, 1]))
     inner_w, inner_h = WIDTH - LEFT - RIGHT, HEIGHT - TOP - BOTTOM
     slot = inner_w / max(len(points), 1)
     bar = max(slot - 2, 1)
@@ -58,7 +65,8 @@ def bar_chart(title: str, series: Sequence[Series], points: Sequence[tuple[datet
         parts.append(f'<text class="axis" x="{LEFT - 4}" y="{y + 3:.1f}" text-anchor="end">{escape(label)}</text>')
     for index, ((minute, _), stack) in enumerate(zip(points, stacks, strict=True)):
         x = LEFT + index * slot + (slot - bar) / 2
-        described = ", ".join(f"{n} {s.label}" for n, s in zip(stack, series, strict=True) if n) or "none"
+        told = [*zip(stack, series, strict=True), *([(drawn[index], line)] if line is not None else [])]
+        described = ", ".join(f"{n} {s.label}" for n, s in told if n) or "none"
         parts.append(
             f'<g><title data-ts="{minute.isoformat()}" data-fmt="tip" data-text="{escape(described)}">'
             f"{_hhmm(minute)} UTC: {escape(described)}</title>"
@@ -73,6 +81,11 @@ def bar_chart(title: str, series: Sequence[Series], points: Sequence[tuple[datet
             y -= height
             parts.append(f'<rect class="{s.css}" x="{x:.1f}" y="{y:.1f}" width="{bar:.1f}" height="{height:.1f}"/>')
         parts.append("</g>")
+    if line is not None and points:
+        coordinates = " ".join(
+            f"{LEFT + index * slot + slot / 2:.1f},{TOP + inner_h * (1 - n / top):.1f}" for index, n in enumerate(drawn)
+        )
+        parts.append(f'<polyline class="line {line.css}" points="{coordinates}"/>')
     for index, (minute, _) in enumerate(points):
         if minute.minute % 15 == 0:
             x = LEFT + index * slot + slot / 2

@@ -48,10 +48,8 @@ MAX_FORM = 4096
 #: How long the login cookie lasts, in seconds.
 SESSION_AGE = 7 * 86400
 
-THROUGHPUT = (
-    Series("completed", ("completed",), "ok"),
-    Series("inserted", ("inserted",), "info"),
-)
+THROUGHPUT = (Series("completed", ("completed",), "ok"),)
+INSERTED = Series("inserted", ("inserted",), "info")
 FAILURES = (
     Series("failed", ("failed",), "bad"),
     Series("retried", ("retried",), "warn"),
@@ -162,7 +160,7 @@ class Pages:
             "base": base,
             "now": snapshot.now,
             "ago": ago,
-            "throughput": bar_chart("Completed and inserted jobs per minute", THROUGHPUT, snapshot.chart),
+            "throughput": bar_chart("Jobs completed and inserted per minute", THROUGHPUT, snapshot.chart, INSERTED),
             "failures": bar_chart("Failures per minute", FAILURES, snapshot.chart),
             "hour": {
                 reason: sum(counts.get(reason, 0) for _, counts in snapshot.chart)
