@@ -16,6 +16,8 @@ import uvicorn
 from starlette.types import ASGIApp
 
 from jobmaster_async import task
+from jobmaster_async.web import Dashboard
+from jobmaster_async.web.server import Server
 
 __all__ = ("client", "csrf_of", "fails_until", "served")
 
@@ -37,16 +39,17 @@ async def client(app: ASGIApp, host: str = "127.0.0.1", **options: object) -> As
 
 
 @asynccontextmanager
-async def served(app: ASGIApp) -> AsyncIterator[str]:
+async def served(app: Dashboard) -> AsyncIterator[str]:
     """The app served by uvicorn on a free loopback port; yields its base URL. The socket is
-    listening before this yields, so requests wait in its backlog until the server accepts them."""
+    listening before this yields, so requests wait in its backlog until the server accepts them.
+    Stopping it ends the app's live view (as the command's server does)."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
     sock.listen(64)
     port = sock.getsockname()[1]
     config = uvicorn.Config(app, log_level="warning", lifespan="off", timeout_graceful_shutdown=1)
-    server = uvicorn.Server(config)
+    server = Server(config, app)
     serving = asyncio.create_task(server.serve(sockets=[sock]))
     try:
         yield f"http://127.0.0.1:{port}"

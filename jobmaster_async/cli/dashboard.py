@@ -65,6 +65,7 @@ def dashboard(
         import uvicorn
 
         from ..web import create_app
+        from ..web.server import Server
     except ImportError as exc:
         raise click.ClickException(
             f"the dashboard needs the web extra: pip install 'jobmaster_async[web]' ({exc})"
@@ -87,7 +88,7 @@ def dashboard(
                 timeout_graceful_shutdown=3,
                 proxy_headers=False,
             )
-            await uvicorn.Server(config).serve()
+            await Server(config, app).serve()
 
     with settings.errors():
         run(serve())

@@ -280,6 +280,8 @@ class Broadcaster:
         return max(self.interval, COST_FACTOR * self._poll_cost)
 
     async def _connection(self) -> asyncpg.Connection:
+        if self._closed:
+            raise RuntimeError("the dashboard was closed (Dashboard.aclose)")
         if self._conn is None or self._conn.is_closed():
             conn = await self.jm.store.open_connection()
             try:
