@@ -10,6 +10,7 @@ import re
 import uuid
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, urlencode
 
@@ -40,6 +41,8 @@ logger = logging.getLogger(__name__)
 PAGE = 50
 SCAN = 20_000
 CUT = 160
+#: The scan bound of a text search, which reads each job's arguments as text.
+TEXT_SCAN = 5_000
 #: How far the job page follows dependencies each way (levels, jobs).
 TREE_DEPTH = 8
 TREE_ROWS = 300
@@ -112,6 +115,7 @@ class Pages:
         self.metrics = metrics
         self.templates = templates
         self._messages: dict[tuple[int, str], str] = {}
+        self._regions: dict[tuple[int, datetime, str], dict[str, str]] = {}
 
     def routes(self) -> list[BaseRoute]:
         return [
@@ -154,7 +158,18 @@ class Pages:
         return self.render(request, "problem.html", {"page": "problem", "title": title, "message": message}, status)
 
     def regions(self, snapshot: Snapshot, base: str) -> dict[str, str]:
-        """The overview's parts that live updates replace, as HTML."""
+        """The overview's parts that live updates replace, as HTML (made once per snapshot and
+        prefix, for every page and subscriber)."""
+        key = (snapshot.version, snapshot.now, base)
+        found = self._regions.get(key)
+        if found is None:
+            found = self._render_regions(snapshot, base)
+            if len(self._regions) > 8:
+                self._regions.clear()
+            self._regions[key] = found
+        return found
+
+    def _render_regions(self, snapshot: Snapshot, base: str) -> dict[str, str]:
         context = {
             "snap": snapshot,
             "base": base,
@@ -204,8 +219,9 @@ class Pages:
         if task is not None:
             task_id = next((row["task_id"] for row in tasks if f"{row['type_key']}.{row['task_key']}" == task), -1)
         pattern = None if text is None else "%" + re.sub(r"([\\%_])", r"\\\1", text) + "%"
+        scan = SCAN if pattern is None else min(SCAN, TEXT_SCAN)
         rows = await self.jm.store.insights.jobs_page(
-            before=before, status=status, task_id=task_id, pattern=pattern, limit=PAGE + 1, scan=SCAN, cut=CUT
+            before=before, status=status, task_id=task_id, pattern=pattern, limit=PAGE + 1, scan=scan, cut=CUT
         )
         older, searched_to = None, None
         filtered = status is not None or task_id is not None or pattern is not None
@@ -213,7 +229,7 @@ class Pages:
             rows = rows[:PAGE]
             older = rows[-1]["job_id"]
         elif filtered and status not in ACTIVE_STATUSES:
-            end = await self.jm.store.insights.scan_end(before, SCAN)
+            end = await self.jm.store.insights.scan_end(before, scan)
             if end.more:
                 older = searched_to = end.last_id
         now = await self.jm.store.insights.clock()
@@ -229,7 +245,7 @@ class Pages:
             "older": f"?{urlencode({**params, 'before': str(older)})}" if older else None,
             "newest": f"?{urlencode(params)}" if before is not None else None,
             "searched_to": searched_to,
-            "scan": SCAN,
+            "scan": scan,
             "now": now,
             "ago": ago,
             "first_page": before is None,
