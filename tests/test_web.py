@@ -565,6 +565,22 @@ async def test_the_broadcaster_hands_one_read_to_every_subscriber(jm: JobMaster,
     assert broadcaster.subscribers == 0
 
 
+async def test_the_live_view_survives_its_connection_dying(
+    jm: JobMaster, dash: Dashboard, conn: asyncpg.Connection
+) -> None:
+    broadcaster = dash.broadcaster
+    subscription = broadcaster.subscribe()
+    first = await anext(subscription)
+    assert first is not None and first.error is None
+    assert broadcaster._conn is not None
+    await conn.execute("SELECT pg_terminate_backend($1)", broadcaster._conn.get_server_pid())
+    await jm.insert_job(T, "add", 0, {"a": 1})
+    latest = first
+    while latest is None or latest.error is not None or latest.totals.get("waiting") != 1:
+        latest = await anext(subscription)
+    await subscription.aclose()  # type: ignore[attr-defined]
+
+
 # -- the command ---------------------------------------------------------------------------------
 
 
