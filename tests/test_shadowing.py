@@ -774,6 +774,18 @@ async def workload(
     assert await client.fetchrow(f"SELECT * FROM {s}.active_counts()") is not None
     assert await jm.store.held_jobs(jm.worker_id) == []
 
+    # -- the dashboard's reads (sql/dashboard.sql), as its pages, live view and /metrics run them
+    insights = jm.store.insights
+    overview = await insights.overview()
+    assert overview.depth == [] and overview.history_mark is not None
+    assert await insights.chart(datetime.now(UTC) - timedelta(hours=1))
+    for listed in (None, "failed", "waiting"):
+        await insights.jobs_page(before=None, status=listed, task_id=None, pattern="%a%", limit=51, scan=1000, cut=99)
+    assert (await insights.scan_end(None, 10)).more
+    assert (await insights.dependency_tree(bar, 8, 300))[0]
+    await insights.worker_of(flaky, jm.worker_id)
+    assert await insights.metrics_window(await insights.clock(timedelta(hours=1)), timedelta(0))
+
 
 async def running(jm: JobMaster, *job_ids: uuid.UUID) -> bool:
     for job_id in job_ids:

@@ -27,6 +27,7 @@ from jobmaster_async.cli.dashboard import is_loopback_address
 from jobmaster_async.db.sql import quote_identifier
 from jobmaster_async.web import Dashboard, create_app
 from jobmaster_async.web import pages as web_pages
+from jobmaster_async.web.live import Snapshot
 from jobmaster_async.web.security import host_name, is_loopback_host
 from tests.polling import until
 from tests.web_support import client, csrf_of, served
@@ -575,7 +576,7 @@ async def test_the_live_view_survives_its_connection_dying(
     assert broadcaster._conn is not None
     await conn.execute("SELECT pg_terminate_backend($1)", broadcaster._conn.get_server_pid())
     await jm.insert_job(T, "add", 0, {"a": 1})
-    latest = first
+    latest: Snapshot | None = first
     while latest is None or latest.error is not None or latest.totals.get("waiting") != 1:
         latest = await anext(subscription)
     await subscription.aclose()  # type: ignore[attr-defined]
