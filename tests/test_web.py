@@ -21,10 +21,11 @@ from prometheus_client.parser import text_string_to_metric_families
 from starlette.applications import Starlette
 from starlette.routing import Mount
 
-from jobmaster_async import JobMaster
+from jobmaster_async import Cron, JobMaster, task
 from jobmaster_async.cli import main
 from jobmaster_async.cli.dashboard import is_loopback_address
 from jobmaster_async.db.sql import quote_identifier
+from jobmaster_async.tasks import registry
 from jobmaster_async.web import Dashboard, create_app
 from jobmaster_async.web import pages as web_pages
 from jobmaster_async.web.live import Snapshot
@@ -190,6 +191,25 @@ async def test_a_rare_match_is_searched_for_a_bounded_number_of_jobs_at_a_time(
             hops += 1
             path = _older(page)
         assert _listed(page) == [str(rare)] and hops == 2
+
+
+async def test_the_overview_lists_the_schedules(jm: JobMaster, dash: Dashboard) -> None:
+    async with client(dash) as http:
+        assert "Schedules" not in (await http.get("/")).text  # none deployed: no panel
+
+    @task(type_key="dashboard_checks", cron=Cron("0 3 * * *", arguments={"path": "/tmp/x"}, timezone="Europe/Paris"))
+    async def nightly_export(path: str) -> None: ...
+
+    try:
+        await jm.deploy()
+        dash.broadcaster._schedules_read_at = None  # as the deploy's NOTIFY would, were it listening
+        await dash.broadcaster.snapshot(max_age=0)  # not the snapshot of the last second
+        async with client(dash) as http:
+            page = (await http.get("/")).text
+    finally:
+        registry.remove("dashboard_checks", "nightly_export")
+    assert "Schedules" in page and "dashboard_checks.nightly_export" in page
+    assert "0 3 * * *" in page and "Europe/Paris" in page and "never" in page
 
 
 # -- security ------------------------------------------------------------------------------------
