@@ -356,7 +356,7 @@ class Broadcaster:
             # nothing changed: wait longer before the next read (a wake-up cuts it short)
             self._period = min(self.quiet_period, self._period * 2)
             assert self._latest is not None
-            self._latest = replace(self._latest, now=snapshot.now, workers=snapshot.workers)
+            self._latest = replace(self._latest, now=snapshot.now, workers=snapshot.workers, chart=snapshot.chart)
 
     def _publish(self, snapshot: Snapshot) -> None:
         self._latest = snapshot
