@@ -101,11 +101,13 @@ class Insights:
             rows: list[asyncpg.Record] = await c.fetch(self._statements["depth"])
         return rows
 
-    async def chart(self, since: datetime, conn: asyncpg.Connection | None = None) -> list[asyncpg.Record]:
-        """(minute, reason, n): history events per minute since ``since`` (a minute's start)."""
+    async def chart(self, whole: bool, conn: asyncpg.Connection | None = None) -> tuple[list[asyncpg.Record], datetime]:
+        """(minute, reason, n): history events per minute over the last hour (``whole``), else
+        the last three minutes; and the start of the first minute read."""
         async with self._connection(conn) as c:
-            rows: list[asyncpg.Record] = await c.fetch(self._statements["chart"], since)
-        return rows
+            rows: list[asyncpg.Record] = await c.fetch(self._statements["chart_hour" if whole else "chart_recent"])
+        since = next(row["minute"] for row in rows if row["reason"] is None)
+        return [row for row in rows if row["reason"] is not None], since
 
     async def tasks(self) -> list[asyncpg.Record]:
         """(task_id, type_key, task_key) of every task, by name."""
@@ -169,6 +171,7 @@ class Insights:
     async def metrics_window(self, since: datetime, lag: timedelta) -> list[asyncpg.Record]:
         """(kind, task_id, label, n, seconds, upto) rows of the history in [since, clock - lag)
         (sql/dashboard.sql metrics_window)."""
-        async with self._connection(None) as c:
+        async with self._connection(None) as c, c.transaction(readonly=True):
+            await c.execute("SET LOCAL plan_cache_mode = force_custom_plan")
             rows: list[asyncpg.Record] = await c.fetch(self._statements["metrics_window"], since, lag)
         return rows

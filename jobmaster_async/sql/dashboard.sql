@@ -36,16 +36,28 @@ SELECT w.worker_id, w.node, w.pid, w.started_at, w.heartbeat_at,
 SELECT pg_catalog.pg_sequence_last_value(pg_catalog.pg_get_serial_sequence($1, 'event_id')::regclass) AS mark,
        pg_catalog.now() AS now
 
--- name: chart
--- History events per minute and reason since $1, the start of a minute (the overview's charts:
--- an hour ago at first, then the last few minutes, whose buckets the read replaces). The
--- condition on "at" alone, as "at >= now() - interval '1 hour'" would be, lets a BRIN index on
--- job_events (at) serve it.
+-- name: chart_hour
+-- History events per minute and reason over the last hour, from the start of that minute: the
+-- overview's charts. The condition on "at" alone, against a constant the planner can see (not
+-- a parameter: a generic plan would guess a third of the table and read it all), lets a BRIN
+-- index on job_events (at) serve it. The last row (reason NULL) says where the read began.
 SELECT pg_catalog.date_trunc('minute', e.at) AS minute, e.reason, pg_catalog.count(*)::int AS n
   FROM {schema}.job_events AS e
- WHERE e.at >= $1::timestamptz
+ WHERE e.at >= pg_catalog.date_trunc('minute', pg_catalog.now() - interval '1 hour')
    AND e.reason IS NOT NULL
  GROUP BY 1, 2
+UNION ALL
+SELECT pg_catalog.date_trunc('minute', pg_catalog.now() - interval '1 hour'), NULL, 0
+
+-- name: chart_recent
+-- The same for the last three minutes: the charts' later reads, which replace those buckets.
+SELECT pg_catalog.date_trunc('minute', e.at) AS minute, e.reason, pg_catalog.count(*)::int AS n
+  FROM {schema}.job_events AS e
+ WHERE e.at >= pg_catalog.date_trunc('minute', pg_catalog.now() - interval '3 minutes')
+   AND e.reason IS NOT NULL
+ GROUP BY 1, 2
+UNION ALL
+SELECT pg_catalog.date_trunc('minute', pg_catalog.now() - interval '3 minutes'), NULL, 0
 
 -- name: tasks
 SELECT t.task_id, t.type_key, t.task_key FROM {schema}.tasks AS t ORDER BY t.type_key, t.task_key
@@ -159,6 +171,8 @@ SELECT pg_catalog.clock_timestamp() - $1::interval
 -- name: metrics_window
 -- What the history says happened in [$1, the server's clock less $2): the metrics' window, which
 -- the next scrape starts where this one ended (web/metrics.py says why $2 lags behind the clock).
+-- Run with plan_cache_mode = force_custom_plan: planned for its own $1, the window is seen to be
+-- small (a generic plan would guess a third of the table and read it all).
 -- Rows: ('outcome', task, reason, count); ('run', task, NULL, count, seconds of each run that
 -- ended: claim to outcome); ('start_delay', task, NULL, count, seconds of each start: due time to
 -- claim); last, ('window', ..., upto) with the window's end. The condition on "at" alone lets a

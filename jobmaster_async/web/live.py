@@ -40,8 +40,7 @@ __all__ = ("Broadcaster", "Snapshot", "TaskDepth")
 
 logger = logging.getLogger(__name__)
 
-#: The charts' span, and how far back a read after the first one goes (whole minutes).
-CHART_SPAN = timedelta(hours=1)
+#: How far back a read of the charts after the first one goes (sql/dashboard.sql chart_recent).
 CHART_RECENT = timedelta(minutes=3)
 #: Seconds between two reads of the charts at least, and without a history mark (no privilege).
 CHART_INTERVAL = 2.0
@@ -326,7 +325,7 @@ class Broadcaster:
         overview = await self.insights.overview(conn)
         self._poll_cost = time.monotonic() - started
         self.polls += 1
-        await self._read_chart(conn, overview.history_mark, overview.now)
+        await self._read_chart(conn, overview.history_mark)
         await self._read_schedules()
         version = self._latest.version + 1 if self._latest is not None else 1
         depth = _depth(overview.depth)
@@ -366,7 +365,7 @@ class Broadcaster:
 
     # -- charts and schedules --------------------------------------------------------------------
 
-    async def _read_chart(self, conn: asyncpg.Connection, mark: int | None, server_now: datetime) -> None:
+    async def _read_chart(self, conn: asyncpg.Connection, mark: int | None) -> None:
         now = time.monotonic()
         last = self._chart_read_at
         if last is not None:
@@ -378,8 +377,7 @@ class Broadcaster:
         # the whole hour at first, or when the last read is too old to build on; else the last
         # few minutes, whose buckets the read replaces
         whole = last is None or now - last > (CHART_RECENT - timedelta(minutes=1)).total_seconds()
-        since = _minute(server_now - (CHART_SPAN if whole else CHART_RECENT))
-        rows = await self.insights.chart(since, conn)
+        rows, since = await self.insights.chart(whole, conn)
         self._chart_cost = time.monotonic() - now
         self._buckets = {} if whole else {m: c for m, c in self._buckets.items() if m < since}
         for row in rows:
