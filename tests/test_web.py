@@ -212,6 +212,20 @@ async def test_the_overview_lists_the_schedules(jm: JobMaster, dash: Dashboard) 
     assert "0 3 * * *" in page and "Europe/Paris" in page and "never" in page
 
 
+async def test_an_unreachable_database_is_a_503_page() -> None:
+    nowhere = JobMaster("postgresql://postgres@127.0.0.1:1/postgres", connection_timeout=2)
+    app = create_app(nowhere, secret=SECRET)
+    try:
+        async with client(app) as http:
+            for path in ("/", "/jobs", f"/jobs/{uuid.uuid4()}", "/metrics"):
+                page = await http.get(path)
+                assert page.status_code == 503, path
+                assert "cannot" in page.text.lower() or "unreachable" in page.text.lower(), path
+    finally:
+        await app.aclose()
+        await nowhere.close()
+
+
 # -- security ------------------------------------------------------------------------------------
 
 

@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
+import asyncpg
 import jinja2
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
@@ -88,8 +89,11 @@ def create_app(
         yield
         await broadcaster.close()
 
+    # a database that cannot be read: a 503 page saying so, not a 500
+    faults: dict[Any, Any] = dict.fromkeys((asyncpg.PostgresError, asyncpg.InterfaceError, OSError), pages.unreachable)
     app = Dashboard(
         routes=pages.routes(),
+        exception_handlers=faults,
         middleware=[Middleware(GuardMiddleware, guard=guard, unauthorized=pages.unauthorized)],
         lifespan=lifespan,
     )

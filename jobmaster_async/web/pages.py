@@ -157,6 +157,11 @@ class Pages:
     def problem(self, request: Request, status: int, title: str, message: str) -> Response:
         return self.render(request, "problem.html", {"page": "problem", "title": title, "message": message}, status)
 
+    async def unreachable(self, request: Request, exc: Exception) -> Response:
+        """A page whose database read failed: 503, and the error in one line."""
+        logger.warning("dashboard: %s %s: cannot read the database: %s", request.method, request.url.path, exc)
+        return self.problem(request, 503, "Database unreachable", f"{type(exc).__name__}: {exc}")
+
     def regions(self, snapshot: Snapshot, base: str) -> dict[str, str]:
         """The overview's parts that live updates replace, as HTML (made once per snapshot and
         prefix, for every page and subscriber)."""
@@ -189,11 +194,7 @@ class Pages:
     # -- pages -----------------------------------------------------------------------------------
 
     async def overview(self, request: Request) -> Response:
-        try:
-            snapshot = await self.broadcaster.snapshot()
-        except Exception as exc:
-            logger.warning("dashboard: cannot read the database: %s", exc)
-            return self.problem(request, 503, "Database unreachable", f"{type(exc).__name__}: {exc}")
+        snapshot = await self.broadcaster.snapshot()
         regions = self.regions(snapshot, self.base(request))
         return self.render(request, "overview.html", {"page": "overview", "regions": regions, "snap": snapshot})
 
