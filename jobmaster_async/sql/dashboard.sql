@@ -69,13 +69,15 @@ SELECT t.task_id, t.type_key, t.task_key FROM {schema}.tasks AS t ORDER BY t.typ
 -- filters pick up to $7 of them: status $3, task $4, text $5 (a LIKE pattern matched against
 -- the id, the arguments, the message and the task's name). The task's names are joined to the
 -- page only. Columns cut: arguments and message at $6 characters (the list shows the start).
+-- "After $1" is one condition on the key (no "$1 IS NULL OR ..."), so that the plan the server
+-- caches for these parameters, whatever they are, starts the walk at $1.
 SELECT p.job_id, t.type_key, t.task_key, p.status, p.priority, p.attempts, p.max_attempts,
        p.created_at, p.started_at, p.finished_at, p.run_at, p.run_after, p.arguments, p.message
   FROM (SELECT j.job_id, j.task_id, j.status, j.priority, j.attempts, j.max_attempts, j.created_at,
                j.started_at, j.finished_at, j.run_at, j.run_after,
                pg_catalog.left(j.arguments::text, $6) AS arguments, pg_catalog.left(j.message, $6) AS message
           FROM (SELECT s.* FROM {schema}.jobs AS s
-                 WHERE ($1::uuid IS NULL OR s.job_id < $1::uuid)
+                 WHERE s.job_id < coalesce($1::uuid, 'ffffffff-ffff-ffff-ffff-ffffffffffff')
                  ORDER BY s.job_id DESC
                  LIMIT $2) AS j
          WHERE ($3::text IS NULL OR j.status = $3::text)
@@ -101,7 +103,7 @@ SELECT p.job_id, t.type_key, t.task_key, p.status, p.priority, p.attempts, p.max
                pg_catalog.left(j.arguments::text, $5) AS arguments, pg_catalog.left(j.message, $5) AS message
           FROM {schema}.jobs AS j
          WHERE j.status IN ('waiting', 'blocked', 'running') AND j.status = $2::text
-           AND ($1::uuid IS NULL OR j.job_id < $1::uuid)
+           AND j.job_id < coalesce($1::uuid, 'ffffffff-ffff-ffff-ffff-ffffffffffff')
            AND ($3::int IS NULL OR j.task_id = $3::int)
            AND ($4::text IS NULL
                 OR j.job_id::text ILIKE $4::text OR j.arguments::text ILIKE $4::text OR j.message ILIKE $4::text
@@ -117,7 +119,7 @@ SELECT p.job_id, t.type_key, t.task_key, p.status, p.priority, p.attempts, p.max
 -- the primary key), and how many there were (fewer than $2: the list's end was reached).
 SELECT pg_catalog.min(s.job_id::text)::uuid AS last_id, pg_catalog.count(*)::int AS n
   FROM (SELECT j.job_id FROM {schema}.jobs AS j
-         WHERE ($1::uuid IS NULL OR j.job_id < $1::uuid)
+         WHERE j.job_id < coalesce($1::uuid, 'ffffffff-ffff-ffff-ffff-ffffffffffff')
          ORDER BY j.job_id DESC
          LIMIT $2) AS s
 
