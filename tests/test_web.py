@@ -226,6 +226,43 @@ async def test_an_unreachable_database_is_a_503_page() -> None:
         await nowhere.close()
 
 
+async def test_the_list_and_the_history_reads_use_their_indexes(jm: JobMaster, conn: asyncpg.Connection) -> None:
+    """EXPLAIN guards with 60,000 finished jobs: a page of the list walks the primary key from where
+    it starts, even in a generic plan; the charts' and the metrics' reads of recent history use a
+    BRIN index on job_events (at) (created here, as migration 0014 will)."""
+    schema = quote_identifier(jm.schema)
+    for start in range(0, 60_000, 10_000):
+        await jm.insert_jobs(T, "add", 0, [{"a": i} for i in range(start, start + 10_000)])
+    await conn.execute(f"UPDATE {schema}.jobs SET status = 'complete', finished_at = now()")
+    await conn.execute(f"UPDATE {schema}.job_events SET at = at - interval '1 day'")
+    await conn.execute(f"CREATE INDEX job_events_at_brin ON {schema}.job_events USING brin (at)")
+    await jm.insert_job(T, "add", 0, {"a": -1})
+    await conn.execute(f"VACUUM ANALYZE {schema}.jobs, {schema}.job_events")
+    statements = jm.sql.dashboard
+    middle = await conn.fetchval(f"SELECT job_id FROM {schema}.jobs ORDER BY job_id OFFSET 30000 LIMIT 1")
+
+    async def plan(statement: str, *args: object, mode: str = "force_generic_plan") -> str:
+        async with conn.transaction():
+            await conn.execute(f"SET LOCAL plan_cache_mode = {mode}")
+            rows = await conn.fetch(f"EXPLAIN {statement}", *args)
+        return "\n".join(row[0] for row in rows)
+
+    for before in (None, middle):
+        page = await plan(statements["jobs_page"], before, 20_000, "failed", None, None, 160, 51)
+        assert "Index Scan Backward using jobs_pkey" in page and "Index Cond: (job_id <" in page, page
+        assert "Seq Scan on jobs" not in page and "Sort" not in page, page
+    for name in ("chart_hour", "chart_recent"):
+        chart = await plan(statements[name])
+        assert "Bitmap Index Scan on job_events_at_brin" in chart, chart
+    window = await plan(
+        statements["metrics_window"],
+        await jm.store.insights.clock(timedelta(seconds=30)),
+        timedelta(0),
+        mode="force_custom_plan",
+    )
+    assert "Bitmap Index Scan on job_events_at_brin" in window and "Seq Scan on job_events" not in window, window
+
+
 # -- security ------------------------------------------------------------------------------------
 
 
