@@ -59,6 +59,11 @@ def short(job_id: uuid.UUID) -> str:
     return short_id(job_id)
 
 
+def number(n: int | None) -> str:
+    """``12,345``."""
+    return "" if n is None else f"{n:,}"
+
+
 def isotime(at: datetime | None) -> str:
     return at.isoformat() if at is not None else ""
 
@@ -68,4 +73,12 @@ def utc(at: datetime | None) -> str:
     return at.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC") if at is not None else ""
 
 
-FILTERS = {"duration": duration, "pretty": pretty, "cut": cut, "short": short, "isotime": isotime, "utc": utc}
+FILTERS = {
+    "number": number,
+    "duration": duration,
+    "pretty": pretty,
+    "cut": cut,
+    "short": short,
+    "isotime": isotime,
+    "utc": utc,
+}
