@@ -89,8 +89,11 @@ def bar_chart(
     for index, (minute, _) in enumerate(points):
         if minute.minute % 15 == 0:
             x = LEFT + index * slot + slot / 2
+            # a label near the right edge ends there, instead of being cut
+            anchor = "end" if index >= len(points) - 3 else "middle"
+            x = WIDTH - RIGHT if anchor == "end" else x
             parts.append(
-                f'<text class="axis" x="{x:.1f}" y="{HEIGHT - 6}" text-anchor="middle" '
+                f'<text class="axis" x="{x:.1f}" y="{HEIGHT - 6}" text-anchor="{anchor}" '
                 f'data-ts="{minute.isoformat()}" data-fmt="hm">{_hhmm(minute)}</text>'
             )
     parts.append("</svg>")
