@@ -10,7 +10,7 @@ import os
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from types import TracebackType
 from typing import Any, ParamSpec
 
@@ -45,6 +45,18 @@ logger = logging.getLogger(__name__)
 
 #: Seconds a worker waits at start-up for a server that refuses connections (not started yet).
 STARTUP_WAIT = 10.0
+#: How long finished jobs are kept by default (DESIGN 9 "Retention").
+DEFAULT_RETENTION = timedelta(days=7)
+#: Jobs that prune() deletes per transaction.
+PRUNE_BATCH = 10_000
+
+
+def _checked_retention(value: object, what: str = "retention") -> timedelta:
+    """A retention or an age: a timedelta longer than zero."""
+    if not isinstance(value, timedelta) or value <= timedelta(0):
+        forever = " or None (keep forever)" if what == "retention" else ""
+        raise ConfigurationError(f"{what} must be a timedelta > 0{forever}, got {value!r}")
+    return value
 
 
 class JobMaster:
@@ -69,6 +81,8 @@ class JobMaster:
         poll_interval: float | None = None,
         connection_timeout: float | None = None,
         rescue_interval: float | None = None,
+        retention: timedelta | None = DEFAULT_RETENTION,
+        prune_interval: float | None = None,
     ) -> None:
         if db_engine is None:
             db_engine = os.environ.get("JOBMASTER_DSN")
@@ -92,7 +106,11 @@ class JobMaster:
             poll_interval=poll_interval,
             connection_timeout=connection_timeout,
             rescue_interval=rescue_interval,
+            prune_interval=prune_interval,
         )
+        #: how long finished jobs are kept after they finished, for the tasks that set no
+        #: retention of their own (None: forever); deploy() stores it per task
+        self.retention = None if retention is None else _checked_retention(retention)
         self.connect_kwargs = dict(connect_kwargs or {})
         self._open = opener(self.dsn, self.connect_kwargs, settings.connection_timeout)
         #: whether a connection ever opened: before, errors are fatal; after, a worker survives them
@@ -160,7 +178,7 @@ class JobMaster:
         """Creates or migrates the schema and writes this process's task definitions. Idempotent
         and safe to run from several processes at once. ``_reset=True`` drops every job first;
         ``prune=True`` removes task definitions no longer registered here (and idle)."""
-        await self.store.deploy(registry, reset=_reset, prune=prune)
+        await self.store.deploy(registry, reset=_reset, prune=prune, retention=self.retention)
         self.worker.forget_definitions()
         if _reset:
             self.worker.registered = False
@@ -283,6 +301,27 @@ class JobMaster:
             await job.execute()
             count += 1
         return count
+
+    # -- retention -------------------------------------------------------------------------------
+
+    async def prune(self, older_than: timedelta | None = None, *, dry_run: bool = False) -> int:
+        """Deletes the finished jobs (and their history) older than each task's retention, or
+        than ``older_than`` for every task, in short transactions; returns how many went.
+        Jobs that dependencies still need are kept (DESIGN 9 "Retention"). ``dry_run``: deletes
+        nothing and returns how many would go."""
+        if older_than is not None:
+            older_than = _checked_retention(older_than, "older_than")
+        if dry_run:
+            return await self.store.count_prunable_jobs(older_than)
+        total = 0
+        while True:
+            deleted = await self.store.prune_jobs(older_than, PRUNE_BATCH)
+            total += deleted
+            if deleted < PRUNE_BATCH:
+                break
+        if total:
+            logger.info("pruned %d finished jobs", total)
+        return total
 
     # -- inspecting and managing -----------------------------------------------------------------
 

@@ -6,6 +6,7 @@ import asyncio
 import os
 import time
 from collections.abc import Callable
+from datetime import timedelta
 from typing import Any, Literal
 
 from jobmaster_async import Dependency, cancel_requested, same, task
@@ -305,4 +306,15 @@ async def gated(key: str) -> str:
 
 @task(dependencies=Dependency(gated, key=same))
 async def after_gate(key: str, n: int = 0) -> int:
+    return n
+
+
+# Retention: a task of its own, and one kept forever
+@task(retention=timedelta(hours=1))
+async def short_lived(n: int) -> int:
+    return n
+
+
+@task(retention=None)
+async def kept_forever(n: int) -> int:
     return n

@@ -78,9 +78,9 @@ class Store:
                     await pool.execute(self.sql["remove_worker"], worker_id, timeout=self.timeout)
             await pool.close()
 
-    async def deploy(self, registry: Any, *, reset: bool, prune: bool) -> None:
+    async def deploy(self, registry: Any, *, reset: bool, prune: bool, retention: timedelta | None) -> None:
         async with self.acquire() as conn:
-            await deploy_schema(conn, self.sql, registry, reset=reset, prune=prune)
+            await deploy_schema(conn, self.sql, registry, reset=reset, prune=prune, retention=retention)
 
     # -- inserting -------------------------------------------------------------------------------
 
@@ -221,6 +221,28 @@ class Store:
         """Marks a job whose thread runs on after a cancel or timeout (process_limit counts it)."""
         pool = await self.pool()
         await pool.execute(self.sql["set_abandoned"], job_id, abandoned, timeout=self.timeout)
+
+    # -- retention -------------------------------------------------------------------------------
+
+    async def prune_jobs(self, older_than: timedelta | None, max_rows: int) -> int:
+        """Deletes one batch of prunable finished jobs and their history; how many jobs went."""
+        pool = await self.pool()
+        deleted: int = await pool.fetchval(self.sql["prune_jobs"], older_than, max_rows)
+        return deleted
+
+    async def prune_jobs_if_free(self, max_rows: int) -> int | None:
+        """The worker's background pruning: one batch by each task's retention, unless another
+        worker is pruning this schema (None then)."""
+        pool = await self.pool()
+        deleted: int | None = await pool.fetchval(
+            self.sql["prune_jobs_if_free"], self.sql.prune_lock, max_rows, timeout=self.timeout
+        )
+        return deleted
+
+    async def count_prunable_jobs(self, older_than: timedelta | None) -> int:
+        pool = await self.pool()
+        count: int = await pool.fetchval(self.sql["count_prunable_jobs"], older_than)
+        return count
 
     # -- inspecting and managing -----------------------------------------------------------------
 

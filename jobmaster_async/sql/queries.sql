@@ -167,7 +167,7 @@ SELECT j.job_id, t.type_key, t.task_key, j.priority, j.arguments, j.status, j.at
  WHERE ($1::text IS NULL OR j.status = $1)
    AND ($2::text IS NULL OR t.type_key = $2)
    AND ($3::text IS NULL OR t.task_key = $3)
- ORDER BY j.seq DESC
+ ORDER BY j.job_id DESC
  LIMIT $4
 
 -- name: held_jobs
@@ -209,14 +209,15 @@ SELECT type_key, task_key, parameters, dependencies FROM {schema}.tasks
 -- name: upsert_task
 INSERT INTO {schema}.tasks AS t (type_key, task_key, parameters, write_all, dependencies,
                                  process_units, process_limit, retries, timeout, executor,
-                                 description, rescues)
-VALUES ($1, $2, $3::text::jsonb, $4, $5::text::jsonb, $6, $7, $8, $9, $10, $11, $12)
+                                 description, rescues, retention)
+VALUES ($1, $2, $3::text::jsonb, $4, $5::text::jsonb, $6, $7, $8, $9, $10, $11, $12, $13)
 ON CONFLICT (type_key, task_key) DO UPDATE
    SET parameters = excluded.parameters, write_all = excluded.write_all,
        dependencies = excluded.dependencies, process_units = excluded.process_units,
        process_limit = excluded.process_limit, retries = excluded.retries,
        timeout = excluded.timeout, executor = excluded.executor,
-       description = excluded.description, rescues = excluded.rescues, updated_at = pg_catalog.now()
+       description = excluded.description, rescues = excluded.rescues,
+       retention = excluded.retention, updated_at = pg_catalog.now()
 
 -- name: mark_dependency_targets
 WITH
@@ -350,4 +351,15 @@ INSERT INTO {schema}.schema_version (version, name) VALUES ($1, $2)
 SELECT waiting, blocked, running FROM {schema}.active_counts()
 
 -- name: status_counts
-SELECT status, pg_catalog.count(*)::int AS count FROM {schema}.jobs GROUP BY status
+SELECT status, count FROM {schema}.status_counts()
+
+-- name: prune_jobs
+SELECT {schema}.prune_jobs($1::interval, $2)
+
+-- name: prune_jobs_if_free
+-- The worker's background pruning: one batch, unless another worker prunes this schema now
+-- (NULL then). The advisory lock ($1, per schema) is the transaction's: the batch is.
+SELECT CASE WHEN pg_catalog.pg_try_advisory_xact_lock($1) THEN {schema}.prune_jobs(NULL, $2) END
+
+-- name: count_prunable_jobs
+SELECT {schema}.count_prunable_jobs($1::interval)

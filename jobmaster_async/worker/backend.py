@@ -22,6 +22,7 @@ from .executors import DaemonThreadPool, Outcome, run_task
 from .maintenance import Maintenance
 from .outage import Outage
 from .outcomes import Claim, log_outcome, record_outcomes
+from .pruner import Pruner
 from .signals import Signal
 
 __all__ = ("WorkerBackend",)
@@ -41,6 +42,8 @@ class WorkerBackend:
         self.maintenance = Maintenance(
             settings, beat=self.beat, rescue=store.rescue_jobs, last_beat=lambda: self.last_beat
         )
+        #: run_forever's background retention (one worker of a schema at a time)
+        self.pruner = Pruner(settings.prune_interval, store.prune_jobs_if_free)
         self._outages = outages
         self._recoveries = recoveries
         self._definitions: dict[int, TaskDefinition] | None = None  # task_id -> definition

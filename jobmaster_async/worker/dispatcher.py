@@ -2,7 +2,8 @@
 (by the listener's NOTIFY, a slot freed, or a slow safety poll), runs them, and shuts down
 gracefully on stop, cancellation and SIGTERM. Its services run beside it: the listener
 (worker.listener), the recorder of outcomes (worker.recorder), heartbeat and rescue
-(worker.maintenance), and the scheduler of periodic tasks (worker.scheduler).
+(worker.maintenance), the scheduler of periodic tasks (worker.scheduler) and background
+retention (worker.pruner).
 
 It never dies of the database: every service retries database faults (db.faults) with backoff,
 and the worker reports an outage once (worker.outage). Only a bug of ours ends it, with its
@@ -33,6 +34,7 @@ from .listener import CancelJob, Listener, Notification, SchedulesChanged
 from .maintenance import Maintenance
 from .outage import Outage, Service
 from .outcomes import Claim, log_outcome
+from .pruner import Pruner
 from .recorder import Recorder
 from .scheduler import Scheduler
 from .signals import Signal
@@ -61,6 +63,7 @@ class Backend(Protocol):
     worker_id: uuid.UUID
     threads: DaemonThreadPool
     maintenance: Maintenance
+    pruner: Pruner
 
     async def claim(self, limit: int, units: int) -> list[Claim]: ...
     async def record(self, outcomes: Sequence[tuple[Claim, Outcome]]) -> set[uuid.UUID]: ...
@@ -171,6 +174,7 @@ class Dispatcher:
                     services.start_soon(self.backend.maintenance.rescue_loop, self.outage)
                     services.start_soon(self.recorder.run)
                     services.start_soon(self.scheduler.run)
+                    services.start_soon(self.backend.pruner.run, self.outage)
                     await self._dispatch_loop()
                     services.cancel_scope.cancel()
             except Exception as exc:

@@ -1,0 +1,65 @@
+"""Retention in the background: ``run_forever`` deletes finished jobs older than their task's
+retention (DESIGN 9 "Retention"; the rules are in sql/functions/retention.sql).
+
+Every ``prune_interval`` (jittered, so that a fleet does not try in step) a worker prunes in
+batches of ``BATCH`` jobs, each its own short transaction holding the schema's prune lock (a
+transaction-level advisory lock), so one worker at a time prunes and no batch holds locks for
+long. It stops when a batch comes back short (nothing more is due) or when another worker holds
+the lock (that worker prunes). Between batches it pauses, so claims and outcomes go first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Awaitable, Callable
+
+from .outage import Outage, Service
+from .signals import Signal
+
+__all__ = ("BATCH", "PAUSE", "Pruner")
+
+logger = logging.getLogger(__name__)
+
+#: jobs deleted per transaction
+BATCH = 1000
+#: seconds between two batches of one pruning
+PAUSE = 0.02
+
+
+class Pruner:
+    """``prune_batch(max_rows)`` deletes one batch if no other worker prunes (else None);
+    ``pruned`` fires with the jobs deleted by each pruning that deleted some."""
+
+    def __init__(self, interval: float, prune_batch: Callable[[int], Awaitable[int | None]]) -> None:
+        self.interval = interval
+        self._prune_batch = prune_batch
+        self.pruned = Signal()
+
+    async def run(self, outage: Outage) -> None:
+        """Prunes every (jittered) interval until cancelled; database faults are retried with
+        backoff. Does nothing when the interval is 0."""
+        if not self.interval:
+            return
+        service = Service(outage, "pruner")
+        while True:
+            await asyncio.sleep(self.interval * random.uniform(0.5, 1.0))
+            await service.run(self.prune)
+
+    async def prune(self) -> int:
+        """One pruning: batches until none is left or another worker prunes; how many went."""
+        total = 0
+        while True:
+            deleted = await self._prune_batch(BATCH)
+            if deleted is None:
+                logger.debug("another worker is pruning")
+                break
+            total += deleted
+            if deleted < BATCH:
+                break
+            await asyncio.sleep(PAUSE)
+        if total:
+            logger.info("pruned %d finished jobs older than their retention", total)
+            self.pruned.fire(total)
+        return total
