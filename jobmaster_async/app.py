@@ -344,7 +344,9 @@ class JobMaster:
         return [Job.from_row(row) for row in rows]
 
     async def counts(self) -> dict[str, int]:
-        """How many jobs there are of each status."""
+        """How many jobs there are of each status that has any. Exact for waiting, blocked and
+        running (read from indexes); for complete, failed and cancelled exact below a million
+        jobs in the table, else PostgreSQL's estimate (an exact count would read them all)."""
         return await self.store.status_counts()
 
     async def active_counts(self) -> dict[str, int]:

@@ -253,6 +253,4 @@ async def test_bad_retentions_are_refused(dsn: str, jm: JobMaster) -> None:
 async def test_counts_are_exact_on_a_small_table(jm: JobMaster, conn: asyncpg.Connection) -> None:
     await jm.insert_jobs(T, "add", 0, [{"a": i} for i in range(3)])
     assert await run_one(jm) is not None
-    counts = await jm.counts()
-    assert counts["waiting"] == 2 and counts["complete"] == 1
-    assert set(counts) == {"waiting", "blocked", "running", "complete", "failed", "cancelled"}
+    assert await jm.counts() == {"waiting": 2, "complete": 1}

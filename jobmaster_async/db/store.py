@@ -260,7 +260,8 @@ class Store:
 
     async def status_counts(self) -> dict[str, int]:
         pool = await self.pool()
-        return {row["status"]: row["count"] for row in await pool.fetch(self.sql["status_counts"])}
+        # the statuses that have jobs, as a GROUP BY would give them
+        return {row["status"]: row["count"] for row in await pool.fetch(self.sql["status_counts"]) if row["count"]}
 
     async def active_counts(self) -> dict[str, int]:
         pool = await self.pool()
