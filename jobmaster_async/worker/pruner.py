@@ -5,7 +5,9 @@ Every ``prune_interval`` (jittered, so that a fleet does not try in step) a work
 batches of ``BATCH`` jobs, each its own short transaction holding the schema's prune lock (a
 transaction-level advisory lock), so one worker at a time prunes and no batch holds locks for
 long. It stops when a batch comes back short (nothing more is due) or when another worker holds
-the lock (that worker prunes). Between batches it pauses, so claims and outcomes go first.
+the lock (that worker prunes). Between batches it pauses ``DUTY`` times as long as the batch
+took (``PAUSE`` at least), so that pruning a large backlog takes at most a quarter of the
+database's time and claims and outcomes go first (benchmarks/retention.py measures the cost).
 """
 
 from __future__ import annotations
@@ -13,18 +15,21 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import time
 from collections.abc import Awaitable, Callable
 
 from .outage import Outage, Service
 from .signals import Signal
 
-__all__ = ("BATCH", "PAUSE", "Pruner")
+__all__ = ("BATCH", "DUTY", "PAUSE", "Pruner")
 
 logger = logging.getLogger(__name__)
 
 #: jobs deleted per transaction
-BATCH = 1000
-#: seconds between two batches of one pruning
+BATCH = 500
+#: the pause after a batch, as a multiple of the time it took
+DUTY = 3.0
+#: seconds between two batches of one pruning, at least
 PAUSE = 0.02
 
 
@@ -51,6 +56,7 @@ class Pruner:
         """One pruning: batches until none is left or another worker prunes; how many went."""
         total = 0
         while True:
+            began = time.monotonic()
             deleted = await self._prune_batch(BATCH)
             if deleted is None:
                 logger.debug("another worker is pruning")
@@ -58,7 +64,7 @@ class Pruner:
             total += deleted
             if deleted < BATCH:
                 break
-            await asyncio.sleep(PAUSE)
+            await asyncio.sleep(max(PAUSE, DUTY * (time.monotonic() - began)))
         if total:
             logger.info("pruned %d finished jobs older than their retention", total)
             self.pruned.fire(total)

@@ -11,12 +11,14 @@
 -- Age is counted from finished_at.
 
 
--- The jobs that may be pruned: each task's finished jobs, oldest first, read from
--- jobs_finished_idx (a range per task and status group, so tasks kept forever and protected
--- jobs cost nothing to skip but the few protected ones). p_older_than replaces every task's
--- retention when given. Not locked, not limited: callers do both. An internal helper, inlined
--- into its callers (a SQL function with no SET clause), which pin the search_path.
-CREATE OR REPLACE FUNCTION {schema}._prunable_jobs(p_older_than interval)
+-- The jobs that may be pruned: each task's finished jobs, oldest first, at most p_limit of each
+-- (NULL: all), read from jobs_finished_idx in order (a range per task and status group: tasks
+-- kept forever cost nothing, protected jobs are stepped over, not returned, so they never fill
+-- a batch). Protected: a job an active job depends on (an "ALL" parent depends on each of its
+-- children, so they are kept too). p_older_than replaces every task's retention when given. Not locked: callers lock.
+-- An internal helper, inlined into its callers (a SQL function with no SET clause), which pin
+-- the search_path.
+CREATE OR REPLACE FUNCTION {schema}._prunable_jobs(p_older_than interval, p_limit int)
 RETURNS TABLE (job_id uuid) LANGUAGE sql STABLE AS $$
     WITH
     -- how long a complete job of each task satisfies a dependency on it: the largest hours of
@@ -41,50 +43,50 @@ RETURNS TABLE (job_id uuid) LANGUAGE sql STABLE AS $$
     SELECT f.job_id
       FROM cutoffs AS c
      CROSS JOIN LATERAL (
-               SELECT j.job_id FROM {schema}.jobs AS j
-                WHERE j.task_id = c.task_id AND j.status = 'complete' AND j.finished_at < c.complete_before
+               (SELECT j.job_id FROM {schema}.jobs AS j
+                 WHERE j.task_id = c.task_id AND j.status = 'complete' AND j.finished_at < c.complete_before
+                   AND NOT EXISTS (SELECT 1 FROM {schema}.job_dependencies AS d
+                                     JOIN {schema}.jobs AS a ON a.job_id = d.job_id
+                                    WHERE d.depends_on = j.job_id AND a.status IN ('waiting', 'blocked', 'running'))
+                 ORDER BY j.finished_at LIMIT p_limit)
                UNION ALL
-               SELECT j.job_id FROM {schema}.jobs AS j
-                WHERE j.task_id = c.task_id AND j.status IN ('failed', 'cancelled')
-                  AND j.finished_at < c.finished_before
+               (SELECT j.job_id FROM {schema}.jobs AS j
+                 WHERE j.task_id = c.task_id AND j.status IN ('failed', 'cancelled')
+                   AND j.finished_at < c.finished_before
+                   AND NOT EXISTS (SELECT 1 FROM {schema}.job_dependencies AS d
+                                     JOIN {schema}.jobs AS a ON a.job_id = d.job_id
+                                    WHERE d.depends_on = j.job_id AND a.status IN ('waiting', 'blocked', 'running'))
+                 ORDER BY j.finished_at LIMIT p_limit)
            ) AS f
-     WHERE NOT EXISTS (SELECT 1
-                         FROM {schema}.job_dependencies AS d
-                         JOIN {schema}.jobs AS a ON a.job_id = d.job_id
-                        WHERE d.depends_on = f.job_id AND a.status IN ('waiting', 'blocked', 'running'))
 $$;
 
 
 -- SQL API: deletes one batch of at most max_rows prunable jobs and their history, and returns
 -- how many jobs it deleted (pg_cron users loop it while it returns max_rows). older_than NULL:
 -- each task's retention; given: it replaces them all (the rules above still hold). Rows another
--- transaction holds are skipped, so it runs beside workers and other pruners.
+-- transaction holds are skipped, so it runs beside workers and other pruners. Each step reads
+-- its rows by index (= ANY of an array), whatever the planner thinks of a batch's size.
 CREATE OR REPLACE FUNCTION {schema}.prune_jobs(older_than interval, max_rows int DEFAULT 10000)
-RETURNS bigint LANGUAGE sql VOLATILE {entry_point} AS $$
-    WITH
-    -- one batch, locked; the status is checked again on the locked row (a retry may have put a
-    -- failed job back since the candidates were read)
-    batch AS (
-        SELECT j.job_id FROM {schema}.jobs AS j
-         WHERE j.job_id IN (SELECT p.job_id FROM {schema}._prunable_jobs(older_than) AS p
-                             LIMIT greatest(max_rows, 0))
-           AND j.status IN ('complete', 'failed', 'cancelled')
-           FOR UPDATE OF j SKIP LOCKED
-    ),
-    -- the jobs; their dependency links go with them (ON DELETE CASCADE)
-    deleted AS (
-        DELETE FROM {schema}.jobs AS j USING batch AS b WHERE j.job_id = b.job_id RETURNING j.job_id
-    ),
-    -- their history (job_events_job_idx)
-    history AS (
-        DELETE FROM {schema}.job_events AS e USING deleted AS d WHERE e.job_id = d.job_id
-    )
-    SELECT count(*) FROM deleted
-$$;
+RETURNS bigint LANGUAGE plpgsql VOLATILE {entry_point} AS $$
+DECLARE
+    v_limit      int := greatest(coalesce(max_rows, 10000), 0);
+    v_candidates uuid[];
+    v_ids        uuid[];
+BEGIN
+    v_candidates := ARRAY(SELECT p.job_id FROM {schema}._prunable_jobs(older_than, v_limit) AS p LIMIT v_limit);
+    -- locked, and finished still (a retry may have put a failed job back since it was read)
+    v_ids := ARRAY(SELECT j.job_id FROM {schema}.jobs AS j
+                    WHERE j.job_id = ANY (v_candidates) AND j.status IN ('complete', 'failed', 'cancelled')
+                      FOR UPDATE OF j SKIP LOCKED);
+    -- the jobs (their dependency links go with them: ON DELETE CASCADE), then their history
+    DELETE FROM {schema}.jobs AS j WHERE j.job_id = ANY (v_ids);
+    DELETE FROM {schema}.job_events AS e WHERE e.job_id = ANY (v_ids);
+    RETURN cardinality(v_ids);
+END $$;
 
 
 -- How many jobs prune_jobs would delete now, in all (prune --dry-run). Reads, deletes nothing.
 CREATE OR REPLACE FUNCTION {schema}.count_prunable_jobs(older_than interval)
 RETURNS bigint LANGUAGE sql STABLE {search_path} AS $$
-    SELECT count(*) FROM {schema}._prunable_jobs(older_than)
+    SELECT count(*) FROM {schema}._prunable_jobs(older_than, NULL)
 $$;
