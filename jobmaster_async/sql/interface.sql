@@ -13,6 +13,9 @@ SELECT {schema}.add_job('type_key', 'task_key', 10, '{"arg": "value"}', now() + 
 -- What is going on.
 SELECT * FROM {schema}.job_list LIMIT 20;
 
+-- Retention without a worker (pg_cron): one batch of finished jobs past their task's retention.
+SELECT {schema}.prune_jobs(NULL);
+
 -- A web app role that may insert jobs and do nothing else.
 GRANT USAGE ON SCHEMA {schema} TO webapp;
 GRANT EXECUTE ON PROCEDURE {schema}.insert_job(text, text, int, json, uuid, timestamptz) TO webapp;
