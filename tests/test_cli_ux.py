@@ -366,6 +366,18 @@ def test_piped_jobs_are_tab_separated_and_never_cut(cli: tuple[CliRunner, list[s
     assert [e["reason"] for e in detail["history"]] == ["inserted", "claimed", "failed"]
 
 
+def test_piped_jobs_cut_only_huge_cells(cli: tuple[CliRunner, list[str]]) -> None:
+    runner, base = cli
+    huge = "y" * 50_000
+    insert(runner, base, "echo", {"value": {"blob": huge}})
+    listing = runner.invoke(main, ["jobs", *base])
+    _, row = listing.stdout.splitlines()
+    arguments = row.split("\t")[5]
+    assert len(arguments) == 10_000 and arguments.endswith("…") and '"blob": "yyy' in arguments
+    as_json = runner.invoke(main, [*base, "jobs", "--json"])
+    assert json.loads(as_json.stdout)["arguments"]["value"] == {"blob": huge}
+
+
 # -- 10. examples --------------------------------------------------------------------------------
 
 

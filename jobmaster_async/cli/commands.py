@@ -151,7 +151,8 @@ def list_jobs(
 
     In a terminal: a table, long cells cut with "…", and the last 12 hex digits of each id
     (show, cancel and retry take them). Piped: tab-separated lines, a header first, full ids and
-    values, never cut. --json: one JSON object per line."""
+    values (a cell past 10,000 characters cut with "…"). --json: one JSON object per line, never
+    cut."""
 
     async def run(jm: JobMaster) -> list[Job]:
         return await jm.jobs(status, type_key, task_key, limit)
