@@ -254,3 +254,21 @@ async def test_counts_are_exact_on_a_small_table(jm: JobMaster, conn: asyncpg.Co
     await jm.insert_jobs(T, "add", 0, [{"a": i} for i in range(3)])
     assert await run_one(jm) is not None
     assert await jm.counts() == {"waiting": 2, "complete": 1}
+
+
+async def test_counts_estimate_finished_jobs_in_a_large_table(jm: JobMaster, conn: asyncpg.Connection) -> None:
+    """Past a million rows, finished statuses come from the statistics (here a table made to look
+    large: its row estimate raised by hand after ANALYZE), active ones are still counted."""
+    ids = await jm.insert_jobs(T, "add", 0, [{"a": i} for i in range(40)])
+    await conn.execute(
+        f"UPDATE {q(jm)}.jobs SET status = 'complete', finished_at = now() WHERE job_id = ANY ($1)", ids[:20]
+    )
+    await conn.execute(
+        f"UPDATE {q(jm)}.jobs SET status = 'failed', finished_at = now() WHERE job_id = ANY ($1)", ids[20:30]
+    )
+    await conn.execute(f"ANALYZE {q(jm)}.jobs")
+    await conn.execute(f"UPDATE pg_class SET reltuples = 4000000 WHERE oid = '{q(jm)}.jobs'::regclass")
+    counts = await jm.counts()
+    assert counts["waiting"] == 10
+    assert counts["complete"] == 2_000_000 and counts["failed"] == 1_000_000
+    assert "cancelled" not in counts
