@@ -9,6 +9,7 @@ from collections.abc import Callable
 from typing import Any, Literal
 
 from jobmaster_async import Dependency, cancel_requested, same, task
+from jobmaster_async.tracing import current_context
 
 
 @task
@@ -306,3 +307,15 @@ async def gated(key: str) -> str:
 @task(dependencies=Dependency(gated, key=same))
 async def after_gate(key: str, n: int = 0) -> int:
     return n
+
+
+# Traces (tests/test_tracing.py): the W3C trace context current while the task runs, as a job
+# inserted there would store it ([traceparent, tracestate]; nulls: none)
+@task
+async def context_async(key: str) -> list[str | None]:
+    return list(current_context())
+
+
+@task
+def context_in_thread(key: str) -> list[str | None]:
+    return list(current_context())
