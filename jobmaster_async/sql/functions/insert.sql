@@ -16,11 +16,12 @@ RETURNS jsonb LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
                  AND pg_catalog.substr(p_traceparent, 1, 2) OPERATOR(pg_catalog.<>) 'ff'
                  AND pg_catalog.substr(p_traceparent, 4, 32) OPERATOR(pg_catalog.<>) '00000000000000000000000000000000'
                  AND pg_catalog.substr(p_traceparent, 37, 16) OPERATOR(pg_catalog.<>) '0000000000000000'
-           THEN pg_catalog.jsonb_strip_nulls(pg_catalog.jsonb_build_object(
-                    'traceparent', p_traceparent,
-                    'tracestate', CASE WHEN p_tracestate OPERATOR(pg_catalog.~) '^[ -~]+$'
-                                        AND pg_catalog.length(p_tracestate) OPERATOR(pg_catalog.<=) 512
-                                       THEN p_tracestate END))
+           -- jsonb_object(text[]), not jsonb_build_object: that one is only stable, and an immutable
+           -- function calling it is not inlined (then each call plans its body again)
+           THEN pg_catalog.jsonb_object(CASE WHEN p_tracestate OPERATOR(pg_catalog.~) '^[ -~]+$'
+                                              AND pg_catalog.length(p_tracestate) OPERATOR(pg_catalog.<=) 512
+                                             THEN ARRAY['traceparent', p_traceparent, 'tracestate', p_tracestate]
+                                             ELSE ARRAY['traceparent', p_traceparent] END)
       END
 $$;
 
