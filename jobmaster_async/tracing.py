@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import sys
 import uuid
+from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -25,6 +26,7 @@ if TYPE_CHECKING:
 
     from opentelemetry.context import Context
     from opentelemetry.trace import Span, Tracer
+    from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 __all__ = ("NO_CONTEXT", "Run", "current_context", "start_run")
 
@@ -36,31 +38,45 @@ NO_CONTEXT: tuple[None, None] = (None, None)
 MAX_DESCRIPTION = 1000
 
 _TRACE_MODULE = "opentelemetry.trace"
-_tracer: Tracer | None = None
 _failed = False  # an error of our own was logged
+
+
+class _API:
+    """What a run's span needs of opentelemetry, looked up once (on the first run traced)."""
+
+    def __init__(self) -> None:
+        from opentelemetry import context, trace
+        from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+        self.context: ModuleType = context
+        self.trace: ModuleType = trace
+        self.propagator: TraceContextTextMapPropagator = TraceContextTextMapPropagator()
+        # before a provider is set, a proxy that delegates to it once it is
+        self.tracer: Tracer = trace.get_tracer("jobmaster_async")
+        self.consumer = trace.SpanKind.CONSUMER
+        self.status = trace.Status
+        self.error = trace.StatusCode.ERROR
+
+
+_api: _API | None = None
 
 
 def current_context() -> tuple[str | None, str | None]:
     """The W3C ``traceparent`` and ``tracestate`` (None when empty) of the current span, for the
     job about to be inserted; NO_CONTEXT when there is none."""
-    if sys.modules.get(_TRACE_MODULE) is None:
+    trace = sys.modules.get(_TRACE_MODULE)
+    if trace is None:
         return NO_CONTEXT
     try:
-        return _current_context()
+        span_context = trace.get_current_span().get_span_context()
+        if not span_context.is_valid:
+            return NO_CONTEXT
+        # what TraceContextTextMapPropagator.inject writes, without a carrier dict
+        traceparent = f"00-{span_context.trace_id:032x}-{span_context.span_id:016x}-{span_context.trace_flags:02x}"
+        return traceparent, span_context.trace_state.to_header() or None
     except Exception:
         _log_failure("reading the current span's context")
         return NO_CONTEXT
-
-
-def _current_context() -> tuple[str | None, str | None]:
-    from opentelemetry import trace
-
-    span_context = trace.get_current_span().get_span_context()
-    if not span_context.is_valid:
-        return NO_CONTEXT
-    # what TraceContextTextMapPropagator.inject writes, without a carrier dict
-    traceparent = f"00-{span_context.trace_id:032x}-{span_context.span_id:016x}-{span_context.trace_flags:02x}"
-    return traceparent, span_context.trace_state.to_header() or None
 
 
 class Run:
@@ -83,9 +99,7 @@ class Run:
         """Ends the span with the attempt's ``outcome`` (completed, failed, retried, cancelled,
         released); a failed attempt's span gets the ERROR status and the exception, as
         ``Span.record_exception`` records it."""
-        from opentelemetry import context
-        from opentelemetry.trace import Status, StatusCode
-
+        assert _api is not None  # a Run exists: _start_run set it
         try:
             span = self._span
             span.set_attribute("jobmaster.outcome", outcome)
@@ -100,12 +114,12 @@ class Run:
                     },
                 )
                 description = f"{error_type}: {message}" if message else error_type
-                span.set_status(Status(StatusCode.ERROR, description[:MAX_DESCRIPTION]))
+                span.set_status(_api.status(_api.error, description[:MAX_DESCRIPTION]))
             span.end()
         except Exception:
             _log_failure("ending a job's span")
         finally:
-            context.detach(self._token)
+            _api.context.detach(self._token)
 
 
 def start_run(task: str, job_id: uuid.UUID, attempt: int, trace_context: Any) -> Run | None:
@@ -122,19 +136,14 @@ def start_run(task: str, job_id: uuid.UUID, attempt: int, trace_context: Any) ->
 
 
 def _start_run(task: str, job_id: uuid.UUID, attempt: int, trace_context: Any) -> Run:
-    from opentelemetry import context, trace
-    from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
-
-    global _tracer
-    if _tracer is None:
-        # before a provider is set, a proxy that delegates to it once it is
-        _tracer = trace.get_tracer("jobmaster_async")
+    global _api
+    api = _api = _api or _API()
     # the stored context, else the current one (extract starts from an empty context)
-    parent = TraceContextTextMapPropagator().extract(trace_context) if isinstance(trace_context, dict) else None
-    span = _tracer.start_span(
+    parent = api.propagator.extract(trace_context) if isinstance(trace_context, dict) else None
+    span = api.tracer.start_span(
         f"jobmaster.run {task}",
         context=parent,
-        kind=trace.SpanKind.CONSUMER,
+        kind=api.consumer,
         attributes={
             "messaging.system": "jobmaster",
             "messaging.operation.type": "process",
@@ -143,7 +152,7 @@ def _start_run(task: str, job_id: uuid.UUID, attempt: int, trace_context: Any) -
             "jobmaster.attempt": attempt,
         },
     )
-    return Run(span, context.attach(trace.set_span_in_context(span)))
+    return Run(span, api.context.attach(api.trace.set_span_in_context(span)))
 
 
 def _log_failure(what: str) -> None:
