@@ -16,6 +16,7 @@ from typing import Any, ParamSpec
 
 import asyncpg
 
+from . import tracing
 from .arguments import RunAt, as_json, as_json_array, check_insert, refusals_as_errors, when
 from .db.connection import DatabaseTarget, dsn_from, opener
 from .db.faults import server_not_ready
@@ -197,15 +198,21 @@ class JobMaster:
         """Inserts a job (validated and deduplicated in SQL) and returns its id, or the id of the
         identical job already waiting, blocked or running (moved earlier if it was to run later
         than ``run_at``). ``run_at``: an aware datetime, or a timedelta from now (the database's
-        clock); the job never starts before it."""
+        clock); the job never starts before it. Inside an OpenTelemetry span, the job's runs are
+        spans in its trace (README "Tracing")."""
         check_insert(type_key, task_key, priority)
         label = f"{type_key}.{task_key}"
         arguments_json, (at, delay) = as_json(label, arguments), when(label, run_at)
+        traceparent, tracestate = tracing.current_context()
         # the common case in one plain statement; dependencies, "ALL", twins and refusals: in full
-        job_id = await self.store.insert_job_fast(type_key, task_key, priority, arguments_json, at, delay)
+        job_id = await self.store.insert_job_fast(
+            type_key, task_key, priority, arguments_json, at, delay, traceparent, tracestate
+        )
         if job_id is None:
             with refusals_as_errors():
-                job_id = await self.store.insert_job(type_key, task_key, priority, arguments_json, at, delay)
+                job_id = await self.store.insert_job(
+                    type_key, task_key, priority, arguments_json, at, delay, traceparent, tracestate
+                )
         return job_id
 
     async def insert_jobs(
@@ -227,8 +234,9 @@ class JobMaster:
                 f"{type(arguments).__name__} (use insert_job for one job)"
             )
         batch = as_json_array(f"{type_key}.{task_key}", list(arguments))
+        traceparent, tracestate = tracing.current_context()
         with refusals_as_errors():
-            return await self.store.insert_jobs(type_key, task_key, priority, batch, at, delay)
+            return await self.store.insert_jobs(type_key, task_key, priority, batch, at, delay, traceparent, tracestate)
 
     async def enqueue(self, task: Callable[P, Any], /, *args: P.args, **kwargs: P.kwargs) -> uuid.UUID:
         """Queues a job of ``task`` (a function decorated with ``@task``), its arguments checked

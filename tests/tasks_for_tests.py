@@ -10,6 +10,7 @@ from datetime import timedelta
 from typing import Any, Literal
 
 from jobmaster_async import Dependency, cancel_requested, same, task
+from jobmaster_async.tracing import current_context
 
 
 @task
@@ -318,3 +319,15 @@ async def short_lived(n: int) -> int:
 @task(retention=None)
 async def kept_forever(n: int) -> int:
     return n
+
+
+# Traces (tests/test_tracing.py): the W3C trace context current while the task runs, as a job
+# inserted there would store it ([traceparent, tracestate]; nulls: none)
+@task
+async def context_async(key: str) -> list[str | None]:
+    return list(current_context())
+
+
+@task
+def context_in_thread(key: str) -> list[str | None]:
+    return list(current_context())

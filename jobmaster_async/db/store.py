@@ -85,7 +85,8 @@ class Store:
     # -- inserting -------------------------------------------------------------------------------
 
     # ``run_at``, ``run_in``: when the jobs are to run, a time or a delay from the server's now
-    # (both None: now)
+    # (both None: now); ``traceparent``, ``tracestate``: the W3C trace context they are inserted in
+    # (None: none; checked in SQL, a malformed one is not stored)
 
     async def insert_job_fast(
         self,
@@ -95,12 +96,22 @@ class Store:
         arguments: str | None,
         run_at: datetime | None = None,
         run_in: timedelta | None = None,
+        traceparent: str | None = None,
+        tracestate: str | None = None,
     ) -> uuid.UUID | None:
         """The common insert as one plain statement; None when it needs the full path
         (dependencies, "ALL", a twin, a refusal)."""
         pool = await self.pool()
         job_id: uuid.UUID | None = await pool.fetchval(
-            self.sql["insert_job_fast"], type_key, task_key, priority, arguments, run_at, run_in
+            self.sql["insert_job_fast"],
+            type_key,
+            task_key,
+            priority,
+            arguments,
+            run_at,
+            run_in,
+            traceparent,
+            tracestate,
         )
         return job_id
 
@@ -112,10 +123,12 @@ class Store:
         arguments: str | None,
         run_at: datetime | None = None,
         run_in: timedelta | None = None,
+        traceparent: str | None = None,
+        tracestate: str | None = None,
     ) -> uuid.UUID:
         pool = await self.pool()
         job_id: uuid.UUID = await pool.fetchval(
-            self.sql["insert_job"], type_key, task_key, priority, arguments, run_at, run_in
+            self.sql["insert_job"], type_key, task_key, priority, arguments, run_at, run_in, traceparent, tracestate
         )
         return job_id
 
@@ -127,11 +140,13 @@ class Store:
         batch: str,
         run_at: datetime | None = None,
         run_in: timedelta | None = None,
+        traceparent: str | None = None,
+        tracestate: str | None = None,
     ) -> list[uuid.UUID]:
         """``batch``: the elements' arguments as one JSON array."""
         pool = await self.pool()
         ids: list[uuid.UUID] = await pool.fetchval(
-            self.sql["insert_jobs"], type_key, task_key, priority, batch, run_at, run_in
+            self.sql["insert_jobs"], type_key, task_key, priority, batch, run_at, run_in, traceparent, tracestate
         )
         return ids
 
@@ -152,7 +167,8 @@ class Store:
         await pool.execute(self.sql["remove_worker"], worker_id, timeout=self.timeout)
 
     async def claim(self, worker_id: uuid.UUID, task_ids: list[int], limit: int, units: int) -> list[asyncpg.Record]:
-        """Rows of claimed jobs (job_id, task_id, priority, arguments, attempts, max_attempts)."""
+        """Rows of claimed jobs (job_id, task_id, priority, arguments, attempts, max_attempts,
+        trace_context)."""
         return await self.claimer.claim(worker_id, task_ids, limit, units)
 
     async def seconds_to_next_run(self, task_ids: list[int]) -> float | None:

@@ -214,7 +214,9 @@ CREATE TABLE {schema}.jobs (
     run_at         timestamptz,
     -- waiting, and not due when it was written (run_after in the future): out of the claim
     -- indexes, in jobs_scheduled_idx, until promote_due_jobs() clears the flag once it is due
-    scheduled      boolean NOT NULL DEFAULT false
+    scheduled      boolean NOT NULL DEFAULT false,
+    -- the W3C trace context it was inserted in: {"traceparent": ..., "tracestate": ...} (NULL: none)
+    trace_context  jsonb
 ) WITH (
     -- autovacuum fit for a queue: the reasons are in migrations/0014_retention.sql
     autovacuum_vacuum_scale_factor = 0.01,

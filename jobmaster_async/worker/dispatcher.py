@@ -26,6 +26,7 @@ from typing import Any, Protocol
 
 import anyio
 
+from .. import tracing
 from ..db.faults import database_fault
 from ..db.store import Store
 from ..settings import Settings
@@ -33,7 +34,7 @@ from .executors import DaemonThreadPool, Outcome, run_task
 from .listener import CancelJob, Listener, Notification, SchedulesChanged
 from .maintenance import Maintenance
 from .outage import Outage, Service
-from .outcomes import Claim, log_outcome
+from .outcomes import Claim, log_outcome, outcome_name
 from .pruner import Pruner
 from .recorder import Recorder
 from .scheduler import Scheduler
@@ -268,6 +269,8 @@ class Dispatcher:
 
     async def _run_job(self, claim: Claim) -> None:
         started = time.monotonic()
+        # the attempt's span (None: no tracing), current in this job's task and its thread
+        span = tracing.start_run(claim.definition.key, claim.job_id, claim.attempts, claim.trace_context)
         try:
             outcome = await run_task(
                 claim.definition,
@@ -276,20 +279,26 @@ class Dispatcher:
                 lambda f: self._hold_slot(claim, f),
                 self._loop,
             )
-        except asyncio.CancelledError:
-            if claim.job_id in self._user_cancelled:
-                self._user_cancelled.discard(claim.job_id)
-                logger.info("job %s (%s) cancelled", claim.job_id, claim.definition.key)
-                self._running.pop(claim.job_id, None)
-                self._held.pop(claim.job_id, None)
-                self.finished.fire()
-                self._wake.set()
-                return
-            raise  # shutdown: the claim is released by _shutdown
+        except BaseException as exc:
+            user_cancelled = isinstance(exc, asyncio.CancelledError) and claim.job_id in self._user_cancelled
+            if span is not None:  # cancelled by the user, or put back by the shutdown
+                span.end("cancelled" if user_cancelled else "released")
+            if not user_cancelled:
+                raise  # shutdown: the claim is released by _shutdown
+            self._user_cancelled.discard(claim.job_id)
+            logger.info("job %s (%s) cancelled", claim.job_id, claim.definition.key)
+            self._running.pop(claim.job_id, None)
+            self._held.pop(claim.job_id, None)
+            self.finished.fire()
+            self._wake.set()
+            return
+        backoff = self.backend.settings.retry_backoff
+        if span is not None:
+            span.end(outcome_name(claim, outcome, backoff), outcome.error_type, outcome.message, outcome.traceback)
         self.recorder.add(claim, outcome)
         self._running.pop(claim.job_id, None)
         self._wake.set()
-        log_outcome(claim, outcome, time.monotonic() - started, self.backend.settings.retry_backoff)
+        log_outcome(claim, outcome, time.monotonic() - started, backoff)
 
     def _hold_slot(self, claim: Claim, future: asyncio.Future[Any]) -> None:
         """A cancelled job's thread runs on: it keeps its slot (and, marked abandoned in the
