@@ -576,6 +576,18 @@ def goals(result: dict[str, Any], samples: list[Sample]) -> list[str]:
         )
     else:
         lines.append(f"- Sizes flat after the first retention: n/a (the load ended before t = {settled_at:.0f} s)")
+    if len(full) >= 2:
+        # finished jobs still in the table: about retention + the time since the last pruning's worth
+        last_s = load[-1]
+        finished = max(0, last_s.jobs_rows - last_s.backlog)
+        per_second = last_s.completed / last_s.window
+        kept = f", about {finished / per_second:.0f} s of completions" if per_second else ""
+        lines.append(
+            f"- Pruning keeping up: at the load's end the jobs table held about {last_s.jobs_rows:,} live rows "
+            f"(the statistics' estimate), {last_s.backlog:,} of them queued and about {finished:,} finished{kept} "
+            f"(retention {RETENTION.total_seconds():.0f} s, "
+            f"pruning every {PRUNE_INTERVAL / 2:.1f}-{PRUNE_INTERVAL:.0f} s)"
+        )
 
     if len(load) >= 2:
         first_rss, last_rss = load[0].worker_rss, load[-1].worker_rss
@@ -730,10 +742,28 @@ def chart(result: dict[str, Any], samples: list[Sample], out: Path) -> None:
     ax.set_ylim(bottom=0)
     for ax in axes:
         ax.grid(alpha=0.3)
+        ax.axvline(result["produced_for"] / 60, color="black", linestyle=":", linewidth=1)
+    axes[0].annotate(
+        "producer stops", (result["produced_for"] / 60, 0), xytext=(4, 4), textcoords="offset points", fontsize="small"
+    )
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=100)
     plt.close(fig)
+
+
+def report(result: dict[str, Any], out: Path) -> None:
+    """Prints the table and the goals, and draws the chart."""
+    samples = [Sample(**s) for s in result["samples"]]
+    if result.get("header"):
+        print()
+        print(result["header"])
+    print()
+    print(table(samples))
+    print()
+    print("\n".join(goals(result, samples)))
+    chart(result, samples, out)
+    print(f"\nchart: {out}")
 
 
 def main() -> None:
@@ -745,7 +775,11 @@ def main() -> None:
     parser.add_argument("--interval", type=float, help="seconds between samples (default 30; 10 with --quick)")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "soak.png")
     parser.add_argument("--json", type=Path, help="also write the samples here")
+    parser.add_argument("--from-json", type=Path, help="run nothing: report (and draw) a run that --json wrote")
     args = parser.parse_args()
+    if args.from_json:
+        report(json.loads(args.from_json.read_text()), args.out)
+        return
     minutes = 1.0 if args.quick else args.minutes
     interval = args.interval or (10.0 if args.quick else 30.0)
     began = dt.datetime.now(dt.UTC)
@@ -761,20 +795,12 @@ def main() -> None:
         with temporary_server(SERVER_SETTINGS) as server:
             pid = int((server.pgdata / "postmaster.pid").read_text().split()[0])
             result = go(server.dsn, pid)
-    samples = [Sample(**s) for s in result["samples"]]
-    header = (
+    result["header"] = (
         f"`python -m benchmarks.soak {shlex.join(sys.argv[1:])}`, {began:%Y-%m-%d %H:%M} UTC, "
         f"{platform.machine()} with {os.cpu_count()} cores, Python {platform.python_version()}; "
         f"load average at the end {' / '.join(f'{x:.1f}' for x in os.getloadavg())}"
     )
-    print()
-    print(header)
-    print()
-    print(table(samples))
-    print()
-    print("\n".join(goals(result, samples)))
-    chart(result, samples, args.out)
-    print(f"\nchart: {args.out}")
+    report(result, args.out)
     if args.json:
         args.json.write_text(json.dumps(result, indent=2, default=str))
 
