@@ -18,7 +18,6 @@ import json
 import logging
 import os
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -36,26 +35,6 @@ class Stats:
         self.jm = jm
         self.path = path
         #: [first batch's start, last batch's end, jobs deleted, batches], wall clock
-        self.prunings: list[list[float]] = []
-
-    def time_prunings(self) -> None:
-        """Times each background pruning: wraps the pruner's batch (a private attribute: this
-        is the library's own benchmark). Batches less than a second apart are one pruning."""
-        pruner = self.jm.worker.pruner
-        batch = pruner._prune_batch
-
-        async def timed(max_rows: int) -> int | None:
-            started = time.time()
-            deleted = await batch(max_rows)
-            ended = time.time()
-            last = self.prunings[-1] if self.prunings else None
-            if last is not None and started - last[1] < 1.0:
-                last[1], last[2], last[3] = ended, last[2] + (deleted or 0), last[3] + 1
-            elif deleted:
-                self.prunings.append([started, ended, deleted, 1])
-            return deleted
-
-        pruner._prune_batch = timed
 
     def write(self) -> None:
         data: dict[str, Any] = {
@@ -64,7 +43,7 @@ class Stats:
             "claimed": self.jm.claimed.count,
             "recorded": self.jm.finished.count,
             "pruned": self.jm.worker.pruner.pruned.count,
-            "prunings": self.prunings,
+            "prunings": [[p.started, p.ended, p.deleted, p.batches] for p in self.jm.worker.pruner.prunings],
         }
         temporary = self.path.with_suffix(".tmp")
         temporary.write_text(json.dumps(data))
@@ -86,7 +65,6 @@ async def main(dsn: str, schema: str, concurrency: int, stats_path: Path) -> Non
         retry_backoff=RETRY_BACKOFF,
     ) as jm:
         stats = Stats(jm, stats_path)
-        stats.time_prunings()
         writer = asyncio.create_task(stats.run())
         try:
             await jm.run_forever(concurrency, handle_signals=True, grace_period=5)
