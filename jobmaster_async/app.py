@@ -10,12 +10,13 @@ import os
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from types import TracebackType
 from typing import Any, ParamSpec
 
 import asyncpg
 
+from . import tracing
 from .arguments import RunAt, as_json, as_json_array, check_insert, refusals_as_errors, when
 from .db.connection import DatabaseTarget, dsn_from, opener
 from .db.faults import server_not_ready
@@ -45,6 +46,18 @@ logger = logging.getLogger(__name__)
 
 #: Seconds a worker waits at start-up for a server that refuses connections (not started yet).
 STARTUP_WAIT = 10.0
+#: How long finished jobs are kept by default (DESIGN 9 "Retention").
+DEFAULT_RETENTION = timedelta(days=7)
+#: Jobs that prune() deletes per transaction.
+PRUNE_BATCH = 10_000
+
+
+def _checked_retention(value: object, what: str = "retention") -> timedelta:
+    """A retention or an age: a timedelta longer than zero."""
+    if not isinstance(value, timedelta) or value <= timedelta(0):
+        forever = " or None (keep forever)" if what == "retention" else ""
+        raise ConfigurationError(f"{what} must be a timedelta > 0{forever}, got {value!r}")
+    return value
 
 
 class JobMaster:
@@ -69,6 +82,8 @@ class JobMaster:
         poll_interval: float | None = None,
         connection_timeout: float | None = None,
         rescue_interval: float | None = None,
+        retention: timedelta | None = DEFAULT_RETENTION,
+        prune_interval: float | None = None,
     ) -> None:
         if db_engine is None:
             db_engine = os.environ.get("JOBMASTER_DSN")
@@ -92,7 +107,11 @@ class JobMaster:
             poll_interval=poll_interval,
             connection_timeout=connection_timeout,
             rescue_interval=rescue_interval,
+            prune_interval=prune_interval,
         )
+        #: how long finished jobs are kept after they finished, for the tasks that set no
+        #: retention of their own (None: forever); deploy() stores it per task
+        self.retention = None if retention is None else _checked_retention(retention)
         self.connect_kwargs = dict(connect_kwargs or {})
         self._open = opener(self.dsn, self.connect_kwargs, settings.connection_timeout)
         #: whether a connection ever opened: before, errors are fatal; after, a worker survives them
@@ -160,7 +179,7 @@ class JobMaster:
         """Creates or migrates the schema and writes this process's task definitions. Idempotent
         and safe to run from several processes at once. ``_reset=True`` drops every job first;
         ``prune=True`` removes task definitions no longer registered here (and idle)."""
-        await self.store.deploy(registry, reset=_reset, prune=prune)
+        await self.store.deploy(registry, reset=_reset, prune=prune, retention=self.retention)
         self.worker.forget_definitions()
         if _reset:
             self.worker.registered = False
@@ -179,15 +198,21 @@ class JobMaster:
         """Inserts a job (validated and deduplicated in SQL) and returns its id, or the id of the
         identical job already waiting, blocked or running (moved earlier if it was to run later
         than ``run_at``). ``run_at``: an aware datetime, or a timedelta from now (the database's
-        clock); the job never starts before it."""
+        clock); the job never starts before it. Inside an OpenTelemetry span, the job's runs are
+        spans in its trace (README "Tracing")."""
         check_insert(type_key, task_key, priority)
         label = f"{type_key}.{task_key}"
         arguments_json, (at, delay) = as_json(label, arguments), when(label, run_at)
+        traceparent, tracestate = tracing.current_context()
         # the common case in one plain statement; dependencies, "ALL", twins and refusals: in full
-        job_id = await self.store.insert_job_fast(type_key, task_key, priority, arguments_json, at, delay)
+        job_id = await self.store.insert_job_fast(
+            type_key, task_key, priority, arguments_json, at, delay, traceparent, tracestate
+        )
         if job_id is None:
             with refusals_as_errors():
-                job_id = await self.store.insert_job(type_key, task_key, priority, arguments_json, at, delay)
+                job_id = await self.store.insert_job(
+                    type_key, task_key, priority, arguments_json, at, delay, traceparent, tracestate
+                )
         return job_id
 
     async def insert_jobs(
@@ -209,8 +234,9 @@ class JobMaster:
                 f"{type(arguments).__name__} (use insert_job for one job)"
             )
         batch = as_json_array(f"{type_key}.{task_key}", list(arguments))
+        traceparent, tracestate = tracing.current_context()
         with refusals_as_errors():
-            return await self.store.insert_jobs(type_key, task_key, priority, batch, at, delay)
+            return await self.store.insert_jobs(type_key, task_key, priority, batch, at, delay, traceparent, tracestate)
 
     async def enqueue(self, task: Callable[P, Any], /, *args: P.args, **kwargs: P.kwargs) -> uuid.UUID:
         """Queues a job of ``task`` (a function decorated with ``@task``), its arguments checked
@@ -284,6 +310,27 @@ class JobMaster:
             count += 1
         return count
 
+    # -- retention -------------------------------------------------------------------------------
+
+    async def prune(self, older_than: timedelta | None = None, *, dry_run: bool = False) -> int:
+        """Deletes the finished jobs (and their history) older than each task's retention, or
+        than ``older_than`` for every task, in short transactions; returns how many went.
+        Jobs that dependencies still need are kept (DESIGN 9 "Retention"). ``dry_run``: deletes
+        nothing and returns how many would go."""
+        if older_than is not None:
+            older_than = _checked_retention(older_than, "older_than")
+        if dry_run:
+            return await self.store.count_prunable_jobs(older_than)
+        total = 0
+        while True:
+            deleted = await self.store.prune_jobs(older_than, PRUNE_BATCH)
+            total += deleted
+            if deleted < PRUNE_BATCH:
+                break
+        if total:
+            logger.info("pruned %d finished jobs", total)
+        return total
+
     # -- inspecting and managing -----------------------------------------------------------------
 
     async def get_job(self, job_id: uuid.UUID | str) -> Job | None:
@@ -305,7 +352,9 @@ class JobMaster:
         return [Job.from_row(row) for row in rows]
 
     async def counts(self) -> dict[str, int]:
-        """How many jobs there are of each status."""
+        """How many jobs there are of each status that has any. Exact for waiting, blocked and
+        running (read from indexes); for complete, failed and cancelled exact below a million
+        jobs in the table, else PostgreSQL's estimate (an exact count would read them all)."""
         return await self.store.status_counts()
 
     async def active_counts(self) -> dict[str, int]:

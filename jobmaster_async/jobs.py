@@ -66,6 +66,9 @@ class Job:
     worker_id: uuid.UUID | None = None
     #: the time its inserter asked it to run at (None: none; retry() forgets it)
     run_at: datetime | None = None
+    #: the W3C trace context it was inserted in, ``{"traceparent": ..., "tracestate": ...}``
+    #: (tracestate only when there is one); None when its inserter was in no span (README "Tracing")
+    trace_context: dict[str, str] | None = None
 
     @property
     def task_name(self) -> str:
@@ -94,6 +97,7 @@ class Job:
             run_after=row["run_after"],
             worker_id=row["worker_id"],
             run_at=row["run_at"],
+            trace_context=row.get("trace_context"),
         )
 
 

@@ -10,6 +10,7 @@ import sys
 import typing
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, Literal, TypeVar, overload
 
@@ -20,7 +21,9 @@ from .schedules import Cron, as_crons
 
 __all__ = (
     "DEFAULT_HOURS",
+    "INHERIT",
     "Dependency",
+    "Inherit",
     "Parameter",
     "Same",
     "TaskDefinition",
@@ -39,6 +42,17 @@ F = TypeVar("F", bound=Callable[..., Any])
 DEFAULT_HOURS = 720.0
 Executor = Literal["thread", "process"]
 _ARITHMETIC = {"+", "-", "*", "/", "r-", "r/"}
+
+
+class Inherit:
+    """``@task(retention=INHERIT)``, the default: the task keeps its finished jobs as long as the
+    deploying JobMaster's ``retention`` says."""
+
+    def __repr__(self) -> str:
+        return "INHERIT"
+
+
+INHERIT = Inherit()
 
 
 class Same:
@@ -145,6 +159,8 @@ class TaskDefinition:
     timeout: float | None = None
     executor: Executor = "thread"
     crons: tuple[Cron, ...] = ()
+    #: how long its finished jobs are kept (None: forever; INHERIT: the JobMaster's retention)
+    retention: timedelta | Inherit | None = INHERIT
     is_async: bool = False
     description: str | None = None
     origin: str = field(default="", repr=False)
@@ -156,8 +172,9 @@ class TaskDefinition:
     def parameter(self, name: str) -> Parameter | None:
         return next((p for p in self.parameters if p.name == name), None)
 
-    def to_row(self) -> dict[str, Any]:
-        """The tasks-table row deploy() writes."""
+    def to_row(self, retention: timedelta | None = None) -> dict[str, Any]:
+        """The tasks-table row deploy() writes; ``retention`` is the JobMaster's, for a task that
+        sets none."""
         return {
             "type_key": self.type_key,
             "task_key": self.task_key,
@@ -171,6 +188,7 @@ class TaskDefinition:
             "timeout": self.timeout,
             "executor": "async" if self.is_async else self.executor,
             "description": self.description,
+            "retention": retention if isinstance(self.retention, Inherit) else self.retention,
         }
 
 
@@ -199,13 +217,16 @@ class Registry:
     def __len__(self) -> int:
         return len(self._tasks)
 
-    def rows_to_deploy(self, deployed: Mapping[tuple[str, str], Mapping[str, Any]]) -> list[dict[str, Any]]:
+    def rows_to_deploy(
+        self, deployed: Mapping[tuple[str, str], Mapping[str, Any]], retention: timedelta | None = None
+    ) -> list[dict[str, Any]]:
         """The tasks-table rows deploy() writes, once the definitions registered here have been
         checked as a whole against the ones already deployed (by key: rows with their
-        ``parameters`` and ``dependencies``)."""
+        ``parameters`` and ``dependencies``); ``retention`` is the JobMaster's, for tasks that set
+        none."""
         definitions = list(self)
         check_definitions(definitions, deployed)
-        return [definition.to_row() for definition in definitions]
+        return [definition.to_row(retention) for definition in definitions]
 
     def schedules_to_deploy(self) -> list[dict[str, Any]]:
         """The schedules deploy() stores: every registered task's (none is a list too: a task that
@@ -258,6 +279,7 @@ def task(
     timeout: float | None = None,
     executor: Executor = "thread",
     cron: str | Cron | Sequence[str | Cron] | None = None,
+    retention: timedelta | Inherit | None = INHERIT,
 ) -> Callable[[F], F]: ...
 
 
@@ -276,6 +298,7 @@ def task(
     timeout: float | None = None,
     executor: Executor = "thread",
     cron: str | Cron | Sequence[str | Cron] | None = None,
+    retention: timedelta | Inherit | None = INHERIT,
 ) -> F | Callable[[F], F]:
     """Registers a function as a task; the function stays directly callable.
 
@@ -296,6 +319,7 @@ def task(
             timeout=timeout,
             executor=executor,
             cron=cron,
+            retention=retention,
         )
         registry.add(definition)
         fn.__jobmaster_task__ = definition  # type: ignore[attr-defined]
@@ -325,6 +349,7 @@ def _define(
     timeout: float | None,
     executor: str,
     cron: str | Cron | Sequence[str | Cron] | None = None,
+    retention: timedelta | Inherit | None = INHERIT,
 ) -> TaskDefinition:
     if not callable(fn):
         raise TaskDefinitionError(f"@task needs a function, got {fn!r}")
@@ -346,6 +371,8 @@ def _define(
         raise TaskDefinitionError(f"task {label}: executor must be 'thread' or 'process', got {executor!r}")
     if is_async and executor == "process":
         raise TaskDefinitionError(f"task {label}: executor='process' is for sync functions; async tasks run inline")
+    if not isinstance(retention, Inherit) and retention is not None:
+        check_retention(f"task {label}: retention", retention)
 
     parameters = parameters_of(label, fn)
     names = {p.name for p in parameters}
@@ -367,10 +394,18 @@ def _define(
         timeout=float(timeout) if timeout is not None else None,
         executor=executor,  # type: ignore[arg-type]
         crons=crons,
+        retention=retention,
         is_async=is_async,
         description=doc.split("\n\n")[0].strip() if doc else None,
         origin=f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', fn)}",
     )
+
+
+def check_retention(what: str, retention: object) -> timedelta:
+    """A retention: a timedelta longer than zero (None, keeping forever, is checked by callers)."""
+    if not isinstance(retention, timedelta) or retention <= timedelta(0):
+        raise TaskDefinitionError(f"{what} must be a timedelta > 0 or None (keep forever), got {retention!r}")
+    return retention
 
 
 def _crons(

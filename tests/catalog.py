@@ -17,7 +17,7 @@ __all__ = ("describe",)
 _QUERIES = (
     (
         "relation",
-        """SELECT format('%s %s', c.relname, c.relkind)
+        """SELECT format('%s %s %s', c.relname, c.relkind, c.reloptions::text)
              FROM pg_class AS c WHERE c.relnamespace = $1::regnamespace""",
     ),
     (

@@ -6,9 +6,11 @@ import asyncio
 import os
 import time
 from collections.abc import Callable
+from datetime import timedelta
 from typing import Any, Literal
 
 from jobmaster_async import Dependency, cancel_requested, same, task
+from jobmaster_async.tracing import current_context
 
 
 @task
@@ -306,3 +308,26 @@ async def gated(key: str) -> str:
 @task(dependencies=Dependency(gated, key=same))
 async def after_gate(key: str, n: int = 0) -> int:
     return n
+
+
+# Retention: a task of its own, and one kept forever
+@task(retention=timedelta(hours=1))
+async def short_lived(n: int) -> int:
+    return n
+
+
+@task(retention=None)
+async def kept_forever(n: int) -> int:
+    return n
+
+
+# Traces (tests/test_tracing.py): the W3C trace context current while the task runs, as a job
+# inserted there would store it ([traceparent, tracestate]; nulls: none)
+@task
+async def context_async(key: str) -> list[str | None]:
+    return list(current_context())
+
+
+@task
+def context_in_thread(key: str) -> list[str | None]:
+    return list(current_context())

@@ -366,6 +366,18 @@ def test_piped_jobs_are_tab_separated_and_never_cut(cli: tuple[CliRunner, list[s
     assert [e["reason"] for e in detail["history"]] == ["inserted", "claimed", "failed"]
 
 
+def test_piped_jobs_cut_only_huge_cells(cli: tuple[CliRunner, list[str]]) -> None:
+    runner, base = cli
+    huge = "y" * 50_000
+    insert(runner, base, "echo", {"value": {"blob": huge}})
+    listing = runner.invoke(main, ["jobs", *base])
+    _, row = listing.stdout.splitlines()
+    arguments = row.split("\t")[5]
+    assert len(arguments) == 10_000 and arguments.endswith("…") and '"blob": "yyy' in arguments
+    as_json = runner.invoke(main, [*base, "jobs", "--json"])
+    assert json.loads(as_json.stdout)["arguments"]["value"] == {"blob": huge}
+
+
 # -- 10. examples --------------------------------------------------------------------------------
 
 
@@ -440,7 +452,7 @@ def test_insert_suggests_the_task_meant(cli: tuple[CliRunner, list[str]]) -> Non
     assert typo.exit_code == 1
     message = typo.stderr.strip()
     assert message.startswith("Error: unknown task tasks_for_tests.ad: did you mean add? tasks of tasks_for_tests: ")
-    assert ", add, after_gate," in message and message.endswith("(61 in all)")
+    assert ", add, after_gate," in message and message.endswith("(65 in all)")
     wrong_type = runner.invoke(main, [*base, "insert", "task_for_tests", "add", "--args", '{"a": 1}'])
     assert wrong_type.exit_code == 1
     assert "no task of type task_for_tests is deployed; did you mean tasks_for_tests.add?" in wrong_type.stderr

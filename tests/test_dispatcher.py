@@ -7,6 +7,7 @@ import asyncio
 import json
 import uuid
 from collections.abc import AsyncIterator
+from datetime import timedelta
 
 import asyncpg
 import pytest
@@ -107,16 +108,13 @@ async def test_thread_timeout_keeps_its_slot_until_the_thread_returns(idle_jm: J
         await idle_jm.claimed.wait_for(1)
         quick = await idle_jm.insert_job("tasks_for_tests", "add", 1, {"a": 1})
         await idle_jm.finished.wait_for(1)
-        # the timed-out attempt is recorded only once its thread returned, so the quick job,
-        # which needed the single slot, cannot have started before that
-        slow_job = await idle_jm.get_job(slow)
-        quick_job = await idle_jm.get_job(quick)
-        assert slow_job is not None and quick_job is not None
-        first_fail = [e for e in await idle_jm.history(slow) if e["status"] == "waiting"][1]["at"]
+        # the timed-out attempt keeps its slot until its thread returns (it sleeps 1 s from after
+        # its claim), so the quick job, which needed the single slot, cannot have started before
+        first_claim = next(e for e in await idle_jm.history(slow) if e["status"] == "running")["at"]
         await idle_jm.finished.wait_for(2)
         quick_job = await idle_jm.get_job(quick)
         assert quick_job is not None and quick_job.started_at is not None
-        assert quick_job.started_at >= first_fail
+        assert quick_job.started_at >= first_claim + timedelta(seconds=1.0)
         await idle_jm.finished.wait_for(3)
 
 

@@ -65,12 +65,12 @@ async def slow_canonical_calls(conn: asyncpg.Connection, jm: JobMaster, statemen
 async def test_realistic_arguments_take_the_fast_way(
     jm: JobMaster, conn: asyncpg.Connection, arguments: dict[str, Any]
 ) -> None:
-    args = ("tasks_for_tests", "every_kind", 1, json.dumps(arguments), None, None)
+    args = ("tasks_for_tests", "every_kind", 1, json.dumps(arguments), None, None, None, None)
     assert await slow_canonical_calls(conn, jm, jm.sql["insert_job_fast"], *args) == 0
 
 
 async def test_an_integer_written_with_a_dot_takes_the_slow_way(jm: JobMaster, conn: asyncpg.Connection) -> None:
-    args = ("tasks_for_tests", "every_kind", 1, json.dumps({"n": 2.0, "s": "x"}), None, None)
+    args = ("tasks_for_tests", "every_kind", 1, json.dumps({"n": 2.0, "s": "x"}), None, None, None, None)
     assert await slow_canonical_calls(conn, jm, jm.sql["insert_job_fast"], *args) == 1
 
 
@@ -80,7 +80,9 @@ async def test_every_way_stores_the_same_canonical_arguments(
 ) -> None:
     text = json.dumps(arguments)
     expected = json.dumps({**DEFAULTS, **stored}, sort_keys=True)
-    fast = await conn.fetchval(jm.sql["insert_job_fast"], "tasks_for_tests", "every_kind", 1, text, None, None)
+    fast = await conn.fetchval(
+        jm.sql["insert_job_fast"], "tasks_for_tests", "every_kind", 1, text, None, None, None, None
+    )
     assert fast is not None
     ids = {
         fast,
@@ -108,7 +110,15 @@ async def test_a_task_not_derived_again_still_stores_canonical_integers(
         ALTER TABLE {q(jm)}.tasks ENABLE TRIGGER tasks_derive_checks;
     """)
     job_id = await conn.fetchval(
-        jm.sql["insert_job_fast"], "tasks_for_tests", "every_kind", 1, json.dumps({"n": 4.0, "s": "a.b"}), None, None
+        jm.sql["insert_job_fast"],
+        "tasks_for_tests",
+        "every_kind",
+        1,
+        json.dumps({"n": 4.0, "s": "a.b"}),
+        None,
+        None,
+        None,
+        None,
     )
     assert await conn.fetchval(f"SELECT arguments->>'n' FROM {q(jm)}.jobs WHERE job_id = $1", job_id) == "4"
 
@@ -125,7 +135,10 @@ async def test_refusals_are_unchanged(
     jm: JobMaster, conn: asyncpg.Connection, arguments: dict[str, Any], says: str
 ) -> None:
     text = json.dumps(arguments)
-    assert await conn.fetchval(jm.sql["insert_job_fast"], "tasks_for_tests", "every_kind", 1, text, None, None) is None
+    assert (
+        await conn.fetchval(jm.sql["insert_job_fast"], "tasks_for_tests", "every_kind", 1, text, None, None, None, None)
+        is None
+    )
     with pytest.raises(asyncpg.PostgresError) as refused:
         await conn.fetchval(f"SELECT {q(jm)}.add_job('tasks_for_tests', 'every_kind', 1, $1::json)", text)
     assert refused.value.sqlstate == "JM400"

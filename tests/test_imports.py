@@ -18,7 +18,18 @@ ROOT = Path(jobmaster_async.__file__).parent
 
 # lowest first; a module may import only from its own layer and the ones before it
 LAYERS: list[tuple[str, ...]] = [
-    ("errors", "storable", "jobs", "tasks", "parameters", "definitions", "settings", "arguments", "schedules"),
+    (
+        "errors",
+        "storable",
+        "jobs",
+        "tasks",
+        "parameters",
+        "definitions",
+        "settings",
+        "arguments",
+        "schedules",
+        "tracing",
+    ),
     ("db",),
     ("worker",),
     ("app", "sync", "enqueue", "ids", "inspection"),

@@ -94,7 +94,8 @@ async def test_every_version_upgrades_to_what_a_new_schema_gets(
         await fresh.close()
     expected = await describe(conn, fresh.schema)
     expected_versions = await versions(conn, fresh.sql)
-    assert [v for v, _ in expected_versions] == list(range(1, fresh.sql.latest_version + 1))
+    # every migration (by number: one may be numbered after a gap left for another branch's)
+    assert [v for v, _ in expected_versions] == [m.version for m in fresh.sql.migrations]
     await conn.execute(
         f"INSERT INTO {fresh.sql.quoted_schema}.tasks (type_key, task_key, parameters) "
         "VALUES ('elsewhere', 'thing', $1::text::jsonb)",

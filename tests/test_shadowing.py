@@ -786,6 +786,14 @@ async def workload(
     await insights.worker_of(flaky, jm.worker_id)
     assert await insights.metrics_window(await insights.clock(timedelta(hours=1)), timedelta(0))
 
+    # -- retention: counted, pruned from Python, from SQL, and by a worker's background batch
+    await admin.execute(f"UPDATE {s}.jobs SET finished_at = finished_at - interval '31 days'")
+    prunable = await jm.prune(dry_run=True)
+    assert prunable > 10
+    assert await client.fetchval(f"SELECT {s}.prune_jobs(NULL, 5)") == 5
+    assert await jm.store.prune_jobs_if_free(5) == 5
+    assert await jm.prune() == prunable - 10
+
 
 async def running(jm: JobMaster, *job_ids: uuid.UUID) -> bool:
     for job_id in job_ids:

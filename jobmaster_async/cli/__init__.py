@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import click
 
-from .commands import cancel, deploy, insert, list_jobs, retry, schedules, show, sql
+from .commands import cancel, deploy, insert, list_jobs, prune, retry, schedules, show, sql
 from .context import Settings, configure_logging, settings_options
 from .dashboard import dashboard
 from .database import db
@@ -35,5 +35,5 @@ def _add(command: click.Command) -> None:
     main.add_command(command)
 
 
-for _command in (worker, deploy, insert, list_jobs, show, cancel, retry, schedules, sql, dashboard, db, demo):
+for _command in (worker, deploy, insert, list_jobs, show, cancel, retry, schedules, prune, sql, dashboard, db, demo):
     _add(_command)

@@ -76,13 +76,13 @@ _DURATION = re.compile(r"(\d+(?:\.\d+)?)([smhdw])")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
 
 
-def parse_duration(text: str) -> timedelta:
+def parse_duration(text: str, option: str = "--in") -> timedelta:
     """``90s``, ``10m``, ``1h30m``, ``2d``, ``1w`` (a number alone: seconds)."""
     text = text.strip().replace(" ", "")
     if re.fullmatch(r"\d+(?:\.\d+)?", text):
         return timedelta(seconds=float(text))
     if not text or not re.fullmatch(f"(?:{_DURATION.pattern})+", text):
-        raise click.BadParameter(f"{text!r} is not a duration such as 90s, 10m, 1h30m, 2d", param_hint="--in")
+        raise click.BadParameter(f"{text!r} is not a duration such as 90s, 10m, 1h30m, 2d", param_hint=option)
     return sum((timedelta(**{_UNITS[unit]: float(n)}) for n, unit in _DURATION.findall(text)), timedelta())
 
 
@@ -151,7 +151,8 @@ def list_jobs(
 
     In a terminal: a table, long cells cut with "…", and the last 12 hex digits of each id
     (show, cancel and retry take them). Piped: tab-separated lines, a header first, full ids and
-    values, never cut. --json: one JSON object per line."""
+    values (a cell past 10,000 characters cut with "…"). --json: one JSON object per line, never
+    cut."""
 
     async def run(jm: JobMaster) -> list[Job]:
         return await jm.jobs(status, type_key, task_key, limit)
@@ -251,6 +252,28 @@ def schedules(settings: Settings, as_json: bool) -> None:
         return
     console = make_console()
     console.print(schedules_table(found, width=console.width))
+
+
+@click.command()
+@click.option(
+    "--older-than",
+    metavar="AGE",
+    help="Prune every task's finished jobs older than AGE (90s, 10m, 1h30m, 2d, 1w) instead of each task's retention.",
+)
+@click.option("--dry-run", is_flag=True, help="Delete nothing: print how many jobs would go.")
+@pass_settings
+def prune(settings: Settings, older_than: str | None, dry_run: bool) -> None:
+    """Delete finished jobs older than their task's retention (7 days unless set), with their
+    history, in short transactions. Jobs a dependency may still need are kept."""
+    age = parse_duration(older_than, "--older-than") if older_than is not None else None
+    if age is not None and age <= timedelta(0):
+        raise click.BadParameter("must be longer than 0", param_hint="--older-than")
+
+    async def run(jm: JobMaster) -> int:
+        return await jm.prune(age, dry_run=dry_run)
+
+    count = call(settings, run)
+    click.echo(f"would prune {count} jobs (dry run: nothing deleted)" if dry_run else f"pruned {count} jobs")
 
 
 @click.command()

@@ -139,13 +139,20 @@ def jobs_table(jobs: Sequence[Job], title: str | None = None, width: int | None 
     return table
 
 
+#: characters of a tab-separated cell at most (a 5 MB argument is for --json, not for a pipe)
+TSV_CELL_LIMIT = 10_000
+
+
 def _tsv_cell(text: str) -> str:
+    if len(text) > TSV_CELL_LIMIT:
+        text = text[: TSV_CELL_LIMIT - 1] + "…"
     return text.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
 
 
 def jobs_tsv(jobs: Iterable[Job]) -> Iterable[str]:
     """Jobs as tab-separated lines (a header first) for pipes: the full id and every value in
-    full, tabs, newlines and backslashes escaped as ``\\t``, ``\\n`` and ``\\\\``."""
+    full up to 10,000 characters (longer ones cut with "…"; ``--json`` never cuts), tabs,
+    newlines and backslashes escaped as ``\\t``, ``\\n`` and ``\\\\``."""
     yield "job_id\ttask\tstatus\tpriority\tcreated_at\targuments\tresult_or_message\trun_at"
     for job in jobs:
         created = job.created_at.isoformat() if job.created_at else ""

@@ -67,6 +67,14 @@ OUTCOME_LOGGER = "jobmaster_async.worker.outcomes"
     type=float,
     help="Seconds between looks for jobs of workers whose heartbeat lapsed [default: half the heartbeat lapse].",
 )
+@click.option(
+    "--prune-interval",
+    default=60.0,
+    show_default=True,
+    type=click.FloatRange(min=0),
+    help="Seconds between background prunings of finished jobs past their task's retention (one worker of a "
+    "schema prunes at a time; 0: never).",
+)
 @pass_settings
 def worker(
     settings: Settings,
@@ -82,6 +90,7 @@ def worker(
     heartbeat_lapse: float,
     connection_timeout: float | None,
     rescue_interval: float | None,
+    prune_interval: float,
 ) -> None:
     """Run jobs of the given task modules until SIGTERM/SIGINT (graceful).
 
@@ -125,6 +134,7 @@ def worker(
         "heartbeat_lapse": heartbeat_lapse,
         "connection_timeout": connection_timeout,
         "rescue_interval": rescue_interval,
+        "prune_interval": prune_interval,
     }
     call(settings, run, apps, **options)
 

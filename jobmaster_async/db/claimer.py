@@ -63,7 +63,8 @@ class Claimer:
         self.promoted = 0
 
     async def claim(self, worker_id: uuid.UUID, task_ids: list[int], limit: int, units: int) -> list[asyncpg.Record]:
-        """Rows of claimed jobs (job_id, task_id, priority, arguments, attempts, max_attempts)."""
+        """Rows of claimed jobs (job_id, task_id, priority, arguments, attempts, max_attempts,
+        trace_context)."""
         self.due_in_known = False
         if not self._lock.locked():
             async with self._lock:

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from collections.abc import Mapping
+from datetime import timedelta
 from typing import Any, Protocol
 
 import asyncpg
@@ -21,19 +21,17 @@ logger = logging.getLogger(__name__)
 class TaskRows(Protocol):
     """The task definitions to write, as the tasks side hands them over (the registry)."""
 
-    def rows_to_deploy(self, deployed: Mapping[tuple[str, str], Mapping[str, Any]]) -> list[dict[str, Any]]:
-        """The tasks-table rows, once checked against the tasks already deployed (by key)."""
+    def rows_to_deploy(
+        self, deployed: Mapping[tuple[str, str], Mapping[str, Any]], retention: timedelta | None
+    ) -> list[dict[str, Any]]:
+        """The tasks-table rows, once checked against the tasks already deployed (by key);
+        ``retention`` is the JobMaster's, for tasks that set none."""
         ...
 
     def schedules_to_deploy(self) -> list[dict[str, Any]]:
         """Each registered task's schedules: [{"type_key", "task_key", "schedules": [{"key",
         "expression", "timezone", "arguments", "priority"}]}]."""
         ...
-
-
-def _lock_key(schema: str) -> int:
-    digest = hashlib.sha256(f"jobmaster_async:{schema}".encode()).digest()
-    return int.from_bytes(digest[:8], "big", signed=True)
 
 
 async def deploy_schema(
@@ -43,6 +41,7 @@ async def deploy_schema(
     *,
     reset: bool = False,
     prune: bool = False,
+    retention: timedelta | None = None,
 ) -> None:
     """Creates or migrates the schema and upserts the task definitions, in one transaction
     under an advisory lock, so several processes may deploy at once."""
@@ -50,7 +49,7 @@ async def deploy_schema(
         # the DDL resolves names as the functions it creates do: pg_catalog first, then this
         # schema, never a schema another role can create objects in (DESIGN 9.1 "search_path")
         await conn.execute(f"SET LOCAL search_path = pg_catalog, {sql.quoted_schema}, pg_temp")
-        await conn.execute("SELECT pg_catalog.pg_advisory_xact_lock($1)", _lock_key(sql.schema))
+        await conn.execute("SELECT pg_catalog.pg_advisory_xact_lock($1)", sql.deploy_lock)
         if reset:
             logger.warning("deploy(_reset=True): dropping schema %s and every job in it", sql.schema)
             await conn.execute(sql["drop_schema"])
@@ -67,7 +66,7 @@ async def deploy_schema(
         await conn.execute(sql.functions)
 
         deployed = {(r["type_key"], r["task_key"]): r for r in await conn.fetch(sql["deployed_tasks"])}
-        rows = definitions.rows_to_deploy(deployed)
+        rows = definitions.rows_to_deploy(deployed, retention)
         if rows:
             await conn.executemany(
                 sql["upsert_task"],
@@ -85,6 +84,7 @@ async def deploy_schema(
                         r["executor"],
                         r["description"],
                         r["rescues"],
+                        r["retention"],
                     )
                     for r in rows
                 ],

@@ -27,6 +27,7 @@ FUNCTIONS = (
     "outcomes",
     "workers",
     "manage",
+    "retention",
     "schedules",
     "triggers",
     "views_grants",
@@ -67,6 +68,11 @@ def _dollar_tag(schema: str) -> str:
 def channel_name(schema: str) -> str:
     """The NOTIFY channel of a schema: short (<= 63 bytes), distinct per schema, plain ASCII."""
     return "jobmaster_" + hashlib.sha256(schema.encode()).hexdigest()[:32]
+
+
+def _advisory_key(text: str) -> int:
+    """A bigint advisory-lock key for ``text`` (pg_advisory_xact_lock's one-key form)."""
+    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "big", signed=True)
 
 
 @cache
@@ -138,6 +144,16 @@ class Catalogue:
             return self._values[match.group(0)]
         except KeyError:
             raise ValueError(f"unknown placeholder {match.group(0)} (a fragment defined further down?)") from None
+
+    @cached_property
+    def deploy_lock(self) -> int:
+        """The advisory-lock key that serialises the deploys of this schema."""
+        return _advisory_key(f"jobmaster_async:{self.schema}")
+
+    @cached_property
+    def prune_lock(self) -> int:
+        """The advisory-lock key that lets one worker at a time prune this schema."""
+        return _advisory_key(f"jobmaster_async:prune:{self.schema}")
 
     @cached_property
     def claim_session_settings(self) -> str:

@@ -81,14 +81,15 @@ class Store:
                     await pool.execute(self.sql["remove_worker"], worker_id, timeout=self.timeout)
             await pool.close()
 
-    async def deploy(self, registry: Any, *, reset: bool, prune: bool) -> None:
+    async def deploy(self, registry: Any, *, reset: bool, prune: bool, retention: timedelta | None) -> None:
         async with self.acquire() as conn:
-            await deploy_schema(conn, self.sql, registry, reset=reset, prune=prune)
+            await deploy_schema(conn, self.sql, registry, reset=reset, prune=prune, retention=retention)
 
     # -- inserting -------------------------------------------------------------------------------
 
     # ``run_at``, ``run_in``: when the jobs are to run, a time or a delay from the server's now
-    # (both None: now)
+    # (both None: now); ``traceparent``, ``tracestate``: the W3C trace context they are inserted in
+    # (None: none; checked in SQL, a malformed one is not stored)
 
     async def insert_job_fast(
         self,
@@ -98,12 +99,22 @@ class Store:
         arguments: str | None,
         run_at: datetime | None = None,
         run_in: timedelta | None = None,
+        traceparent: str | None = None,
+        tracestate: str | None = None,
     ) -> uuid.UUID | None:
         """The common insert as one plain statement; None when it needs the full path
         (dependencies, "ALL", a twin, a refusal)."""
         pool = await self.pool()
         job_id: uuid.UUID | None = await pool.fetchval(
-            self.sql["insert_job_fast"], type_key, task_key, priority, arguments, run_at, run_in
+            self.sql["insert_job_fast"],
+            type_key,
+            task_key,
+            priority,
+            arguments,
+            run_at,
+            run_in,
+            traceparent,
+            tracestate,
         )
         return job_id
 
@@ -115,10 +126,12 @@ class Store:
         arguments: str | None,
         run_at: datetime | None = None,
         run_in: timedelta | None = None,
+        traceparent: str | None = None,
+        tracestate: str | None = None,
     ) -> uuid.UUID:
         pool = await self.pool()
         job_id: uuid.UUID = await pool.fetchval(
-            self.sql["insert_job"], type_key, task_key, priority, arguments, run_at, run_in
+            self.sql["insert_job"], type_key, task_key, priority, arguments, run_at, run_in, traceparent, tracestate
         )
         return job_id
 
@@ -130,11 +143,13 @@ class Store:
         batch: str,
         run_at: datetime | None = None,
         run_in: timedelta | None = None,
+        traceparent: str | None = None,
+        tracestate: str | None = None,
     ) -> list[uuid.UUID]:
         """``batch``: the elements' arguments as one JSON array."""
         pool = await self.pool()
         ids: list[uuid.UUID] = await pool.fetchval(
-            self.sql["insert_jobs"], type_key, task_key, priority, batch, run_at, run_in
+            self.sql["insert_jobs"], type_key, task_key, priority, batch, run_at, run_in, traceparent, tracestate
         )
         return ids
 
@@ -155,7 +170,8 @@ class Store:
         await pool.execute(self.sql["remove_worker"], worker_id, timeout=self.timeout)
 
     async def claim(self, worker_id: uuid.UUID, task_ids: list[int], limit: int, units: int) -> list[asyncpg.Record]:
-        """Rows of claimed jobs (job_id, task_id, priority, arguments, attempts, max_attempts)."""
+        """Rows of claimed jobs (job_id, task_id, priority, arguments, attempts, max_attempts,
+        trace_context)."""
         return await self.claimer.claim(worker_id, task_ids, limit, units)
 
     async def seconds_to_next_run(self, task_ids: list[int]) -> float | None:
@@ -225,6 +241,28 @@ class Store:
         pool = await self.pool()
         await pool.execute(self.sql["set_abandoned"], job_id, abandoned, timeout=self.timeout)
 
+    # -- retention -------------------------------------------------------------------------------
+
+    async def prune_jobs(self, older_than: timedelta | None, max_rows: int) -> int:
+        """Deletes one batch of prunable finished jobs and their history; how many jobs went."""
+        pool = await self.pool()
+        deleted: int = await pool.fetchval(self.sql["prune_jobs"], older_than, max_rows)
+        return deleted
+
+    async def prune_jobs_if_free(self, max_rows: int) -> int | None:
+        """The worker's background pruning: one batch by each task's retention, unless another
+        worker is pruning this schema (None then)."""
+        pool = await self.pool()
+        deleted: int | None = await pool.fetchval(
+            self.sql["prune_jobs_if_free"], self.sql.prune_lock, max_rows, timeout=self.timeout
+        )
+        return deleted
+
+    async def count_prunable_jobs(self, older_than: timedelta | None) -> int:
+        pool = await self.pool()
+        count: int = await pool.fetchval(self.sql["count_prunable_jobs"], older_than)
+        return count
+
     # -- inspecting and managing -----------------------------------------------------------------
 
     async def get_job(self, job_id: uuid.UUID) -> asyncpg.Record | None:
@@ -241,7 +279,8 @@ class Store:
 
     async def status_counts(self) -> dict[str, int]:
         pool = await self.pool()
-        return {row["status"]: row["count"] for row in await pool.fetch(self.sql["status_counts"])}
+        # the statuses that have jobs, as a GROUP BY would give them
+        return {row["status"]: row["count"] for row in await pool.fetch(self.sql["status_counts"]) if row["count"]}
 
     async def active_counts(self) -> dict[str, int]:
         pool = await self.pool()

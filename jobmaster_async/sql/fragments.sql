@@ -15,15 +15,17 @@ ON CONFLICT (task_id, args_hash) WHERE status IN ('waiting', 'blocked', 'running
 -- fragment: insert_waiting
 -- Inserting jobs of a task without dependencies (nor "ALL"): each row of `waiting_jobs`
 -- (task_id, priority, arguments: canonical, args_hash: md5 of their text, is_dependency and
--- retries: the task's, run_at: the requested time or NULL) becomes a waiting job, unless an
+-- retries: the task's, run_at: the requested time or NULL, trace_context: the inserter's or
+-- NULL) becomes a waiting job, unless an
 -- identical job is active or an earlier row is identical; returns job_id and args_hash of the
 -- jobs inserted. A job asked for a future time is scheduled: it may run from then, and is out
 -- of the claim indexes until promoted (functions/claim.sql promote_due_jobs). queries.sql
 -- insert_job_fast and _insert_waiting (functions/insert.sql) are its two users.
 INSERT INTO {schema}.jobs AS j (task_id, priority, arguments, args_hash, status, is_dependency, max_attempts,
-                                run_at, run_after, scheduled)
+                                run_at, run_after, scheduled, trace_context)
 SELECT w.task_id, w.priority, w.arguments, w.args_hash, 'waiting', w.is_dependency, w.retries + 1,
-       w.run_at, greatest(pg_catalog.now(), w.run_at), coalesce(w.run_at > pg_catalog.now(), false)
+       w.run_at, greatest(pg_catalog.now(), w.run_at), coalesce(w.run_at > pg_catalog.now(), false),
+       w.trace_context
   FROM waiting_jobs AS w
 {fragment:unless_active_twin}
 RETURNING j.job_id, j.args_hash
@@ -31,13 +33,13 @@ RETURNING j.job_id, j.args_hash
 -- fragment: claim
 -- The claim: the jobs of `to_claim` (job_id, worker_id), which the statement has locked, run for
 -- that worker; attempts counts the start (it never decreases: fencing relies on it). Returns
--- what claim_jobs() returns. queries.sql claim_jobs_fast and both ways of claim_jobs() use it.
+-- what claim_jobs() returns (trace_context: the worker's span of the run is a child of it). queries.sql claim_jobs_fast and both ways of claim_jobs() use it.
 UPDATE {schema}.jobs AS j
    SET status = 'running', worker_id = c.worker_id, attempts = j.attempts + 1,
        started_at = pg_catalog.now(), message = NULL
   FROM to_claim AS c
  WHERE j.job_id = c.job_id
-RETURNING j.job_id, j.task_id, j.priority, j.arguments, j.attempts, j.max_attempts
+RETURNING j.job_id, j.task_id, j.priority, j.arguments, j.attempts, j.max_attempts, j.trace_context
 
 -- fragment: claim_settings
 -- The planner settings of every claim, as SET clauses of claim_jobs(); the claimer's connection,

@@ -10,8 +10,18 @@ SELECT {schema}.add_job('type_key', 'task_key', 10, '{"arg": "value"}');
 CALL {schema}.insert_job('type_key', 'task_key', 10, '{"arg": "value"}'::json, run_at => now() + interval '1 hour');
 SELECT {schema}.add_job('type_key', 'task_key', 10, '{"arg": "value"}', now() + interval '1 hour');
 
+-- Traces: the W3C trace context the jobs a transaction inserts are stored with (their runs are
+-- spans in that trace); a malformed one is not stored.
+BEGIN;
+SELECT set_config('jobmaster.traceparent', '00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01', true);
+SELECT {schema}.add_job('type_key', 'task_key', 10, '{"arg": "value"}');
+COMMIT;
+
 -- What is going on.
 SELECT * FROM {schema}.job_list LIMIT 20;
+
+-- Retention without a worker (pg_cron): one batch of finished jobs past their task's retention.
+SELECT {schema}.prune_jobs(NULL);
 
 -- A web app role that may insert jobs and do nothing else.
 GRANT USAGE ON SCHEMA {schema} TO webapp;

@@ -6,14 +6,16 @@
 -- pg_catalog is searched first unless a search_path names it later, which ours never do.)
 
 -- name: insert_job
--- $5: run_at, or $6: run in that long from now (the server's clock); both NULL: now
-SELECT {schema}._insert_job($1, $2, $3, $4::text::jsonb, coalesce($5::timestamptz, pg_catalog.now() + $6::interval))
+-- $5: run_at, or $6: run in that long from now (the server's clock); both NULL: now. $7, $8: the
+-- inserter's W3C traceparent and tracestate (NULL: none)
+SELECT {schema}._insert_job($1, $2, $3, $4::text::jsonb, coalesce($5::timestamptz, pg_catalog.now() + $6::interval),
+                            {schema}._trace_context($7, $8))
 
 -- name: insert_job_fast
 -- The common insert as one plain statement (no PL/pgSQL): a task without dependencies or
 -- write_all, arguments that _fast_canonical accepts, no identical active job. Otherwise it
 -- inserts nothing and returns no row, and insert_job above does it all (and says what it refuses).
--- $5, $6: the run_at of insert_job above.
+-- $5, $6: the run_at of insert_job above; $7, $8: its trace context.
 WITH
 -- the task, unless inserting its jobs needs more than this statement does
 task AS (
@@ -27,6 +29,7 @@ waiting_jobs AS (
     SELECT t.task_id, coalesce($3, 0) AS priority, c.args AS arguments,
            pg_catalog.md5(c.args::text)::uuid AS args_hash, t.is_dependency, t.retries,
            coalesce($5::timestamptz, pg_catalog.now() + $6::interval) AS run_at,
+           {schema}._trace_context($7, $8) AS trace_context,
            {fragment:own_history} AS own_history
       FROM task AS t
      -- OFFSET 0 keeps the subquery whole, so the arguments are made canonical once, not once for
@@ -47,13 +50,14 @@ SELECT i.job_id, pg_catalog.pg_notify({channel}, 'wake') FROM inserted AS i
 
 -- name: insert_jobs
 -- $4: the elements as one JSON array (one json.dumps in Python, one parse here); $5, $6: the
--- run_at of insert_job above
-SELECT {schema}.insert_jobs($1, $2, $3, ARRAY(SELECT e.a FROM pg_catalog.jsonb_array_elements($4::text::jsonb)
-                                                            WITH ORDINALITY AS e(a, n) ORDER BY e.n),
-                            coalesce($5::timestamptz, pg_catalog.now() + $6::interval))
+-- run_at of insert_job above; $7, $8: its trace context
+SELECT {schema}._insert_jobs($1, $2, $3, ARRAY(SELECT e.a FROM pg_catalog.jsonb_array_elements($4::text::jsonb)
+                                                             WITH ORDINALITY AS e(a, n) ORDER BY e.n),
+                             coalesce($5::timestamptz, pg_catalog.now() + $6::interval),
+                             {schema}._trace_context($7, $8))
 
 -- name: claim_jobs
-SELECT job_id, task_id, priority, arguments, attempts, max_attempts
+SELECT job_id, task_id, priority, arguments, attempts, max_attempts, trace_context
   FROM {schema}.claim_jobs($1, $2, $3, $4)
 
 -- name: claim_jobs_fast
@@ -100,11 +104,11 @@ logged AS (
     SELECT c.job_id, 'running', 'claimed', $1, w.node, w.pid
       FROM claimed AS c, {schema}._event_origin($1) AS w
 )
-SELECT c.job_id, c.task_id, c.priority, c.arguments, c.attempts, c.max_attempts,
+SELECT c.job_id, c.task_id, c.priority, c.arguments, c.attempts, c.max_attempts, c.trace_context,
        NULL::float8 AS due_in, NULL::float8 AS scheduled_in, NULL::boolean AS slow
   FROM claimed AS c
 UNION ALL
-SELECT NULL, NULL, NULL, NULL, NULL, NULL,
+SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL,
        (SELECT pg_catalog.date_part('epoch', least(
                    -- a claimable job this claim did not take (another claimer holds it), found
                    -- along the claim index as to_claim is: an EXISTS would let statistics that
@@ -155,19 +159,21 @@ SELECT task_id, type_key, task_key FROM {schema}.tasks
 -- name: get_job
 SELECT j.job_id, t.type_key, t.task_key, j.priority, j.arguments, j.status, j.attempts,
        j.max_attempts, j.result, j.message, j.error_type, j.traceback, j.is_parent,
-       j.created_at, j.started_at, j.finished_at, j.run_after, j.worker_id, j.rescues, j.run_at
+       j.created_at, j.started_at, j.finished_at, j.run_after, j.worker_id, j.rescues, j.run_at,
+       j.trace_context
   FROM {schema}.jobs AS j JOIN {schema}.tasks AS t ON t.task_id = j.task_id
  WHERE j.job_id = $1
 
 -- name: list_jobs
 SELECT j.job_id, t.type_key, t.task_key, j.priority, j.arguments, j.status, j.attempts,
        j.max_attempts, j.result, j.message, j.error_type, j.traceback, j.is_parent,
-       j.created_at, j.started_at, j.finished_at, j.run_after, j.worker_id, j.rescues, j.run_at
+       j.created_at, j.started_at, j.finished_at, j.run_after, j.worker_id, j.rescues, j.run_at,
+       j.trace_context
   FROM {schema}.jobs AS j JOIN {schema}.tasks AS t ON t.task_id = j.task_id
  WHERE ($1::text IS NULL OR j.status = $1)
    AND ($2::text IS NULL OR t.type_key = $2)
    AND ($3::text IS NULL OR t.task_key = $3)
- ORDER BY j.seq DESC
+ ORDER BY j.job_id DESC
  LIMIT $4
 
 -- name: held_jobs
@@ -209,14 +215,15 @@ SELECT type_key, task_key, parameters, dependencies FROM {schema}.tasks
 -- name: upsert_task
 INSERT INTO {schema}.tasks AS t (type_key, task_key, parameters, write_all, dependencies,
                                  process_units, process_limit, retries, timeout, executor,
-                                 description, rescues)
-VALUES ($1, $2, $3::text::jsonb, $4, $5::text::jsonb, $6, $7, $8, $9, $10, $11, $12)
+                                 description, rescues, retention)
+VALUES ($1, $2, $3::text::jsonb, $4, $5::text::jsonb, $6, $7, $8, $9, $10, $11, $12, $13)
 ON CONFLICT (type_key, task_key) DO UPDATE
    SET parameters = excluded.parameters, write_all = excluded.write_all,
        dependencies = excluded.dependencies, process_units = excluded.process_units,
        process_limit = excluded.process_limit, retries = excluded.retries,
        timeout = excluded.timeout, executor = excluded.executor,
-       description = excluded.description, rescues = excluded.rescues, updated_at = pg_catalog.now()
+       description = excluded.description, rescues = excluded.rescues,
+       retention = excluded.retention, updated_at = pg_catalog.now()
 
 -- name: mark_dependency_targets
 WITH
@@ -350,4 +357,15 @@ INSERT INTO {schema}.schema_version (version, name) VALUES ($1, $2)
 SELECT waiting, blocked, running FROM {schema}.active_counts()
 
 -- name: status_counts
-SELECT status, pg_catalog.count(*)::int AS count FROM {schema}.jobs GROUP BY status
+SELECT status, count FROM {schema}.status_counts()
+
+-- name: prune_jobs
+SELECT {schema}.prune_jobs($1::interval, $2)
+
+-- name: prune_jobs_if_free
+-- The worker's background pruning: one batch, unless another worker prunes this schema now
+-- (NULL then). The advisory lock ($1, per schema) is the transaction's: the batch is.
+SELECT CASE WHEN pg_catalog.pg_try_advisory_xact_lock($1) THEN {schema}.prune_jobs(NULL, $2) END
+
+-- name: count_prunable_jobs
+SELECT {schema}.count_prunable_jobs($1::interval)

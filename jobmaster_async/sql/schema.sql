@@ -49,6 +49,9 @@ CREATE TABLE {schema}.tasks (
     rescues            int NOT NULL DEFAULT 3 CHECK (rescues >= 0),
     -- derived too: the names of the parameters that are not integers (_fast_canonical)
     non_integer_names  text[] NOT NULL DEFAULT '{}',
+    -- how long its finished jobs and their history are kept after they finished (NULL: forever);
+    -- written by deploy() (functions/retention.sql prunes)
+    retention          interval DEFAULT '7 days' CHECK (retention > interval '0'),
     UNIQUE (type_key, task_key)
 );
 
@@ -211,7 +214,16 @@ CREATE TABLE {schema}.jobs (
     run_at         timestamptz,
     -- waiting, and not due when it was written (run_after in the future): out of the claim
     -- indexes, in jobs_scheduled_idx, until promote_due_jobs() clears the flag once it is due
-    scheduled      boolean NOT NULL DEFAULT false
+    scheduled      boolean NOT NULL DEFAULT false,
+    -- the W3C trace context it was inserted in: {"traceparent": ..., "tracestate": ...} (NULL: none)
+    trace_context  jsonb
+) WITH (
+    -- autovacuum fit for a queue: the reasons are in migrations/0014_retention.sql
+    autovacuum_vacuum_scale_factor = 0.01,
+    autovacuum_vacuum_threshold = 1000,
+    autovacuum_vacuum_insert_scale_factor = 0.02,
+    autovacuum_analyze_scale_factor = 0.02,
+    autovacuum_vacuum_cost_limit = 2000
 );
 
 -- The claim: claimable jobs by priority, then age; the same per task, for claims that respect
@@ -230,6 +242,9 @@ CREATE INDEX jobs_dependency_args_idx ON {schema}.jobs USING gin (arguments json
 -- Running jobs per task (process_limit counts, rescue), and abandoned ones.
 CREATE INDEX jobs_running_idx ON {schema}.jobs (task_id) WHERE status = 'running';
 CREATE INDEX jobs_abandoned_idx ON {schema}.jobs (task_id) WHERE abandoned;
+-- Finished jobs of a task, oldest first: what pruning walks (functions/retention.sql).
+CREATE INDEX jobs_finished_idx ON {schema}.jobs (task_id, finished_at)
+    WHERE status IN ('complete', 'failed', 'cancelled');
 
 
 -- ---------------------------------------------------------------------------------------------
@@ -282,5 +297,14 @@ CREATE TABLE {schema}.job_events (
     pid         int,
     message     text,
     reason      text
+) WITH (
+    autovacuum_vacuum_scale_factor = 0.02,
+    autovacuum_vacuum_threshold = 1000,
+    autovacuum_vacuum_insert_scale_factor = 0.05,
+    autovacuum_analyze_scale_factor = 0.05,
+    autovacuum_vacuum_cost_limit = 2000
 );
 CREATE INDEX job_events_job_idx ON {schema}.job_events (job_id, event_id);
+-- The history by time (the dashboard's charts, the metrics): appended in time order, so a BRIN
+-- index of a few pages serves a time range.
+CREATE INDEX job_events_at_brin ON {schema}.job_events USING brin (at) WITH (autosummarize = on);

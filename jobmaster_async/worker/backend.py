@@ -14,6 +14,7 @@ import time
 import uuid
 from collections.abc import Sequence
 
+from .. import tracing
 from ..db.store import Store
 from ..jobs import Job, JobStatus, PoppedJob
 from ..settings import Settings
@@ -21,7 +22,8 @@ from ..tasks import TaskDefinition, registry
 from .executors import DaemonThreadPool, Outcome, run_task
 from .maintenance import Maintenance
 from .outage import Outage
-from .outcomes import Claim, log_outcome, record_outcomes
+from .outcomes import Claim, log_outcome, outcome_name, record_outcomes
+from .pruner import Pruner
 from .signals import Signal
 
 __all__ = ("WorkerBackend",)
@@ -41,6 +43,8 @@ class WorkerBackend:
         self.maintenance = Maintenance(
             settings, beat=self.beat, rescue=store.rescue_jobs, last_beat=lambda: self.last_beat
         )
+        #: run_forever's background retention (one worker of a schema at a time)
+        self.pruner = Pruner(settings.prune_interval, store.prune_jobs_if_free)
         self._outages = outages
         self._recoveries = recoveries
         self._definitions: dict[int, TaskDefinition] | None = None  # task_id -> definition
@@ -121,6 +125,7 @@ class WorkerBackend:
                 arguments=row["arguments"],
                 attempts=row["attempts"],
                 max_attempts=row["max_attempts"],
+                trace_context=row["trace_context"],
             )
             for row in rows
         ]
@@ -145,20 +150,29 @@ class WorkerBackend:
             attempts=claim.attempts,
             max_attempts=claim.max_attempts,
             worker_id=self.worker_id,
+            trace_context=claim.trace_context,
             _executor=lambda j: self._execute_popped(j, claim),
         )
         return job
 
     async def _execute_popped(self, job: PoppedJob, claim: Claim) -> None:
         recorded = False
+        # the attempt's span (None: no tracing), current in the caller's task and the task's thread
+        span = tracing.start_run(claim.definition.key, claim.job_id, claim.attempts, claim.trace_context)
         try:
             started = time.monotonic()
             outcome = await run_task(claim.definition, claim.arguments, self.threads)
-            log_outcome(claim, outcome, time.monotonic() - started, self.settings.retry_backoff)
+            backoff = self.settings.retry_backoff
+            if span is not None:
+                ended, span = span, None
+                ended.end(outcome_name(claim, outcome, backoff), outcome.error_type, outcome.message, outcome.traceback)
+            log_outcome(claim, outcome, time.monotonic() - started, backoff)
             await self.record([(claim, outcome)])
             recorded = True
             self._apply(job, claim, outcome)
         finally:
+            if span is not None:  # cancelled while the task ran: the job is handed back
+                span.end("released")
             self._units_in_use -= claim.definition.process_units
             self.popped -= 1
             if not recorded:  # cancelled: hand the job back rather than leave it running

@@ -2,7 +2,8 @@
 (by the listener's NOTIFY, a slot freed, or a slow safety poll), runs them, and shuts down
 gracefully on stop, cancellation and SIGTERM. Its services run beside it: the listener
 (worker.listener), the recorder of outcomes (worker.recorder), heartbeat and rescue
-(worker.maintenance), and the scheduler of periodic tasks (worker.scheduler).
+(worker.maintenance), the scheduler of periodic tasks (worker.scheduler) and background
+retention (worker.pruner).
 
 It never dies of the database: every service retries database faults (db.faults) with backoff,
 and the worker reports an outage once (worker.outage). Only a bug of ours ends it, with its
@@ -25,6 +26,7 @@ from typing import Any, Protocol
 
 import anyio
 
+from .. import tracing
 from ..db.faults import database_fault
 from ..db.store import Store
 from ..settings import Settings
@@ -32,7 +34,8 @@ from .executors import DaemonThreadPool, Outcome, run_task
 from .listener import CancelJob, Listener, Notification, SchedulesChanged
 from .maintenance import Maintenance
 from .outage import Outage, Service
-from .outcomes import Claim, log_outcome
+from .outcomes import Claim, log_outcome, outcome_name
+from .pruner import Pruner
 from .recorder import Recorder
 from .scheduler import Scheduler
 from .signals import Signal
@@ -61,6 +64,7 @@ class Backend(Protocol):
     worker_id: uuid.UUID
     threads: DaemonThreadPool
     maintenance: Maintenance
+    pruner: Pruner
 
     async def claim(self, limit: int, units: int) -> list[Claim]: ...
     async def record(self, outcomes: Sequence[tuple[Claim, Outcome]]) -> set[uuid.UUID]: ...
@@ -171,6 +175,7 @@ class Dispatcher:
                     services.start_soon(self.backend.maintenance.rescue_loop, self.outage)
                     services.start_soon(self.recorder.run)
                     services.start_soon(self.scheduler.run)
+                    services.start_soon(self.backend.pruner.run, self.outage)
                     await self._dispatch_loop()
                     services.cancel_scope.cancel()
             except Exception as exc:
@@ -264,6 +269,8 @@ class Dispatcher:
 
     async def _run_job(self, claim: Claim) -> None:
         started = time.monotonic()
+        # the attempt's span (None: no tracing), current in this job's task and its thread
+        span = tracing.start_run(claim.definition.key, claim.job_id, claim.attempts, claim.trace_context)
         try:
             outcome = await run_task(
                 claim.definition,
@@ -272,20 +279,26 @@ class Dispatcher:
                 lambda f: self._hold_slot(claim, f),
                 self._loop,
             )
-        except asyncio.CancelledError:
-            if claim.job_id in self._user_cancelled:
-                self._user_cancelled.discard(claim.job_id)
-                logger.info("job %s (%s) cancelled", claim.job_id, claim.definition.key)
-                self._running.pop(claim.job_id, None)
-                self._held.pop(claim.job_id, None)
-                self.finished.fire()
-                self._wake.set()
-                return
-            raise  # shutdown: the claim is released by _shutdown
+        except BaseException as exc:
+            user_cancelled = isinstance(exc, asyncio.CancelledError) and claim.job_id in self._user_cancelled
+            if span is not None:  # cancelled by the user, or put back by the shutdown
+                span.end("cancelled" if user_cancelled else "released")
+            if not user_cancelled:
+                raise  # shutdown: the claim is released by _shutdown
+            self._user_cancelled.discard(claim.job_id)
+            logger.info("job %s (%s) cancelled", claim.job_id, claim.definition.key)
+            self._running.pop(claim.job_id, None)
+            self._held.pop(claim.job_id, None)
+            self.finished.fire()
+            self._wake.set()
+            return
+        backoff = self.backend.settings.retry_backoff
+        if span is not None:
+            span.end(outcome_name(claim, outcome, backoff), outcome.error_type, outcome.message, outcome.traceback)
         self.recorder.add(claim, outcome)
         self._running.pop(claim.job_id, None)
         self._wake.set()
-        log_outcome(claim, outcome, time.monotonic() - started, self.backend.settings.retry_backoff)
+        log_outcome(claim, outcome, time.monotonic() - started, backoff)
 
     def _hold_slot(self, claim: Claim, future: asyncio.Future[Any]) -> None:
         """A cancelled job's thread runs on: it keeps its slot (and, marked abandoned in the

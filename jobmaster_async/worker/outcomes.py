@@ -14,7 +14,7 @@ from ..db.store import Store
 from ..tasks import TaskDefinition
 from .executors import Outcome
 
-__all__ = ("Claim", "log_outcome", "record_outcomes", "retry_delay")
+__all__ = ("Claim", "log_outcome", "outcome_name", "record_outcomes", "retry_delay")
 
 logger = logging.getLogger(__name__)
 
@@ -31,6 +31,8 @@ class Claim:
     arguments: dict[str, Any]
     attempts: int
     max_attempts: int
+    #: the W3C trace context it was inserted in (a dict of the headers), or None (tracing.py)
+    trace_context: Any = None
 
 
 def retry_delay(claim: Claim, outcome: Outcome, backoff: float) -> float | None:
@@ -46,6 +48,13 @@ def retry_number(claim: Claim) -> int:
     back (rescues, releases) and a requeue by ``retry(id)`` raise ``max_attempts`` instead of
     using retries, so the count is taken from the end."""
     return claim.attempts - (claim.max_attempts - claim.definition.retries - 1)
+
+
+def outcome_name(claim: Claim, outcome: Outcome, backoff: float) -> str:
+    """completed, retried (a failure after which the job runs again) or failed (for good)."""
+    if outcome.ok:
+        return "completed"
+    return "retried" if retry_delay(claim, outcome, backoff) is not None else "failed"
 
 
 def log_outcome(claim: Claim, outcome: Outcome, seconds: float, backoff: float) -> None:

@@ -42,7 +42,7 @@ END $$;
 CREATE OR REPLACE FUNCTION {schema}.claim_jobs(
     p_worker uuid, p_task_ids int[], p_limit int, p_units int)
 RETURNS TABLE (job_id uuid, task_id int, priority int, arguments jsonb, attempts int,
-               max_attempts int)
+               max_attempts int, trace_context jsonb)
 -- the planner settings of every claim (why: the fragment)
 LANGUAGE plpgsql {entry_point} {fragment:claim_settings} AS $$
 DECLARE

@@ -194,8 +194,10 @@ $$;
 -- many jobs need them) and links every dependent to its dependencies. "ALL" dependencies are
 -- fanned out first. Nothing existing is locked or updated here: a link to a job that existed
 -- before (a pending match, or an identical job another transaction inserted meanwhile) is
--- checked at commit instead (_check_link), which also raises that job's priority.
-CREATE OR REPLACE FUNCTION {schema}._carry_out_plan(p_plan {schema}.plan_step[], p_root_ids uuid[])
+-- checked at commit instead (_check_link), which also raises that job's priority. The jobs
+-- created are stored with the trace context of their dependents, p_trace_context.
+CREATE OR REPLACE FUNCTION {schema}._carry_out_plan(
+    p_plan {schema}.plan_step[], p_root_ids uuid[], p_trace_context jsonb)
 RETURNS void LANGUAGE plpgsql AS $$
 DECLARE
     v_fanned    uuid[] := '{}';
@@ -214,7 +216,7 @@ BEGIN
         v_step.kind := 'pending';
         v_step.match := {schema}._fan_out(
             (SELECT t FROM {schema}.tasks AS t WHERE t.task_id = v_step.task_id),
-            v_step.priority, v_step.arguments, NULL);
+            v_step.priority, v_step.arguments, NULL, p_trace_context);
         p_plan[v_i] := v_step;
         v_fanned := v_fanned || v_step.match;
     END LOOP;
@@ -231,12 +233,12 @@ BEGIN
         -- meanwhile is skipped (the next statement links to that job).
         created AS (
             INSERT INTO {schema}.jobs AS j (task_id, priority, arguments, args_hash, status,
-                                            is_dependency, max_attempts)
+                                            is_dependency, max_attempts, trace_context)
             SELECT n.task_id, max(n.priority), n.arguments, n.args_hash,
                    CASE WHEN EXISTS (SELECT 1 FROM steps AS c
                                       WHERE c.parent_task = n.task_id AND c.parent_hash = n.args_hash)
                         THEN 'blocked' ELSE 'waiting' END,
-                   t.is_dependency, t.retries + 1
+                   t.is_dependency, t.retries + 1, p_trace_context
               FROM steps AS n
               JOIN {schema}.tasks AS t ON t.task_id = n.task_id
              WHERE n.kind = 'new'

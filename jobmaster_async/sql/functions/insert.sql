@@ -3,6 +3,39 @@
 -- db/sql.py FUNCTIONS gives. Placeholders, fragments and name resolution: sql/README.md.
 
 
+-- Traces (DESIGN 9.1 "Traces"): the W3C trace context a job is inserted in, as jobs.trace_context
+-- stores it: {"traceparent": ..., "tracestate": ...}, or NULL. Untrusted (any SQL client may pass
+-- one): a traceparent that is not of the W3C form (version 00: "00-" 32 lowercase hex digits, not
+-- all zero, "-" 16 such, "-" 2 more) gives NULL, the job then runs in a trace of its own; a
+-- tracestate that is not printable ASCII of at most 512 characters is left out. Never an error:
+-- a trigger calling add_job must not fail its caller's transaction over a header. (Inlined into
+-- the plain insert statement, which runs with the caller's search_path: built-ins are qualified.)
+CREATE OR REPLACE FUNCTION {schema}._trace_context(p_traceparent text, p_tracestate text)
+RETURNS jsonb LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    SELECT CASE WHEN p_traceparent OPERATOR(pg_catalog.~) '^[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$'
+                 AND pg_catalog.substr(p_traceparent, 1, 2) OPERATOR(pg_catalog.<>) 'ff'
+                 AND pg_catalog.substr(p_traceparent, 4, 32) OPERATOR(pg_catalog.<>) '00000000000000000000000000000000'
+                 AND pg_catalog.substr(p_traceparent, 37, 16) OPERATOR(pg_catalog.<>) '0000000000000000'
+           -- jsonb_object(text[]), not jsonb_build_object: that one is only stable, and an immutable
+           -- function calling it is not inlined (then each call plans its body again)
+           THEN pg_catalog.jsonb_object(CASE WHEN p_tracestate OPERATOR(pg_catalog.~) '^[ -~]+$'
+                                              AND pg_catalog.length(p_tracestate) OPERATOR(pg_catalog.<=) 512
+                                             THEN ARRAY['traceparent', p_traceparent, 'tracestate', p_tracestate]
+                                             ELSE ARRAY['traceparent', p_traceparent] END)
+      END
+$$;
+
+
+-- The trace context a SQL client set for its transaction (or session): the settings
+-- jobmaster.traceparent and jobmaster.tracestate, the W3C headers' values, checked as above. The
+-- SQL interface (insert_job, add_job, insert_jobs) stores it with the jobs it inserts.
+CREATE OR REPLACE FUNCTION {schema}._trace_context_setting()
+RETURNS jsonb LANGUAGE sql STABLE AS $$
+    SELECT {schema}._trace_context(current_setting('jobmaster.traceparent', true),
+                                   current_setting('jobmaster.tracestate', true))
+$$;
+
+
 -- The task of that name; refused (unknown_task) when there is none.
 CREATE OR REPLACE FUNCTION {schema}._task(p_type_key text, p_task_key text)
 RETURNS {schema}.tasks LANGUAGE plpgsql STABLE AS $$
@@ -55,9 +88,10 @@ END $$;
 -- dependencies of all of them together: one id per element, in order. A job whose dependency
 -- cannot be created is inserted failed, and nothing is created for it. p_run_at: the requested
 -- time (NULL: none); a job waits for it and for its dependencies (which are created to run at
--- once); its freshness window is judged now, at insert.
+-- once); its freshness window is judged now, at insert. p_trace_context: the inserter's
+-- (_trace_context), which the jobs and the dependencies created for them are stored with.
 CREATE OR REPLACE FUNCTION {schema}._insert_batch(
-    p_task {schema}.tasks, p_priority int, p_arguments jsonb[], p_run_at timestamptz)
+    p_task {schema}.tasks, p_priority int, p_arguments jsonb[], p_run_at timestamptz, p_trace_context jsonb)
 RETURNS uuid[] LANGUAGE plpgsql AS $$
 DECLARE
     v_plan     {schema}.plan_step[] := {schema}._plan_dependencies(p_task, p_priority, p_arguments);
@@ -76,11 +110,12 @@ BEGIN
     inserted AS (
         INSERT INTO {schema}.jobs AS j (task_id, priority, arguments, args_hash, status,
                                         is_dependency, max_attempts, message, finished_at,
-                                        run_at, run_after, scheduled)
+                                        run_at, run_after, scheduled, trace_context)
         SELECT DISTINCT ON (v.args_hash) p_task.task_id, p_priority, p_arguments[v.root],
                v.args_hash, v.status, p_task.is_dependency, p_task.retries + 1, v.failure,
                CASE WHEN v.status = 'failed' THEN now() END,
-               p_run_at, greatest(now(), p_run_at), v.status = 'waiting' AND coalesce(p_run_at > now(), false)
+               p_run_at, greatest(now(), p_run_at), v.status = 'waiting' AND coalesce(p_run_at > now(), false),
+               p_trace_context
           FROM verdicts AS v
          WHERE v.twin IS NULL
          ORDER BY v.args_hash, v.root
@@ -95,13 +130,14 @@ BEGIN
       LEFT JOIN inserted AS i ON i.args_hash = v.args_hash;
 
     IF EXISTS (SELECT 1 FROM unnest(v_blocked) AS b WHERE b IS NOT NULL) THEN
-        PERFORM {schema}._carry_out_plan(v_plan, v_blocked);
+        PERFORM {schema}._carry_out_plan(v_plan, v_blocked, p_trace_context);
     END IF;
 
     -- an identical job inserted by a concurrent transaction is not in our snapshot: ask again
     FOR v_i IN SELECT i FROM generate_subscripts(v_ids, 1) AS i WHERE v_ids[i] IS NULL LOOP
         v_ids[v_i] := coalesce({schema}._active_twin(p_task.task_id, md5(p_arguments[v_i]::text)::uuid),
-                               ({schema}._insert_batch(p_task, p_priority, ARRAY[p_arguments[v_i]], p_run_at))[1]);
+                               ({schema}._insert_batch(p_task, p_priority, ARRAY[p_arguments[v_i]], p_run_at,
+                                                       p_trace_context))[1]);
     END LOOP;
     -- the twins found (ids this call did not insert) may have to run earlier
     v_twins := ARRAY(SELECT unnest(v_ids) EXCEPT SELECT unnest(v_inserted));
@@ -116,9 +152,9 @@ END $$;
 -- (NULL: now): one id per element, in order; an element identical to an active job, or to an
 -- earlier element, gets that job's id (and may move it earlier: _move_earlier). The one way such
 -- jobs are inserted but for queries.sql insert_job_fast, which states the same rule (fragment
--- insert_waiting) in a plain statement.
+-- insert_waiting) in a plain statement. p_trace_context: the inserter's (_trace_context).
 CREATE OR REPLACE FUNCTION {schema}._insert_waiting(
-    p_task {schema}.tasks, p_priority int, p_arguments jsonb[], p_run_at timestamptz)
+    p_task {schema}.tasks, p_priority int, p_arguments jsonb[], p_run_at timestamptz, p_trace_context jsonb)
 RETURNS uuid[] LANGUAGE plpgsql AS $$
 DECLARE
     v_ids      uuid[];
@@ -134,7 +170,7 @@ BEGIN
     -- the jobs to insert, as the fragment takes them
     waiting_jobs AS (
         SELECT p_task.task_id, p_priority AS priority, b.args AS arguments, b.args_hash,
-               p_task.is_dependency, p_task.retries, p_run_at AS run_at
+               p_task.is_dependency, p_task.retries, p_run_at AS run_at, p_trace_context AS trace_context
           FROM batch AS b
     ),
     -- the jobs; an element identical to an active job, or to an earlier element, is skipped
@@ -155,7 +191,8 @@ BEGIN
           FROM unnest(p_arguments) WITH ORDINALITY AS b(args, ord);
         -- rare: an identical job that finished meanwhile; insert again, one by one
         FOR v_i IN SELECT i FROM generate_subscripts(v_ids, 1) AS i WHERE v_ids[i] IS NULL LOOP
-            v_ids[v_i] := ({schema}._insert_waiting(p_task, p_priority, ARRAY[p_arguments[v_i]], p_run_at))[1];
+            v_ids[v_i] := ({schema}._insert_waiting(p_task, p_priority, ARRAY[p_arguments[v_i]], p_run_at,
+                                                    p_trace_context))[1];
         END LOOP;
         -- the twins may have to run earlier
         PERFORM {schema}._move_earlier(ARRAY(SELECT unnest(v_ids) EXCEPT SELECT unnest(v_inserted)), p_run_at);
@@ -167,8 +204,11 @@ END $$;
 -- Inserts one job to run at p_run_at (NULL: now), or hands back an identical active one (moved
 -- earlier if it asks for a later time), resolving its dependencies. Its refusals are raised here,
 -- one call below insert_job and add_job, so that psql shows them with two CONTEXT lines at most.
+-- p_trace_context: the inserter's (_trace_context), stored with the job and with the jobs
+-- created for it (dependencies, "ALL" children); a twin keeps its own.
 CREATE OR REPLACE FUNCTION {schema}._insert_job(
-    p_type_key text, p_task_key text, p_priority int, p_arguments jsonb, p_run_at timestamptz DEFAULT NULL)
+    p_type_key text, p_task_key text, p_priority int, p_arguments jsonb, p_run_at timestamptz DEFAULT NULL,
+    p_trace_context jsonb DEFAULT NULL)
 RETURNS uuid LANGUAGE plpgsql {entry_point} AS $$
 DECLARE
     v_task    {schema}.tasks;
@@ -187,21 +227,24 @@ BEGIN
     v_args := v_checked.arguments;
     IF cardinality(v_task.write_all) > 0 THEN
         IF EXISTS (SELECT 1 FROM unnest(v_task.write_all) AS p WHERE v_args->p = '"ALL"') THEN
-            RETURN {schema}._fan_out(v_task, coalesce(p_priority, 0), v_args, p_run_at);
+            RETURN {schema}._fan_out(v_task, coalesce(p_priority, 0), v_args, p_run_at, p_trace_context);
         END IF;
     END IF;
     IF jsonb_array_length(v_task.dependencies) > 0 THEN
-        RETURN ({schema}._insert_batch(v_task, coalesce(p_priority, 0), ARRAY[v_args], p_run_at))[1];
+        RETURN ({schema}._insert_batch(v_task, coalesce(p_priority, 0), ARRAY[v_args], p_run_at,
+                                       p_trace_context))[1];
     END IF;
-    RETURN ({schema}._insert_waiting(v_task, coalesce(p_priority, 0), ARRAY[v_args], p_run_at))[1];
+    RETURN ({schema}._insert_waiting(v_task, coalesce(p_priority, 0), ARRAY[v_args], p_run_at,
+                                     p_trace_context))[1];
 END $$;
 
 
 -- "ALL" for write_all parameters: a parent job blocked on one child per option (the cartesian
 -- product over several such parameters), the children inserted as one batch, to run at p_run_at
--- (NULL: now), which the parent records too. The parent completes when all children complete.
+-- (NULL: now), which the parent records too, as it does the trace context p_trace_context. The
+-- parent completes when all children complete.
 CREATE OR REPLACE FUNCTION {schema}._fan_out(
-    p_task {schema}.tasks, p_priority int, p_arguments jsonb, p_run_at timestamptz)
+    p_task {schema}.tasks, p_priority int, p_arguments jsonb, p_run_at timestamptz, p_trace_context jsonb)
 RETURNS uuid LANGUAGE plpgsql AS $$
 DECLARE
     v_hash   uuid := md5(p_arguments::text)::uuid;
@@ -212,9 +255,9 @@ DECLARE
 BEGIN
     LOOP
         INSERT INTO {schema}.jobs AS j (task_id, priority, arguments, args_hash, status, is_parent,
-                                        is_dependency, max_attempts, run_at)
+                                        is_dependency, max_attempts, run_at, trace_context)
         VALUES (p_task.task_id, p_priority, p_arguments, v_hash, 'blocked', true,
-                p_task.is_dependency, 1, p_run_at)
+                p_task.is_dependency, 1, p_run_at, p_trace_context)
         {fragment:unless_active_twin}
         RETURNING j.job_id INTO v_parent;
         EXIT WHEN v_parent IS NOT NULL;
@@ -242,7 +285,8 @@ BEGIN
     -- a child may be an identical job that existed before: checked at commit (_check_link)
     INSERT INTO {schema}.job_dependencies (job_id, depends_on, check_at_commit)
     SELECT DISTINCT v_parent, c, true
-      FROM unnest({schema}.insert_jobs(p_task.type_key, p_task.task_key, p_priority, v_combos, p_run_at)) AS c
+      FROM unnest({schema}._insert_jobs(p_task.type_key, p_task.task_key, p_priority, v_combos, p_run_at,
+                                        p_trace_context)) AS c
      ORDER BY c
     ON CONFLICT DO NOTHING;
 
@@ -293,14 +337,16 @@ END $$;
 
 -- The SQL interface: CALL insert_job(...) hands back the id through INOUT job_id. run_at, after
 -- it (CALL insert_job(..., run_at => now() + interval '1 hour')), is when the job is to run
--- (NULL: now), so that the 4- and 5-argument calls keep working.
+-- (NULL: now), so that the 4- and 5-argument calls keep working. The job's trace context is the
+-- one the caller set (jobmaster.traceparent, jobmaster.tracestate: _trace_context_setting).
 CREATE OR REPLACE PROCEDURE {schema}.insert_job(
     type_key text, task_key text, priority int, arguments json, INOUT job_id uuid DEFAULT NULL,
     run_at timestamptz DEFAULT NULL)
 LANGUAGE plpgsql SECURITY DEFINER {entry_point} AS $$
 BEGIN
     job_id := {schema}._insert_job(type_key, task_key, priority,
-                                   {schema}._jsonb_arguments(type_key, task_key, arguments), run_at);
+                                   {schema}._jsonb_arguments(type_key, task_key, arguments), run_at,
+                                   {schema}._trace_context_setting());
 END $$;
 
 
@@ -309,16 +355,19 @@ CREATE OR REPLACE FUNCTION {schema}.add_job(
     type_key text, task_key text, priority int, arguments json, run_at timestamptz DEFAULT NULL)
 RETURNS uuid LANGUAGE sql SECURITY DEFINER {entry_point} AS $$
     SELECT {schema}._insert_job(type_key, task_key, priority,
-                                {schema}._jsonb_arguments(type_key, task_key, arguments), run_at);
+                                {schema}._jsonb_arguments(type_key, task_key, arguments), run_at,
+                                {schema}._trace_context_setting());
 $$;
 
 
 -- Bulk insert: one id per element, in order (identical elements share one id); all or nothing.
 -- One set-based statement (one trigger run, one NOTIFY); tasks with dependencies resolve them
 -- for the whole batch at once. Only elements with "ALL" are inserted one by one. Every job is to
--- run at p_run_at (NULL: now).
-CREATE OR REPLACE FUNCTION {schema}.insert_jobs(
-    p_type_key text, p_task_key text, p_priority int, p_arguments jsonb[], p_run_at timestamptz DEFAULT NULL)
+-- run at p_run_at (NULL: now), in the trace context p_trace_context (_trace_context). The library
+-- calls it by name; the SQL interface is insert_jobs below.
+CREATE OR REPLACE FUNCTION {schema}._insert_jobs(
+    p_type_key text, p_task_key text, p_priority int, p_arguments jsonb[], p_run_at timestamptz,
+    p_trace_context jsonb)
 RETURNS uuid[] LANGUAGE plpgsql {entry_point} AS $$
 DECLARE
     v_task      {schema}.tasks;
@@ -333,7 +382,8 @@ BEGIN
     IF EXISTS (SELECT 1 FROM unnest(p_arguments) AS a, unnest(v_task.write_all) AS w
                 WHERE a->w = '"ALL"') THEN
         FOREACH v_args IN ARRAY p_arguments LOOP
-            v_ids := v_ids || {schema}._insert_job(p_type_key, p_task_key, p_priority, v_args, p_run_at);
+            v_ids := v_ids || {schema}._insert_job(p_type_key, p_task_key, p_priority, v_args, p_run_at,
+                                                   p_trace_context);
         END LOOP;
         RETURN v_ids;
     END IF;
@@ -346,7 +396,17 @@ BEGIN
       FROM (SELECT coalesce(e.a, '{}') AS a, e.ord
               FROM unnest(p_arguments) WITH ORDINALITY AS e(a, ord)) AS u;
     IF jsonb_array_length(v_task.dependencies) > 0 THEN
-        RETURN {schema}._insert_batch(v_task, coalesce(p_priority, 0), v_canonical, p_run_at);
+        RETURN {schema}._insert_batch(v_task, coalesce(p_priority, 0), v_canonical, p_run_at, p_trace_context);
     END IF;
-    RETURN {schema}._insert_waiting(v_task, coalesce(p_priority, 0), v_canonical, p_run_at);
+    RETURN {schema}._insert_waiting(v_task, coalesce(p_priority, 0), v_canonical, p_run_at, p_trace_context);
 END $$;
+
+
+-- Bulk insert, the SQL interface: _insert_jobs, in the trace context the caller set
+-- (_trace_context_setting).
+CREATE OR REPLACE FUNCTION {schema}.insert_jobs(
+    p_type_key text, p_task_key text, p_priority int, p_arguments jsonb[], p_run_at timestamptz DEFAULT NULL)
+RETURNS uuid[] LANGUAGE sql {entry_point} AS $$
+    SELECT {schema}._insert_jobs(p_type_key, p_task_key, p_priority, p_arguments, p_run_at,
+                                 {schema}._trace_context_setting());
+$$;

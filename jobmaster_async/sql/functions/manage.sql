@@ -95,7 +95,8 @@ BEGIN
            message = coalesce(v_failure, 'retried')
      WHERE job_id = p_job_id;
     IF NOT v_job.is_parent AND v_status = 'blocked' THEN
-        PERFORM {schema}._carry_out_plan(v_plan, ARRAY[p_job_id]);
+        -- the dependencies it needs now are created in its own trace context
+        PERFORM {schema}._carry_out_plan(v_plan, ARRAY[p_job_id], v_job.trace_context);
     END IF;
     RETURN p_job_id;
 END $$;
