@@ -326,28 +326,28 @@ class Pages:
             return None
         return {name: values[0] for name, values in fields.items()}
 
-    async def _action(self, request: Request) -> tuple[uuid.UUID | None, Response | None]:
+    async def _action(self, request: Request) -> uuid.UUID | Response:
         """The job an action names, or the response refusing it."""
         if self.guard.read_only:
             message = "This dashboard is read-only: it cancels and retries nothing."
-            return None, self.problem(request, 403, "Read-only", message)
+            return self.problem(request, 403, "Read-only", message)
         form = await self._form(request)
         credential: str = request.state.credential
         if form is None or not self.guard.csrf_ok(credential, form.get("csrf_token")):
             message = "The form's CSRF token is missing or wrong: reload the page and try again."
-            return None, self.problem(request, 403, "Forbidden", message)
+            return self.problem(request, 403, "Forbidden", message)
         try:
             digits = digits_of(request.path_params["job_id"])
         except InvalidJobId as exc:
-            return None, self.problem(request, 404, "Not a job id", str(exc))
+            return self.problem(request, 404, "Not a job id", str(exc))
         if len(digits) != 32:
-            return None, self.problem(request, 404, "Not a job id", "actions take a job's full id")
-        return uuid.UUID(digits), None
+            return self.problem(request, 404, "Not a job id", "actions take a job's full id")
+        return uuid.UUID(digits)
 
     async def cancel(self, request: Request) -> Response:
-        job_id, refused = await self._action(request)
-        if refused is not None or job_id is None:
-            return refused or PlainTextResponse("", 500)
+        job_id = await self._action(request)
+        if isinstance(job_id, Response):
+            return job_id
         try:
             cancelled = await self.jm.cancel(job_id)
         except JobNotFound as exc:
@@ -357,9 +357,9 @@ class Pages:
         return RedirectResponse(f"{self.base(request)}/jobs/{job_id}?done={done}", 303)
 
     async def retry(self, request: Request) -> Response:
-        job_id, refused = await self._action(request)
-        if refused is not None or job_id is None:
-            return refused or PlainTextResponse("", 500)
+        job_id = await self._action(request)
+        if isinstance(job_id, Response):
+            return job_id
         try:
             queued = await self.jm.retry(job_id)
         except JobNotFound as exc:
