@@ -138,7 +138,7 @@ async def measure(dsn: str, schema: str, ids: dict[str, Any], requests: int) -> 
                         times.append((time.perf_counter() - started) * 1000)
                     results[name] = {"median_ms": statistics.median(times), "max_ms": max(times)}
                 # the live view's reads, alone
-                for name, whole in (("chart: the whole hour", True), ("chart: the last minutes", False)):
+                for name, whole in (("chart: the whole hour", True), ("chart: from the previous minute", False)):
                     times = []
                     for _ in range(requests):
                         started = time.perf_counter()

@@ -50,14 +50,15 @@ UNION ALL
 SELECT pg_catalog.date_trunc('minute', pg_catalog.now() - interval '1 hour'), NULL, 0
 
 -- name: chart_recent
--- The same for the last three minutes: the charts' later reads, which replace those buckets.
+-- The same from the start of the previous minute: the charts' later reads, which replace those
+-- buckets (the previous minute is read again once it is over, for the events it still got).
 SELECT pg_catalog.date_trunc('minute', e.at) AS minute, e.reason, pg_catalog.count(*)::int AS n
   FROM {schema}.job_events AS e
- WHERE e.at >= pg_catalog.date_trunc('minute', pg_catalog.now() - interval '3 minutes')
+ WHERE e.at >= pg_catalog.date_trunc('minute', pg_catalog.now() - interval '1 minute')
    AND e.reason IS NOT NULL
  GROUP BY 1, 2
 UNION ALL
-SELECT pg_catalog.date_trunc('minute', pg_catalog.now() - interval '3 minutes'), NULL, 0
+SELECT pg_catalog.date_trunc('minute', pg_catalog.now() - interval '1 minute'), NULL, 0
 
 -- name: tasks
 SELECT t.task_id, t.type_key, t.task_key FROM {schema}.tasks AS t ORDER BY t.type_key, t.task_key

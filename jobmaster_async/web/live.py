@@ -6,7 +6,7 @@ subscribes (``/events``), reads the cheap state of the queue (db.insights: activ
 and status, workers, and the history's mark, a sequence's last value): at most once per
 ``interval``, every second while things change, backing off to ``quiet_period`` when nothing
 does, and early when a wake-up arrives. The charts are read again only when the history's mark
-moved, from the last few minutes (whole minutes, replacing those buckets); the schedules every
+moved, from the start of the previous minute (whole minutes, replacing those buckets); the schedules every
 ``SCHEDULES_EVERY`` seconds or when a deploy changed them. A read never runs more often than ten
 times its own duration, so a slow database is not swamped. Each subscriber is handed the latest
 snapshot (one that falls behind skips to the newest). Pages that render the overview take the
@@ -41,7 +41,7 @@ __all__ = ("Broadcaster", "Snapshot", "TaskDepth")
 logger = logging.getLogger(__name__)
 
 #: How far back a read of the charts after the first one goes (sql/dashboard.sql chart_recent).
-CHART_RECENT = timedelta(minutes=3)
+CHART_RECENT = timedelta(minutes=2)
 #: Seconds between two reads of the charts at least, and without a history mark (no privilege).
 CHART_INTERVAL = 2.0
 CHART_BLIND_INTERVAL = 15.0
