@@ -12,7 +12,7 @@
 - One worker process (``benchmarks.soak_worker``, concurrency 50): every task keeps its finished
   jobs for 1 minute, the worker prunes in the background every ~15 s, retries after 0.1 s.
 - Every ``--interval`` seconds (30; 10 with ``--quick``), on a connection of its own: jobs
-  completed in the interval (the history's 'completed' rows, by its BRIN index on ``at``; the
+  completed in the interval (the history's 'completed' rows, by its index on ``at``; the
   window ends 2 s back so that every commit in it is visible), insert -> start p50/p99 of the
   first attempts started in it (``started_at - created_at``; ``dependent`` jobs left out, since
   they wait for their dependency by design), also per 5 s, the sizes of the jobs and job_events

@@ -39,8 +39,8 @@ SELECT pg_catalog.pg_sequence_last_value(pg_catalog.pg_get_serial_sequence($1, '
 -- name: chart_hour
 -- History events per minute and reason over the last hour, from the start of that minute: the
 -- overview's charts. The condition on "at" alone, against a constant the planner can see (not
--- a parameter: a generic plan would guess a third of the table and read it all), lets a BRIN
--- index on job_events (at) serve it. The last row (reason NULL) says where the read began.
+-- a parameter: a generic plan would guess a third of the table and read it all), lets the index
+-- on job_events (at) serve it. The last row (reason NULL) says where the read began.
 SELECT pg_catalog.date_trunc('minute', e.at) AS minute, e.reason, pg_catalog.count(*)::int AS n
   FROM {schema}.job_events AS e
  WHERE e.at >= pg_catalog.date_trunc('minute', pg_catalog.now() - interval '1 hour')
@@ -178,8 +178,8 @@ SELECT pg_catalog.clock_timestamp() - $1::interval
 -- small (a generic plan would guess a third of the table and read it all).
 -- Rows: ('outcome', task, reason, count); ('run', task, NULL, count, seconds of each run that
 -- ended: claim to outcome); ('start_delay', task, NULL, count, seconds of each start: due time to
--- claim); last, ('window', ..., upto) with the window's end. The condition on "at" alone lets a
--- BRIN index on job_events (at) serve it; the rest goes along job_events_job_idx.
+-- claim); last, ('window', ..., upto) with the window's end. The condition on "at" alone lets the
+-- index on job_events (at) serve it; the rest goes along job_events_job_idx.
 WITH
 upto AS (SELECT pg_catalog.clock_timestamp() - $2::interval AS at),
 events AS (

@@ -13,7 +13,7 @@
   time (when the job last became waiting, or its run_at/backoff if later) to its claim.
 
 How the history is read: each scrape reads the events of a window of time, from where the last
-one stopped to the server's clock less ``lag`` (10 s), by ``at`` alone, which a BRIN index on
+one stopped to the server's clock less ``lag`` (10 s), by ``at`` alone, which the index on
 job_events (at) serves; event_id has no index of its own, and a sequence's order is not commit
 order anyway. The lag is for commits: an event's ``at`` is taken when its row is written, and the
 transaction may commit a little later, so a window that ended at "now" would miss events that
