@@ -163,7 +163,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=60.0)
     parser.add_argument("--rounds", type=int, default=2)
     args = parser.parse_args()
-    finished = [int(n) for n in args.finished.split(",")]
+    finished = [int(n) for n in args.finished.split(",") if n]
     if args.dsn:
         asyncio.run(run_all(args.dsn, finished, args.rate, args.seconds, args.rounds))
     else:

@@ -353,7 +353,7 @@ class JobMaster:
 
     async def counts(self) -> dict[str, int]:
         """How many jobs there are of each status that has any. Exact for waiting, blocked and
-        running (read from indexes); for complete, failed and cancelled exact below a million
+        running (read from indexes); for complete, failed and cancelled exact below 100,000
         jobs in the table, else PostgreSQL's estimate (an exact count would read them all)."""
         return await self.store.status_counts()
 

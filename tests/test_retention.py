@@ -257,7 +257,7 @@ async def test_counts_are_exact_on_a_small_table(jm: JobMaster, conn: asyncpg.Co
 
 
 async def test_counts_estimate_finished_jobs_in_a_large_table(jm: JobMaster, conn: asyncpg.Connection) -> None:
-    """Past a million rows, finished statuses come from the statistics (here a table made to look
+    """Past 100,000 rows, finished statuses come from the statistics (here a table made to look
     large: its row estimate raised by hand after ANALYZE), active ones are still counted."""
     ids = await jm.insert_jobs(T, "add", 0, [{"a": i} for i in range(40)])
     await conn.execute(

@@ -34,7 +34,7 @@ $$;
 -- How many jobs there are of each status (counts()): exact for the active ones (active_counts());
 -- for the finished ones exact while the table is small, else the planner's estimate (the table's
 -- rows, from pg_class, times the status's share, from pg_stats), because an exact count of
--- millions of finished jobs reads them all. small: fewer than 1,000,000 rows by the last vacuum
+-- millions of finished jobs reads them all. small: fewer than 100,000 rows by the last vacuum
 -- or analyze (or never measured).
 CREATE OR REPLACE FUNCTION {schema}.status_counts()
 RETURNS TABLE (status text, count bigint, exact boolean)
@@ -52,7 +52,7 @@ BEGIN
     RETURN QUERY VALUES ('waiting', v_active.waiting, true), ('blocked', v_active.blocked, true),
                         ('running', v_active.running, true);
     SELECT c.reltuples INTO v_rows FROM pg_class AS c WHERE c.oid = v_table;
-    IF v_rows < 1000000 THEN
+    IF v_rows < 100000 THEN
         RETURN QUERY
             SELECT f.status, coalesce(c.n, 0), true
               FROM unnest(ARRAY['complete', 'failed', 'cancelled']) AS f(status)
