@@ -800,9 +800,9 @@ def main() -> None:
         f"{platform.machine()} with {os.cpu_count()} cores, Python {platform.python_version()}; "
         f"load average at the end {' / '.join(f'{x:.1f}' for x in os.getloadavg())}"
     )
-    report(result, args.out)
-    if args.json:
+    if args.json:  # first: a failing chart must not lose the run
         args.json.write_text(json.dumps(result, indent=2, default=str))
+    report(result, args.out)
 
 
 if __name__ == "__main__":
