@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import re
 import uuid
@@ -673,3 +674,25 @@ def test_the_package_ships_the_templates_and_static_files() -> None:
 
     folder = Path(jobmaster_async.web.__file__).parent
     assert (folder / "static" / "dashboard.js").exists() and (folder / "templates" / "base.html").exists()
+
+
+async def test_a_generated_secret_is_logged_once_and_works_for_another_app(
+    jm: JobMaster, caplog: pytest.LogCaptureFixture
+) -> None:
+    """DESIGN 9.1: without a secret, one is generated and logged once, so that another process
+    given it accepts this one's CSRF tokens."""
+    job_id = await jm.insert_job(T, "add", 0, {"a": 77})
+    with caplog.at_level(logging.WARNING, logger="jobmaster_async.web"):
+        generating = create_app(jm)
+    [record] = [r for r in caplog.records if "JOBMASTER_DASHBOARD_SECRET=" in r.getMessage()]
+    generated = record.getMessage().split("JOBMASTER_DASHBOARD_SECRET=")[1].split(";")[0]
+    given = create_app(jm, secret=generated)
+    try:
+        async with client(generating) as http:
+            token = csrf_of((await http.get(f"/jobs/{job_id}")).text)
+        async with client(given) as http:
+            assert (await http.post(f"/jobs/{job_id}/cancel", data={"csrf_token": token})).status_code == 303
+    finally:
+        await generating.aclose()
+        await given.aclose()
+    assert (await jm.get_job(job_id)).status == "cancelled"  # type: ignore[union-attr]

@@ -60,11 +60,14 @@ def create_app(
     same one to every process that serves the dashboard (one is generated when None).
     ``read_only``: no cancel or retry (the buttons are hidden, the POSTs refused)."""
     if secret is None:
-        key = secrets.token_bytes(32)
+        generated = secrets.token_urlsafe(32)
+        key = generated.encode()
+        # logged once (DESIGN 9.1), so that other processes serving the dashboard can be given it
         logger.warning(
-            "dashboard: no secret given, so one was generated for this process: its forms' CSRF tokens "
-            "will not be accepted by another process; when several processes serve the dashboard, give "
-            "each the same secret (create_app(..., secret=...), or JOBMASTER_DASHBOARD_SECRET)"
+            "dashboard: no secret given, so this one was generated: JOBMASTER_DASHBOARD_SECRET=%s; the "
+            "forms' CSRF tokens of this process are accepted only by processes given the same secret "
+            "(create_app(..., secret=...), or that variable)",
+            generated,
         )
     else:
         key = secret.encode() if isinstance(secret, str) else bytes(secret)
