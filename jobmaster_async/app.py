@@ -32,7 +32,7 @@ from .errors import (
 from .jobs import ACTIVE_STATUSES, Job, JobStatus, PoppedJob, as_job_id
 from .schedules import Cron
 from .settings import Settings
-from .tasks import registry
+from .tasks import registry, retention_refusal
 from .worker.backend import WorkerBackend
 from .worker.dispatcher import Dispatcher, RunOptions
 from .worker.outage import Backoff
@@ -54,9 +54,10 @@ PRUNE_BATCH = 10_000
 
 def _checked_retention(value: object, what: str = "retention") -> timedelta:
     """A retention or an age: a timedelta longer than zero."""
-    if not isinstance(value, timedelta) or value <= timedelta(0):
-        forever = " or None (keep forever)" if what == "retention" else ""
-        raise ConfigurationError(f"{what} must be a timedelta > 0{forever}, got {value!r}")
+    refusal = retention_refusal(what, value, forever=what == "retention")
+    if refusal:
+        raise ConfigurationError(refusal)
+    assert isinstance(value, timedelta)
     return value
 
 

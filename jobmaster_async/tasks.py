@@ -372,7 +372,9 @@ def _define(
     if is_async and executor == "process":
         raise TaskDefinitionError(f"task {label}: executor='process' is for sync functions; async tasks run inline")
     if not isinstance(retention, Inherit) and retention is not None:
-        check_retention(f"task {label}: retention", retention)
+        refusal = retention_refusal(f"task {label}: retention", retention)
+        if refusal:
+            raise TaskDefinitionError(refusal)
 
     parameters = parameters_of(label, fn)
     names = {p.name for p in parameters}
@@ -401,11 +403,12 @@ def _define(
     )
 
 
-def check_retention(what: str, retention: object) -> timedelta:
-    """A retention: a timedelta longer than zero (None, keeping forever, is checked by callers)."""
-    if not isinstance(retention, timedelta) or retention <= timedelta(0):
-        raise TaskDefinitionError(f"{what} must be a timedelta > 0 or None (keep forever), got {retention!r}")
-    return retention
+def retention_refusal(what: str, value: object, forever: bool = True) -> str | None:
+    """Why ``value`` is no retention (a timedelta longer than zero), or None; ``forever``: None,
+    keeping forever, is allowed too (the caller lets it through)."""
+    if isinstance(value, timedelta) and value > timedelta(0):
+        return None
+    return f"{what} must be a timedelta > 0{' or None (keep forever)' if forever else ''}, got {value!r}"
 
 
 def _crons(

@@ -37,6 +37,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import Collector
 
 from ..db.insights import Insights
+from ..jobs import ACTIVE_STATUSES, JobStatus
 
 __all__ = ("CONTENT_TYPE", "DELAY_BUCKETS", "OUTCOMES", "RUN_BUCKETS", "JobMetrics")
 
@@ -45,7 +46,7 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 #: The history reasons counted, as the outcome label says them.
 OUTCOMES = ("completed", "failed", "retried", "rescued", "cancelled")
-ACTIVE = ("waiting", "blocked", "running")
+ACTIVE = tuple(status.value for status in JobStatus if status in ACTIVE_STATUSES)
 
 #: Upper bounds of the histograms' buckets, in seconds.
 RUN_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)

@@ -4,13 +4,12 @@ everything returned is plain text, which the templates escape."""
 from __future__ import annotations
 
 import json
-import uuid
 from datetime import UTC, datetime
 from typing import Any
 
 from ..ids import short_id
 
-__all__ = ("FILTERS", "STATUSES", "ago", "cut", "duration", "pretty", "short")
+__all__ = ("FILTERS", "STATUSES", "ago", "cut", "duration", "pretty")
 
 #: Every status, in the order the pages list them.
 STATUSES = ("waiting", "scheduled", "blocked", "running", "complete", "failed", "cancelled")
@@ -54,11 +53,6 @@ def cut(value: Any, length: int = 80) -> str:
     return text if len(text) <= length else text[: length - 1] + "…"
 
 
-def short(job_id: uuid.UUID) -> str:
-    """What listings show of an id (its last 12 hex digits, which the job page takes back)."""
-    return short_id(job_id)
-
-
 def number(n: int | None) -> str:
     """``12,345``."""
     return "" if n is None else f"{n:,}"
@@ -78,7 +72,8 @@ FILTERS = {
     "duration": duration,
     "pretty": pretty,
     "cut": cut,
-    "short": short,
+    # what listings show of an id (its last 12 hex digits, which the job page takes back)
+    "short": short_id,
     "isotime": isotime,
     "utc": utc,
 }
