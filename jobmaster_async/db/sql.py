@@ -123,9 +123,9 @@ class Catalogue:
             "{channel}": f"'{self.channel}'",
             # trigger functions: names resolve in pg_catalog first, then this schema, never elsewhere
             "{search_path}": search_path,
-            # the SQL entry points: the same, and no caller can switch history and NOTIFY off
-            # (sql/functions/triggers.sql)
-            "{entry_point}": f"{search_path} SET jobmaster.history_written = 'off'",
+            # the SQL entry points: the same; each also says first that the triggers write its
+            # history (fragment history_by_triggers), so no caller can switch history and NOTIFY off
+            "{entry_point}": search_path,
             "$$": _dollar_tag(schema),
         }
         # each fragment rendered once, with the fragments above it in place

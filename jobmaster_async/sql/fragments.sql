@@ -77,9 +77,12 @@ j.job_id = ANY (p_ids)
 -- writes (the contract: functions/triggers.sql).
 pg_catalog.set_config('jobmaster.history_written', 'on', true)
 
--- fragment: own_history_done
--- Said after such a statement when the transaction goes on (complete_jobs): the triggers write
--- the history of what follows.
+-- fragment: history_by_triggers
+-- Said first by every entry point (whatever a caller set, the triggers write the history of what
+-- the function does), and after a statement that wrote its own history when the transaction goes
+-- on (complete_jobs): the triggers write the history of what follows. A call in the body, not a
+-- SET clause on the function: CREATE FUNCTION ... SET of a custom setting needs a privilege on
+-- the parameter that the schema's owner does not have (PostgreSQL 15+).
 pg_catalog.set_config('jobmaster.history_written', 'off', true)
 
 -- fragment: history_written

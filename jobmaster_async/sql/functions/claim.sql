@@ -19,6 +19,7 @@ LANGUAGE plpgsql {entry_point} {fragment:claim_settings} AS $$
 DECLARE
     v_due uuid[];
 BEGIN
+    PERFORM {fragment:history_by_triggers};
     -- lost in a crash, a promotion is made again by the next one
     PERFORM {fragment:claim_commit};
     SELECT array_agg(d.job_id) INTO v_due
@@ -55,6 +56,7 @@ DECLARE
     v_left      int := p_units;
     v_row       record;
 BEGIN
+    PERFORM {fragment:history_by_triggers};
     PERFORM {fragment:claim_commit};
     -- scheduled jobs that fell due become claimable first (an index probe when none did)
     PERFORM {schema}.promote_due_jobs();

@@ -215,6 +215,7 @@ DECLARE
     v_checked record;
     v_args    jsonb;
 BEGIN
+    PERFORM {fragment:history_by_triggers};
     SELECT * INTO v_task FROM {schema}.tasks WHERE type_key = p_type_key AND task_key = p_task_key;
     IF NOT FOUND THEN
         RAISE EXCEPTION USING ERRCODE = 'JM400', DETAIL = 'unknown_task',
@@ -375,6 +376,7 @@ DECLARE
     v_ids       uuid[] := '{}';
     v_args      jsonb;
 BEGIN
+    PERFORM {fragment:history_by_triggers};
     v_task := {schema}._task(p_type_key, p_task_key);
     IF coalesce(cardinality(p_arguments), 0) = 0 THEN
         RETURN '{}';

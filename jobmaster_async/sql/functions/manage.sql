@@ -11,6 +11,7 @@ DECLARE
     v_status   text;
     v_children uuid[];
 BEGIN
+    PERFORM {fragment:history_by_triggers};
     SELECT status INTO v_status FROM {schema}.jobs WHERE job_id = p_job_id FOR NO KEY UPDATE;
     IF NOT FOUND THEN
         RETURN NULL;
@@ -50,6 +51,7 @@ DECLARE
     v_plan    {schema}.plan_step[];
     v_child   uuid;
 BEGIN
+    PERFORM {fragment:history_by_triggers};
     SELECT * INTO v_job FROM {schema}.jobs WHERE job_id = p_job_id FOR NO KEY UPDATE;
     IF NOT FOUND THEN
         RETURN NULL;

@@ -33,7 +33,7 @@ BEGIN
     SELECT coalesce(array_agg(d.job_id), '{}'), coalesce(bool_or(t.process_limit IS NOT NULL), false)
       INTO v_done, v_freed
       FROM done AS d LEFT JOIN {schema}.tasks AS t ON t.task_id = d.task_id;
-    PERFORM {fragment:own_history_done};
+    PERFORM {fragment:history_by_triggers};
     IF v_freed THEN
         PERFORM pg_notify({channel}, 'wake');  -- a process_limit slot freed
     END IF;
@@ -54,6 +54,7 @@ DECLARE
     v_final uuid[];
     v_all   uuid[];
 BEGIN
+    PERFORM {fragment:history_by_triggers};
     WITH
     -- the batch's jobs this worker still holds (fencing), positioned
     batch AS (
@@ -90,6 +91,7 @@ END $$;
 -- uses up no retry.
 CREATE OR REPLACE FUNCTION {schema}.release_jobs(p_worker uuid, p_ids uuid[], p_attempts int[])
 RETURNS int LANGUAGE sql {entry_point} AS $$
+    SELECT {fragment:history_by_triggers};
     WITH
     -- the batch's jobs this worker still holds (fencing), waiting again
     released AS (

@@ -15,15 +15,16 @@
 -- Each says so before it writes, by setting jobmaster.history_written on for the transaction
 -- (fragment own_history); the triggers skip a statement that finds it on
 -- (fragment history_written). complete_jobs sets it off again right after its statement
--- (fragment own_history_done): the triggers record the rest of its transaction (dependents
+-- (fragment history_by_triggers): the triggers record the rest of its transaction (dependents
 -- settled). The two plain statements run alone in their transaction on the library's own
--- connections, so the setting ends with them. Nothing else may set it.
+-- connections, so the setting ends with them. Nothing else may set it on.
 -- A client cannot suppress history with it: every entry point, any function a client or the
--- library calls by name, resets it to off for its own duration ({entry_point}, a SET clause,
--- restored on return), so whatever a caller set before calling add_job, insert_job or any other
--- function, its statements are recorded; so does the check at commit of a client's links
--- (_check_link), which runs after add_job returned; and the documented grants give no right on
--- the tables.
+-- library calls by name (or the plpgsql function that a SQL-language one hands its work to),
+-- first sets it off for the rest of the transaction (fragment history_by_triggers, a call in the
+-- body: a SET clause on the function would need a privilege the schema's owner lacks), so
+-- whatever a caller set before calling add_job, insert_job or any other function, its statements
+-- are recorded; so does the check at commit of a client's links (_check_link), which runs after
+-- add_job returned; and the documented grants give no right on the tables.
 -- A statement that is to write its own history joins the list above, or leaves it to triggers.
 
 
@@ -139,6 +140,7 @@ RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER {entry_point} AS $$
 DECLARE
     v_status text;
 BEGIN
+    PERFORM {fragment:history_by_triggers};
     SELECT j.status INTO v_status FROM {schema}.jobs AS j WHERE j.job_id = NEW.depends_on FOR NO KEY UPDATE;
     IF v_status IN ('waiting', 'blocked') THEN
         UPDATE {schema}.jobs AS j

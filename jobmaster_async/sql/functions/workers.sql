@@ -24,6 +24,7 @@ DECLARE
     v_count int;
     v_final uuid[];
 BEGIN
+    PERFORM {fragment:history_by_triggers};
     SELECT coalesce(array_agg(w.worker_id), '{}') INTO v_dead
       FROM (SELECT w.worker_id FROM {schema}.workers AS w
              WHERE w.heartbeat_at < now() - w.lapse
