@@ -5,6 +5,7 @@ without a privilege on that parameter)."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
@@ -46,13 +47,19 @@ async def test_a_schema_owner_that_is_no_superuser_deploys_works_and_manages(
 ) -> None:
     owner_dsn = as_role(dsn, owner)
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    deploy = subprocess.run(
-        [sys.executable, "-m", "jobmaster_async", "--dsn", owner_dsn, "--schema", schema_name,
-         "deploy", "--app", "tests.tasks_for_tests"],  # fmt: skip
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=120,
+    command = [sys.executable, "-m", "jobmaster_async", "--dsn", owner_dsn, "--schema", schema_name, "deploy"]
+    deploy = await asyncio.to_thread(
+        subprocess.run,
+        [*command, "--app", "tests.tasks_for_tests"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert deploy.returncode == 0, deploy.stderr
-    assert await conn.fetchval("SELECT nspowner::regrole::text FROM pg_namespace WHERE nspname = $1", schema_name) == owner
+    owned_by = await conn.fetchval("SELECT nspowner::regrole::text FROM pg_namespace WHERE nspname = $1", schema_name)
+    assert owned_by == owner
 
     jm = JobMaster(owner_dsn, schema=schema_name, retry_backoff=0.0)
     web = f"web_{uuid.uuid4().hex[:8]}"
