@@ -335,7 +335,7 @@ class JobMaster:
     # -- inspecting and managing -----------------------------------------------------------------
 
     async def get_job(self, job_id: uuid.UUID | str) -> Job | None:
-        """The job with that id, or None."""
+        """The job with that id, or None. A value Python cannot hold shows raw (``Job``)."""
         row = await self.store.get_job(as_job_id(job_id))
         return Job.from_row(row) if row is not None else None
 
@@ -346,7 +346,8 @@ class JobMaster:
         task_key: str | None = None,
         limit: int = 100,
     ) -> list[Job]:
-        """Jobs, newest first, optionally of one status and task."""
+        """Jobs, newest first, optionally of one status and task. A row with a value Python
+        cannot hold is listed all the same, that value raw (``Job``)."""
         if status is not None and status not in JobStatus.__members__.values():
             raise ValueError(f"unknown status {status!r}; one of {', '.join(JobStatus)}")
         rows = await self.store.list_jobs(status, type_key, task_key, limit)
@@ -405,8 +406,9 @@ class JobMaster:
 
     @contextlib.asynccontextmanager
     async def connection(self) -> AsyncIterator[asyncpg.Connection]:
-        """A pooled asyncpg connection (with the jsonb codec), for your own queries; its session
-        state is reset when you are done with it."""
+        """A pooled asyncpg connection (with the jsonb codec, and a timestamptz codec that gives
+        a ``times.UndecodableTime`` for a time ``datetime`` cannot hold), for your own queries;
+        its session state is reset when you are done with it."""
         async with self.store.acquire() as conn:
             try:
                 yield conn

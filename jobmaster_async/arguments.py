@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator, Mapping, Sequence
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any, TypeAlias
 
 import asyncpg
 
 from .errors import REFUSAL_SQLSTATE, InvalidArguments, JobMasterError, NotRetryable, TaskNotFound
 from .storable import dumps_storable, unstorable_reason
+from .times import RUN_AT_RANGE, run_at_refusal
 
 __all__ = ("PRIORITY_RANGE", "RunAt", "as_json", "as_json_array", "check_insert", "refusals_as_errors", "when")
 
@@ -61,7 +62,9 @@ def check_insert(type_key: object, task_key: object, priority: object) -> None:
 def when(label: str, run_at: RunAt) -> tuple[datetime | None, timedelta | None]:
     """``run_at`` as the insert statements take it: a time, or a delay from the server's now
     (whose clock decides, not this machine's). A naive datetime is refused: which zone it meant
-    cannot be known."""
+    cannot be known. So is a time outside the range every client can read back (times.py): from
+    1970-01-01 to 9999-12-31 UTC, that day excluded, as the SQL refuses it (a delay is judged by
+    this machine's clock here, by the server's there)."""
     if run_at is None:
         return None, None
     if isinstance(run_at, datetime):
@@ -70,8 +73,17 @@ def when(label: str, run_at: RunAt) -> tuple[datetime | None, timedelta | None]:
                 f"{label}: run_at={run_at!r} is a naive datetime (no time zone); give an aware one, such "
                 "as datetime.now(UTC) + timedelta(minutes=5), or a timedelta from now"
             )
+        refused = run_at_refusal(label, run_at)
+        if refused is not None:
+            raise InvalidArguments(refused)
         return run_at, None
     if isinstance(run_at, timedelta):
+        try:
+            refused = run_at_refusal(label, datetime.now(UTC) + run_at)
+        except OverflowError:
+            refused = f"{label}: run_at must be {RUN_AT_RANGE}, got now + {run_at}"
+        if refused is not None:
+            raise InvalidArguments(refused)
         return None, run_at
     raise InvalidArguments(
         f"{label}: run_at must be an aware datetime or a timedelta from now, got {type(run_at).__name__}"

@@ -43,7 +43,13 @@ def as_job_id(job_id: uuid.UUID | str) -> uuid.UUID:
 
 @dataclass
 class Job:
-    """A job: a task plus arguments, with its state as last read from the database."""
+    """A job: a task plus arguments, with its state as last read from the database.
+
+    A time a ``datetime`` cannot hold (a ``run_at`` of ``200000-01-01`` or ``4000-01-01 BC``
+    written before run_at was bounded, or past the library) does not fail the listing: it reads
+    as a ``times.UndecodableTime``, whose ``str()`` and ``isoformat()`` are the value as
+    PostgreSQL writes it in UTC (``200000-01-01 00:00:00+00``) and which compares as the
+    nearest time a datetime holds. A jsonb value Python cannot read is a ``storable.UndecodableJSON``."""
 
     job_id: uuid.UUID
     type_key: str

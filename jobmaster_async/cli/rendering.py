@@ -18,6 +18,7 @@ from rich.text import Text
 
 from ..ids import short_id
 from ..jobs import Job
+from ..times import UndecodableTime
 
 __all__ = (
     "CELL_LIMIT",
@@ -81,7 +82,10 @@ def _status(status: str, later: str = "") -> str:
 
 
 def _when(at: datetime | None) -> str:
-    """A time as listings show it: UTC, to the second."""
+    """A time as listings show it: UTC, to the second; one a datetime cannot hold as PostgreSQL
+    wrote it (times.UndecodableTime)."""
+    if isinstance(at, UndecodableTime):
+        return at.raw
     return at.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%SZ") if at is not None else ""
 
 

@@ -13,8 +13,9 @@ SELECT {schema}._insert_job($1, $2, $3, $4::text::jsonb, coalesce($5::timestampt
 
 -- name: insert_job_fast
 -- The common insert as one plain statement (no PL/pgSQL): a task without dependencies or
--- write_all, arguments that _fast_canonical accepts, no identical active job. Otherwise it
--- inserts nothing and returns no row, and insert_job above does it all (and says what it refuses).
+-- write_all, arguments that _fast_canonical accepts, a run_at that _run_at_ok accepts, no
+-- identical active job. Otherwise it inserts nothing and returns no row, and insert_job above
+-- does it all (and says what it refuses).
 -- $5, $6: the run_at of insert_job above; $7, $8: its trace context.
 WITH
 -- the task, unless inserting its jobs needs more than this statement does
@@ -36,6 +37,8 @@ waiting_jobs AS (
      -- each use of c.args below
      CROSS JOIN LATERAL (SELECT {schema}._fast_canonical(t, coalesce($4::text::jsonb, '{}')) AS args OFFSET 0) AS c
      WHERE c.args IS NOT NULL
+       -- a run_at outside the range: insert_job refuses it
+       AND {schema}._run_at_ok(coalesce($5::timestamptz, pg_catalog.now() + $6::interval))
 ),
 -- the job, unless an identical one is active
 inserted AS (

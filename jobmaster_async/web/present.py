@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from ..ids import short_id
+from ..times import UndecodableTime
 
 __all__ = ("FILTERS", "STATUSES", "ago", "cut", "duration", "pretty")
 
@@ -31,8 +32,9 @@ def duration(seconds: float | None) -> str:
 
 
 def ago(at: datetime | None, now: datetime) -> str:
-    """``3m ago``, ``in 2m``, ``now``."""
-    if at is None:
+    """``3m ago``, ``in 2m``, ``now``; nothing for a time a datetime cannot hold (its raw value
+    is shown beside)."""
+    if at is None or isinstance(at, UndecodableTime):
         return ""
     seconds = (now - at).total_seconds()
     if abs(seconds) < 1:
@@ -59,11 +61,16 @@ def number(n: int | None) -> str:
 
 
 def isotime(at: datetime | None) -> str:
-    return at.isoformat() if at is not None else ""
+    """ISO 8601, for the page's script; nothing for a time a datetime cannot hold (the script
+    then leaves the server's text alone)."""
+    return at.isoformat() if at is not None and not isinstance(at, UndecodableTime) else ""
 
 
 def utc(at: datetime | None) -> str:
-    """A time as text, in UTC, to the second (the page's script shows local time)."""
+    """A time as text, in UTC, to the second (the page's script shows local time); one a
+    datetime cannot hold as PostgreSQL wrote it (times.UndecodableTime)."""
+    if isinstance(at, UndecodableTime):
+        return at.raw
     return at.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC") if at is not None else ""
 
 

@@ -201,9 +201,10 @@ BEGIN
 END $$;
 
 
--- Inserts one job to run at p_run_at (NULL: now), or hands back an identical active one (moved
--- earlier if it asks for a later time), resolving its dependencies. Its refusals are raised here,
--- one call below insert_job and add_job, so that psql shows them with two CONTEXT lines at most.
+-- Inserts one job to run at p_run_at (NULL: now; refused outside _run_at_ok's range), or hands
+-- back an identical active one (moved earlier if it asks for a later time), resolving its
+-- dependencies. Its refusals are raised here, one call below insert_job and add_job, so that psql
+-- shows them with two CONTEXT lines at most.
 -- p_trace_context: the inserter's (_trace_context), stored with the job and with the jobs
 -- created for it (dependencies, "ALL" children); a twin keeps its own.
 CREATE OR REPLACE FUNCTION {schema}._insert_job(
@@ -220,6 +221,10 @@ BEGIN
     IF NOT FOUND THEN
         RAISE EXCEPTION USING ERRCODE = 'JM400', DETAIL = 'unknown_task',
             MESSAGE = format('unknown task %s.%s (is it deployed?)', p_type_key, p_task_key);
+    END IF;
+    IF NOT {schema}._run_at_ok(p_run_at) THEN
+        RAISE EXCEPTION USING ERRCODE = 'JM400', DETAIL = 'invalid_run_at',
+            MESSAGE = {schema}._run_at_refusal(p_type_key || '.' || p_task_key, p_run_at);
     END IF;
     v_checked := {schema}._canonical_or_refusal(v_task, p_arguments, true);
     IF v_checked.refusal IS NOT NULL THEN
@@ -364,8 +369,9 @@ $$;
 -- Bulk insert: one id per element, in order (identical elements share one id); all or nothing.
 -- One set-based statement (one trigger run, one NOTIFY); tasks with dependencies resolve them
 -- for the whole batch at once. Only elements with "ALL" are inserted one by one. Every job is to
--- run at p_run_at (NULL: now), in the trace context p_trace_context (_trace_context). The library
--- calls it by name; the SQL interface is insert_jobs below.
+-- run at p_run_at (NULL: now; refused outside _run_at_ok's range), in the trace context
+-- p_trace_context (_trace_context). The library calls it by name; the SQL interface is
+-- insert_jobs below.
 CREATE OR REPLACE FUNCTION {schema}._insert_jobs(
     p_type_key text, p_task_key text, p_priority int, p_arguments jsonb[], p_run_at timestamptz,
     p_trace_context jsonb)
@@ -378,6 +384,10 @@ DECLARE
 BEGIN
     PERFORM {fragment:history_by_triggers};
     v_task := {schema}._task(p_type_key, p_task_key);
+    IF NOT {schema}._run_at_ok(p_run_at) THEN
+        RAISE EXCEPTION USING ERRCODE = 'JM400', DETAIL = 'invalid_run_at',
+            MESSAGE = {schema}._run_at_refusal(p_type_key || '.' || p_task_key, p_run_at);
+    END IF;
     IF coalesce(cardinality(p_arguments), 0) = 0 THEN
         RETURN '{}';
     END IF;

@@ -11,6 +11,32 @@ BEGIN
 END $$;
 
 
+-- run_at's range (README "Security"; jobmaster_async/times.py states the same bounds and says
+-- why): from 1970-01-01 00:00 UTC up to, not including, 9999-12-31 00:00 UTC. Every client can
+-- read such a time back (Python's datetime stops at 9999-12-31, and a day is kept for time zones);
+-- a run_at in the past runs at once, so the earlier bound takes nothing real away and refuses
+-- typos (BC years, the year 1). infinity and -infinity are outside. NULL (now) always fits; so
+-- does any time near now. Fixed bounds, not "so many years from now": Python refuses the same
+-- values whatever the clocks say. (Inlined into the plain insert statement, which runs with
+-- the caller's search_path: the operators used match pg_catalog's exactly.)
+CREATE OR REPLACE FUNCTION {schema}._run_at_ok(p_run_at timestamptz)
+RETURNS boolean LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    SELECT p_run_at IS NULL
+        OR (p_run_at >= '1970-01-01 00:00:00+00'::timestamptz AND p_run_at < '9999-12-31 00:00:00+00'::timestamptz)
+$$;
+
+
+-- Why a run_at is refused, naming the task (NULL: it fits _run_at_ok's range). The callers raise
+-- it (JM400, invalid_run_at) themselves, as close to the entry point as they can.
+CREATE OR REPLACE FUNCTION {schema}._run_at_refusal(p_label text, p_run_at timestamptz)
+RETURNS text LANGUAGE sql STABLE AS $$
+    SELECT CASE WHEN NOT {schema}._run_at_ok(p_run_at) THEN
+               format('%s: run_at must be from 1970-01-01 to 9999-12-31 UTC (that day excluded), got %s',
+                      p_label, p_run_at)
+           END
+$$;
+
+
 -- Does a value fit its parameter (JSON type, nullability, options)? Plain SQL, so the bulk insert
 -- checks whole batches in one statement; _check_value says what is wrong when it does not.
 CREATE OR REPLACE FUNCTION {schema}._value_ok(p_param jsonb, p_value jsonb)
