@@ -6,7 +6,8 @@ CALL {schema}.insert_job('type_key', 'task_key', 10, '{"arg": "value"}'::json);
 -- The same as a function, for SELECT and for trigger functions (a jsonb value needs ::json).
 SELECT {schema}.add_job('type_key', 'task_key', 10, '{"arg": "value"}');
 
--- Scheduled: never before run_at (after the INOUT job_id in CALL: name it).
+-- Scheduled: never before run_at (after the INOUT job_id in CALL: name it). run_at must be from
+-- 1970-01-01 to 9999-12-31 UTC (that day excluded); anything else (infinity too) is refused (JM400).
 CALL {schema}.insert_job('type_key', 'task_key', 10, '{"arg": "value"}'::json, run_at => now() + interval '1 hour');
 SELECT {schema}.add_job('type_key', 'task_key', 10, '{"arg": "value"}', now() + interval '1 hour');
 
