@@ -14,12 +14,15 @@ from typing import Any
 import asyncpg
 import pytest
 from click.testing import CliRunner
+from rich.console import Console
 
 from jobmaster_async import JobMaster
 from jobmaster_async.cli import main
+from jobmaster_async.cli.rendering import jobs_table
 from jobmaster_async.db.sql import quote_identifier
 from jobmaster_async.errors import InvalidArguments
-from jobmaster_async.times import UndecodableTime
+from jobmaster_async.jobs import Job
+from jobmaster_async.times import UndecodableTime, decode_timestamptz
 from jobmaster_async.web import create_app
 from tests.test_client_transactions import web_role
 from tests.test_web import _samples
@@ -239,6 +242,16 @@ async def test_the_raw_value_is_what_postgresql_writes(jm: JobMaster, conn: asyn
     )
     assert len(plain) > 300 and plain == [row["t"] for row in theirs]
     assert all(type(t) is datetime and t.tzinfo is UTC for t in plain)
+
+
+def test_the_terminal_table_shows_them() -> None:
+    """``jobs`` on a terminal: a waiting job's future run_at after its status, raw."""
+    far = decode_timestamptz((10**19 // 2,))
+    job = Job(uuid.uuid4(), T, "add", 0, {"a": 1}, "waiting", run_at=far, created_at=decode_timestamptz((2**63 - 1,)))
+    console = Console(record=True, width=200)
+    console.print(jobs_table([job]))
+    assert isinstance(far, UndecodableTime) and far.raw == "160443-09-10 08:53:20+00"
+    assert f"waiting until {far.raw}" in console.export_text()
 
 
 def _cli(dsn: str, jm: JobMaster, *arguments: str) -> Any:

@@ -87,7 +87,8 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
     # timestamptz as asyncpg decodes it, except that a time a datetime cannot hold (a far run_at
     # written before it was bounded, or past the library) decodes as times.UndecodableTime instead
     # of failing the whole fetch: every listing still shows the row. (No round trip: a built-in
-    # type. The hot path reads no timestamptz.)
+    # type. The hot path reads no timestamptz. Arrays of timestamptz keep asyncpg's decoder: the
+    # library reads none.)
     await conn.set_type_codec(
         "timestamptz", encoder=encode_timestamptz, decoder=decode_timestamptz, schema="pg_catalog", format="tuple"
     )
