@@ -43,6 +43,15 @@ def is_loopback_address(host: str) -> bool:
     help="Key of the forms' CSRF tokens: the same for every process serving the dashboard (else "
     "$JOBMASTER_DASHBOARD_SECRET, else generated).",
 )
+@click.option(
+    "--origin",
+    "origins",
+    multiple=True,
+    envvar="JOBMASTER_DASHBOARD_ORIGINS",
+    help="Another origin its forms may be posted from (e.g. https://ops.example.com, the public one "
+    "behind a proxy that rewrites Host without X-Forwarded-Host); repeatable. Else "
+    "$JOBMASTER_DASHBOARD_ORIGINS (separated by spaces).",
+)
 @click.option("--read-only", is_flag=True, help="Show, never cancel or retry.")
 @pass_settings
 def dashboard(
@@ -52,6 +61,7 @@ def dashboard(
     port: int,
     token: str | None,
     secret: str | None,
+    origins: tuple[str, ...],
     read_only: bool,
 ) -> None:
     """Serve the web dashboard: queue, workers, charts, jobs, live updates, /metrics."""
@@ -74,7 +84,10 @@ def dashboard(
     async def serve() -> None:
         async with settings.master(apps) as jm:
             await check_deployed(jm, settings.deploy_hint(apps))
-            app = create_app(jm, read_only=read_only, token=token, secret=secret)
+            try:
+                app = create_app(jm, read_only=read_only, token=token, secret=secret, origins=origins)
+            except ValueError as exc:
+                raise click.ClickException(str(exc)) from None
             shown = f"[{host}]" if ":" in host else host
             click.echo(
                 f"dashboard of schema {jm.schema} on http://{shown}:{port}/" + (" (read-only)" if read_only else "")
