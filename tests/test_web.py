@@ -668,6 +668,15 @@ def test_the_command_refuses_a_public_address_without_a_token(dsn: str, schema_n
     assert runner.invoke(main, ["dashboard", "--help"]).exit_code == 0
 
 
+def test_the_command_refuses_what_is_not_an_origin(dsn: str, schema_name: str) -> None:
+    runner = CliRunner()
+    command = ["--dsn", dsn, "--schema", schema_name, "dashboard", "--origin", "https://ok.example"]
+    result = runner.invoke(main, [*command, "--origin", "ops.example.com"])
+    assert result.exit_code == 1 and "--origin 'ops.example.com' is not an origin" in result.output
+    from_env = runner.invoke(main, command[:-2], env={"JOBMASTER_DASHBOARD_ORIGINS": "https://a.example nope"})
+    assert from_env.exit_code == 1 and "'nope' is not an origin" in from_env.output
+
+
 def test_the_command_says_when_the_schema_is_not_deployed(dsn: str, schema_name: str) -> None:
     result = CliRunner().invoke(main, ["--dsn", dsn, "--schema", schema_name, "dashboard", "--port", "0"])
     assert result.exit_code == 1 and "is not deployed" in result.output

@@ -75,19 +75,20 @@ def dashboard(
         import uvicorn
 
         from ..web import create_app
+        from ..web.security import parse_origin
         from ..web.server import Server
     except ImportError as exc:
         raise click.ClickException(
             f"the dashboard needs the web extra: pip install 'jobmaster_async[web]' ({exc})"
         ) from None
+    for origin in origins:
+        if parse_origin(origin) is None:
+            raise click.ClickException(f"--origin {origin!r} is not an origin: say https://name[:port]")
 
     async def serve() -> None:
         async with settings.master(apps) as jm:
             await check_deployed(jm, settings.deploy_hint(apps))
-            try:
-                app = create_app(jm, read_only=read_only, token=token, secret=secret, origins=origins)
-            except ValueError as exc:
-                raise click.ClickException(str(exc)) from None
+            app = create_app(jm, read_only=read_only, token=token, secret=secret, origins=origins)
             shown = f"[{host}]" if ":" in host else host
             click.echo(
                 f"dashboard of schema {jm.schema} on http://{shown}:{port}/" + (" (read-only)" if read_only else "")
