@@ -273,6 +273,7 @@ async def test_the_list_and_the_history_reads_use_their_indexes(jm: JobMaster, c
 def test_host_names() -> None:
     assert host_name("LocalHost:8080") == "localhost" and host_name("[::1]:9") == "[::1]"
     assert host_name("x:y") is None and host_name("[::1") is None and host_name("") is None
+    assert host_name("localhost:²") is None and host_name("[::1]:\u0661") is None and host_name("a:123456") is None
     for good in ("localhost", "127.0.0.1:8080", "[::1]", "[::1]:443"):
         assert is_loopback_host(good), good
     for bad in ("evil.example", "127.0.0.1.evil.example", "localhost.evil.example:80", "[::2]", "0.0.0.0"):

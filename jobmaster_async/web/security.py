@@ -50,6 +50,7 @@ __all__ = (
     "fingerprint",
     "host_name",
     "is_loopback_host",
+    "parse_origin",
     "route_path",
 )
 
@@ -100,13 +101,17 @@ def _split_host(host: str) -> tuple[str, int | None] | None:
     host = host.strip().lower()
     if host.startswith("["):
         name, bracket, rest = host.partition("]")
-        if not bracket or (rest and not (rest.startswith(":") and rest[1:].isdigit())):
+        if not bracket or (rest and not (rest.startswith(":") and _is_port(rest[1:]))):
             return None
         return name + "]", int(rest[1:]) if rest else None
     name, colon, port = host.partition(":")
-    if not name or (colon and not port.isdigit()):
+    if not name or (colon and not _is_port(port)):
         return None
     return name, int(port) if colon else None
+
+
+def _is_port(text: str) -> bool:
+    return text.isascii() and text.isdigit() and len(text) <= 5
 
 
 def host_name(host: str) -> str | None:
