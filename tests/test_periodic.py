@@ -11,6 +11,7 @@ import json
 import re
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -20,9 +21,13 @@ import pytest
 
 from jobmaster_async import Cron, JobMaster, TaskDefinitionError, task
 from jobmaster_async.db.sql import quote_identifier
+from jobmaster_async.db.ticks import Ticks
 from jobmaster_async.tasks import registry
+from jobmaster_async.worker.outage import Outage
+from jobmaster_async.worker.scheduler import Scheduler
+from jobmaster_async.worker.signals import Signal
 from tests.conftest import deployed, worker
-from tests.polling import until
+from tests.polling import until, within
 from tests.processes import worker_process
 
 SCRATCH = "scratch_periodic"
@@ -183,6 +188,82 @@ async def test_downtime_gives_one_catch_up_job(
     async with worker(idle_jm):
         await asyncio.sleep(0.5)
     assert len(await periodic_jobs(conn, idle_jm)) == 1
+
+
+@dataclass
+class _Clock:
+    now: datetime
+
+
+class _ClockedScheduler(Scheduler):
+    """A scheduler whose clock the test sets."""
+
+    clock: _Clock
+
+    def _now(self) -> datetime:
+        return self.clock.now
+
+
+class _OutageAtFirstFire:
+    """The scheduler's statements (db.ticks), but the first tick it fires meets the database
+    gone, and while it is away the clock moves on to ``back_at``. Every tick fired is noted."""
+
+    def __init__(self, ticks: Ticks, clock: _Clock, back_at: datetime) -> None:
+        self.ticks = ticks
+        self.clock = clock
+        self.back_at = back_at
+        self.tried: list[datetime] = []
+
+    async def load(self, task_ids: list[int]) -> list[asyncpg.Record]:
+        return await self.ticks.load(task_ids)
+
+    async def fire(self, schedule_id: int, tick: datetime) -> uuid.UUID | None:
+        self.tried.append(tick)
+        if len(self.tried) == 1:
+            self.clock.now = self.back_at  # the outage lasts hours
+            raise ConnectionResetError("the database server went away")
+        return await self.ticks.fire(schedule_id, tick)
+
+
+async def test_a_tick_fired_across_an_outage_is_the_latest_one_missed(
+    idle_jm: JobMaster, conn: asyncpg.Connection, define: Callable[..., Any]
+) -> None:
+    """Issue 24: the scheduler found a tick due, the database went away for hours, and when it
+    came back the fire retried with backoff recorded that stale tick, not the latest one missed
+    during the outage (DESIGN 9: only the latest missed tick runs). The tick is computed at each
+    try: the one recorded, and the only one fired, is the latest due when the database is back."""
+    cron = Cron(far_from_now())  # hourly
+    define(cron)
+    await idle_jm.deploy()
+    now = datetime.now(UTC)
+    latest = cron.latest_tick(now)
+    await conn.execute(
+        f"UPDATE {q(idle_jm)}.schedules SET last_tick = $1, created_at = $2",
+        latest - timedelta(hours=5),
+        latest - timedelta(days=1),
+    )
+    task_ids = [row["task_id"] for row in await conn.fetch(f"SELECT task_id FROM {q(idle_jm)}.schedules")]
+
+    async def registered() -> list[int]:
+        return task_ids
+
+    clock = _Clock(now - timedelta(hours=3))  # when the fire first failed
+    stale = cron.latest_tick(clock.now)
+    ticks = _OutageAtFirstFire(idle_jm.store.ticks, clock, back_at=now)
+    scheduler = _ClockedScheduler(ticks, registered, Outage(Signal(), Signal()))  # type: ignore[arg-type]
+    scheduler.clock = clock
+    running = asyncio.create_task(scheduler.run())
+    try:
+        await within(scheduler.fired.wait_for(1), "the tick fired once the database is back")
+    finally:
+        running.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await running
+    assert stale == latest - timedelta(hours=3)
+    assert ticks.tried == [stale, latest]  # the first try failed; the retry fired the latest tick
+    [job] = await periodic_jobs(conn, idle_jm)
+    [schedule] = await rows(conn, idle_jm)
+    assert schedule["last_tick"] == latest and schedule["last_job_id"] == job["job_id"]
 
 
 async def test_a_new_schedule_starts_at_its_next_tick(

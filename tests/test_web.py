@@ -5,10 +5,12 @@ only read), /metrics, mounting under a prefix, ids by prefix, live events, and t
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import logging
 import os
 import re
+import time
 import uuid
 from collections.abc import AsyncIterator
 from datetime import timedelta
@@ -30,7 +32,7 @@ from jobmaster_async.tasks import registry
 from jobmaster_async.web import Dashboard, create_app
 from jobmaster_async.web import pages as web_pages
 from jobmaster_async.web.live import Snapshot
-from jobmaster_async.web.security import host_name, is_loopback_host
+from jobmaster_async.web.security import CSRF_AGE, fingerprint, host_name, is_loopback_host, parse_origin
 from tests.polling import until
 from tests.web_support import client, csrf_of, served
 
@@ -271,6 +273,7 @@ async def test_the_list_and_the_history_reads_use_their_indexes(jm: JobMaster, c
 def test_host_names() -> None:
     assert host_name("LocalHost:8080") == "localhost" and host_name("[::1]:9") == "[::1]"
     assert host_name("x:y") is None and host_name("[::1") is None and host_name("") is None
+    assert host_name("localhost:²") is None and host_name("[::1]:\u0661") is None and host_name("a:123456") is None
     for good in ("localhost", "127.0.0.1:8080", "[::1]", "[::1]:443"):
         assert is_loopback_host(good), good
     for bad in ("evil.example", "127.0.0.1.evil.example", "localhost.evil.example:80", "[::2]", "0.0.0.0"):
@@ -312,7 +315,7 @@ async def test_the_token(jm: JobMaster) -> None:
             # the login form
             wrong = await http.post("/login", data={"token": "nope", "next": "/jobs"})
             assert wrong.status_code == 401 and "That is not the token" in wrong.text
-            assert "set-cookie" not in wrong.headers
+            assert "jobmaster_dashboard=" not in wrong.headers.get("set-cookie", "")  # no login cookie
             right = await http.post("/login", data={"token": TOKEN, "next": "/jobs?status=failed"})
             assert right.status_code == 303 and right.headers["location"] == "/jobs?status=failed"
             cookie = right.headers["set-cookie"]
@@ -354,13 +357,15 @@ async def test_actions_need_the_csrf_token(jm: JobMaster, dash: Dashboard) -> No
         assert (await http.post(f"/jobs/{unknown}/cancel", data={"csrf_token": token})).status_code == 404
         # GET does not act
         assert (await http.get(f"/jobs/{job_id}/cancel")).status_code == 405
-    # another process with the same secret takes the token; one with another secret does not
+        browser = http.cookies
+    # another process with the same secret takes the token (from the same browser); one with
+    # another secret does not
     same = create_app(jm, secret=SECRET)
     other = create_app(jm, secret="another secret")
     try:
-        async with client(same) as http:
+        async with client(same, cookies=browser) as http:
             assert (await http.post(f"/jobs/{job_id}/cancel", data={"csrf_token": token})).status_code == 303
-        async with client(other) as http:
+        async with client(other, cookies=browser) as http:
             assert (await http.post(f"/jobs/{job_id}/retry", data={"csrf_token": token})).status_code == 403
     finally:
         await same.aclose()
@@ -664,6 +669,15 @@ def test_the_command_refuses_a_public_address_without_a_token(dsn: str, schema_n
     assert runner.invoke(main, ["dashboard", "--help"]).exit_code == 0
 
 
+def test_the_command_refuses_what_is_not_an_origin(dsn: str, schema_name: str) -> None:
+    runner = CliRunner()
+    command = ["--dsn", dsn, "--schema", schema_name, "dashboard", "--origin", "https://ok.example"]
+    result = runner.invoke(main, [*command, "--origin", "ops.example.com"])
+    assert result.exit_code == 1 and "--origin 'ops.example.com' is not an origin" in result.output
+    from_env = runner.invoke(main, command[:-2], env={"JOBMASTER_DASHBOARD_ORIGINS": "https://a.example nope"})
+    assert from_env.exit_code == 1 and "'nope' is not an origin" in from_env.output
+
+
 def test_the_command_says_when_the_schema_is_not_deployed(dsn: str, schema_name: str) -> None:
     result = CliRunner().invoke(main, ["--dsn", dsn, "--schema", schema_name, "dashboard", "--port", "0"])
     assert result.exit_code == 1 and "is not deployed" in result.output
@@ -676,23 +690,187 @@ def test_the_package_ships_the_templates_and_static_files() -> None:
     assert (folder / "static" / "dashboard.js").exists() and (folder / "templates" / "base.html").exists()
 
 
-async def test_a_generated_secret_is_logged_once_and_works_for_another_app(
+async def test_a_generated_secret_is_never_logged_only_its_fingerprint(
     jm: JobMaster, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """DESIGN 9.1: without a secret, one is generated and logged once, so that another process
-    given it accepts this one's CSRF tokens."""
+    """DESIGN 9.1 (issue 24): without a secret, one is generated and kept in memory; the log
+    gives its fingerprint and how to give several processes one secret, never the secret. A
+    second app given the same secret accepts the first one's tokens."""
     job_id = await jm.insert_job(T, "add", 0, {"a": 77})
-    with caplog.at_level(logging.WARNING, logger="jobmaster_async.web"):
+    with caplog.at_level(logging.DEBUG, logger="jobmaster_async"):
         generating = create_app(jm)
-    [record] = [r for r in caplog.records if "JOBMASTER_DASHBOARD_SECRET=" in r.getMessage()]
-    generated = record.getMessage().split("JOBMASTER_DASHBOARD_SECRET=")[1].split(";")[0]
-    given = create_app(jm, secret=generated)
+    secret = generating.guard.secret
+    logged = "\n".join(record.getMessage() for record in caplog.records)
+    assert secret.decode() not in logged and secret.decode()[:8] not in logged
+    [record] = [r for r in caplog.records if "no secret given" in r.getMessage()]
+    message = record.getMessage()
+    assert f"fingerprint {hashlib.sha256(secret).hexdigest()[:8]}" in message
+    assert "memory only" in message and "JOBMASTER_DASHBOARD_SECRET" in message and "secret=" in message
+    with caplog.at_level(logging.INFO, logger="jobmaster_async"):
+        given = create_app(jm, secret=secret)
+    assert f"fingerprint {fingerprint(secret)}" in caplog.records[-1].getMessage()
     try:
         async with client(generating) as http:
             token = csrf_of((await http.get(f"/jobs/{job_id}")).text)
-        async with client(given) as http:
+            browser = http.cookies
+        async with client(given, cookies=browser) as http:
             assert (await http.post(f"/jobs/{job_id}/cancel", data={"csrf_token": token})).status_code == 303
     finally:
         await generating.aclose()
         await given.aclose()
     assert (await jm.get_job(job_id)).status == "cancelled"  # type: ignore[union-attr]
+
+
+# -- CSRF and Origin (issue 24) ------------------------------------------------------------------
+
+
+async def test_csrf_tokens_are_per_browser(jm: JobMaster, dash: Dashboard) -> None:
+    """A form's token is bound to the browser's id cookie: another browser's token is refused,
+    and so is a request without the cookie."""
+    job_id = await jm.insert_job(T, "add", 0, {"a": 1})
+    async with client(dash) as first, client(dash) as second:
+        page = await first.get(f"/jobs/{job_id}")
+        cookie = page.headers["set-cookie"]
+        assert "jobmaster_browser=" in cookie and "HttpOnly" in cookie and "SameSite=lax" in cookie
+        assert "Path=/" in cookie
+        token = csrf_of(page.text)
+        other_token = csrf_of((await second.get(f"/jobs/{job_id}")).text)
+        assert first.cookies["jobmaster_browser"] != second.cookies["jobmaster_browser"]
+        assert token != other_token
+        # the same browser reloading keeps its id
+        await first.get("/")
+        assert first.cookies["jobmaster_browser"] == page.cookies["jobmaster_browser"]
+        for http, given in ((second, token), (first, other_token)):
+            refused = await http.post(f"/jobs/{job_id}/cancel", data={"csrf_token": given})
+            assert refused.status_code == 403 and "not made for this browser" in refused.text
+        async with client(dash) as cookieless:
+            refused = await cookieless.post(f"/jobs/{job_id}/cancel", data={"csrf_token": token})
+            assert refused.status_code == 403 and "sent no dashboard cookie" in refused.text
+        assert (await jm.get_job(job_id)).status == "waiting"  # type: ignore[union-attr]
+        done = await first.post(f"/jobs/{job_id}/cancel", data={"csrf_token": token})
+        assert done.status_code == 303
+        assert (await second.post(f"/jobs/{job_id}/retry", data={"csrf_token": other_token})).status_code == 303
+
+
+async def test_an_expired_csrf_token_is_refused(
+    jm: JobMaster, dash: Dashboard, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A form's token is good for CSRF_AGE after its page was rendered; every page renders a
+    fresh one. The expiry is inside the HMAC: moving it forward breaks the token."""
+    job_id = await jm.insert_job(T, "add", 0, {"a": 1})
+    async with client(dash) as http:
+        token = csrf_of((await http.get(f"/jobs/{job_id}")).text)
+        expires, mac = token.split(".")
+        assert int(expires) == pytest.approx(time.time() + CSRF_AGE, abs=60)
+        later = time.time() + CSRF_AGE + 1
+        monkeypatch.setattr(dash.guard, "clock", lambda: later)
+        refused = await http.post(f"/jobs/{job_id}/cancel", data={"csrf_token": token})
+        assert refused.status_code == 403 and "expired" in refused.text and "reload the page" in refused.text
+        extended = f"{int(later) + CSRF_AGE}.{mac}"
+        refused = await http.post(f"/jobs/{job_id}/cancel", data={"csrf_token": extended})
+        assert refused.status_code == 403 and "not made for this browser" in refused.text
+        for malformed in ("nodot", f"x.{mac}", f".{mac}"):
+            refused = await http.post(f"/jobs/{job_id}/cancel", data={"csrf_token": malformed})
+            assert refused.status_code == 403 and "malformed" in refused.text
+        assert (await jm.get_job(job_id)).status == "waiting"  # type: ignore[union-attr]
+        fresh = csrf_of((await http.get(f"/jobs/{job_id}")).text)  # reloaded
+        assert (await http.post(f"/jobs/{job_id}/cancel", data={"csrf_token": fresh})).status_code == 303
+
+
+async def test_every_post_must_come_from_the_dashboard_itself(jm: JobMaster, dash: Dashboard) -> None:
+    """The Origin (else the Referer) of every POST must be the dashboard's own: another site's is
+    refused even with a valid token, and so is a POST that names neither."""
+    job_id = await jm.insert_job(T, "add", 0, {"a": 1})
+    async with client(dash) as http:
+        token = csrf_of((await http.get(f"/jobs/{job_id}")).text)
+        cancel = f"/jobs/{job_id}/cancel"
+        for origin in ("http://evil.com", "null", "http://127.0.0.1.evil.com", "http://127.0.0.1:8080", "file://"):
+            refused = await http.post(cancel, data={"csrf_token": token}, headers={"origin": origin})
+            assert refused.status_code == 403, origin
+            assert "another site" in refused.text and "cross-site" in refused.text, origin
+        evil_referer = {"origin": "", "referer": "http://evil.com/page"}
+        assert (await http.post(cancel, data={"csrf_token": token}, headers=evil_referer)).status_code == 403
+        assert (await jm.get_job(job_id)).status == "waiting"  # type: ignore[union-attr]
+    async with client(dash, origin=None) as http:
+        token = csrf_of((await http.get(f"/jobs/{job_id}")).text)
+        neither = await http.post(cancel, data={"csrf_token": token})
+        assert neither.status_code == 403 and "neither where it comes from" in neither.text
+        assert (await jm.get_job(job_id)).status == "waiting"  # type: ignore[union-attr]
+        # a Referer of its own (a browser that sends no Origin) is enough
+        own_page = {"referer": f"http://127.0.0.1/jobs/{job_id}"}
+        assert (await http.post(cancel, data={"csrf_token": token}, headers=own_page)).status_code == 303
+        for origin in ("http://127.0.0.1", "http://127.0.0.1:80", "HTTP://127.0.0.1/", "https://127.0.0.1"):
+            retried = await http.post(f"/jobs/{job_id}/retry", data={"csrf_token": token}, headers={"origin": origin})
+            assert retried.status_code in (303, 409), origin  # accepted (409: not failed any more)
+    # the request's own port counts; an https request refuses an http origin
+    async with client(dash, host="localhost:8080", origin=None) as http:
+        token = csrf_of((await http.get(f"/jobs/{job_id}")).text)
+        for origin, status in (("http://localhost:8080", 303), ("http://localhost", 403), ("http://localhost:9", 403)):
+            answer = await http.post(cancel, data={"csrf_token": token}, headers={"origin": origin})
+            assert answer.status_code == status, origin
+    transport = httpx.ASGITransport(app=dash)
+    async with httpx.AsyncClient(transport=transport, base_url="https://127.0.0.1") as https:
+        token = csrf_of((await https.get(f"/jobs/{job_id}")).text)
+        downgraded = await https.post(cancel, data={"csrf_token": token}, headers={"origin": "http://127.0.0.1"})
+        assert downgraded.status_code == 403
+        own = await https.post(cancel, data={"csrf_token": token}, headers={"origin": "https://127.0.0.1"})
+        assert own.status_code == 303
+
+
+async def test_behind_a_proxy_the_origin_is_its_public_one(jm: JobMaster) -> None:
+    """Behind a proxy that rewrites the Host header, the origin the browser posts from is the
+    proxy's: taken from X-Forwarded-Host (and -Proto), or given to create_app(origins=...).
+    Under a prefix, the browser cookie is scoped to it."""
+    job_id = await jm.insert_job(T, "add", 0, {"a": 1})
+    app = create_app(jm, token=TOKEN, secret=SECRET, origins=["https://ops.example.com:8443"])
+    public = "https://dash.example.com"
+    try:
+        parent = Starlette(routes=[Mount("/ops", app=app)])
+        async with client(parent, host="10.0.0.5:8080", origin=public) as http:
+            forwarded = {"x-forwarded-host": "dash.example.com", "x-forwarded-proto": "https"}
+            refused = await http.post("/ops/login", data={"token": TOKEN})  # the Host is not the public one
+            assert refused.status_code == 403 and "X-Forwarded-Host" in refused.text
+            assert "jobmaster_dashboard=" not in refused.headers.get("set-cookie", "")
+            login = await http.post("/ops/login", data={"token": TOKEN}, headers=forwarded)
+            assert login.status_code == 303
+            page = await http.get(f"/ops/jobs/{job_id}")
+            assert "Path=/ops/" in page.headers["set-cookie"]
+            token = csrf_of(page.text)
+            cancel = f"/ops/jobs/{job_id}/cancel"
+            evil = {**forwarded, "origin": "https://evil.com"}
+            assert (await http.post(cancel, data={"csrf_token": token}, headers=evil)).status_code == 403
+            given = {"origin": "https://ops.example.com:8443"}
+            assert (await http.post(cancel, data={"csrf_token": token}, headers=given)).status_code == 303
+            done = await http.post(f"/ops/jobs/{job_id}/retry", data={"csrf_token": token}, headers=forwarded)
+            assert done.status_code == 303
+            logout = await http.post("/ops/logout", headers={"origin": "https://evil.com"})
+            assert logout.status_code == 403  # not logged out by another site
+            assert (await http.get("/ops/jobs")).status_code == 200
+    finally:
+        await app.aclose()
+    with pytest.raises(ValueError, match="not an origin"):
+        create_app(jm, secret=SECRET, origins=["ops.example.com"])
+
+
+async def test_a_bearer_client_needs_no_origin_but_may_not_name_another(jm: JobMaster) -> None:
+    """A script with the token sends no Origin (no browser sends a bearer header by itself); one
+    that names another site's origin is refused all the same."""
+    job_id = await jm.insert_job(T, "add", 0, {"a": 1})
+    app = create_app(jm, token=TOKEN, secret=SECRET)
+    bearer = {"authorization": f"Bearer {TOKEN}"}
+    try:
+        async with client(app, origin=None, headers=bearer) as http:
+            refused = await http.post(f"/jobs/{job_id}/cancel", headers={"origin": "http://evil.com"})
+            assert refused.status_code == 403
+            assert (await http.post(f"/jobs/{job_id}/cancel")).status_code == 303
+        async with client(app, origin=None) as http:  # without the token: 401 first
+            assert (await http.post(f"/jobs/{job_id}/retry")).status_code == 401
+    finally:
+        await app.aclose()
+
+
+def test_origins_are_parsed_strictly() -> None:
+    assert parse_origin("https://Dash.Example.com") == ("https", "dash.example.com", 443)
+    assert parse_origin("http://[::1]:8080/x?y") == ("http", "[::1]", 8080)
+    for bad in ("null", "", "ftp://x", "http://", "http://a:b", "http://user@evil.com@127.0.0.1", "//x"):
+        assert parse_origin(bad) is None, bad

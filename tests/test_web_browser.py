@@ -179,6 +179,45 @@ async def test_a_script_in_an_argument_is_text_and_runs_nothing(
         assert tab.dialogs == []
 
 
+async def test_another_site_cannot_post_the_form_even_with_its_token(
+    jm: JobMaster, dash: Dashboard, browser: BrowserContext
+) -> None:
+    """Issue 24: a page of another site whose form posts to the dashboard, with a valid CSRF token
+    of this very browser, is refused (403, saying why): the browser names the other site in
+    Origin. The dashboard's own form still works."""
+    job_id = await jm.insert_job(T, "add", 0, {"a": 1})
+    async with served(dash) as url:
+        tab = await watched(browser)
+        await tab.page.goto(f"{url}/jobs/{job_id}")
+        token = await tab.page.locator('#cancel >> xpath=.. >> input[name="csrf_token"]').get_attribute("value")
+        assert token
+        attack = (
+            f'<!doctype html><form id="f" method="post" action="{url}/jobs/{job_id}/cancel">'
+            f'<input type="hidden" name="csrf_token" value="{token}"></form>'
+            '<script>document.getElementById("f").submit()</script>'
+        )
+
+        async def evil(route: Any) -> None:
+            await route.fulfill(status=200, content_type="text/html", body=attack)
+
+        await browser.route("http://evil.example/**", evil)
+        attacked = await browser.new_page()
+        async with attacked.expect_response(f"{url}/jobs/{job_id}/cancel") as answer:
+            await attacked.goto("http://evil.example/")
+        response = await answer.value
+        assert response.status == 403
+        assert (await response.request.all_headers())["origin"] == "http://evil.example"
+        await expect(attacked.locator("h1")).to_contain_text("cross-site")
+        await expect(attacked.locator(".problem")).to_contain_text("http://evil.example")
+        assert (await jm.get_job(job_id)).status == "waiting"  # type: ignore[union-attr]
+        own = await browser.new_page()  # confirms the "Cancel this job?" question
+        own.on("dialog", lambda dialog: asyncio.ensure_future(dialog.accept()))
+        await own.goto(f"{url}/jobs/{job_id}")
+        await own.click("#cancel")
+        await expect(own.locator(".banner.info")).to_have_text("Cancelled.")
+        assert (await jm.get_job(job_id)).status == "cancelled"  # type: ignore[union-attr]
+
+
 async def _staged_hour(jm: JobMaster, conn: asyncpg.Connection) -> None:
     """An hour of history for the pictures: jobs of several tasks run now, some failing, their
     history then spread over the last hour (staged: the tests do not wait an hour)."""

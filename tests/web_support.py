@@ -31,10 +31,22 @@ def fails_until(path: str) -> str:
 
 
 @asynccontextmanager
-async def client(app: ASGIApp, host: str = "127.0.0.1", **options: object) -> AsyncIterator[httpx.AsyncClient]:
-    """An HTTP client calling the app in this process (no server), as a request to ``host``."""
+async def client(
+    app: ASGIApp, host: str = "127.0.0.1", origin: str | None = "same", **options: object
+) -> AsyncIterator[httpx.AsyncClient]:
+    """An HTTP client calling the app in this process (no server), as a request to ``host``. As a
+    browser does on a POST, it sends an ``Origin``: the app's own (``"same"``), the one given, or
+    none (None). It keeps the cookies the app sets (the login's, the browser id)."""
+    headers = dict(options.pop("headers", None) or {})  # type: ignore[call-overload]
+    if origin is not None:
+        headers.setdefault("origin", f"http://{host}" if origin == "same" else origin)
     transport = httpx.ASGITransport(app=app)
-    async with httpx.AsyncClient(transport=transport, base_url=f"http://{host}", **options) as http:  # type: ignore[arg-type]
+    async with httpx.AsyncClient(
+        transport=transport,
+        base_url=f"http://{host}",
+        headers=headers,
+        **options,  # type: ignore[arg-type]
+    ) as http:
         yield http
 
 

@@ -43,6 +43,15 @@ def is_loopback_address(host: str) -> bool:
     help="Key of the forms' CSRF tokens: the same for every process serving the dashboard (else "
     "$JOBMASTER_DASHBOARD_SECRET, else generated).",
 )
+@click.option(
+    "--origin",
+    "origins",
+    multiple=True,
+    envvar="JOBMASTER_DASHBOARD_ORIGINS",
+    help="Another origin its forms may be posted from (e.g. https://ops.example.com, the public one "
+    "behind a proxy that rewrites Host without X-Forwarded-Host); repeatable. Else "
+    "$JOBMASTER_DASHBOARD_ORIGINS (separated by spaces).",
+)
 @click.option("--read-only", is_flag=True, help="Show, never cancel or retry.")
 @pass_settings
 def dashboard(
@@ -52,6 +61,7 @@ def dashboard(
     port: int,
     token: str | None,
     secret: str | None,
+    origins: tuple[str, ...],
     read_only: bool,
 ) -> None:
     """Serve the web dashboard: queue, workers, charts, jobs, live updates, /metrics."""
@@ -65,16 +75,20 @@ def dashboard(
         import uvicorn
 
         from ..web import create_app
+        from ..web.security import parse_origin
         from ..web.server import Server
     except ImportError as exc:
         raise click.ClickException(
             f"the dashboard needs the web extra: pip install 'jobmaster_async[web]' ({exc})"
         ) from None
+    for origin in origins:
+        if parse_origin(origin) is None:
+            raise click.ClickException(f"--origin {origin!r} is not an origin: say https://name[:port]")
 
     async def serve() -> None:
         async with settings.master(apps) as jm:
             await check_deployed(jm, settings.deploy_hint(apps))
-            app = create_app(jm, read_only=read_only, token=token, secret=secret)
+            app = create_app(jm, read_only=read_only, token=token, secret=secret, origins=origins)
             shown = f"[{host}]" if ":" in host else host
             click.echo(
                 f"dashboard of schema {jm.schema} on http://{shown}:{port}/" + (" (read-only)" if read_only else "")

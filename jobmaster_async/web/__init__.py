@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import secrets
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
@@ -22,7 +22,7 @@ from .live import Broadcaster
 from .metrics import JobMetrics
 from .pages import Pages
 from .present import FILTERS
-from .security import Guard, GuardMiddleware
+from .security import Guard, GuardMiddleware, fingerprint
 
 if TYPE_CHECKING:
     from ..app import JobMaster
@@ -51,29 +51,36 @@ def create_app(
     read_only: bool = False,
     token: str | None = None,
     secret: str | bytes | None = None,
+    origins: Iterable[str] = (),
 ) -> Dashboard:
     """The dashboard of ``jm``'s schema as an ASGI app.
 
     ``token``: every request must carry it (``Authorization: Bearer <token>`` or the login
     form's cookie); without one, only requests to a loopback name (localhost, 127.0.0.1, [::1])
     are served. ``secret``: the key of the CSRF tokens of the cancel and retry forms; give the
-    same one to every process that serves the dashboard (one is generated when None).
-    ``read_only``: no cancel or retry (the buttons are hidden, the POSTs refused)."""
+    same one to every process that serves the dashboard (one is generated when None, kept in
+    this process's memory only; the log shows its fingerprint, never the secret).
+    ``read_only``: no cancel or retry (the buttons are hidden, the POSTs refused). ``origins``:
+    where else its forms may be posted from besides its own origin (scheme and Host), such as
+    ``https://ops.example.com`` behind a proxy that rewrites the Host header without sending
+    X-Forwarded-Host."""
     if secret is None:
-        generated = secrets.token_urlsafe(32)
-        key = generated.encode()
-        # logged once (DESIGN 9.1), so that other processes serving the dashboard can be given it
+        key = secrets.token_urlsafe(32).encode()
+        # never logged in full (DESIGN 9.1): its fingerprint, and where it is kept
         logger.warning(
-            "dashboard: no secret given, so this one was generated: JOBMASTER_DASHBOARD_SECRET=%s; the "
-            "forms' CSRF tokens of this process are accepted only by processes given the same secret "
-            "(create_app(..., secret=...), or that variable)",
-            generated,
+            "dashboard: no secret given, so one was generated (sha256 fingerprint %s). It is kept in "
+            "this process's memory only, never written or logged: the forms this process renders are "
+            "accepted by it alone, until it stops. To have several processes (or a restart) accept "
+            "each other's forms, give them all one secret: --secret or JOBMASTER_DASHBOARD_SECRET "
+            "(the command), create_app(..., secret=...) (an app)",
+            fingerprint(key),
         )
     else:
         key = secret.encode() if isinstance(secret, str) else bytes(secret)
         if not key:
             raise ValueError("the dashboard's secret is empty")
-    guard = Guard(token, key, read_only)
+        logger.info("dashboard: CSRF secret given (sha256 fingerprint %s)", fingerprint(key))
+    guard = Guard(token, key, read_only, origins)
     env = jinja2.Environment(
         loader=jinja2.PackageLoader("jobmaster_async.web", "templates"),
         autoescape=True,
@@ -97,7 +104,9 @@ def create_app(
     app = Dashboard(
         routes=pages.routes(),
         exception_handlers=faults,
-        middleware=[Middleware(GuardMiddleware, guard=guard, unauthorized=pages.unauthorized)],
+        middleware=[
+            Middleware(GuardMiddleware, guard=guard, unauthorized=pages.unauthorized, forbidden=pages.forbidden)
+        ],
         lifespan=lifespan,
     )
     app.broadcaster, app.metrics, app.guard = broadcaster, metrics, guard

@@ -27,7 +27,7 @@ from .charts import Series, bar_chart
 from .live import Broadcaster, Snapshot
 from .metrics import CONTENT_TYPE, JobMetrics
 from .present import STATUSES, ago
-from .security import COOKIE, Guard, route_path
+from .security import BROWSER_AGE, BROWSER_COOKIE, COOKIE, Guard, route_path
 
 if TYPE_CHECKING:
     from ..app import JobMaster
@@ -140,19 +140,39 @@ class Pages:
         return root.rstrip("/")
 
     def render(self, request: Request, name: str, context: dict[str, Any], status: int = 200) -> Response:
+        """A page; its forms carry a fresh CSRF token bound to the browser, whose id cookie it
+        sets (a new id when the browser sent none) and renews."""
         credential: str | None = getattr(request.state, "credential", None)
+        browser = self.guard.browser_of(request) or self.guard.new_browser()
         common = {
             "base": self.base(request),
             "schema": self.jm.schema,
             "read_only": self.guard.read_only,
-            "csrf_token": self.guard.csrf_token(credential) if credential else "",
+            "csrf_token": self.guard.csrf_token(credential, browser) if credential else "",
             "signed_in": credential is not None and credential.startswith("session:"),
             "statuses": STATUSES,
             "live": credential is not None,
         }
         response = self.templates.TemplateResponse(request, name, {**common, **context}, status_code=status)
         response.headers["Cache-Control"] = "no-store"
+        # Lax, not Strict: a link from another site (a chat, a ticket) then keeps the browser's
+        # id instead of replacing it, which would void the forms of its other tabs; no cross-site
+        # POST carries a Lax cookie either, and the id is no credential (the token is).
+        response.set_cookie(
+            BROWSER_COOKIE,
+            browser,
+            max_age=BROWSER_AGE,
+            path=f"{common['base']}/",
+            httponly=True,
+            samesite="lax",
+            secure=request.url.scheme == "https",
+        )
         return response
+
+    async def forbidden(self, request: Request, message: str) -> Response:
+        """The 403 page of a POST that does not come from the dashboard itself."""
+        logger.warning("dashboard: %s %s refused: %s", request.method, request.url.path, message)
+        return self.problem(request, 403, "Forbidden: a cross-site request", message)
 
     def problem(self, request: Request, status: int, title: str, message: str) -> Response:
         return self.render(request, "problem.html", {"page": "problem", "title": title, "message": message}, status)
@@ -333,9 +353,11 @@ class Pages:
             return self.problem(request, 403, "Read-only", message)
         form = await self._form(request)
         credential: str = request.state.credential
-        if form is None or not self.guard.csrf_ok(credential, form.get("csrf_token")):
-            message = "The form's CSRF token is missing or wrong: reload the page and try again."
-            return self.problem(request, 403, "Forbidden", message)
+        if form is None:
+            return self.problem(request, 403, "Forbidden", "The form is not one of this dashboard's (no CSRF token).")
+        refusal = self.guard.csrf_refusal(credential, self.guard.browser_of(request), form.get("csrf_token"))
+        if refusal is not None:
+            return self.problem(request, 403, "Forbidden", refusal)
         try:
             digits = digits_of(request.path_params["job_id"])
         except InvalidJobId as exc:

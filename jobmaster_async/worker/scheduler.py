@@ -6,8 +6,10 @@ an outage). It sleeps until the earliest next tick (``Cron.next_tick``), then fi
 schedule's latest tick (``Cron.latest_tick``) if it is later than the last one fired (or than the
 schedule's creation): one SQL function records the tick by compare-and-set and inserts the job in
 one transaction, so each tick creates one job however many workers fire it. After downtime this
-fires only the latest missed tick. Ticks are computed on the server's clock (the offset is read
-with the schedules), so workers whose clocks differ agree on when a tick is due.
+fires only the latest missed tick, computed at each try (so a fire retried across an outage
+records the latest tick missed during it, not the one due when it began). Ticks are computed on
+the server's clock (the offset is read with the schedules), so workers whose clocks differ agree
+on when a tick is due.
 
 Database faults are retried with backoff as the worker's other services do (worker.outage). A
 lock wait longer than db.ticks.LOCK_TIMEOUT (a client holding an identical job's insert open) is
@@ -80,12 +82,8 @@ class Scheduler:
                 await service.run(self._load)
             retry_at: datetime | None = None
             for schedule in self._schedules:
-                tick = schedule.cron.latest_tick(self._now())
-                if tick > schedule.after:
-                    if await service.run(functools.partial(self._fire, schedule, tick)):
-                        schedule.after = tick
-                    else:
-                        retry_at = self._now() + timedelta(seconds=LOCK_RETRY)
+                if not await service.run(functools.partial(self._fire_due, schedule)):
+                    retry_at = self._now() + timedelta(seconds=LOCK_RETRY)
             await self._sleep(retry_at)
 
     async def _load(self) -> None:
@@ -106,6 +104,20 @@ class Scheduler:
         self._schedules = schedules
         if schedules:
             logger.info("scheduler: %d schedules", len(schedules))
+
+    async def _fire_due(self, schedule: _Schedule) -> bool:
+        """Fires the schedule's latest tick if it is due (later than the last one accounted
+        for); False when it is to be tried again later (a lock wait timed out). The tick is
+        computed at each try, not once before them: after an outage the backoff retries this,
+        and the tick fired and recorded is then the latest one missed, not the one that was due
+        when the database went away."""
+        tick = schedule.cron.latest_tick(self._now())
+        if tick <= schedule.after:
+            return True
+        if not await self._fire(schedule, tick):
+            return False
+        schedule.after = tick
+        return True
 
     async def _fire(self, schedule: _Schedule, tick: datetime) -> bool:
         """Fires a tick; False when it is to be tried again later (a lock wait timed out)."""
