@@ -21,7 +21,17 @@ if TYPE_CHECKING:
     from sqlalchemy.engine import URL, Engine
     from sqlalchemy.ext.asyncio import AsyncEngine
 
-__all__ = ("DatabaseTarget", "connect", "create_pool", "database_hosts", "dsn_from", "keep_alive", "opener")
+__all__ = (
+    "DatabaseTarget",
+    "connect",
+    "create_pool",
+    "database_hosts",
+    "dsn_from",
+    "host_list",
+    "keep_alive",
+    "opener",
+    "read_only",
+)
 
 logger = logging.getLogger(__name__)
 
@@ -184,10 +194,9 @@ def _conninfo_url(text: str) -> str:
     return "postgresql://?" + urlencode(pairs, quote_via=quote, safe=",:/")
 
 
-def database_hosts(dsn: str) -> list[str]:
-    """Where a DSN points, in the order its hosts are tried, without user or password: each
-    ``host:port``, or a unix socket's path ([] when the DSN does not say: the driver's
-    defaults)."""
+def host_list(dsn: str) -> list[tuple[str, int]]:
+    """The hosts (or unix socket directories) and ports of a DSN, in the order they are tried
+    ([] when the DSN does not say: the driver's defaults)."""
     parts = urlsplit(dsn)
     query = dict(parse_qsl(parts.query))
     spec = parts.netloc.rpartition("@")[2]
@@ -197,7 +206,7 @@ def database_hosts(dsn: str) -> list[str]:
             host, _, rest = item[1:].partition("]")
             hosts.append((unquote(host), rest.removeprefix(":")))
         elif item.startswith("/"):
-            hosts.append((unquote(item), ""))
+            hosts.append((unquote(item).rstrip("/") or "/", ""))
         else:
             host, _, port = item.partition(":")
             hosts.append((unquote(host), port))
@@ -205,8 +214,27 @@ def database_hosts(dsn: str) -> list[str]:
     found = []
     for index, (host, port) in enumerate(hosts):
         port = port or (ports[index] if len(ports) == len(hosts) else ports[0])
-        found.append(f"{host.rstrip('/')}/.s.PGSQL.{port}" if host.startswith("/") else f"{host}:{port}")
+        found.append((host, int(port)))
     return found
+
+
+def database_hosts(dsn: str) -> list[str]:
+    """Where a DSN points, in the order its hosts are tried, without user or password: each
+    ``host:port``, or a unix socket's path ([] when the DSN does not say: the driver's
+    defaults)."""
+    return [f"{host}/.s.PGSQL.{port}" if host.startswith("/") else f"{host}:{port}" for host, port in host_list(dsn)]
+
+
+async def read_only(conn: asyncpg.Connection, deadline: float | None = None) -> bool:
+    """Does the server of ``conn`` refuse writes (a standby, or read-only by default)? Told by
+    what PostgreSQL 14+ reports at connection (no round trip), else asked."""
+    settings = conn.get_settings()
+    if getattr(settings, "default_transaction_read_only", "off") == "on":
+        return True
+    standby = getattr(settings, "in_hot_standby", None)
+    if standby is not None:
+        return bool(standby == "on")
+    return bool(await conn.fetchval("SELECT pg_catalog.pg_is_in_recovery()", timeout=deadline))
 
 
 async def _init_connection(conn: asyncpg.Connection) -> None:

@@ -23,6 +23,7 @@ from .deploy import deploy_schema
 from .insights import Insights
 from .pool import Connect, Pool
 from .sql import Catalogue
+from .startup import probe
 from .ticks import Ticks
 
 __all__ = ("Store",)
@@ -55,6 +56,11 @@ class Store:
     async def open_connection(self) -> asyncpg.Connection:
         """A connection of its own (the LISTEN connection)."""
         return await self._connect()
+
+    async def probe(self) -> None:
+        """Opens a connection and closes it: raises unless a read-write server answered (a
+        standby raises TargetServerAttributeNotMatched: db.faults.read_only_server)."""
+        await probe(self._connect, self.timeout)
 
     @contextlib.asynccontextmanager
     async def acquire(self) -> AsyncIterator[asyncpg.Connection]:
