@@ -131,3 +131,63 @@ async def test_a_worker_that_waited_long_enough_names_every_host(
         f"127.0.0.1:{proxy.port}: server is read-only (a standby?)"
     )
     assert len(lines) == 2 and "no read-write database server yet" in lines[0], lines
+
+
+# -- claims and synchronous replication -----------------------------------------------------------
+
+
+async def test_without_synchronous_standbys_a_claim_does_not_wait_for_its_flush(
+    jm: JobMaster, conn: asyncpg.Connection
+) -> None:
+    fragment = jm.sql.render("{fragment:claim_commit}")
+    await conn.execute("SET synchronous_commit = on")
+    async with conn.transaction():
+        await conn.execute(f"SELECT {fragment}")
+        assert await conn.fetchval("SHOW synchronous_commit") == "off"
+    assert await conn.fetchval("SHOW synchronous_commit") == "on"  # for the claim's transaction only
+
+
+@asynccontextmanager
+async def synchronous_standby_names(conn: asyncpg.Connection, names: str) -> AsyncIterator[None]:
+    """The server's synchronous_standby_names (a reload: sessions see it at their next statement)."""
+    await conn.execute(f"ALTER SYSTEM SET synchronous_standby_names = '{names}'")
+    await conn.execute("SELECT pg_reload_conf()")
+    try:
+        yield
+    finally:
+        await conn.execute("ALTER SYSTEM RESET synchronous_standby_names")
+        await conn.execute("SELECT pg_reload_conf()")
+
+
+async def test_with_synchronous_standbys_a_claim_waits_for_them(
+    jm: JobMaster, dsn: str, conn: asyncpg.Connection
+) -> None:
+    """A standby named but absent: the claim's commit waits for it (SyncRep), so no job starts
+    on a claim that a failover would lose; once the standby is no longer required, it goes on."""
+    first, job_id = await jm.insert_jobs("tasks_for_tests", "add", 0, [{"a": 1, "b": 2}, {"a": 2, "b": 2}])
+    durable = JobMaster(dsn, schema=jm.schema, connect_kwargs={"server_settings": {"synchronous_commit": "on"}})
+    fragment = jm.sql.render("{fragment:claim_commit}")
+    async with durable:
+        popped = await durable.pop_job()  # registered, and rescued, before the standby is required
+        assert popped is not None and popped.job_id == first
+        await popped.execute()
+        async with synchronous_standby_names(conn, "jm_absent_standby"):
+
+            async def reloaded() -> bool:
+                return bool(await conn.fetchval("SELECT current_setting('synchronous_standby_names') <> ''"))
+
+            await until(reloaded, "the reload")
+            async with durable.connection() as own, own.transaction():
+                await own.execute(f"SELECT {fragment}")
+                assert await own.fetchval("SHOW synchronous_commit") == "remote_write"
+            claiming = asyncio.create_task(durable.pop_job())
+
+            async def waiting_for_the_standby() -> bool:
+                query = "SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'SyncRep' AND query LIKE '%claim%'"
+                return bool(await conn.fetchval(query))
+
+            await until(waiting_for_the_standby, "the claim to wait for the standby")
+            assert not claiming.done()
+        popped = await asyncio.wait_for(claiming, 30)
+        assert popped is not None and popped.job_id == job_id
+        await popped.execute()
