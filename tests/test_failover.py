@@ -21,7 +21,11 @@ import asyncpg
 import pytest
 
 from jobmaster_async import JobMaster
+from jobmaster_async.db.faults import database_fault, read_only_server
+from jobmaster_async.db.sql import quote_identifier
 from jobmaster_async.errors import DatabaseUnavailable
+from jobmaster_async.worker.outage import Outage
+from jobmaster_async.worker.signals import Signal
 from tests.polling import until
 from tests.processes import worker_process
 from tests.proxy import Proxy
@@ -191,3 +195,38 @@ async def test_with_synchronous_standbys_a_claim_waits_for_them(
         popped = await asyncio.wait_for(claiming, 30)
         assert popped is not None and popped.job_id == job_id
         await popped.execute()
+
+
+# -- messages -------------------------------------------------------------------------------------
+
+
+def test_a_read_only_server_is_named_as_such(caplog: pytest.LogCaptureFixture) -> None:
+    refused = asyncpg.exceptions.ReadOnlySQLTransactionError("cannot execute UPDATE in a read-only transaction")
+    not_matched = asyncpg.exceptions.TargetServerAttributeNotMatched("None of the hosts match")
+    assert read_only_server(refused) and read_only_server(not_matched)
+    assert database_fault(refused) and database_fault(not_matched)
+    assert not read_only_server(ConnectionRefusedError(111, "Connection refused"))
+    outage = Outage(Signal(), Signal())
+    with caplog.at_level(logging.WARNING, "jobmaster_async"):
+        outage.failed("claiming jobs", refused)
+    [record] = caplog.records
+    assert record.getMessage().startswith("server is read-only (a standby?) (claiming jobs: ")
+
+
+async def test_no_delete_is_tried_on_a_read_only_server(
+    jm: JobMaster, dsn: str, conn: asyncpg.Connection, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A worker stopping against a standby leaves its row to lapse, and says so."""
+    await conn.execute(
+        f"INSERT INTO {quote_identifier(jm.schema)}.workers (worker_id, node, pid) VALUES ($1, 'here', 1)", jm.worker_id
+    )
+    async with read_only_role(conn) as role:
+        async with JobMaster(with_hosts(dsn, "", user=role), schema=jm.schema) as master:
+            with caplog.at_level(logging.DEBUG):
+                await master.store.remove_worker(jm.worker_id)
+    assert "server is read-only (a standby?): this worker's row is not removed; it lapses" in caplog.text
+    assert "cannot execute DELETE" not in caplog.text
+    workers = f"SELECT count(*) FROM {quote_identifier(jm.schema)}.workers WHERE worker_id = $1"
+    assert await conn.fetchval(workers, jm.worker_id) == 1
+    await jm.store.remove_worker(jm.worker_id)  # a read-write server: removed
+    assert await conn.fetchval(workers, jm.worker_id) == 0
