@@ -168,3 +168,19 @@ async def test_the_same_through_a_sqlalchemy_engine(dsn: str) -> None:
                     assert await conn.fetchval("SELECT 1") == 1
         finally:
             await engine.dispose()
+
+
+async def test_each_host_has_its_own_deadline(dsn: str) -> None:
+    """A first host gone without a reset (black-holed) takes one deadline, then the next host
+    is tried (asyncpg's own deadline covers all hosts: the second would never be reached)."""
+    async with Proxy(dsn) as gone, Proxy(dsn) as live:
+        gone.blackhole()
+        several = with_hosts(live.dsn, f"127.0.0.1:{gone.port},127.0.0.1:{live.port}")
+        async with JobMaster(several, connection_timeout=1) as master:
+            conn = await master.open_connection()
+            try:
+                assert await conn.fetchval("SELECT 1") == 1
+            finally:
+                await conn.close()
+        assert gone.accepted.count >= 1 and live.accepted.count == 1
+        gone.resume()

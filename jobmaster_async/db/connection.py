@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any, TypeAlias
 from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit
 
 import asyncpg
+import asyncpg.exceptions as pgexc
 
 from ..errors import ConfigurationError
 from ..storable import decode_jsonb
@@ -72,6 +73,11 @@ _CLIENT_ONLY = {
     "options",  # turned into settings first
     "fallback_application_name",  # application_name, when there is none
 }
+
+
+# target_session_attrs whose choice is the first host that fits, so each host can be tried alone
+# (prefer-standby falls back to any host when none fits: left to asyncpg).
+_IN_ORDER = {"any", "read-write", "primary", "read-only", "standby"}
 
 
 def dsn_from(target: DatabaseTarget) -> str:
@@ -292,10 +298,13 @@ def opener(dsn: str, connect_kwargs: dict[str, Any] | None = None, timeout: floa
     """A function opening connections named after this process (unless the DSN or
     ``connect_kwargs`` name them), with the JSON codecs. With a
     ``timeout``, opening one (connect, authenticate, set up codecs) has that deadline and its
-    TCP keepalives detect a vanished server within about that time."""
+    TCP keepalives detect a vanished server within about that time. A DSN of several hosts
+    gives each host that deadline, as libpq's ``connect_timeout`` does (asyncpg's deadline is
+    for all of them: a first host gone without a reset would leave no time for the others)."""
     kwargs = dict(connect_kwargs or {})
+    query = dict(parse_qsl(urlsplit(dsn).query))
     settings = dict(kwargs.pop("server_settings", {}))
-    if "application_name" not in dict(parse_qsl(urlsplit(dsn).query)):  # the DSN's wins
+    if "application_name" not in query:  # the DSN's wins
         settings.setdefault("application_name", f"jobmaster_async:{os.getpid()}")
     kwargs["server_settings"] = settings
     if timeout is not None:
@@ -305,7 +314,26 @@ def opener(dsn: str, connect_kwargs: dict[str, Any] | None = None, timeout: floa
         async with asyncio.timeout(timeout):
             return await connect(dsn, kwargs)
 
-    return open_connection
+    attrs = kwargs.get("target_session_attrs") or query.get("target_session_attrs")
+    attrs = attrs or os.environ.get("PGTARGETSESSIONATTRS") or "any"
+    hosts = host_list(dsn) if "host" not in kwargs and "port" not in kwargs else []
+    if timeout is None or len(hosts) < 2 or attrs not in _IN_ORDER:
+        return open_connection
+    each = [{**kwargs, "host": host, "port": port} for host, port in hosts]
+
+    async def open_first_that_fits() -> asyncpg.Connection:
+        failures: list[BaseException] = []
+        for host_kwargs in each:
+            try:
+                async with asyncio.timeout(timeout):
+                    return await connect(dsn, host_kwargs)
+            except (OSError, pgexc.CannotConnectNowError, pgexc.TargetServerAttributeNotMatched) as exc:
+                failures.append(exc)
+        # as asyncpg: the last host's error, unless it was only the wrong kind of server
+        errors = [exc for exc in failures if not isinstance(exc, pgexc.TargetServerAttributeNotMatched)]
+        raise (errors or failures)[-1]
+
+    return open_first_that_fits
 
 
 def create_pool(
