@@ -96,11 +96,15 @@ def _configure(pgdata: Path, settings: dict[str, str]) -> None:
 
 
 @contextlib.contextmanager
-def replicated(synchronous: bool = False) -> Iterator[Replicated]:
-    """A primary and its streaming standby, started; both removed afterwards."""
+def replicated(
+    synchronous: bool = False, primary_port: int | None = None, upstream_port: int | None = None
+) -> Iterator[Replicated]:
+    """A primary and its streaming standby, started; both removed afterwards. The standby
+    streams from ``upstream_port`` when given (a proxy in front of the primary), else from the
+    primary's port."""
     root = Path(tempfile.mkdtemp(prefix="jobmaster-failover-"))
     os.chmod(root, 0o777)
-    primary = Cluster(root / "primary", _free_port())
+    primary = Cluster(root / "primary", primary_port or _free_port())
     standby = Cluster(root / "standby", _free_port())
     try:
         _run(_bin("initdb"), "-D", str(primary.pgdata), "--auth=trust", "-U", "postgres", "--encoding=utf8")
@@ -128,7 +132,7 @@ def replicated(synchronous: bool = False) -> Iterator[Replicated]:
                 "port": str(standby.port),
                 "synchronous_standby_names": "",  # after promotion: nobody to wait for
                 "primary_conninfo": (
-                    f"host=127.0.0.1 port={primary.port} user=postgres application_name={STANDBY_NAME}"
+                    f"host=127.0.0.1 port={upstream_port or primary.port} user=postgres application_name={STANDBY_NAME}"
                 ),
             },
         )
@@ -169,13 +173,15 @@ async def run_failover(
     concurrency: int = 8,
     task_seconds: float = 0.05,
     promote_after: float = 2.0,
+    lag: float = 0.0,
     time_limit: float = 180.0,
 ) -> FailoverResult:
     """Two worker processes drain ``jobs`` jobs (``tasks_for_tests.chaos_run``, a line per
     execution) from a primary with a streaming standby, given both hosts with
     ``target_session_attrs=read-write``, while a client inserts a job every 20 ms; once 30 % ran,
     the primary crashes, a third worker starts, and ``promote_after`` seconds later the standby is
-    promoted. Then the drain ends on the new primary."""
+    promoted. Then the drain ends on the new primary. With a ``lag``, the standby receives nothing
+    for that many seconds before the crash (its stream black-holed by a proxy)."""
     import asyncio
     import signal
     from collections import Counter
@@ -184,6 +190,7 @@ async def run_failover(
     from jobmaster_async import JobMaster
     from jobmaster_async.db.faults import database_fault
     from tests.processes import worker_process
+    from tests.proxy import Proxy
 
     out = directory / "executions.txt"
     began = time.time()
@@ -201,68 +208,79 @@ async def run_failover(
                 raise TimeoutError(f"failover scenario: timed out waiting for {what}")
             await asyncio.sleep(0.05)
 
-    with replicated(synchronous) as pair, contextlib.ExitStack() as stack:
-        jm = JobMaster(pair.dsn, schema="failover", connection_timeout=3)
-        await jm.deploy()
-        arguments = [{"path": str(out), "key": key, "seconds": task_seconds} for key in range(jobs)]
-        await jm.insert_jobs("tasks_for_tests", "chaos_run", 1, arguments)
-        acknowledged: dict[int, object] = {}
-        trickling = True
+    primary_port = _free_port()
+    stream = Proxy(f"postgresql://postgres@127.0.0.1:{primary_port}/postgres")
+    await stream.__aenter__()
+    try:
+        with replicated(synchronous, primary_port, stream.port) as pair, contextlib.ExitStack() as stack:
+            jm = JobMaster(pair.dsn, schema="failover", connection_timeout=3)
+            await jm.deploy()
+            arguments = [{"path": str(out), "key": key, "seconds": task_seconds} for key in range(jobs)]
+            await jm.insert_jobs("tasks_for_tests", "chaos_run", 1, arguments)
+            acknowledged: dict[int, object] = {}
+            trickling = True
 
-        async def trickle() -> None:
-            key = jobs
-            while trickling:
+            async def trickle() -> None:
+                key = jobs
+                while trickling:
+                    try:
+                        job_id = await jm.insert_job(
+                            "tasks_for_tests", "chaos_run", 1, {"path": str(out), "key": key, "seconds": task_seconds}
+                        )
+                    except Exception as exc:
+                        if not database_fault(exc):
+                            raise
+                    else:
+                        acknowledged[key] = job_id
+                    key += 1
+                    await asyncio.sleep(0.02)
+
+            logs = [stack.enter_context((directory / f"worker-{n}.log").open("wb")) for n in range(3)]
+            workers = [
+                stack.enter_context(worker_process(pair.dsn, "failover", *options, log=logs[n])) for n in range(2)
+            ]
+            inserting = asyncio.create_task(trickle())
+
+            async def thirty_percent() -> bool:
+                return len(executions()) >= jobs * 3 // 10
+
+            await eventually(thirty_percent, "30 % of the jobs to run")
+            if lag:
+                stream.blackhole()
+                await asyncio.sleep(lag)
+            await asyncio.to_thread(pair.crash_primary)
+            late = stack.enter_context(
+                worker_process(pair.dsn, "failover", *options, "--wait-for-database", "60", log=logs[2])
+            )
+            await asyncio.sleep(promote_after)  # the failover manager's decision time
+            promoted = await asyncio.to_thread(pair.promote)
+            await asyncio.sleep(1.0)
+            trickling = False
+            await inserting
+
+            async def drained() -> bool:
                 try:
-                    job_id = await jm.insert_job(
-                        "tasks_for_tests", "chaos_run", 1, {"path": str(out), "key": key, "seconds": task_seconds}
-                    )
+                    counts = await jm.active_counts()
                 except Exception as exc:
                     if not database_fault(exc):
                         raise
-                else:
-                    acknowledged[key] = job_id
-                key += 1
-                await asyncio.sleep(0.02)
+                    return False
+                return sum(counts.values()) == 0
 
-        logs = [stack.enter_context((directory / f"worker-{n}.log").open("wb")) for n in range(3)]
-        workers = [stack.enter_context(worker_process(pair.dsn, "failover", *options, log=logs[n])) for n in range(2)]
-        inserting = asyncio.create_task(trickle())
-
-        async def thirty_percent() -> bool:
-            return len(executions()) >= jobs * 3 // 10
-
-        await eventually(thirty_percent, "30 % of the jobs to run")
-        await asyncio.to_thread(pair.crash_primary)
-        late = stack.enter_context(
-            worker_process(pair.dsn, "failover", *options, "--wait-for-database", "60", log=logs[2])
-        )
-        await asyncio.sleep(promote_after)  # the failover manager's decision time
-        promoted = await asyncio.to_thread(pair.promote)
-        await asyncio.sleep(1.0)
-        trickling = False
-        await inserting
-
-        async def drained() -> bool:
-            try:
-                counts = await jm.active_counts()
-            except Exception as exc:
-                if not database_fault(exc):
-                    raise
-                return False
-            return sum(counts.values()) == 0
-
-        await eventually(drained, "the drain to end on the new primary")
-        seconds = time.time() - began
-        died = sum(1 for w in workers if w.poll() is not None)
-        present = await jm.store.pool()
-        ids = list(acknowledged.values())
-        kept = await present.fetchval("SELECT count(*) FROM failover.jobs WHERE job_id = ANY ($1::uuid[])", ids)
-        for process in (*workers, late):
-            if process.poll() is None:
-                process.send_signal(signal.SIGTERM)
-        for process in (*workers, late):
-            await asyncio.to_thread(process.wait, 30)
-        await jm.close()
+            await eventually(drained, "the drain to end on the new primary")
+            seconds = time.time() - began
+            died = sum(1 for w in workers if w.poll() is not None)
+            present = await jm.store.pool()
+            ids = list(acknowledged.values())
+            kept = await present.fetchval("SELECT count(*) FROM failover.jobs WHERE job_id = ANY ($1::uuid[])", ids)
+            for process in (*workers, late):
+                if process.poll() is None:
+                    process.send_signal(signal.SIGTERM)
+            for process in (*workers, late):
+                await asyncio.to_thread(process.wait, 30)
+            await jm.close()
+    finally:
+        await stream.close()
     runs = Counter(key for key, _, _ in executions())
     expected = [*range(jobs), *acknowledged]
 
@@ -272,7 +290,7 @@ async def run_failover(
 
     back = [first_start_after(w.pid) for w in workers]
     return FailoverResult(
-        replication="sync" if synchronous else "async",
+        replication=("sync" if synchronous else "async") + (f", standby {lag:g} s behind" if lag else ""),
         jobs=len(expected),
         never_run=sum(1 for key in expected if runs[key] == 0),
         run_twice=sum(n - 1 for n in runs.values() if n > 1),
