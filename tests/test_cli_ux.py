@@ -293,6 +293,7 @@ def test_where_a_dsn_points() -> None:
     assert database_location("postgresql://u@[::1]:5433/x") == "::1:5433"
     assert database_location("postgresql://postgres@/postgres?host=/no/such/dir") == "/no/such/dir/.s.PGSQL.5432"
     assert database_location("postgresql://postgres@/postgres?host=/run/pg&port=5433") == "/run/pg/.s.PGSQL.5433"
+    assert database_location("postgresql://u@db1,db2:5433/x?target_session_attrs=read-write") == "db1:5432, db2:5433"
     assert "secret" not in (database_location("postgresql://u:secret@h/x") or "")
 
 

@@ -173,14 +173,15 @@ def _sole(exc: BaseException) -> BaseException:
 
 def database_location(dsn: str | None) -> str | None:
     """Where a DSN points, without its user or password: ``host:port``, or the unix socket's
-    path, of its first host (None when the DSN does not say: the driver's defaults)."""
+    path; several hosts separated by ", " (None when the DSN does not say: the driver's
+    defaults)."""
     if not dsn:
         return None
     try:
         hosts = database_hosts(dsn)
     except ValueError:
         return None
-    return hosts[0] if hosts else None
+    return ", ".join(hosts) if hosts else None
 
 
 def _one_line(exc: BaseException, dsn: str | None = None) -> click.ClickException | None:
