@@ -4,6 +4,7 @@ client inserts a job every 20 ms; at 30 % drained the primary crashes, a third w
 the standby is promoted some seconds later. Prints a Markdown table.
 
     python -m benchmarks.failover [--jobs 20000] [--promote-after 10] [--lag 3]
+    python -m benchmarks.failover --claim-cost   # a claim's latency, asynchronous vs synchronous standby
 
 never run: acknowledged jobs never executed to the end; run twice: executions beyond the first;
 lost inserts: acknowledged inserts the new primary does not have; back to work: seconds from the
@@ -37,6 +38,35 @@ def row(result: FailoverResult) -> str:
     return "| " + " | ".join(cells) + " |"
 
 
+async def claim_cost(pops: int = 2000) -> None:
+    """Median and p99 of pop_job() (a claim of one job, its commit waiting for the standby or
+    not) with an asynchronous and a synchronous standby on this machine."""
+    import statistics
+    import time
+
+    import tests.tasks_for_tests  # noqa: F401  (registers the task)
+    from jobmaster_async import JobMaster
+    from tests.replication import replicated
+
+    print("| standby | pop_job median ms | p99 ms |")
+    print("|---|---|---|")
+    for synchronous in (False, True):
+        with replicated(synchronous) as pair:
+            async with JobMaster(pair.primary.dsn, schema="claims") as jm:
+                await jm.deploy()
+                await jm.insert_jobs("tasks_for_tests", "add", 0, [{"a": i} for i in range(pops)])
+                times = []
+                for _ in range(pops):
+                    began = time.perf_counter()
+                    job = await jm.pop_job()
+                    times.append(time.perf_counter() - began)
+                    assert job is not None
+                    await job.execute()
+            times.sort()
+            median, p99 = statistics.median(times) * 1000, times[int(len(times) * 0.99)] * 1000
+            print(f"| {'synchronous' if synchronous else 'asynchronous'} | {median:.2f} | {p99:.2f} |", flush=True)
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--jobs", type=int, default=20_000)
@@ -44,8 +74,12 @@ async def main() -> None:
     parser.add_argument("--task-seconds", type=float, default=0.1)
     parser.add_argument("--promote-after", type=float, default=10.0)
     parser.add_argument("--lag", type=float, default=3.0, help="seconds the standby receives nothing before the crash")
+    parser.add_argument("--claim-cost", action="store_true", help="measure a claim's latency instead")
     options = parser.parse_args()
-    logging.basicConfig(level=logging.WARNING)
+    logging.basicConfig(level=logging.ERROR)
+    if options.claim_cost:
+        await claim_cost()
+        return
     print("| replication | jobs | never run | run twice | lost inserts | workers died | back to work after promotion |")
     print("|---|---|---|---|---|---|---|")
     for synchronous in (False, True):
