@@ -52,7 +52,7 @@ def with_hosts(dsn: str, hosts: str, user: str | None = None, query: str = "") -
 async def read_only_role(conn: asyncpg.Connection) -> AsyncIterator[str]:
     """A login role whose sessions are read-only (until ``ALTER ROLE … RESET``)."""
     role = f"jm_standby_{uuid.uuid4().hex[:8]}"
-    await conn.execute(f"CREATE ROLE {role} LOGIN SUPERUSER")
+    await conn.execute(f"CREATE ROLE {role} LOGIN")
     await conn.execute(f"ALTER ROLE {role} SET default_transaction_read_only = on")
     try:
         yield role
