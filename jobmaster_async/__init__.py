@@ -5,6 +5,7 @@ from __future__ import annotations
 from .app import JobMaster
 from .errors import (
     ConfigurationError,
+    DatabaseUnavailable,
     InvalidArguments,
     InvalidJobId,
     JobMasterError,
@@ -22,6 +23,7 @@ from .worker.executors import cancel_requested
 __all__ = (
     "ConfigurationError",
     "Cron",
+    "DatabaseUnavailable",
     "Dependency",
     "InvalidArguments",
     "InvalidJobId",

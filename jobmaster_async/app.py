@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import importlib
 import logging
 import os
-import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
@@ -18,9 +16,9 @@ import asyncpg
 
 from . import tracing
 from .arguments import RunAt, as_json, as_json_array, check_insert, refusals_as_errors, when
-from .db.connection import DatabaseTarget, dsn_from, opener
-from .db.faults import server_not_ready
+from .db.connection import DatabaseTarget, dsn_from, opener, read_only
 from .db.sql import Catalogue
+from .db.startup import host_probes, wait_for_server
 from .db.store import Store
 from .enqueue import EnqueueOptions
 from .errors import (
@@ -35,7 +33,6 @@ from .settings import Settings
 from .tasks import registry, retention_refusal
 from .worker.backend import WorkerBackend
 from .worker.dispatcher import Dispatcher, RunOptions
-from .worker.outage import Backoff
 from .worker.signals import Signal
 
 __all__ = ("JobMaster",)
@@ -44,8 +41,6 @@ P = ParamSpec("P")
 
 logger = logging.getLogger(__name__)
 
-#: Seconds a worker waits at start-up for a server that refuses connections (not started yet).
-STARTUP_WAIT = 10.0
 #: How long finished jobs are kept by default (DESIGN 9 "Retention").
 DEFAULT_RETENTION = timedelta(days=7)
 #: Jobs that prune() deletes per transaction.
@@ -85,6 +80,7 @@ class JobMaster:
         rescue_interval: float | None = None,
         retention: timedelta | None = DEFAULT_RETENTION,
         prune_interval: float | None = None,
+        wait_for_database: float | None = None,
     ) -> None:
         if db_engine is None:
             db_engine = os.environ.get("JOBMASTER_DSN")
@@ -109,13 +105,15 @@ class JobMaster:
             connection_timeout=connection_timeout,
             rescue_interval=rescue_interval,
             prune_interval=prune_interval,
+            wait_for_database=wait_for_database,
         )
         #: how long finished jobs are kept after they finished, for the tasks that set no
         #: retention of their own (None: forever); deploy() stores it per task
         self.retention = None if retention is None else _checked_retention(retention)
         self.connect_kwargs = dict(connect_kwargs or {})
         self._open = opener(self.dsn, self.connect_kwargs, settings.connection_timeout)
-        #: whether a connection ever opened: before, errors are fatal; after, a worker survives them
+        #: whether a connection to a read-write server ever opened: before, errors are fatal
+        #: (connect() waits for one); after, a worker survives them
         self.connected = False
         self.store = Store(self.sql, self.open_connection, settings.pool_size, settings.connection_timeout)
         #: fired when run_forever loses the database (or the network) and when it recovered
@@ -138,27 +136,23 @@ class JobMaster:
         """A new connection (named after this process, with the JSON codecs and TCP keepalives),
         opened within ``connection_timeout``."""
         conn = await self._open()
-        self.connected = True
+        if not self.connected and not await read_only(conn, self.settings.connection_timeout):
+            self.connected = True
         return conn
 
-    async def connect(self, wait: float = STARTUP_WAIT) -> None:
-        """Start-up: opens a first connection, waiting up to ``wait`` seconds for a server that
-        refuses connections (not started yet, or starting up); any other error raises at once
-        (a wrong address, password or database name will not fix itself). Does nothing once a
-        connection has opened: from then on a worker survives every database fault."""
+    async def connect(self, wait: float | None = None) -> None:
+        """Start-up: returns once a read-write server answers, waiting up to ``wait`` seconds
+        (default: ``wait_for_database``) while none does: connections refused or unanswered, or
+        only a standby (a failover; one line says so). Any other error raises at once (a wrong
+        address, password or database name will not fix itself); when the time is up,
+        DatabaseUnavailable names each host of the DSN and why it failed. Does nothing once
+        connected: from then on a worker survives every database fault."""
         if self.connected:
             return
-        deadline, backoff = time.monotonic() + wait, Backoff(first=0.2, cap=2.0)
-        while True:
-            try:
-                async with self.store.acquire():
-                    return
-            except Exception as exc:
-                delay = backoff.delay()
-                if not server_not_ready(exc) or time.monotonic() + delay > deadline:
-                    raise
-                logger.info("waiting for the database to accept connections (%s)", exc)
-                await asyncio.sleep(delay)
+        wait = self.settings.wait_for_database if wait is None else wait
+        hosts = host_probes(self.dsn, self.connect_kwargs, self.settings.connection_timeout)
+        await wait_for_server(self.store.probe, wait, hosts)
+        self.connected = True
 
     async def close(self) -> None:
         """Closes the connections (and forgets this worker's heartbeat row)."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 __all__ = (
     "ConfigurationError",
+    "DatabaseUnavailable",
     "InvalidArguments",
     "InvalidJobId",
     "JobMasterError",
@@ -55,3 +56,7 @@ class SchemaVersionError(JobMasterError):
 
 class ConfigurationError(JobMasterError):
     """JobMaster is configured wrongly."""
+
+
+class DatabaseUnavailable(JobMasterError, ConnectionError):
+    """No read-write database server answered in the time a worker waits for one at start-up."""

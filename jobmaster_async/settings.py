@@ -43,6 +43,9 @@ class Settings:
     #: how often a worker (run_forever, or pop_job/run) looks for jobs of lost workers and puts
     #: them back: a lost job waits at most heartbeat_lapse plus this; by default half the lapse
     rescue_interval: float = 15.0
+    #: seconds a worker waits at start-up for a read-write server (refused or unanswered
+    #: connections, a standby not promoted yet: a failover) before it gives up
+    wait_for_database: float = 60.0
     #: seconds between the background prunings of run_forever (jittered; one worker of a schema
     #: prunes at a time); 0 switches it off
     prune_interval: float = 60.0
@@ -66,6 +69,8 @@ class Settings:
         for name in ("heartbeat_interval", "heartbeat_lapse", "poll_interval", "connection_timeout", "rescue_interval"):
             if not getattr(self, name) > 0:
                 raise ConfigurationError(f"{name} must be > 0, got {getattr(self, name)}")
+        if not self.wait_for_database >= 0:
+            raise ConfigurationError(f"wait_for_database must be >= 0, got {self.wait_for_database}")
         if not self.prune_interval >= 0:
             raise ConfigurationError(
                 f"prune_interval must be >= 0 (0: no background pruning), got {self.prune_interval}"

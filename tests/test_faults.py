@@ -21,6 +21,7 @@ import pytest
 
 from jobmaster_async import JobMaster
 from jobmaster_async.db.sql import quote_identifier
+from jobmaster_async.errors import DatabaseUnavailable
 from tests.conftest import deployed, drop_schema, worker
 from tests.polling import until, within
 from tests.proxy import Proxy
@@ -170,10 +171,11 @@ async def test_start_up_waits_for_a_server_that_refuses_connections(dsn: str, ca
         port = sock.getsockname()[1]
     proxy = Proxy(dsn, port)
     async with JobMaster(proxy.dsn) as master:
-        with pytest.raises(ConnectionRefusedError):
+        with pytest.raises(DatabaseUnavailable, match=f"at 127.0.0.1:{port} \\(waited 0.3s\\): .*refused") as refused:
             await master.connect(wait=0.3)
+        assert isinstance(refused.value.__cause__, ConnectionRefusedError) and not master.connected
         connecting = asyncio.create_task(master.connect())
-        await until(lambda: _logged(caplog, "waiting for the database"), "a refused connection")
+        await until(lambda: _logged(caplog, "no read-write database server yet"), "a refused connection")
         async with proxy:
             await asyncio.wait_for(connecting, 30)
         assert master.connected

@@ -14,11 +14,11 @@ import sys
 import traceback
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any, TypeVar
-from urllib.parse import parse_qsl, unquote, urlsplit
 
 import click
 
 from ..app import JobMaster
+from ..db.connection import database_hosts
 from ..errors import InvalidJobId, JobMasterError
 from ..inspection import schema_version
 from . import embedded
@@ -173,25 +173,15 @@ def _sole(exc: BaseException) -> BaseException:
 
 def database_location(dsn: str | None) -> str | None:
     """Where a DSN points, without its user or password: ``host:port``, or the unix socket's
-    path (None when the DSN does not say: the driver's defaults)."""
+    path; several hosts separated by ", " (None when the DSN does not say: the driver's
+    defaults)."""
     if not dsn:
         return None
     try:
-        parts = urlsplit(dsn)
+        hosts = database_hosts(dsn)
     except ValueError:
         return None
-    query = dict(parse_qsl(parts.query))
-    first = parts.netloc.rpartition("@")[2].split(",")[0]
-    if first.startswith("[") and "]" in first:  # [::1]:5432
-        host, _, rest = first[1:].partition("]")
-        port = rest.removeprefix(":")
-    else:
-        host, _, port = first.partition(":")
-    host = (query.get("host") or unquote(host) or os.environ.get("PGHOST", "")).split(",")[0]
-    port = (query.get("port") or port or os.environ.get("PGPORT", "") or "5432").split(",")[0]
-    if host.startswith("/"):
-        return f"{host.rstrip('/')}/.s.PGSQL.{port}"
-    return f"{host}:{port}" if host else None
+    return ", ".join(hosts) if hosts else None
 
 
 def _one_line(exc: BaseException, dsn: str | None = None) -> click.ClickException | None:

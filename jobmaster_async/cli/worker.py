@@ -75,6 +75,15 @@ OUTCOME_LOGGER = "jobmaster_async.worker.outcomes"
     help="Seconds between background prunings of finished jobs past their task's retention (one worker of a "
     "schema prunes at a time; 0: never).",
 )
+@click.option(
+    "--wait-for-database",
+    default=60.0,
+    show_default=True,
+    type=click.FloatRange(min=0),
+    envvar="JOBMASTER_WAIT_FOR_DATABASE",
+    help="Seconds to wait at start for a read-write server (connections refused or unanswered, or only a "
+    "standby: a failover) before exiting 1 [env: JOBMASTER_WAIT_FOR_DATABASE].",
+)
 @pass_settings
 def worker(
     settings: Settings,
@@ -91,15 +100,17 @@ def worker(
     connection_timeout: float | None,
     rescue_interval: float | None,
     prune_interval: float,
+    wait_for_database: float,
 ) -> None:
     """Run jobs of the given task modules until SIGTERM/SIGINT (graceful).
 
     --app takes module names as Python imports them; the current directory is importable, so
     --app billing finds ./billing.py.
 
-    Exits 1 with one line when the database cannot be reached at start (a server that refuses
-    connections is waited for 10 s) or the schema is not deployed; once connected, the worker
-    survives every database fault."""
+    Exits 1 with one line when the database cannot be reached at start or the schema is not
+    deployed. While no read-write server answers (refused or unanswered connections, or only a
+    standby: a failover), it waits up to --wait-for-database seconds, then names each host and
+    why it failed; once connected, the worker survives every database fault."""
     if settings.verbose == 0:
         logging.getLogger("jobmaster_async").setLevel(logging.INFO)
     if processes > 1:
@@ -135,6 +146,7 @@ def worker(
         "connection_timeout": connection_timeout,
         "rescue_interval": rescue_interval,
         "prune_interval": prune_interval,
+        "wait_for_database": wait_for_database,
     }
     call(settings, run, apps, **options)
 

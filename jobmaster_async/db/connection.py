@@ -9,9 +9,10 @@ import os
 import re
 import socket
 from typing import TYPE_CHECKING, Any, TypeAlias
-from urllib.parse import parse_qsl
+from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit
 
 import asyncpg
+import asyncpg.exceptions as pgexc
 
 from ..errors import ConfigurationError
 from ..storable import decode_jsonb
@@ -22,62 +23,225 @@ if TYPE_CHECKING:
     from sqlalchemy.engine import URL, Engine
     from sqlalchemy.ext.asyncio import AsyncEngine
 
-__all__ = ("DatabaseTarget", "connect", "create_pool", "dsn_from", "keep_alive", "opener")
+__all__ = (
+    "DatabaseTarget",
+    "connect",
+    "create_pool",
+    "database_hosts",
+    "dsn_from",
+    "host_list",
+    "keep_alive",
+    "opener",
+    "read_only",
+)
 
 logger = logging.getLogger(__name__)
 
 DatabaseTarget: TypeAlias = "AsyncEngine | Engine | str | URL"
 
-# A DSN asyncpg takes as it is: no driver in the scheme, no query parameter of another driver.
-# Such DSNs (worker processes, the CLI) never import SQLAlchemy: a smaller, faster-starting process.
-_PLAIN_DSN = re.compile(r"postgres(ql)?://[^?]*(\?(?P<query>.*))?")
+# URL schemes of PostgreSQL, with or without a driver (SQLAlchemy's ``postgresql+asyncpg``).
+_SCHEME = re.compile(r"(?P<backend>[A-Za-z][A-Za-z0-9.-]*)(\+[A-Za-z0-9_.-]+)?://")
 
-# Query parameters of other drivers that asyncpg does not understand.
-_DRIVER_ONLY = {
-    "unix_sock",
+# A libpq keyword/value connection string: ``host=h1,h2 port=5432 dbname=app``.
+_CONNINFO = re.compile(r"\s*(?P<key>[A-Za-z_]+)\s*=\s*(?:'(?P<quoted>(?:[^'\\]|\\.)*)'|(?P<plain>[^\s']*))")
+
+# Query parameters asyncpg sends to the server as settings, that are not server settings: other
+# drivers' and libpq's client options. They are dropped (the pool has its own timeouts and TCP
+# keepalives; asyncpg speaks UTF-8 and tries the hosts in order).
+_CLIENT_ONLY = {
+    "unix_sock",  # pg8000's; turned into host and port first
     "client_encoding",
-    "application_name",
     "connect_timeout",
     "async_fallback",
     "prepared_statement_cache_size",
+    "hostaddr",
+    "keepalives",
+    "keepalives_idle",
+    "keepalives_interval",
+    "keepalives_count",
+    "tcp_user_timeout",
+    "sslcompression",
+    "sslsni",
+    "sslcertmode",
+    "gssencmode",
+    "gssdelegation",
+    "channel_binding",
+    "require_auth",
+    "requiressl",
+    "requirepeer",
+    "load_balance_hosts",
+    "replication",
+    "options",  # turned into settings first
+    "fallback_application_name",  # application_name, when there is none
 }
 
 
+# target_session_attrs whose choice is the first host that fits, so each host can be tried alone
+# (prefer-standby falls back to any host when none fits: left to asyncpg).
+_IN_ORDER = {"any", "read-write", "primary", "read-only", "standby"}
+
+
 def dsn_from(target: DatabaseTarget) -> str:
-    """An asyncpg DSN from a SQLAlchemy engine (sync or async, any PostgreSQL driver), URL or DSN."""
-    plain = _PLAIN_DSN.fullmatch(target) if isinstance(target, str) else None
-    if plain and not _DRIVER_ONLY & {key for key, _ in parse_qsl(plain["query"] or "")}:
-        return str(target)
-    from sqlalchemy.engine import URL, Engine, make_url
+    """An asyncpg DSN from a SQLAlchemy engine (sync or async, any PostgreSQL driver), URL or DSN.
+
+    Any DSN libpq or asyncpg takes works: several hosts (``postgresql://u@h1:5432,h2:5433/db``,
+    or ``?host=h1,h2``), ``target_session_attrs``, server settings as query parameters
+    (``application_name``, or libpq's ``options=-c name=value``), a driver in the scheme
+    (``postgresql+asyncpg://``, ``postgresql+psycopg://``), SQLAlchemy's ``?host=h1:5432&host=h2``,
+    and libpq's ``key=value`` strings. Client options asyncpg has no use for are dropped, with a
+    line saying so. A plain DSN is parsed without SQLAlchemy (worker processes stay lean)."""
+    if isinstance(target, str):
+        return _normalised(target)
+    from sqlalchemy.engine import URL, Engine
     from sqlalchemy.ext.asyncio import AsyncEngine
 
     if isinstance(target, AsyncEngine | Engine):
         url = target.url
     elif isinstance(target, URL):
         url = target
-    elif isinstance(target, str):
-        try:
-            url = make_url(target)
-        except Exception as exc:
-            raise ConfigurationError(f"not a database URL: {target!r}") from exc
     else:
         raise ConfigurationError(
             f"db_engine must be a SQLAlchemy Engine/AsyncEngine or a DSN string, got {type(target).__name__}"
         )
-    if url.get_backend_name() not in ("postgresql", "postgres"):
-        raise ConfigurationError(f"jobmaster_async needs PostgreSQL, got a {url.get_backend_name()} URL")
-    query = dict(url.query)
-    unix_sock = query.pop("unix_sock", None)
-    if isinstance(unix_sock, str):  # pg8000: /dir/.s.PGSQL.5432
-        directory, _, name = unix_sock.rpartition("/")
-        query["host"] = directory
-        port = name.rpartition(".")[2]
-        if port.isdigit():
-            query["port"] = port
-    for key in _DRIVER_ONLY & set(query):
-        query.pop(key)
-    url = url.set(drivername="postgresql", query=query)
-    return url.render_as_string(hide_password=False)
+    return _normalised(url.render_as_string(hide_password=False))
+
+
+def _normalised(text: str) -> str:
+    """``text`` as asyncpg reads it (unchanged when it already is)."""
+    text = text.strip()
+    scheme = _SCHEME.match(text)
+    if scheme is None:
+        if _CONNINFO.match(text):
+            return _normalised(_conninfo_url(text))
+        raise ConfigurationError(f"not a database URL: {text!r}")
+    backend = scheme["backend"].lower()
+    if backend not in ("postgresql", "postgres"):
+        raise ConfigurationError(f"jobmaster_async needs PostgreSQL, got a {backend} URL")
+    rest = text[scheme.end() :].partition("#")[0]
+    location, _, query = rest.partition("?")
+    pairs = parse_qsl(query, keep_blank_values=True)
+    fixed = _asyncpg_query(pairs)
+    if scheme[0] in ("postgresql://", "postgres://") and fixed == pairs and "#" not in text:
+        return text
+    encoded = urlencode(fixed, quote_via=quote, safe=",:/")
+    return f"postgresql://{location}" + (f"?{encoded}" if encoded else "")
+
+
+def _asyncpg_query(pairs: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """Query parameters as asyncpg reads them: hosts (and ports) given several times joined
+    into one list, pg8000's ``unix_sock`` as host and port, libpq's ``options`` as settings,
+    client options of other drivers dropped."""
+    fixed: list[tuple[str, str]] = []
+    lists: dict[str, list[str]] = {}
+    settings: list[tuple[str, str]] = []
+    fallback_name = None
+    for key, value in pairs:
+        if key in ("host", "port"):
+            if key not in lists:
+                lists[key] = []
+                fixed.append((key, ""))  # its place; filled below
+            lists[key].append(value)
+        elif key == "unix_sock":  # pg8000: /dir/.s.PGSQL.5432
+            directory, _, name = value.rpartition("/")
+            lists.setdefault("host", []).append(directory)
+            port = name.rpartition(".")[2]
+            if port.isdigit():
+                lists.setdefault("port", []).append(port)
+        elif key == "options":
+            settings.extend(_options_settings(value))
+        elif key == "fallback_application_name":
+            fallback_name = value
+        elif key in _CLIENT_ONLY:
+            logger.info("the DSN's %s=%s is ignored (asyncpg has no such option)", key, value)
+        else:
+            fixed.append((key, value))
+    for key, values in lists.items():
+        joined = ",".join(values)
+        if (key, "") in fixed:
+            fixed[fixed.index((key, ""))] = (key, joined)
+        else:
+            fixed.append((key, joined))
+    names = {key for key, _ in fixed}
+    fixed.extend((key, value) for key, value in settings if key not in names)
+    if fallback_name is not None and "application_name" not in names:
+        fixed.append(("application_name", fallback_name))
+    return fixed
+
+
+def _options_settings(options: str) -> list[tuple[str, str]]:
+    """libpq's ``options`` (``-c name=value --name=value``, a backslash escaping a space) as
+    server settings."""
+    words = [word.replace("\\ ", " ") for word in re.split(r"(?<!\\)\s+", options.strip()) if word]
+    found: list[tuple[str, str]] = []
+    for index, word in enumerate(words):
+        setting = None
+        if word.startswith("--"):
+            setting = word[2:]
+        elif word == "-c" and index + 1 < len(words):
+            setting = words[index + 1]
+        elif word.startswith("-c") and word != "-c":
+            setting = word[2:]
+        if setting and "=" in setting:
+            name, _, value = setting.partition("=")
+            found.append((name.replace("-", "_"), value))
+    return found
+
+
+def _conninfo_url(text: str) -> str:
+    """A libpq ``key=value`` string as a URL whose query says it all."""
+    pairs, position = [], 0
+    while position < len(text.rstrip()):
+        found = _CONNINFO.match(text, position)
+        if found is None:
+            raise ConfigurationError(f"not a database URL: {text!r}")
+        value = found["quoted"] if found["quoted"] is not None else found["plain"]
+        pairs.append((found["key"], re.sub(r"\\(.)", r"\1", value)))
+        position = found.end()
+    pairs = [("database" if key == "dbname" else key, value) for key, value in pairs]
+    return "postgresql://?" + urlencode(pairs, quote_via=quote, safe=",:/")
+
+
+def host_list(dsn: str) -> list[tuple[str, int]]:
+    """The hosts (or unix socket directories) and ports of a DSN, in the order they are tried
+    ([] when the DSN does not say: the driver's defaults)."""
+    parts = urlsplit(dsn)
+    query = dict(parse_qsl(parts.query))
+    spec = parts.netloc.rpartition("@")[2]
+    hosts: list[tuple[str, str]] = []
+    for item in filter(None, (spec or query.get("host") or os.environ.get("PGHOST", "")).split(",")):
+        if item.startswith("[") and "]" in item:  # [::1]:5432
+            host, _, rest = item[1:].partition("]")
+            hosts.append((unquote(host), rest.removeprefix(":")))
+        elif item.startswith("/"):
+            hosts.append((unquote(item).rstrip("/") or "/", ""))
+        else:
+            host, _, port = item.partition(":")
+            hosts.append((unquote(host), port))
+    ports = (query.get("port") or os.environ.get("PGPORT", "") or "5432").split(",")
+    found = []
+    for index, (host, port) in enumerate(hosts):
+        port = port or (ports[index] if len(ports) == len(hosts) else ports[0])
+        found.append((host, int(port)))
+    return found
+
+
+def database_hosts(dsn: str) -> list[str]:
+    """Where a DSN points, in the order its hosts are tried, without user or password: each
+    ``host:port``, or a unix socket's path ([] when the DSN does not say: the driver's
+    defaults)."""
+    return [f"{host}/.s.PGSQL.{port}" if host.startswith("/") else f"{host}:{port}" for host, port in host_list(dsn)]
+
+
+async def read_only(conn: asyncpg.Connection, deadline: float | None = None) -> bool:
+    """Does the server of ``conn`` refuse writes (a standby, or read-only by default)? Told by
+    what PostgreSQL 14+ reports at connection (no round trip), else asked."""
+    settings = conn.get_settings()
+    if getattr(settings, "default_transaction_read_only", "off") == "on":
+        return True
+    standby = getattr(settings, "in_hot_standby", None)
+    if standby is not None:
+        return bool(standby == "on")
+    return bool(await conn.fetchval("SELECT pg_catalog.pg_is_in_recovery()", timeout=deadline))
 
 
 async def _init_connection(conn: asyncpg.Connection) -> None:
@@ -140,11 +304,17 @@ def _keepalive_class(base: type[asyncpg.Connection], seconds: float) -> type[asy
 
 
 def opener(dsn: str, connect_kwargs: dict[str, Any] | None = None, timeout: float | None = None) -> Connect:
-    """A function opening connections named after this process, with our codecs. With a
+    """A function opening connections named after this process (unless the DSN or
+    ``connect_kwargs`` name them), with our codecs. With a
     ``timeout``, opening one (connect, authenticate, set up codecs) has that deadline and its
-    TCP keepalives detect a vanished server within about that time."""
+    TCP keepalives detect a vanished server within about that time. A DSN of several hosts
+    gives each host that deadline, as libpq's ``connect_timeout`` does (asyncpg's deadline is
+    for all of them: a first host gone without a reset would leave no time for the others)."""
     kwargs = dict(connect_kwargs or {})
-    settings = {"application_name": f"jobmaster_async:{os.getpid()}", **kwargs.pop("server_settings", {})}
+    query = dict(parse_qsl(urlsplit(dsn).query))
+    settings = dict(kwargs.pop("server_settings", {}))
+    if "application_name" not in query:  # the DSN's wins
+        settings.setdefault("application_name", f"jobmaster_async:{os.getpid()}")
     kwargs["server_settings"] = settings
     if timeout is not None:
         kwargs["connection_class"] = _keepalive_class(kwargs.get("connection_class", asyncpg.Connection), timeout)
@@ -153,7 +323,26 @@ def opener(dsn: str, connect_kwargs: dict[str, Any] | None = None, timeout: floa
         async with asyncio.timeout(timeout):
             return await connect(dsn, kwargs)
 
-    return open_connection
+    attrs = kwargs.get("target_session_attrs") or query.get("target_session_attrs")
+    attrs = attrs or os.environ.get("PGTARGETSESSIONATTRS") or "any"
+    hosts = host_list(dsn) if "host" not in kwargs and "port" not in kwargs else []
+    if timeout is None or len(hosts) < 2 or attrs not in _IN_ORDER:
+        return open_connection
+    each = [{**kwargs, "host": host, "port": port} for host, port in hosts]
+
+    async def open_first_that_fits() -> asyncpg.Connection:
+        failures: list[BaseException] = []
+        for host_kwargs in each:
+            try:
+                async with asyncio.timeout(timeout):
+                    return await connect(dsn, host_kwargs)
+            except (OSError, pgexc.CannotConnectNowError, pgexc.TargetServerAttributeNotMatched) as exc:
+                failures.append(exc)
+        # as asyncpg: the last host's error, unless it was only the wrong kind of server
+        errors = [exc for exc in failures if not isinstance(exc, pgexc.TargetServerAttributeNotMatched)]
+        raise (errors or failures)[-1]
+
+    return open_first_that_fits
 
 
 def create_pool(

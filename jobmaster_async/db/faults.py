@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncpg
 import asyncpg.exceptions as pgexc
 
-__all__ = ("connection_unusable", "database_fault", "server_not_ready")
+__all__ = ("connection_unusable", "database_fault", "read_only_server", "server_not_ready")
 
 # SQLSTATEs (classes or codes) after which a connection must not be used again: connection
 # exceptions; admin shutdown, crash shutdown, cannot connect now, database dropped, idle session
@@ -60,3 +60,12 @@ def server_not_ready(exc: BaseException) -> bool:
     """A server not started yet (refused, or no unix socket yet) or starting up: worth waiting
     for at start-up, unlike a wrong address, password or database name."""
     return isinstance(exc, ConnectionRefusedError | FileNotFoundError | pgexc.CannotConnectNowError)
+
+
+def read_only_server(exc: BaseException) -> bool:
+    """A server that takes no writes: a standby (or one being demoted), refused by the DSN's
+    ``target_session_attrs`` (asyncpg's TargetServerAttributeNotMatched) or refusing a write
+    (SQLSTATE 25006 read_only_sql_transaction). After a failover, the primary may be elsewhere."""
+    return isinstance(exc, pgexc.TargetServerAttributeNotMatched) or (
+        isinstance(exc, asyncpg.PostgresError) and _sqlstate(exc) == "25006"
+    )

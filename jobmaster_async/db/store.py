@@ -11,6 +11,7 @@ methods (jobs, counts...) take none, as a user's own queries would.
 from __future__ import annotations
 
 import contextlib
+import logging
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from datetime import datetime, timedelta
@@ -19,13 +20,17 @@ from typing import Any
 import asyncpg
 
 from .claimer import Claimer
+from .connection import read_only
 from .deploy import deploy_schema
 from .insights import Insights
 from .pool import Connect, Pool
 from .sql import Catalogue
+from .startup import probe
 from .ticks import Ticks
 
 __all__ = ("Store",)
+
+logger = logging.getLogger(__name__)
 
 
 class Store:
@@ -56,6 +61,11 @@ class Store:
         """A connection of its own (the LISTEN connection)."""
         return await self._connect()
 
+    async def probe(self) -> None:
+        """Opens a connection and closes it: raises unless a read-write server answered (a
+        standby raises TargetServerAttributeNotMatched: db.faults.read_only_server)."""
+        await probe(self._connect, self.timeout)
+
     @contextlib.asynccontextmanager
     async def acquire(self) -> AsyncIterator[asyncpg.Connection]:
         pool = await self.pool()
@@ -78,7 +88,9 @@ class Store:
             pool, self._pool = self._pool, None
             if worker_id is not None:
                 with contextlib.suppress(Exception):
-                    await pool.execute(self.sql["remove_worker"], worker_id, timeout=self.timeout)
+                    async with pool.acquire() as conn:
+                        if not await read_only(conn, self.timeout):
+                            await conn.execute(self.sql["remove_worker"], worker_id, timeout=self.timeout)
             await pool.close()
 
     async def deploy(self, registry: Any, *, reset: bool, prune: bool, retention: timedelta | None) -> None:
@@ -166,8 +178,14 @@ class Store:
         await pool.execute(self.sql["heartbeat"], worker_id, node, pid, lapse, timeout=self.timeout)
 
     async def remove_worker(self, worker_id: uuid.UUID) -> None:
+        """Forgets a worker's row (at shutdown). On a read-only server (a standby, reached after
+        a failover) no DELETE is attempted: the row lapses, as a line says."""
         pool = await self.pool()
-        await pool.execute(self.sql["remove_worker"], worker_id, timeout=self.timeout)
+        async with pool.acquire() as conn:
+            if await read_only(conn, self.timeout):
+                logger.warning("server is read-only (a standby?): this worker's row is not removed; it lapses")
+                return
+            await conn.execute(self.sql["remove_worker"], worker_id, timeout=self.timeout)
 
     async def claim(self, worker_id: uuid.UUID, task_ids: list[int], limit: int, units: int) -> list[asyncpg.Record]:
         """Rows of claimed jobs (job_id, task_id, priority, arguments, attempts, max_attempts,

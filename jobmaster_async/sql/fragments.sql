@@ -55,9 +55,18 @@ SET enable_sort = off SET jit = off SET enable_bitmapscan = off
 
 -- fragment: claim_commit
 -- A claim need not wait for its WAL flush: lost in a crash, it only puts the job back to
--- waiting, as a crash does anyway (outcomes are still committed durably). For the claim's
--- transaction only; an expression.
-pg_catalog.set_config('synchronous_commit', 'off', true)
+-- waiting, as a crash does anyway (outcomes are still committed durably). But with synchronous
+-- standbys (synchronous_standby_names set), a claim the standby has not received is lost by a
+-- failover while its job runs, and runs again after it: the claim then waits for the standby to
+-- have written it (remote_write: enough for a promotion, cheaper than on's flush there), or
+-- keeps a weaker setting of the server's or the session's (local, off: their choice). Two
+-- current_setting reads: no cost worth measuring beside the claim. For the claim's transaction
+-- only; an expression.
+pg_catalog.set_config('synchronous_commit',
+    CASE WHEN pg_catalog.current_setting('synchronous_standby_names') = '' THEN 'off'
+         WHEN pg_catalog.current_setting('synchronous_commit') IN ('on', 'remote_apply') THEN 'remote_write'
+         ELSE pg_catalog.current_setting('synchronous_commit') END,
+    true)
 
 -- fragment: held
 -- Fencing: the rows of jobs AS j among p_ids (uuid[]) that worker p_worker still holds in the

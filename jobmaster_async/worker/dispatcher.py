@@ -110,7 +110,13 @@ class Dispatcher:
         self.claimed = claimed
         self.finished = finished
         self._wake = asyncio.Event()  # set: claim now (NOTIFY, a slot freed, an outage ended)
-        self.outage = Outage(outages, recoveries, on_begin=self._suspect_connections, on_end=self._outage_ended)
+        self.outage = Outage(
+            outages,
+            recoveries,
+            on_begin=self._suspect_connections,
+            on_end=self._outage_ended,
+            probe=backend.store.probe,
+        )
         self.listener = Listener(
             backend.store, self.outage, self._on_notification, self.settings.connection_timeout / 2
         )
@@ -235,10 +241,10 @@ class Dispatcher:
         return timeout
 
     async def _pause(self, seconds: float) -> None:
-        """A backoff pause, cut short by stop() only (wake-ups keep coming while the database
-        fails, and must not defeat the backoff)."""
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._stop_requested.wait(), seconds)
+        """A backoff pause, cut short by stop() and by the server answering again (worker.outage),
+        not by wake-ups (they keep coming while the database fails, and must not defeat the
+        backoff)."""
+        await self.outage.pause(seconds, self._stop_requested)
 
     async def _reconcile(self) -> None:
         """After an outage: puts back the jobs the database says this worker holds but it does
