@@ -151,9 +151,12 @@ class Dispatcher:
         self.listener.check_now()
 
     def _free_slots(self) -> tuple[int, int]:
-        units = sum(c.definition.process_units for _, c in self._running.values()) + self._held_units
+        """Slots and units not taken. A slot is taken from the claim until the job's outcome is
+        recorded (or the job is put back): the database never sees more jobs ``running`` for this
+        worker than its concurrency, even while finished jobs wait for their batch."""
+        units = sum(c.definition.process_units for c in self._held.values()) + self._held_units
         return (
-            self.options.concurrency - len(self._running) - self._held_slots,
+            self.options.concurrency - len(self._held) - self._held_slots,
             self.settings.system_process_units - units,
         )
 
@@ -296,8 +299,7 @@ class Dispatcher:
         if span is not None:
             span.end(outcome_name(claim, outcome, backoff), outcome.error_type, outcome.message, outcome.traceback)
         self.recorder.add(claim, outcome)
-        self._running.pop(claim.job_id, None)
-        self._wake.set()
+        self._running.pop(claim.job_id, None)  # its slot frees once the outcome is recorded
         log_outcome(claim, outcome, time.monotonic() - started, backoff)
 
     def _hold_slot(self, claim: Claim, future: asyncio.Future[Any]) -> None:
@@ -344,6 +346,7 @@ class Dispatcher:
         for claim in claims:
             self._held.pop(claim.job_id, None)
         self.finished.fire(len(claims))
+        self._wake.set()  # their slots are free
 
     # -- signals ---------------------------------------------------------------------------------
 
