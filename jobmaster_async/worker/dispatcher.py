@@ -7,7 +7,14 @@ retention (worker.pruner).
 
 It never dies of the database: every service retries database faults (db.faults) with backoff,
 and the worker reports an outage once (worker.outage). Only a bug of ours ends it, with its
-traceback. After an outage it reconciles: jobs the database says it holds but it does not know
+traceback.
+
+It heartbeats on the LISTEN connection (worker.listener), never through the pool. A worker that
+could not heartbeat for half its ``heartbeat_lapse`` stops claiming, cancels its async jobs,
+kills its process jobs and puts them back as soon as it can: others may rescue them once the
+lapse passed, and none of them may be running here then. Thread jobs cannot be stopped: they run
+on, and may run twice if the worker stays cut off past the lapse. It claims again once a
+heartbeat is recorded. After an outage it reconciles: jobs the database says it holds but it does not know
 of (a claim committed whose answer was lost, an outcome a crashed server lost) go back to waiting.
 """
 
@@ -25,6 +32,7 @@ from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 import anyio
+import asyncpg
 
 from .. import tracing
 from ..db.faults import database_fault
@@ -51,6 +59,8 @@ SHUTDOWN_RETRY_SECONDS = 10.0
 #: Seconds an idle dispatcher sleeps past the earliest due time it knows of (timers may fire a
 #: hair early; too early costs one more claim, no correctness).
 DUE_MARGIN = 0.001
+#: The claiming service's name, as the outage knows it.
+CLAIMING = "claiming jobs"
 #: Seconds before claiming again when the last claim saw claimable jobs it could not take (held
 #: by other claimers, or by a process_limit).
 CONTENDED = 0.005
@@ -65,7 +75,12 @@ class Backend(Protocol):
     threads: DaemonThreadPool
     maintenance: Maintenance
     pruner: Pruner
+    registered: bool
+    last_beat: float
+    beats: Signal
+    beats_elsewhere: bool
 
+    async def beat_on(self, conn: asyncpg.Connection) -> None: ...
     async def claim(self, limit: int, units: int) -> list[Claim]: ...
     async def record(self, outcomes: Sequence[tuple[Claim, Outcome]]) -> set[uuid.UUID]: ...
     async def claimable_task_ids(self) -> list[int]: ...
@@ -112,7 +127,12 @@ class Dispatcher:
         self._wake = asyncio.Event()  # set: claim now (NOTIFY, a slot freed, an outage ended)
         self.outage = Outage(outages, recoveries, on_begin=self._suspect_connections, on_end=self._outage_ended)
         self.listener = Listener(
-            backend.store, self.outage, self._on_notification, self.settings.connection_timeout / 2
+            backend.store,
+            self.outage,
+            self._on_notification,
+            self.settings.connection_timeout / 2,
+            beat=self._beat,
+            beat_interval=self.settings.heartbeat_interval,
         )
         self.recorder = Recorder(backend.record, self.outage, self._on_recorded)
         self.scheduler = Scheduler(backend.store.ticks, backend.registered_task_ids, self.outage)
@@ -125,6 +145,10 @@ class Dispatcher:
         self._held_slots = 0  # slots of abandoned threads still running
         self._held_units = 0
         self._reconciled = recoveries.count  # outages reconciled after
+        self._started = 0.0  # monotonic time run() began
+        self._cut_off = False  # no heartbeat for heartbeat_lapse / 2: no claims, jobs stopped
+        self._stopped: dict[uuid.UUID, Claim] = {}  # stopped when cut off, not yet put back
+        self._putting_back: set[asyncio.Future[None]] = set()
         self._background: set[asyncio.Future[None]] = set()
         self._loop: asyncio.AbstractEventLoop  # the running loop, from run() on
 
@@ -146,9 +170,13 @@ class Dispatcher:
         self.scheduler.reload()
 
     def _suspect_connections(self) -> None:
-        """An outage began: close the idle connections, ping the LISTEN one now."""
+        """An outage began: close the idle connections, ping the LISTEN one now, and claim: the
+        outage lasts until a claim went through too (a claim on a connection the fault cut may be
+        under way, and the LISTEN connection alone comes back at once)."""
         self.backend.store.discard_idle_connections()
         self.listener.check_now()
+        self.outage.failed(CLAIMING, ConnectionError("an outage began: claiming is suspect until a claim succeeds"))
+        self._wake.set()
 
     def _free_slots(self) -> tuple[int, int]:
         """Slots and units not taken. A slot is taken from the claim until the job's outcome is
@@ -164,6 +192,8 @@ class Dispatcher:
 
     async def run(self) -> None:
         self._loop = asyncio.get_running_loop()
+        self._started = time.monotonic()
+        self.backend.beats_elsewhere = True
         logger.info(
             "worker %s started (concurrency %d, schema %s)",
             self.backend.worker_id,
@@ -173,9 +203,9 @@ class Dispatcher:
         with self._signals_handled():
             try:
                 async with anyio.create_task_group() as services:
-                    services.start_soon(self.listener.run)
-                    services.start_soon(self.backend.maintenance.heartbeat_loop, self.outage)
-                    services.start_soon(self.backend.maintenance.rescue_loop, self.outage)
+                    services.start_soon(self.listener.run)  # and the heartbeat
+                    services.start_soon(self._watch_heartbeat)
+                    services.start_soon(self.backend.maintenance.rescue_loop, self.outage, self._heartbeating)
                     services.start_soon(self.recorder.run)
                     services.start_soon(self.scheduler.run)
                     services.start_soon(self.backend.pruner.run, self.outage)
@@ -192,10 +222,11 @@ class Dispatcher:
             finally:
                 with anyio.CancelScope(shield=True):
                     await self._shutdown()
+                self.backend.beats_elsewhere = False
                 logger.info("worker %s stopped", self.backend.worker_id)
 
     async def _dispatch_loop(self) -> None:
-        claiming = Service(self.outage, "claiming jobs")
+        claiming = Service(self.outage, CLAIMING)
         while not self._stopping:
             self._wake.clear()
             try:
@@ -211,6 +242,8 @@ class Dispatcher:
     async def _claim_into_free_slots(self) -> float | None:
         """Claims jobs for the free slots; returns how long to wait for a wake-up (0: claim again
         at once, there may be more; None: until a slot frees)."""
+        if not self._heartbeating():
+            return None  # woken by the next heartbeat
         if self._reconciled != self.outage.ended.count:
             await self._reconcile()
         slots, units = self._free_slots()
@@ -219,6 +252,8 @@ class Dispatcher:
         claims = await self.backend.claim(slots, units)
         for claim in claims:
             self._start(claim)
+        if self._cut_off:  # while the claim was on its way
+            self._stop_jobs(claims)
         if claims:
             self.claimed.fire(len(claims))
         if len(claims) == slots:
@@ -329,6 +364,85 @@ class Dispatcher:
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
+    # -- the heartbeat -------------------------------------------------------------------------
+
+    def _heartbeating(self) -> bool:
+        """May this worker claim? Only while its last heartbeat is younger than half its lapse:
+        a job it claimed would not be rescued by another before this worker noticed being cut
+        off and stopped it."""
+        age = time.monotonic() - self.backend.last_beat
+        return self.backend.registered and not self._cut_off and age < self.settings.heartbeat_lapse / 2
+
+    async def _beat(self, conn: asyncpg.Connection) -> None:
+        """The listener's heartbeat, on its connection; a worker cut off claims again."""
+        heartbeating = self._heartbeating()
+        await self.backend.beat_on(conn)
+        if self._cut_off:
+            self._cut_off = False
+            logger.warning("worker %s heartbeats again: it claims jobs again", self.backend.worker_id)
+        if not heartbeating:
+            self._wake.set()
+
+    async def _watch_heartbeat(self) -> None:
+        """Stops the jobs that can be stopped once no heartbeat was recorded for half the lapse
+        (since the last one, or since the start)."""
+        half = self.settings.heartbeat_lapse / 2
+        beats = self.backend.beats
+        while True:
+            if self._cut_off:
+                await beats.wait_for(beats.count + 1)
+                continue
+            since = max(self.backend.last_beat, self._started)
+            left = since + half - time.monotonic()
+            if left > 0:
+                await asyncio.sleep(left)
+                continue
+            self._cut_off = True
+            running = [claim for _, claim in self._running.values()]
+            threads = sum(1 for claim in running if _in_thread(claim))
+            in_async = sum(1 for claim in running if claim.definition.is_async)
+            logger.warning(
+                "worker %s could not heartbeat for %.1fs (half its heartbeat_lapse of %gs): it stops claiming, "
+                "cancels its %d async jobs and kills its %d process jobs, and puts them back as soon as it "
+                "can; %d thread jobs run on (a thread cannot be stopped: they run twice if another worker "
+                "rescues them once the lapse passed)",
+                self.backend.worker_id,
+                time.monotonic() - since,
+                self.settings.heartbeat_lapse,
+                in_async,
+                len(running) - threads - in_async,
+                threads,
+            )
+            self._stop_jobs(running)
+
+    def _stop_jobs(self, claims: list[Claim]) -> None:
+        """Cancels the async jobs among ``claims`` and kills the process ones (a cancelled
+        process job's process is killed: worker.executors), then puts them back."""
+        stopping = []
+        for claim in claims:
+            running = self._running.get(claim.job_id)
+            if running is not None and not _in_thread(claim):
+                running[0].cancel()
+                stopping.append(running)
+        if stopping:
+            task = asyncio.ensure_future(self._put_back(stopping))
+            self._putting_back.add(task)
+            task.add_done_callback(self._putting_back.discard)
+
+    async def _put_back(self, stopping: list[tuple[asyncio.Task[None], Claim]]) -> None:
+        """Once the jobs stopped, puts those that ended without an outcome back to waiting, retried
+        until the database answers (a job rescued meanwhile is no longer this worker's: fencing
+        leaves it alone). Their slots stay taken until then."""
+        await asyncio.wait([task for task, _ in stopping])
+        stopped = [claim for task, claim in stopping if task.cancelled()]
+        for claim in stopped:
+            self._running.pop(claim.job_id, None)
+            self._stopped[claim.job_id] = claim
+        if stopped:
+            ids, attempts = [c.job_id for c in stopped], [c.attempts for c in stopped]
+            await Service(self.outage, "putting stopped jobs back").run(lambda: self._release(ids, attempts))
+            logger.info("%d jobs stopped while this worker could not heartbeat are back to waiting", len(stopped))
+
     # -- notifications and recorded outcomes ---------------------------------------------------
 
     def _on_notification(self, notification: Notification) -> None:
@@ -383,8 +497,12 @@ class Dispatcher:
         outcome, and forgets this worker."""
         self._stopping = True
         self._stop_requested.set()
+        for task in self._putting_back:  # their jobs are put back below
+            task.cancel()
+        if self._putting_back:
+            await asyncio.wait(self._putting_back)
         async with anyio.create_task_group() as keepalive:
-            keepalive.start_soon(self.backend.maintenance.heartbeat_loop, self.outage)
+            keepalive.start_soon(self.listener.run)  # and the heartbeat
             keepalive.start_soon(self.recorder.run)
             await self._finish_running_jobs()
             await self._until_exiting(self._background)  # abandoned threads: their marks
@@ -417,7 +535,8 @@ class Dispatcher:
             task.cancel()
         if leftover:
             await asyncio.wait(leftover)
-        unfinished = [claim for _, claim in self._running.values()]  # cancelled: no outcome
+        # cancelled: no outcome (and those stopped when cut off, not yet put back)
+        unfinished = [claim for _, claim in self._running.values()] + list(self._stopped.values())
         if unfinished:
             logger.warning("putting %d unfinished jobs back to waiting", len(unfinished))
             ids, attempts = [c.job_id for c in unfinished], [c.attempts for c in unfinished]
@@ -439,6 +558,8 @@ class Dispatcher:
         await self.backend.store.release_jobs(self.backend.worker_id, job_ids, attempts)
         for job_id in job_ids:
             self._held.pop(job_id, None)
+            self._stopped.pop(job_id, None)
+        self._wake.set()  # their slots are free
 
     async def _retry_or_give_up(self, what: str, operation: Callable[[], Awaitable[None]]) -> None:
         """``operation`` retried for SHUTDOWN_RETRY_SECONDS at most; a worker that gives up says

@@ -52,12 +52,15 @@ class Maintenance:
             await asyncio.sleep(self.settings.heartbeat_interval)
             await service.run(self._beat)
 
-    async def rescue_loop(self, outage: Outage) -> None:
-        """Rescues every (jittered) rescue interval until cancelled."""
+    async def rescue_loop(self, outage: Outage, heartbeating: Callable[[], bool] = lambda: True) -> None:
+        """Rescues every (jittered) rescue interval until cancelled, when ``heartbeating()`` says
+        this worker's own heartbeat is fresh (run_forever's: it beat, less than half the lapse
+        ago; a worker cut off from its start would take itself for lost)."""
         service = Service(outage, "rescuer")
         while True:
             await asyncio.sleep(self.settings.rescue_interval * random.uniform(0.5, 1.0))
-            await service.run(self.rescue)
+            if heartbeating():
+                await service.run(self.rescue)
 
     async def rescue_if_due(self) -> int:
         """Rescues if a rescue interval passed since the last one (pop_job's way)."""
@@ -66,11 +69,13 @@ class Maintenance:
         return await self.rescue()
 
     async def rescue(self) -> int:
-        """Puts back the jobs of lost workers, unless this worker's own heartbeat lapsed (cut off
-        from the database for a while, it would take itself for lost)."""
+        """Puts back the jobs of lost workers, unless this worker's own last heartbeat is older
+        than half the lapse: cut off from the database for a while, it would take itself for lost
+        (the statement may reach the server up to a round trip's deadline, by default half the
+        lapse, after it was sent)."""
         self._last_rescue = time.monotonic()
-        own_lapse = time.monotonic() - self._last_beat()
-        if self._last_beat() > 0 and own_lapse >= self.settings.heartbeat_lapse:
+        own_age = time.monotonic() - self._last_beat()
+        if self._last_beat() > 0 and own_age >= self.settings.heartbeat_lapse / 2:
             return 0
         rescued = await self._rescue()
         if rescued:
