@@ -147,6 +147,7 @@ class Dispatcher:
         self._reconciled = recoveries.count  # outages reconciled after
         self._started = 0.0  # monotonic time run() began
         self._cut_off = False  # no heartbeat for heartbeat_lapse / 2: no claims, jobs stopped
+        self._back_since: float | None = None  # monotonic time it heartbeat again after a cut-off
         self._stopped: dict[uuid.UUID, Claim] = {}  # stopped when cut off, not yet put back
         self._putting_back: set[asyncio.Future[None]] = set()
         self._background: set[asyncio.Future[None]] = set()
@@ -205,7 +206,7 @@ class Dispatcher:
                 async with anyio.create_task_group() as services:
                     services.start_soon(self.listener.run)  # and the heartbeat
                     services.start_soon(self._watch_heartbeat)
-                    services.start_soon(self.backend.maintenance.rescue_loop, self.outage, self._heartbeating)
+                    services.start_soon(self.backend.maintenance.rescue_loop, self.outage, self._may_rescue)
                     services.start_soon(self.recorder.run)
                     services.start_soon(self.scheduler.run)
                     services.start_soon(self.backend.pruner.run, self.outage)
@@ -373,13 +374,28 @@ class Dispatcher:
         age = time.monotonic() - self.backend.last_beat
         return self.backend.registered and not self._cut_off and age < self.settings.heartbeat_lapse / 2
 
+    def _may_rescue(self) -> bool:
+        """Rescue the jobs of workers whose heartbeat lapsed? Only while this worker heartbeats,
+        and not in the first half lapse after it was cut off: the same fault (a database outage,
+        max_connections filled) most likely cut the others off too, and they get that time to
+        heartbeat again (their reconnection is retried at the heartbeat's pace: worker.listener)
+        before their jobs, some finished and their outcomes not yet recorded, are taken for lost."""
+        if not self._heartbeating():
+            return False
+        return self._back_since is None or time.monotonic() - self._back_since >= self.settings.heartbeat_lapse / 2
+
     async def _beat(self, conn: asyncpg.Connection) -> None:
         """The listener's heartbeat, on its connection; a worker cut off claims again."""
         heartbeating = self._heartbeating()
         await self.backend.beat_on(conn)
         if self._cut_off:
             self._cut_off = False
-            logger.warning("worker %s heartbeats again: it claims jobs again", self.backend.worker_id)
+            self._back_since = time.monotonic()
+            logger.warning(
+                "worker %s heartbeats again: it claims jobs again (and rescues others' in %gs)",
+                self.backend.worker_id,
+                self.settings.heartbeat_lapse / 2,
+            )
         if not heartbeating:
             self._wake.set()
 

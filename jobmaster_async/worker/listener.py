@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import asyncpg
 
 from ..db.store import Store
-from .outage import Outage, Service
+from .outage import Backoff, Outage, Service
 from .signals import Signal
 
 __all__ = ("CancelJob", "Listener", "Notification", "SchedulesChanged", "Wake", "parse_notification")
@@ -105,6 +105,8 @@ class Listener:
 
     async def run(self) -> None:
         service = Service(self.outage, "LISTEN connection")
+        if self.beat is not None:  # the heartbeat waits for the connection: retried at its pace
+            service.backoff = Backoff(cap=max(service.backoff.first, self.beat_interval))
         await service.run(lambda: self._listen(service))
 
     async def _listen(self, service: Service) -> None:
