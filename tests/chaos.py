@@ -239,6 +239,20 @@ async def terminate_worker(drain: Drain, deadline: float) -> float | None:
     return time.time() - stopped if code == 0 else None
 
 
+#: The job of a key: (type key, task key, seconds it runs).
+JobOf = Callable[[int], tuple[str, str, float]]
+#: Seconds of the long jobs of exhaust_connections' scenario: running (unrecorded) across the fault.
+LONG_SECONDS = 12.0
+
+
+def _long_and_short_jobs(key: int) -> tuple[str, str, float]:
+    """Every fourth job in a process, the others async; one in 50 of each kind runs LONG_SECONDS
+    (enough to hold most slots when the fault strikes), the others TASK_SECONDS."""
+    if key % 4 == 0:
+        return "heartbeat_tasks", "chaos_run_in_process", LONG_SECONDS if key % 200 == 0 else TASK_SECONDS
+    return "tasks_for_tests", "chaos_run", LONG_SECONDS if key % 50 == 1 else TASK_SECONDS
+
+
 @dataclass(frozen=True)
 class Scenario:
     key: str
@@ -249,8 +263,10 @@ class Scenario:
     doubles_allowed: int = 0
     through_proxy: bool = False
     lapse: str = "20"
-    #: every fourth job a process job (heartbeat_tasks.chaos_run_in_process), the others async
-    process_jobs: bool = False
+    #: the job of each key: (type key, task key, seconds it runs)
+    job: JobOf = lambda key: ("tasks_for_tests", "chaos_run", TASK_SECONDS)
+    #: more options of the workers
+    options: tuple[str, ...] = ()
 
 
 SCENARIOS = (
@@ -263,7 +279,9 @@ SCENARIOS = (
         "exhausted",
         f"max_connections filled and the workers' backends killed for {EXHAUSTED_SECONDS:g} s (async and process jobs)",
         exhaust_connections,
-        process_jobs=True,
+        job=_long_and_short_jobs,
+        # the first worker back would rescue the other's jobs at once if it could
+        options=("--app", "tests.tasks_for_tests,tests.heartbeat_tasks", "--rescue-interval", "1"),
     ),
 )
 
@@ -293,10 +311,9 @@ async def run_scenario(
     out = directory / f"{scenario.key}.txt"
     began = time.time()
     deadline = began + time_limit
-    async with _schema(server.dsn, jobs, out, scenario.process_jobs) as jm, Proxy(server.dsn) as proxy:
+    async with _schema(server.dsn, jobs, out, scenario.job) as jm, Proxy(server.dsn) as proxy:
         dsn = proxy.dsn if scenario.through_proxy else server.dsn
-        apps = ("--app", "tests.tasks_for_tests,tests.heartbeat_tasks") if scenario.process_jobs else ()
-        options = (*WORKER_OPTIONS, "--heartbeat-lapse", scenario.lapse, *apps)
+        options = (*WORKER_OPTIONS, "--heartbeat-lapse", scenario.lapse, *scenario.options)
         with _workers(dsn, jm.schema, options, directory / scenario.key) as workers:
             drain = Drain(server, proxy, jm, jobs, out, workers)
 
@@ -333,17 +350,20 @@ async def run_scenario(
 
 
 @asynccontextmanager
-async def _schema(dsn: str, jobs: int, out: Path, process_jobs: bool = False) -> AsyncIterator[JobMaster]:
-    """A schema of its own with the jobs inserted (every fourth a process job, with
-    ``process_jobs``); dropped afterwards."""
+async def _schema(dsn: str, jobs: int, out: Path, job: JobOf) -> AsyncIterator[JobMaster]:
+    """A schema of its own with the jobs inserted in the order of their keys (``job`` says each
+    key's); dropped afterwards."""
     schema = f"chaos_{uuid.uuid4().hex[:8]}"
     async with JobMaster(dsn, schema=schema) as jm:
         await jm.deploy()
-        arguments = [{"path": str(out), "key": key, "seconds": TASK_SECONDS} for key in range(jobs)]
-        if process_jobs:
-            await jm.insert_jobs("heartbeat_tasks", "chaos_run_in_process", 1, arguments[::4])
-            arguments = [a for i, a in enumerate(arguments) if i % 4]
-        await jm.insert_jobs("tasks_for_tests", "chaos_run", 1, arguments)
+        batches: list[tuple[str, str, list[dict[str, object]]]] = []  # runs of keys of one task
+        for key in range(jobs):
+            type_key, task_key, seconds = job(key)
+            if not batches or batches[-1][:2] != (type_key, task_key):
+                batches.append((type_key, task_key, []))
+            batches[-1][2].append({"path": str(out), "key": key, "seconds": seconds})
+        for type_key, task_key, arguments in batches:
+            await jm.insert_jobs(type_key, task_key, 1, arguments)
         try:
             yield jm
         finally:
