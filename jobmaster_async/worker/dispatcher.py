@@ -9,13 +9,15 @@ It never dies of the database: every service retries database faults (db.faults)
 and the worker reports an outage once (worker.outage). Only a bug of ours ends it, with its
 traceback.
 
+After an outage it reconciles: jobs the database says it holds but it does not know of (a claim
+committed whose answer was lost, an outcome a crashed server lost) go back to waiting.
+
 It heartbeats on the LISTEN connection (worker.listener), never through the pool. A worker that
 could not heartbeat for half its ``heartbeat_lapse`` stops claiming, cancels its async jobs,
 kills its process jobs and puts them back as soon as it can: others may rescue them once the
 lapse passed, and none of them may be running here then. Thread jobs cannot be stopped: they run
 on, and may run twice if the worker stays cut off past the lapse. It claims again once a
-heartbeat is recorded. After an outage it reconciles: jobs the database says it holds but it does not know
-of (a claim committed whose answer was lost, an outcome a crashed server lost) go back to waiting.
+heartbeat is recorded.
 """
 
 from __future__ import annotations
