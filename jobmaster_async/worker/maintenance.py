@@ -69,13 +69,11 @@ class Maintenance:
         return await self.rescue()
 
     async def rescue(self) -> int:
-        """Puts back the jobs of lost workers, unless this worker's own last heartbeat is older
-        than half the lapse: cut off from the database for a while, it would take itself for lost
-        (the statement may reach the server up to a round trip's deadline, by default half the
-        lapse, after it was sent)."""
+        """Puts back the jobs of lost workers, unless this worker's own heartbeat lapsed (cut off
+        from the database for a while, it would take itself for lost)."""
         self._last_rescue = time.monotonic()
-        own_age = time.monotonic() - self._last_beat()
-        if self._last_beat() > 0 and own_age >= self.settings.heartbeat_lapse / 2:
+        own_lapse = time.monotonic() - self._last_beat()
+        if self._last_beat() > 0 and own_lapse >= self.settings.heartbeat_lapse:
             return 0
         rescued = await self._rescue()
         if rescued:
