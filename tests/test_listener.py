@@ -58,16 +58,16 @@ async def test_notifications_arrive_and_listening_survives_a_killed_connection(
 async def test_the_worker_heartbeats_on_the_listen_connection_while_its_pool_is_starved(
     dsn: str, schema_name: str, conn: asyncpg.Connection, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """The pool's only connection is held (by a statement of the app, say) for more than a
-    lapse: the worker heartbeats on, is never cut off, and its running job is not rescued."""
-    lapse = {"heartbeat_interval": 0.1, "heartbeat_lapse": 1.0, "poll_interval": 3600, "pool_size": 1}
+    """The pool's only connection is held (by a statement of the app, say) for two lapses: the
+    worker heartbeats on, is never cut off, and its running job is not rescued."""
+    lapse = {"heartbeat_interval": 0.1, "heartbeat_lapse": 3.0, "poll_interval": 3600, "pool_size": 1}
     async with deployed(dsn, schema_name, **lapse) as master, worker(master, concurrency=2):
         job_id = await master.insert_job("tasks_for_tests", "sleepy", 1, {"seconds": 60})
         await within(master.claimed.wait_for(1), "the job to start")
         async with master.store.acquire():  # the pool is empty now
             beats = master.worker.beats.count
-            # three lapses' worth of heartbeats (30 intervals), none through the pool
-            await within(master.worker.beats.wait_for(beats + 30), "heartbeats while the pool is starved")
+            # two lapses' worth of heartbeats (60 intervals), none through the pool
+            await within(master.worker.beats.wait_for(beats + 60), "heartbeats while the pool is starved")
             age = await conn.fetchval(
                 f"SELECT extract(epoch FROM now() - heartbeat_at) FROM {quote_identifier(schema_name)}.workers"
                 " WHERE worker_id = $1",
