@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import random
 import signal
 import subprocess
@@ -26,6 +27,7 @@ from typing import IO
 
 import asyncpg
 
+import tests.heartbeat_tasks  # registers chaos_run_in_process for the deploy
 import tests.tasks_for_tests  # noqa: F401  (registers chaos_run for the deploy)
 from jobmaster_async import JobMaster
 from jobmaster_async.cli.embedded import TemporaryServer, temporary_server
@@ -200,10 +202,55 @@ async def black_hole(drain: Drain, deadline: float) -> float | None:
     return await drain.recovery_after(time.time(), deadline)
 
 
+#: How long exhaust_connections keeps max_connections filled: past the lapse of its scenario.
+EXHAUSTED_SECONDS = 25.0
+#: The workers' backends: every jobmaster_async connection but this process's own.
+KILL_WORKERS = """
+    SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
+     WHERE application_name LIKE 'jobmaster_async:%' AND application_name <> $1
+"""
+
+
+async def exhaust_connections(drain: Drain, deadline: float) -> float | None:
+    """``max_connections`` filled (by superuser connections, reserved slots included) and the
+    workers' backends terminated, for EXHAUSTED_SECONDS: nobody can heartbeat, claim or record.
+    Killed and filled again every 0.1 s, so that a connection a worker gets in between is short-
+    lived. Every filler is closed at the end."""
+    fillers: list[asyncpg.Connection] = []
+    own = f"jobmaster_async:{os.getpid()}"
+    settings = {"application_name": "chaos_filler"}
+    try:
+        end = time.time() + EXHAUSTED_SECONDS
+        while time.time() < end:
+            with contextlib.suppress(asyncpg.TooManyConnectionsError):
+                while True:  # as many as the server takes
+                    fillers.append(await asyncpg.connect(drain.server.dsn, server_settings=settings))
+            if fillers:
+                await fillers[0].fetchval(KILL_WORKERS, own)
+            await asyncio.sleep(0.1)
+    finally:
+        await asyncio.gather(*(c.close(timeout=5) for c in fillers), return_exceptions=True)
+    return await drain.recovery_after(time.time(), deadline)
+
+
 async def terminate_worker(drain: Drain, deadline: float) -> float | None:
     """One worker sent SIGTERM; recovery: until it exited (its jobs finished or put back)."""
     _, code, stopped = await drain.end_worker(signal.SIGTERM, deadline)
     return time.time() - stopped if code == 0 else None
+
+
+#: The job of a key: (type key, task key, seconds it runs).
+JobOf = Callable[[int], tuple[str, str, float]]
+#: Seconds of the long jobs of exhaust_connections' scenario: running (unrecorded) across the fault.
+LONG_SECONDS = 12.0
+
+
+def _long_and_short_jobs(key: int) -> tuple[str, str, float]:
+    """Every fourth job in a process, the others async; one in 50 of each kind runs LONG_SECONDS
+    (enough to hold most slots when the fault strikes), the others TASK_SECONDS."""
+    if key % 4 == 0:
+        return "heartbeat_tasks", "chaos_run_in_process", LONG_SECONDS if key % 200 == 0 else TASK_SECONDS
+    return "tasks_for_tests", "chaos_run", LONG_SECONDS if key % 50 == 1 else TASK_SECONDS
 
 
 @dataclass(frozen=True)
@@ -216,6 +263,10 @@ class Scenario:
     doubles_allowed: int = 0
     through_proxy: bool = False
     lapse: str = "20"
+    #: the job of each key: (type key, task key, seconds it runs)
+    job: JobOf = lambda key: ("tasks_for_tests", "chaos_run", TASK_SECONDS)
+    #: more options of the workers
+    options: tuple[str, ...] = ()
 
 
 SCENARIOS = (
@@ -224,6 +275,14 @@ SCENARIOS = (
     Scenario("sigkill", "SIGKILL of one worker", kill_worker, CONCURRENCY, lapse="4"),
     Scenario("blackhole", f"network black-holed for {BLACK_HOLE_SECONDS:g} s", black_hole, through_proxy=True),
     Scenario("sigterm", "SIGTERM of one worker", terminate_worker),
+    Scenario(
+        "exhausted",
+        f"max_connections filled and the workers' backends killed for {EXHAUSTED_SECONDS:g} s (async and process jobs)",
+        exhaust_connections,
+        job=_long_and_short_jobs,
+        # the first worker back would rescue the other's jobs at once if it could
+        options=("--app", "tests.tasks_for_tests,tests.heartbeat_tasks", "--rescue-interval", "1"),
+    ),
 )
 
 
@@ -252,9 +311,9 @@ async def run_scenario(
     out = directory / f"{scenario.key}.txt"
     began = time.time()
     deadline = began + time_limit
-    async with _schema(server.dsn, jobs, out) as jm, Proxy(server.dsn) as proxy:
+    async with _schema(server.dsn, jobs, out, scenario.job) as jm, Proxy(server.dsn) as proxy:
         dsn = proxy.dsn if scenario.through_proxy else server.dsn
-        options = (*WORKER_OPTIONS, "--heartbeat-lapse", scenario.lapse)
+        options = (*WORKER_OPTIONS, "--heartbeat-lapse", scenario.lapse, *scenario.options)
         with _workers(dsn, jm.schema, options, directory / scenario.key) as workers:
             drain = Drain(server, proxy, jm, jobs, out, workers)
 
@@ -291,13 +350,20 @@ async def run_scenario(
 
 
 @asynccontextmanager
-async def _schema(dsn: str, jobs: int, out: Path) -> AsyncIterator[JobMaster]:
-    """A schema of its own with the jobs inserted; dropped afterwards."""
+async def _schema(dsn: str, jobs: int, out: Path, job: JobOf) -> AsyncIterator[JobMaster]:
+    """A schema of its own with the jobs inserted in the order of their keys (``job`` says each
+    key's); dropped afterwards."""
     schema = f"chaos_{uuid.uuid4().hex[:8]}"
     async with JobMaster(dsn, schema=schema) as jm:
         await jm.deploy()
-        arguments = [{"path": str(out), "key": key, "seconds": TASK_SECONDS} for key in range(jobs)]
-        await jm.insert_jobs("tasks_for_tests", "chaos_run", 1, arguments)
+        batches: list[tuple[str, str, list[dict[str, object]]]] = []  # runs of keys of one task
+        for key in range(jobs):
+            type_key, task_key, seconds = job(key)
+            if not batches or batches[-1][:2] != (type_key, task_key):
+                batches.append((type_key, task_key, []))
+            batches[-1][2].append({"path": str(out), "key": key, "seconds": seconds})
+        for type_key, task_key, arguments in batches:
+            await jm.insert_jobs(type_key, task_key, 1, arguments)
         try:
             yield jm
         finally:

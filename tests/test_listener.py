@@ -6,11 +6,14 @@ import asyncio
 import uuid
 
 import asyncpg
+import pytest
 
 from jobmaster_async import JobMaster
+from jobmaster_async.db.sql import quote_identifier
 from jobmaster_async.worker.listener import CancelJob, Listener, Notification, Wake, parse_notification
 from jobmaster_async.worker.outage import Outage
 from jobmaster_async.worker.signals import Signal
+from tests.conftest import deployed, worker
 from tests.polling import within
 
 
@@ -50,3 +53,28 @@ async def test_notifications_arrive_and_listening_survives_a_killed_connection(
     finally:
         running.cancel()
         await asyncio.gather(running, return_exceptions=True)
+
+
+async def test_the_worker_heartbeats_on_the_listen_connection_while_its_pool_is_starved(
+    dsn: str, schema_name: str, conn: asyncpg.Connection, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The pool's only connection is held (by a statement of the app, say) for two lapses: the
+    worker heartbeats on, is never cut off, and its running job is not rescued."""
+    lapse = {"heartbeat_interval": 0.1, "heartbeat_lapse": 3.0, "poll_interval": 3600, "pool_size": 1}
+    async with deployed(dsn, schema_name, **lapse) as master, worker(master, concurrency=2):
+        job_id = await master.insert_job("tasks_for_tests", "sleepy", 1, {"seconds": 60})
+        await within(master.claimed.wait_for(1), "the job to start")
+        async with master.store.acquire():  # the pool is empty now
+            beats = master.worker.beats.count
+            # two lapses' worth of heartbeats (60 intervals), none through the pool
+            await within(master.worker.beats.wait_for(beats + 60), "heartbeats while the pool is starved")
+            age = await conn.fetchval(
+                f"SELECT extract(epoch FROM now() - heartbeat_at) FROM {quote_identifier(schema_name)}.workers"
+                " WHERE worker_id = $1",
+                master.worker_id,
+            )
+            assert age < lapse["heartbeat_lapse"]
+        job = await master.get_job(job_id)
+        assert job is not None and job.status == "running" and job.rescues == 0
+        assert not any("could not heartbeat" in r.getMessage() for r in caplog.records)
+        await master.cancel(job_id)

@@ -69,3 +69,31 @@ async def test_the_heartbeat_loop_beats_every_interval() -> None:
     finally:
         running.cancel()
         await asyncio.gather(running, return_exceptions=True)
+
+
+async def test_the_rescue_loop_rescues_only_while_the_worker_may() -> None:
+    """run_forever's rescue loop asks first: not while its own heartbeat is stale, nor in the half
+    lapse after it was cut off (worker.dispatcher)."""
+    asked, rescues = Signal(), Signal()
+    allowed = False
+
+    def may_rescue() -> bool:
+        asked.fire()
+        return allowed
+
+    async def rescue() -> int:
+        rescues.fire()
+        return 0
+
+    async def beat() -> None: ...
+
+    maintenance = Maintenance(Settings(rescue_interval=0.01), beat, rescue, lambda: 0.0)
+    running = asyncio.create_task(maintenance.rescue_loop(Outage(Signal(), Signal()), may_rescue))
+    try:
+        await within(asked.wait_for(3), "the loop to ask three times")
+        assert rescues.count == 0
+        allowed = True
+        await within(rescues.wait_for(1), "a rescue once allowed")
+    finally:
+        running.cancel()
+        await asyncio.gather(running, return_exceptions=True)

@@ -14,6 +14,8 @@ import time
 import uuid
 from collections.abc import Sequence
 
+import asyncpg
+
 from .. import tracing
 from ..db.store import Store
 from ..jobs import Job, JobStatus, PoppedJob
@@ -50,6 +52,10 @@ class WorkerBackend:
         self._definitions: dict[int, TaskDefinition] | None = None  # task_id -> definition
         self.registered = False
         self.last_beat = 0.0  # monotonic time of the last heartbeat recorded
+        #: heartbeats recorded
+        self.beats = Signal()
+        #: run_forever heartbeats on its LISTEN connection (worker.listener): claims do not beat
+        self.beats_elsewhere = False
         self._units_in_use = 0
         self.popped = 0  # jobs popped and not yet executed
         self._heartbeat: asyncio.Task[None] | None = None
@@ -103,17 +109,32 @@ class WorkerBackend:
         return ids
 
     async def beat(self) -> None:
-        """Records this worker's heartbeat (registering it on first use)."""
+        """Records this worker's heartbeat (registering it on first use), through the pool (the
+        pop_job path; run_forever beats on its LISTEN connection: beat_on)."""
         await self.store.heartbeat(self.worker_id, self.node, os.getpid(), self.settings.heartbeat_lapse)
+        self._beaten()
+
+    async def beat_on(self, conn: asyncpg.Connection) -> None:
+        """Records this worker's heartbeat on ``conn``, a connection of its own (run_forever's
+        LISTEN connection), within the round trip's deadline."""
+        lapse = self.settings.heartbeat_lapse
+        await conn.execute(
+            self.store.sql["heartbeat"], self.worker_id, self.node, os.getpid(), lapse, timeout=self.store.timeout
+        )
+        self._beaten()
+
+    def _beaten(self) -> None:
         self.registered = True
         self.last_beat = time.monotonic()
+        self.beats.fire()
 
     async def claim(self, limit: int, units: int) -> list[Claim]:
         """Claims up to ``limit`` runnable jobs within ``units`` free process units."""
         task_ids = await self.claimable_task_ids()
         if not task_ids or limit <= 0:
             return []
-        if not self.registered or time.monotonic() - self.last_beat > self.settings.heartbeat_interval:
+        stale = not self.registered or time.monotonic() - self.last_beat > self.settings.heartbeat_interval
+        if stale and not self.beats_elsewhere:
             await self.beat()  # a fresh heartbeat before holding jobs: never claimed by a 'dead' worker
         rows = await self.store.claim(self.worker_id, task_ids, limit, units)
         definitions = await self.definitions()

@@ -7,8 +7,17 @@ retention (worker.pruner).
 
 It never dies of the database: every service retries database faults (db.faults) with backoff,
 and the worker reports an outage once (worker.outage). Only a bug of ours ends it, with its
-traceback. After an outage it reconciles: jobs the database says it holds but it does not know
-of (a claim committed whose answer was lost, an outcome a crashed server lost) go back to waiting.
+traceback.
+
+After an outage it reconciles: jobs the database says it holds but it does not know of (a claim
+committed whose answer was lost, an outcome a crashed server lost) go back to waiting.
+
+It heartbeats on the LISTEN connection (worker.listener), never through the pool. A worker that
+could not heartbeat for half its ``heartbeat_lapse`` stops claiming, cancels its async jobs,
+kills its process jobs and puts them back as soon as it can: others may rescue them once the
+lapse passed, and none of them may be running here then. Thread jobs cannot be stopped: they run
+on, and may run twice if the worker stays cut off past the lapse. It claims again once a
+heartbeat is recorded.
 """
 
 from __future__ import annotations
@@ -25,6 +34,7 @@ from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 import anyio
+import asyncpg
 
 from .. import tracing
 from ..db.faults import database_fault
@@ -51,6 +61,8 @@ SHUTDOWN_RETRY_SECONDS = 10.0
 #: Seconds an idle dispatcher sleeps past the earliest due time it knows of (timers may fire a
 #: hair early; too early costs one more claim, no correctness).
 DUE_MARGIN = 0.001
+#: The claiming service's name, as the outage knows it.
+CLAIMING = "claiming jobs"
 #: Seconds before claiming again when the last claim saw claimable jobs it could not take (held
 #: by other claimers, or by a process_limit).
 CONTENDED = 0.005
@@ -65,7 +77,12 @@ class Backend(Protocol):
     threads: DaemonThreadPool
     maintenance: Maintenance
     pruner: Pruner
+    registered: bool
+    last_beat: float
+    beats: Signal
+    beats_elsewhere: bool
 
+    async def beat_on(self, conn: asyncpg.Connection) -> None: ...
     async def claim(self, limit: int, units: int) -> list[Claim]: ...
     async def record(self, outcomes: Sequence[tuple[Claim, Outcome]]) -> set[uuid.UUID]: ...
     async def claimable_task_ids(self) -> list[int]: ...
@@ -118,7 +135,12 @@ class Dispatcher:
             probe=backend.store.probe,
         )
         self.listener = Listener(
-            backend.store, self.outage, self._on_notification, self.settings.connection_timeout / 2
+            backend.store,
+            self.outage,
+            self._on_notification,
+            self.settings.connection_timeout / 2,
+            beat=self._beat,
+            beat_interval=self.settings.heartbeat_interval,
         )
         self.recorder = Recorder(backend.record, self.outage, self._on_recorded)
         self.scheduler = Scheduler(backend.store.ticks, backend.registered_task_ids, self.outage)
@@ -131,6 +153,11 @@ class Dispatcher:
         self._held_slots = 0  # slots of abandoned threads still running
         self._held_units = 0
         self._reconciled = recoveries.count  # outages reconciled after
+        self._started = 0.0  # monotonic time run() began
+        self._cut_off = False  # no heartbeat for heartbeat_lapse / 2: no claims, jobs stopped
+        self._back_since: float | None = None  # monotonic time it heartbeat again after a cut-off
+        self._stopped: dict[uuid.UUID, Claim] = {}  # stopped when cut off, not yet put back
+        self._putting_back: set[asyncio.Future[None]] = set()
         self._background: set[asyncio.Future[None]] = set()
         self._loop: asyncio.AbstractEventLoop  # the running loop, from run() on
 
@@ -152,14 +179,21 @@ class Dispatcher:
         self.scheduler.reload()
 
     def _suspect_connections(self) -> None:
-        """An outage began: close the idle connections, ping the LISTEN one now."""
+        """An outage began: close the idle connections, ping the LISTEN one now, and claim: the
+        outage lasts until a claim went through too (a claim on a connection the fault cut may be
+        under way, and the LISTEN connection alone comes back at once)."""
         self.backend.store.discard_idle_connections()
         self.listener.check_now()
+        self.outage.failed(CLAIMING, ConnectionError("an outage began: claiming is suspect until a claim succeeds"))
+        self._wake.set()
 
     def _free_slots(self) -> tuple[int, int]:
-        units = sum(c.definition.process_units for _, c in self._running.values()) + self._held_units
+        """Slots and units not taken. A slot is taken from the claim until the job's outcome is
+        recorded (or the job is put back): the database never sees more jobs ``running`` for this
+        worker than its concurrency, even while finished jobs wait for their batch."""
+        units = sum(c.definition.process_units for c in self._held.values()) + self._held_units
         return (
-            self.options.concurrency - len(self._running) - self._held_slots,
+            self.options.concurrency - len(self._held) - self._held_slots,
             self.settings.system_process_units - units,
         )
 
@@ -167,6 +201,8 @@ class Dispatcher:
 
     async def run(self) -> None:
         self._loop = asyncio.get_running_loop()
+        self._started = time.monotonic()
+        self.backend.beats_elsewhere = True
         logger.info(
             "worker %s started (concurrency %d, schema %s)",
             self.backend.worker_id,
@@ -176,9 +212,9 @@ class Dispatcher:
         with self._signals_handled():
             try:
                 async with anyio.create_task_group() as services:
-                    services.start_soon(self.listener.run)
-                    services.start_soon(self.backend.maintenance.heartbeat_loop, self.outage)
-                    services.start_soon(self.backend.maintenance.rescue_loop, self.outage)
+                    services.start_soon(self.listener.run)  # and the heartbeat
+                    services.start_soon(self._watch_heartbeat)
+                    services.start_soon(self.backend.maintenance.rescue_loop, self.outage, self._may_rescue)
                     services.start_soon(self.recorder.run)
                     services.start_soon(self.scheduler.run)
                     services.start_soon(self.backend.pruner.run, self.outage)
@@ -195,10 +231,11 @@ class Dispatcher:
             finally:
                 with anyio.CancelScope(shield=True):
                     await self._shutdown()
+                self.backend.beats_elsewhere = False
                 logger.info("worker %s stopped", self.backend.worker_id)
 
     async def _dispatch_loop(self) -> None:
-        claiming = Service(self.outage, "claiming jobs")
+        claiming = Service(self.outage, CLAIMING)
         while not self._stopping:
             self._wake.clear()
             try:
@@ -214,6 +251,8 @@ class Dispatcher:
     async def _claim_into_free_slots(self) -> float | None:
         """Claims jobs for the free slots; returns how long to wait for a wake-up (0: claim again
         at once, there may be more; None: until a slot frees)."""
+        if not self._heartbeating():
+            return None  # woken by the next heartbeat
         if self._reconciled != self.outage.ended.count:
             await self._reconcile()
         slots, units = self._free_slots()
@@ -222,6 +261,8 @@ class Dispatcher:
         claims = await self.backend.claim(slots, units)
         for claim in claims:
             self._start(claim)
+        if self._cut_off:  # while the claim was on its way
+            self._stop_jobs(claims)
         if claims:
             self.claimed.fire(len(claims))
         if len(claims) == slots:
@@ -302,8 +343,7 @@ class Dispatcher:
         if span is not None:
             span.end(outcome_name(claim, outcome, backoff), outcome.error_type, outcome.message, outcome.traceback)
         self.recorder.add(claim, outcome)
-        self._running.pop(claim.job_id, None)
-        self._wake.set()
+        self._running.pop(claim.job_id, None)  # its slot frees once the outcome is recorded
         log_outcome(claim, outcome, time.monotonic() - started, backoff)
 
     def _hold_slot(self, claim: Claim, future: asyncio.Future[Any]) -> None:
@@ -333,6 +373,100 @@ class Dispatcher:
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
+    # -- the heartbeat -------------------------------------------------------------------------
+
+    def _heartbeating(self) -> bool:
+        """May this worker claim? Only while its last heartbeat is younger than half its lapse:
+        a job it claimed would not be rescued by another before this worker noticed being cut
+        off and stopped it."""
+        age = time.monotonic() - self.backend.last_beat
+        return self.backend.registered and not self._cut_off and age < self.settings.heartbeat_lapse / 2
+
+    def _may_rescue(self) -> bool:
+        """Rescue the jobs of workers whose heartbeat lapsed? Only while this worker heartbeats,
+        and not in the first half lapse after it was cut off: the same fault (a database outage,
+        max_connections filled) most likely cut the others off too, and they get that time to
+        heartbeat again (their reconnection is retried at the heartbeat's pace: worker.listener)
+        before their jobs, some finished and their outcomes not yet recorded, are taken for lost."""
+        if not self._heartbeating():
+            return False
+        return self._back_since is None or time.monotonic() - self._back_since >= self.settings.heartbeat_lapse / 2
+
+    async def _beat(self, conn: asyncpg.Connection) -> None:
+        """The listener's heartbeat, on its connection; a worker cut off claims again."""
+        heartbeating = self._heartbeating()
+        await self.backend.beat_on(conn)
+        if self._cut_off:
+            self._cut_off = False
+            self._back_since = time.monotonic()
+            logger.warning(
+                "worker %s heartbeats again: it claims jobs again (and rescues others' in %gs)",
+                self.backend.worker_id,
+                self.settings.heartbeat_lapse / 2,
+            )
+        if not heartbeating:
+            self._wake.set()
+
+    async def _watch_heartbeat(self) -> None:
+        """Stops the jobs that can be stopped once no heartbeat was recorded for half the lapse
+        (since the last one, or since the start)."""
+        half = self.settings.heartbeat_lapse / 2
+        beats = self.backend.beats
+        while True:
+            if self._cut_off:
+                await beats.wait_for(beats.count + 1)
+                continue
+            since = max(self.backend.last_beat, self._started)
+            left = since + half - time.monotonic()
+            if left > 0:
+                await asyncio.sleep(left)
+                continue
+            self._cut_off = True
+            running = [claim for _, claim in self._running.values()]
+            threads = sum(1 for claim in running if _in_thread(claim))
+            in_async = sum(1 for claim in running if claim.definition.is_async)
+            logger.warning(
+                "worker %s could not heartbeat for %.1fs (half its heartbeat_lapse of %gs): it stops claiming, "
+                "cancels its %d async jobs and kills its %d process jobs, and puts them back as soon as it "
+                "can; %d thread jobs run on (a thread cannot be stopped: they run twice if another worker "
+                "rescues them once the lapse passed)",
+                self.backend.worker_id,
+                time.monotonic() - since,
+                self.settings.heartbeat_lapse,
+                in_async,
+                len(running) - threads - in_async,
+                threads,
+            )
+            self._stop_jobs(running)
+
+    def _stop_jobs(self, claims: list[Claim]) -> None:
+        """Cancels the async jobs among ``claims`` and kills the process ones (a cancelled
+        process job's process is killed: worker.executors), then puts them back."""
+        stopping = []
+        for claim in claims:
+            running = self._running.get(claim.job_id)
+            if running is not None and not _in_thread(claim):
+                running[0].cancel()
+                stopping.append(running)
+        if stopping:
+            task = asyncio.ensure_future(self._put_back(stopping))
+            self._putting_back.add(task)
+            task.add_done_callback(self._putting_back.discard)
+
+    async def _put_back(self, stopping: list[tuple[asyncio.Task[None], Claim]]) -> None:
+        """Once the jobs stopped, puts those that ended without an outcome back to waiting, retried
+        until the database answers (a job rescued meanwhile is no longer this worker's: fencing
+        leaves it alone). Their slots stay taken until then."""
+        await asyncio.wait([task for task, _ in stopping])
+        stopped = [claim for task, claim in stopping if task.cancelled()]
+        for claim in stopped:
+            self._running.pop(claim.job_id, None)
+            self._stopped[claim.job_id] = claim
+        if stopped:
+            ids, attempts = [c.job_id for c in stopped], [c.attempts for c in stopped]
+            await Service(self.outage, "putting stopped jobs back").run(lambda: self._release(ids, attempts))
+            logger.info("%d jobs stopped while this worker could not heartbeat are back to waiting", len(stopped))
+
     # -- notifications and recorded outcomes ---------------------------------------------------
 
     def _on_notification(self, notification: Notification) -> None:
@@ -350,6 +484,7 @@ class Dispatcher:
         for claim in claims:
             self._held.pop(claim.job_id, None)
         self.finished.fire(len(claims))
+        self._wake.set()  # their slots are free
 
     # -- signals ---------------------------------------------------------------------------------
 
@@ -386,8 +521,12 @@ class Dispatcher:
         outcome, and forgets this worker."""
         self._stopping = True
         self._stop_requested.set()
+        for task in self._putting_back:  # their jobs are put back below
+            task.cancel()
+        if self._putting_back:
+            await asyncio.wait(self._putting_back)
         async with anyio.create_task_group() as keepalive:
-            keepalive.start_soon(self.backend.maintenance.heartbeat_loop, self.outage)
+            keepalive.start_soon(self.listener.run)  # and the heartbeat
             keepalive.start_soon(self.recorder.run)
             await self._finish_running_jobs()
             await self._until_exiting(self._background)  # abandoned threads: their marks
@@ -420,7 +559,8 @@ class Dispatcher:
             task.cancel()
         if leftover:
             await asyncio.wait(leftover)
-        unfinished = [claim for _, claim in self._running.values()]  # cancelled: no outcome
+        # cancelled: no outcome (and those stopped when cut off, not yet put back)
+        unfinished = [claim for _, claim in self._running.values()] + list(self._stopped.values())
         if unfinished:
             logger.warning("putting %d unfinished jobs back to waiting", len(unfinished))
             ids, attempts = [c.job_id for c in unfinished], [c.attempts for c in unfinished]
@@ -442,6 +582,8 @@ class Dispatcher:
         await self.backend.store.release_jobs(self.backend.worker_id, job_ids, attempts)
         for job_id in job_ids:
             self._held.pop(job_id, None)
+            self._stopped.pop(job_id, None)
+        self._wake.set()  # their slots are free
 
     async def _retry_or_give_up(self, what: str, operation: Callable[[], Awaitable[None]]) -> None:
         """``operation`` retried for SHUTDOWN_RETRY_SECONDS at most; a worker that gives up says

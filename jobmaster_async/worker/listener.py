@@ -8,6 +8,12 @@ Payloads are parsed into typed notifications here; nothing else looks at their t
 A lost connection is reopened with backoff (an outage of the worker, reported once). An idle one
 is pinged, so that a connection cut without a TCP reset is noticed within the deadline; after an
 outage the dispatcher is woken, to catch up on what was notified while nobody listened.
+
+The worker's heartbeat goes on this connection too (``beat``, every ``beat_interval``, and first
+of all on each new connection), never through the pool: a pool starved of connections (by the
+worker's own statements, or ``max_connections`` filled by others) must not make a live worker
+look lost. The loop below is the connection's only user, so the heartbeat and the pings never
+overlap.
 """
 
 from __future__ import annotations
@@ -15,12 +21,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
+import asyncpg
+
 from ..db.store import Store
-from .outage import Outage, Service
+from .outage import Backoff, Outage, Service
 from .signals import Signal
 
 __all__ = ("CancelJob", "Listener", "Notification", "SchedulesChanged", "Wake", "parse_notification")
@@ -63,9 +72,14 @@ def parse_notification(payload: str) -> Notification | None:
     return None
 
 
+#: Sends the worker's heartbeat on the given connection.
+Beat = Callable[[asyncpg.Connection], Awaitable[None]]
+
+
 class Listener:
     """Runs until cancelled; calls ``on_notification`` for each notification (and a ``Wake``
-    each time it starts listening). ``listening`` counts the times it started listening."""
+    each time it starts listening). ``listening`` counts the times it started listening. With
+    ``beat``, it heartbeats on its connection: on connecting, then every ``beat_interval``."""
 
     def __init__(
         self,
@@ -73,11 +87,15 @@ class Listener:
         outage: Outage,
         on_notification: Callable[[Notification], None],
         ping_interval: float,
+        beat: Beat | None = None,
+        beat_interval: float = 5.0,
     ) -> None:
         self.store = store
         self.outage = outage
         self.on_notification = on_notification
         self.ping_interval = ping_interval
+        self.beat = beat
+        self.beat_interval = beat_interval
         self.listening = Signal()
         self._check = asyncio.Event()
 
@@ -87,6 +105,8 @@ class Listener:
 
     async def run(self) -> None:
         service = Service(self.outage, "LISTEN connection")
+        if self.beat is not None:  # the heartbeat waits for the connection: retried at its pace
+            service.backoff = Backoff(cap=max(service.backoff.first, self.beat_interval))
         await service.run(lambda: self._listen(service))
 
     async def _listen(self, service: Service) -> None:
@@ -96,6 +116,9 @@ class Listener:
         lost = self._check
         conn.add_termination_listener(lambda _c: lost.set())
         try:
+            if self.beat is not None:
+                await self.beat(conn)  # first of all: the worker claims only once it heartbeats
+            next_beat = time.monotonic() + self.beat_interval
             async with asyncio.timeout(deadline):  # add_listener takes no timeout
                 await conn.add_listener(self.store.sql.channel, self._on_notify)
             service.ok()
@@ -103,9 +126,17 @@ class Listener:
             self.on_notification(Wake())  # catch up on anything notified while we were not listening
             while True:
                 lost.clear()
+                wait = deadline
+                if self.beat is not None:
+                    wait = max(0.0, min(wait, next_beat - time.monotonic()))
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(lost.wait(), deadline)
-                await conn.execute("SELECT 1", timeout=deadline)  # raises once the connection is lost
+                    await asyncio.wait_for(lost.wait(), wait)
+                # either raises once the connection is lost; a heartbeat is a ping too
+                if self.beat is not None and time.monotonic() >= next_beat:
+                    await self.beat(conn)
+                    next_beat = time.monotonic() + self.beat_interval
+                else:
+                    await conn.execute("SELECT 1", timeout=deadline)
         finally:
             conn.terminate()
 

@@ -52,12 +52,15 @@ class Maintenance:
             await asyncio.sleep(self.settings.heartbeat_interval)
             await service.run(self._beat)
 
-    async def rescue_loop(self, outage: Outage) -> None:
-        """Rescues every (jittered) rescue interval until cancelled."""
+    async def rescue_loop(self, outage: Outage, heartbeating: Callable[[], bool] = lambda: True) -> None:
+        """Rescues every (jittered) rescue interval until cancelled, when ``heartbeating()`` says
+        this worker's own heartbeat is fresh (run_forever's: it beat, less than half the lapse
+        ago; a worker cut off from its start would take itself for lost)."""
         service = Service(outage, "rescuer")
         while True:
             await asyncio.sleep(self.settings.rescue_interval * random.uniform(0.5, 1.0))
-            await service.run(self.rescue)
+            if heartbeating():
+                await service.run(self.rescue)
 
     async def rescue_if_due(self) -> int:
         """Rescues if a rescue interval passed since the last one (pop_job's way)."""
