@@ -85,6 +85,7 @@ class JobMaster:
         rescue_interval: float | None = None,
         retention: timedelta | None = DEFAULT_RETENTION,
         prune_interval: float | None = None,
+        max_result_bytes: int | None = None,
     ) -> None:
         if db_engine is None:
             db_engine = os.environ.get("JOBMASTER_DSN")
@@ -109,6 +110,7 @@ class JobMaster:
             connection_timeout=connection_timeout,
             rescue_interval=rescue_interval,
             prune_interval=prune_interval,
+            max_result_bytes=max_result_bytes,
         )
         #: how long finished jobs are kept after they finished, for the tasks that set no
         #: retention of their own (None: forever); deploy() stores it per task

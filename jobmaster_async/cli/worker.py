@@ -75,6 +75,11 @@ OUTCOME_LOGGER = "jobmaster_async.worker.outcomes"
     help="Seconds between background prunings of finished jobs past their task's retention (one worker of a "
     "schema prunes at a time; 0: never).",
 )
+@click.option(
+    "--max-result-bytes",
+    type=click.IntRange(min=4),
+    help="A result whose JSON is longer fails its job for good, saying so [default: 4 MiB].",
+)
 @pass_settings
 def worker(
     settings: Settings,
@@ -91,6 +96,7 @@ def worker(
     connection_timeout: float | None,
     rescue_interval: float | None,
     prune_interval: float,
+    max_result_bytes: int | None,
 ) -> None:
     """Run jobs of the given task modules until SIGTERM/SIGINT (graceful).
 
@@ -135,6 +141,7 @@ def worker(
         "connection_timeout": connection_timeout,
         "rescue_interval": rescue_interval,
         "prune_interval": prune_interval,
+        "max_result_bytes": max_result_bytes,
     }
     call(settings, run, apps, **options)
 
