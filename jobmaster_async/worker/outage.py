@@ -16,7 +16,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
-from ..db.faults import database_fault
+from ..db.faults import database_fault, fault_name
 from .signals import Signal
 
 __all__ = ("Backoff", "Outage", "Service")
@@ -60,6 +60,9 @@ class Outage:
         self.on_begin = on_begin
         self.on_end = on_end
         self.since: float | None = None
+        #: what the fault that began it was (db.faults.fault_name): "database unreachable",
+        #: "statement timeout", "lock timeout"...
+        self.kind = ""
         self._failing: set[str] = set()
 
     @property
@@ -69,8 +72,10 @@ class Outage:
     def failed(self, service: str, exc: BaseException) -> None:
         if self.since is None:
             self.since = time.monotonic()
+            self.kind = fault_name(exc)
             logger.warning(
-                "database unreachable (%s: %s: %s); the worker retries with backoff",
+                "%s (%s: %s: %s); the worker retries with backoff",
+                self.kind,
                 service,
                 type(exc).__name__,
                 exc,
@@ -79,7 +84,7 @@ class Outage:
             self.began.fire()
             self.on_begin()
         else:
-            logger.debug("%s failed again: %s: %s", service, type(exc).__name__, exc)
+            logger.debug("%s failed again (%s): %s: %s", service, fault_name(exc), type(exc).__name__, exc)
             self._failing.add(service)
 
     def ok(self, service: str) -> None:
@@ -87,7 +92,8 @@ class Outage:
             return
         self._failing.discard(service)
         if not self._failing and self.since is not None:
-            logger.warning("database reachable again: the worker recovered after %.1fs", time.monotonic() - self.since)
+            ended = "database reachable again" if self.kind == "database unreachable" else f"{self.kind} ended"
+            logger.warning("%s: the worker recovered after %.1fs", ended, time.monotonic() - self.since)
             self.since = None
             self.ended.fire()
             self.on_end()
