@@ -10,7 +10,8 @@ job's outcome is never dropped by a fault (fencing alone may drop it: worker.out
 Every statement has the round trip's deadline (``connection_timeout``), so recording never waits
 longer than that at a time. A statement that times out (that deadline, or the server's
 ``statement_timeout`` / ``lock_timeout``) is retried like a fault, with backoff, but in batches
-half as large each time (and twice as large again after each success), so that one slow outcome
+half as large each time (twice as large again after each success once the
+outcomes of the batch that timed out are recorded), so that one slow outcome
 never blocks the others; one outcome of more than ``SLOW_OUTCOME_BYTES`` that times out alone is
 replaced by a failure saying so (worker.outcomes.unrecordable). A refused statement is split by
 worker.outcomes itself.
@@ -57,8 +58,10 @@ class Recorder:
         self._outcomes: list[tuple[Claim, Outcome]] = []
         self._ready = asyncio.Event()
         self._lock = asyncio.Lock()
-        #: outcomes per statement now: RECORD_BATCH, halved by each timeout, doubled by success
+        #: outcomes per statement now: RECORD_BATCH, halved by each timeout, doubled by each
+        #: success once the outcomes of the batch that timed out last are all recorded
         self.batch_limit = RECORD_BATCH
+        self._suspects: set[uuid.UUID] = set()
 
     @property
     def pending(self) -> int:
@@ -100,13 +103,16 @@ class Recorder:
                         self._timed_out(batch, exc)
                     raise
                 if self.batch_limit < RECORD_BATCH:
-                    self.batch_limit = min(RECORD_BATCH, 2 * self.batch_limit)
+                    self._suspects.difference_update(claim.job_id for claim, _ in batch)
+                    if not self._suspects:
+                        self.batch_limit = min(RECORD_BATCH, 2 * self.batch_limit)
                 self.on_recorded([claim for claim, _ in batch])
                 self.recorded.fire(len(batch))
 
     def _timed_out(self, batch: list[tuple[Claim, Outcome]], exc: Exception) -> None:
         """A statement of ``batch`` took too long: smaller batches from now on; an outcome too
         large to be sent in time, alone, is replaced by a failure saying so."""
+        self._suspects = {claim.job_id for claim, _ in batch}
         if len(batch) > 1:
             self.batch_limit = max(1, len(batch) // 2)
             logger.info("recording %d outcomes timed out: batches of %d from now on", len(batch), self.batch_limit)
