@@ -163,8 +163,8 @@ async def test_an_outcome_the_driver_refuses_fails_alone_and_keeps_its_retry(jm:
 
 async def test_a_batch_that_times_out_is_split_until_the_slow_outcome_is_alone(jm: JobMaster) -> None:
     """A statement carrying the large outcome times out (here: said so by the record function);
-    the recorder halves its batches, records every other outcome, and records the large one, alone
-    and still too slow, as a failure saying so."""
+    the recorder halves its batches, records every other outcome, and records the large one, which
+    timed out alone again after the others were recorded, as a failure saying so."""
     claims = await _claims(jm, 9)
     slow = claims[4]
     statements: list[int] = []
@@ -186,7 +186,7 @@ async def test_a_batch_that_times_out_is_split_until_the_slow_outcome_is_alone(j
     finally:
         running.cancel()
         await asyncio.gather(running, return_exceptions=True)
-    assert statements[:5] == [9, 4, 4, 2, 1]  # halved down to the slow one alone
+    assert statements == [9, 4, 4, 2, 1, 1, 1, 1, 1, 1, 1]  # halved to the slow one, then the others, it again
     job = await jm.get_job(slow.job_id)
     assert job is not None and job.status == "failed" and job.error_type == "UnstorableOutcome"
     assert "could not be recorded in time" in (job.message or "")
@@ -261,3 +261,30 @@ async def test_a_worker_process_fails_a_too_big_result_and_completes_the_rest(jm
     job = await jm.get_job(big)
     assert job is not None and (job.status, job.attempts, job.error_type) == ("failed", 1, "ResultTooLarge")
     assert "a result of 3,000,002 bytes of JSON, over the limit of 1,000,000 bytes" in (job.message or "")
+
+
+async def test_a_large_outcome_is_kept_while_every_statement_times_out(jm: JobMaster) -> None:
+    """A lock, or a lost network: nothing is recorded for a while, the large outcome is not the
+    cause and is recorded as it is once statements succeed again."""
+    claims = await _claims(jm, 2)
+    timeouts = 5
+
+    async def record(outcomes: Sequence[tuple[Claim, Outcome]]) -> set[uuid.UUID]:
+        nonlocal timeouts
+        if timeouts:
+            timeouts -= 1
+            raise TimeoutError
+        return await jm.worker.record(outcomes)
+
+    recorder = Recorder(record, Outage(Signal(), Signal()), lambda _claims: None)
+    running = asyncio.create_task(recorder.run())
+    try:
+        big = json.dumps("x" * (SLOW_OUTCOME_BYTES + 1))
+        recorder.add(claims[0], Outcome(ok=True, result=None, result_json=big))
+        recorder.add(claims[1], Outcome(ok=True, result=None, result_json="1"))
+        await within(recorder.recorded.wait_for(2), "the outcomes to be recorded")
+    finally:
+        running.cancel()
+        await asyncio.gather(running, return_exceptions=True)
+    job = await jm.get_job(claims[0].job_id)
+    assert job is not None and job.status == "complete" and len(json.dumps(job.result)) == len(big)

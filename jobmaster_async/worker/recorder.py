@@ -11,10 +11,11 @@ Every statement has the round trip's deadline (``connection_timeout``), so recor
 longer than that at a time. A statement that times out (that deadline, or the server's
 ``statement_timeout`` / ``lock_timeout``) is retried like a fault, with backoff, but in batches
 half as large each time (twice as large again after each success once the
-outcomes of the batch that timed out are recorded), so that one slow outcome
-never blocks the others; one outcome of more than ``SLOW_OUTCOME_BYTES`` that times out alone is
-replaced by a failure saying so (worker.outcomes.unrecordable). A refused statement is split by
-worker.outcomes itself.
+outcomes of the batch that timed out are recorded), so that one slow outcome never blocks the
+others. An outcome of more than ``SLOW_OUTCOME_BYTES`` that times out alone goes to the back of
+the buffer; timing out again after others were recorded meanwhile (so the database answers: not a
+lock, not a lost network), it is replaced by a failure saying so (worker.outcomes.unrecordable).
+A refused statement is split by worker.outcomes itself.
 """
 
 from __future__ import annotations
@@ -62,6 +63,10 @@ class Recorder:
         #: success once the outcomes of the batch that timed out last are all recorded
         self.batch_limit = RECORD_BATCH
         self._suspects: set[uuid.UUID] = set()
+        #: statements that succeeded so far; for each large outcome that timed out alone, that
+        #: count then (others recorded since: its size is the cause, not the database)
+        self._statements = 0
+        self._slow: dict[uuid.UUID, int] = {}
 
     @property
     def pending(self) -> int:
@@ -102,6 +107,10 @@ class Recorder:
                     if isinstance(exc, Exception) and timed_out(exc):
                         self._timed_out(batch, exc)
                     raise
+                self._statements += 1
+                if self._slow:
+                    for claim, _ in batch:
+                        self._slow.pop(claim.job_id, None)
                 if self.batch_limit < RECORD_BATCH:
                     self._suspects.difference_update(claim.job_id for claim, _ in batch)
                     if not self._suspects:
@@ -110,8 +119,10 @@ class Recorder:
                 self.recorded.fire(len(batch))
 
     def _timed_out(self, batch: list[tuple[Claim, Outcome]], exc: Exception) -> None:
-        """A statement of ``batch`` took too long: smaller batches from now on; an outcome too
-        large to be sent in time, alone, is replaced by a failure saying so."""
+        """A statement of ``batch`` took too long: smaller batches from now on. A large outcome
+        that times out alone goes to the back of the buffer; if it times out again after others
+        were recorded meanwhile (the database answers: its size is the cause, not a lock or a
+        lost network), it is replaced by a failure saying so."""
         self._suspects = {claim.job_id for claim, _ in batch}
         if len(batch) > 1:
             self.batch_limit = max(1, len(batch) // 2)
@@ -119,13 +130,22 @@ class Recorder:
             return
         [(claim, outcome)] = batch
         size = outcome_size(outcome)
-        if size > SLOW_OUTCOME_BYTES:
-            logger.error(
-                "the outcome of job %s (%s, %d bytes) could not be recorded in time: recorded as a failure",
-                claim.job_id,
-                claim.definition.key,
-                size,
-                extra={"job_id": str(claim.job_id)},
-            )
-            reason = ascii(f"its {size:,} bytes could not be recorded in time ({type(exc).__name__}: {exc})")[1:-1]
-            self._outcomes[0] = (claim, unrecordable(claim, outcome, reason))
+        if size <= SLOW_OUTCOME_BYTES:
+            return  # not the outcome's doing: retried as long as it takes
+        before = self._slow.get(claim.job_id)
+        if before is None or before == self._statements:
+            self._slow[claim.job_id] = self._statements
+            if len(self._outcomes) > 1:
+                self._outcomes.append(self._outcomes.pop(0))
+            return
+        del self._slow[claim.job_id]
+        logger.error(
+            "the outcome of job %s (%s, %d bytes) could not be recorded in time while others were: recorded as a "
+            "failure",
+            claim.job_id,
+            claim.definition.key,
+            size,
+            extra={"job_id": str(claim.job_id)},
+        )
+        reason = ascii(f"its {size:,} bytes could not be recorded in time ({type(exc).__name__}: {exc})")[1:-1]
+        self._outcomes[0] = (claim, unrecordable(claim, outcome, reason))
