@@ -81,6 +81,7 @@ class JobMaster:
         retention: timedelta | None = DEFAULT_RETENTION,
         prune_interval: float | None = None,
         wait_for_database: float | None = None,
+        max_result_bytes: int | None = None,
     ) -> None:
         if db_engine is None:
             db_engine = os.environ.get("JOBMASTER_DSN")
@@ -106,6 +107,7 @@ class JobMaster:
             rescue_interval=rescue_interval,
             prune_interval=prune_interval,
             wait_for_database=wait_for_database,
+            max_result_bytes=max_result_bytes,
         )
         #: how long finished jobs are kept after they finished, for the tasks that set no
         #: retention of their own (None: forever); deploy() stores it per task

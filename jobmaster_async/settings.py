@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import ConfigurationError
+from .worker.bounds import DEFAULT_MAX_RESULT_BYTES
 
 __all__ = ("DEFAULT_SYSTEM_PROCESS_UNITS", "Settings")
 
@@ -49,6 +50,8 @@ class Settings:
     #: seconds between the background prunings of run_forever (jittered; one worker of a schema
     #: prunes at a time); 0 switches it off
     prune_interval: float = 60.0
+    #: a result whose JSON is longer (bytes) fails its job for good, saying so (worker.bounds)
+    max_result_bytes: int = DEFAULT_MAX_RESULT_BYTES
 
     @classmethod
     def of(cls, **options: Any) -> Settings:
@@ -75,6 +78,10 @@ class Settings:
             raise ConfigurationError(
                 f"prune_interval must be >= 0 (0: no background pruning), got {self.prune_interval}"
             )
+        if isinstance(self.max_result_bytes, bool) or not isinstance(self.max_result_bytes, int):
+            raise ConfigurationError(f"max_result_bytes must be an int, got {self.max_result_bytes!r}")
+        if self.max_result_bytes < 4:  # "null" fits
+            raise ConfigurationError(f"max_result_bytes must be >= 4, got {self.max_result_bytes}")
         if self.heartbeat_interval >= self.heartbeat_lapse:
             raise ConfigurationError(
                 f"heartbeat_interval ({self.heartbeat_interval}) must be shorter than heartbeat_lapse "

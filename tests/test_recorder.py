@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
 from collections.abc import Sequence
 
@@ -12,7 +13,7 @@ from jobmaster_async import JobMaster
 from jobmaster_async.worker.executors import Outcome
 from jobmaster_async.worker.outage import Outage
 from jobmaster_async.worker.outcomes import Claim
-from jobmaster_async.worker.recorder import RECORD_BATCH, Recorder
+from jobmaster_async.worker.recorder import RECORD_BATCH, RECORD_BATCH_BYTES, Recorder
 from jobmaster_async.worker.signals import Signal
 from tests.polling import within
 
@@ -64,3 +65,21 @@ async def test_outcomes_are_kept_while_the_database_fails_and_recorded_after(jm:
         await asyncio.gather(running, return_exceptions=True)
     assert (outage.began.count, outage.ended.count) == (1, 1)
     assert await jm.counts() == {"complete": 3}
+
+
+async def test_batches_are_bounded_in_bytes_too(jm: JobMaster) -> None:
+    """Outcomes of 3 MiB each: two per statement (RECORD_BATCH_BYTES, 8 MiB), not all of them."""
+    claims = await _claims(jm, 5)
+    statements: list[int] = []
+
+    async def record(outcomes: Sequence[tuple[Claim, Outcome]]) -> set[uuid.UUID]:
+        statements.append(len(outcomes))
+        return await jm.worker.record(outcomes)
+
+    recorder = Recorder(record, Outage(Signal(), Signal()), lambda _claims: None)
+    text = json.dumps("x" * (3 * 1024 * 1024))
+    for claim in claims:
+        recorder.add(claim, Outcome(ok=True, result=None, result_json=text))
+    await recorder.flush()
+    assert 3 * len(text) > RECORD_BATCH_BYTES >= 2 * len(text)
+    assert statements == [2, 2, 1] and await jm.counts() == {"complete": 5}

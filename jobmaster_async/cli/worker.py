@@ -84,6 +84,11 @@ OUTCOME_LOGGER = "jobmaster_async.worker.outcomes"
     help="Seconds to wait at start for a read-write server (connections refused or unanswered, or only a "
     "standby: a failover) before exiting 1 [env: JOBMASTER_WAIT_FOR_DATABASE].",
 )
+@click.option(
+    "--max-result-bytes",
+    type=click.IntRange(min=4),
+    help="A result whose JSON is longer fails its job for good, saying so [default: 4 MiB].",
+)
 @pass_settings
 def worker(
     settings: Settings,
@@ -101,6 +106,7 @@ def worker(
     rescue_interval: float | None,
     prune_interval: float,
     wait_for_database: float,
+    max_result_bytes: int | None,
 ) -> None:
     """Run jobs of the given task modules until SIGTERM/SIGINT (graceful).
 
@@ -147,6 +153,7 @@ def worker(
         "rescue_interval": rescue_interval,
         "prune_interval": prune_interval,
         "wait_for_database": wait_for_database,
+        "max_result_bytes": max_result_bytes,
     }
     call(settings, run, apps, **options)
 

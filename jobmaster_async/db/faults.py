@@ -14,7 +14,15 @@ from __future__ import annotations
 import asyncpg
 import asyncpg.exceptions as pgexc
 
-__all__ = ("connection_unusable", "database_fault", "read_only_server", "server_not_ready")
+__all__ = (
+    "connection_unusable",
+    "database_fault",
+    "fault_name",
+    "read_only_server",
+    "refused_statement",
+    "server_not_ready",
+    "timed_out",
+)
 
 # SQLSTATEs (classes or codes) after which a connection must not be used again: connection
 # exceptions; admin shutdown, crash shutdown, cannot connect now, database dropped, idle session
@@ -33,7 +41,13 @@ _TRANSIENT_STATES = ("40", "53", "55P03", "57014", "58", "28", "3D000")
 _DRIVER_FAULTS = (OSError, TimeoutError, asyncpg.InterfaceError, pgexc.InternalClientError)
 
 
-def _sqlstate(exc: asyncpg.PostgresError) -> str:
+# A statement cancelled by the server (statement_timeout, or pg_cancel_backend) and a lock not
+# available (lock_timeout, NOWAIT): the database is there, a statement waited too long.
+_QUERY_CANCELED = "57014"
+_LOCK_NOT_AVAILABLE = "55P03"
+
+
+def _sqlstate(exc: BaseException) -> str:
     return getattr(exc, "sqlstate", None) or ""
 
 
@@ -69,3 +83,38 @@ def read_only_server(exc: BaseException) -> bool:
     return isinstance(exc, pgexc.TargetServerAttributeNotMatched) or (
         isinstance(exc, asyncpg.PostgresError) and _sqlstate(exc) == "25006"
     )
+
+
+def timed_out(exc: BaseException) -> bool:
+    """Did a statement take too long (the server's statement_timeout or lock_timeout, or the
+    round trip's deadline here) rather than fail? A fault (retried), but one that a smaller
+    statement may not meet."""
+    return isinstance(exc, TimeoutError) or _sqlstate(exc) in (_QUERY_CANCELED, _LOCK_NOT_AVAILABLE)
+
+
+def fault_name(exc: BaseException) -> str:
+    """What a database fault means, for the logs: "server is read-only (a standby?)", "statement
+    timeout", "lock timeout", "no answer within the round trip's deadline", "database short of
+    resources" or "database unreachable"."""
+    state = _sqlstate(exc)
+    if read_only_server(exc):
+        return "server is read-only (a standby?)"
+    if state == _QUERY_CANCELED:
+        return "statement timeout" if "statement timeout" in str(exc) else "statement cancelled"
+    if state == _LOCK_NOT_AVAILABLE:
+        return "lock timeout" if "lock timeout" in str(exc) else "lock not available"
+    if isinstance(exc, TimeoutError):
+        return "no answer within the round trip's deadline (connection_timeout)"
+    if state.startswith("53"):
+        return "database short of resources"
+    return "database unreachable"
+
+
+def refused_statement(exc: BaseException) -> bool:
+    """Did the database (or the driver, encoding the arguments) refuse a statement for what it
+    carries, with the connection and the database fine: a plain SQL error that is not a fault, and
+    not a mistake in the SQL itself or a missing privilege (class 42: those are bugs or
+    configuration, and every statement would meet them)?"""
+    if isinstance(exc, asyncpg.PostgresError):
+        return not database_fault(exc) and not _sqlstate(exc).startswith("42")
+    return isinstance(exc, asyncpg.InterfaceError) and isinstance(exc, ValueError) and not database_fault(exc)

@@ -237,6 +237,13 @@ class Store:
         )
         return failed
 
+    async def outcomes_recorded_by(self, worker_id: uuid.UUID, ids: Sequence[uuid.UUID]) -> set[uuid.UUID]:
+        """Of jobs whose outcome this worker did not find held, those whose outcome it recorded
+        already (an earlier try committed, its answer lost); the others were fenced out."""
+        pool = await self.pool()
+        rows = await pool.fetch(self.sql["outcomes_recorded_by"], worker_id, ids, timeout=self.timeout)
+        return {row["job_id"] for row in rows}
+
     async def release_jobs(self, worker_id: uuid.UUID, ids: Sequence[uuid.UUID], attempts: Sequence[int]) -> None:
         """Puts jobs held by (worker, attempt) back to waiting, their start given back."""
         pool = await self.pool()

@@ -135,6 +135,18 @@ SELECT {schema}.complete_jobs($1, $2, $3, $4::text[]::jsonb[])
 -- name: fail_jobs
 SELECT {schema}.fail_jobs($1, $2, $3, $4, $5, $6, $7)
 
+-- name: outcomes_recorded_by
+-- Of the jobs $2 whose outcome worker $1 did not find held, those whose latest event by that
+-- worker records an outcome (completed, failed, retried): an earlier try of the same outcome
+-- committed although its answer was lost (a deadline passed while the statement waited for a
+-- lock). Rescues, releases and cancels of its jobs carry the worker too, so a job fenced out
+-- ends on one of those. job_events_job_idx serves each job's latest events.
+SELECT i.job_id
+  FROM pg_catalog.unnest($2::uuid[]) AS i(job_id)
+ WHERE (SELECT e.reason FROM {schema}.job_events AS e
+         WHERE e.job_id = i.job_id AND e.worker_id = $1
+         ORDER BY e.event_id DESC LIMIT 1) IN ('completed', 'failed', 'retried')
+
 -- name: release_jobs
 SELECT {schema}.release_jobs($1, $2, $3)
 

@@ -21,7 +21,7 @@ from ..db.store import Store
 from ..jobs import Job, JobStatus, PoppedJob
 from ..settings import Settings
 from ..tasks import TaskDefinition, registry
-from .executors import DaemonThreadPool, Outcome, run_task
+from .executors import DaemonThreadPool, Outcome, OutcomeLimits, run_task
 from .maintenance import Maintenance
 from .outage import Outage
 from .outcomes import Claim, log_outcome, outcome_name, record_outcomes
@@ -41,7 +41,7 @@ class WorkerBackend:
         self.settings = settings
         self.worker_id = uuid.uuid4()
         self.node = socket.gethostname()
-        self.threads = DaemonThreadPool(max_workers=32)
+        self.threads = DaemonThreadPool(32, OutcomeLimits(max_result_bytes=settings.max_result_bytes))
         self.maintenance = Maintenance(
             settings, beat=self.beat, rescue=store.rescue_jobs, last_beat=lambda: self.last_beat
         )

@@ -11,21 +11,23 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import functools
+import json
 import logging
 import queue
 import threading
-import traceback
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import anyio
 import anyio.to_process
+import anyio.to_thread
 
-from ..storable import UndecodableJSON, dumps_storable, sanitize_text, unstorable_reason
+from ..storable import UndecodableJSON, dumps_storable, unstorable_reason
 from ..tasks import TaskDefinition
+from .bounds import INLINE_CHARS, OutcomeLimits, failure_texts, formats_quickly, small_value
 
-__all__ = ("DaemonThreadPool", "Outcome", "cancel_requested", "run_task")
+__all__ = ("DaemonThreadPool", "Outcome", "OutcomeLimits", "ResultTooLarge", "cancel_requested", "run_task")
 
 logger = logging.getLogger(__name__)
 
@@ -70,31 +72,24 @@ class Outcome:
     final: bool = False
 
     @classmethod
-    def failure(cls, exc: BaseException, *, final: bool = False) -> Outcome:
-        """The failure ``exc`` caused, its texts made storable whatever the exception holds."""
-        error_type = sanitize_text(type(exc).__qualname__)
-        try:
-            message = str(exc)
-        except Exception:  # a task's exception may be broken in any way
-            message = f"<{error_type} whose message cannot be read>"
-        try:
-            trace = "".join(traceback.format_exception(exc))
-        except Exception:
-            trace = None
-        return cls(
-            ok=False,
-            error_type=error_type,
-            message=sanitize_text(message or error_type),
-            traceback=sanitize_text(trace) if trace is not None else None,
-            final=final,
-        )
+    def failure(cls, exc: BaseException, *, final: bool = False, limits: OutcomeLimits | None = None) -> Outcome:
+        """The failure ``exc`` caused, its texts bounded (worker.bounds) and made storable whatever
+        the exception holds. Seconds for an exception of many megabytes: off the event loop then
+        (``failure_of``)."""
+        error_type, message, trace = failure_texts(exc, limits or DEFAULT_LIMITS)
+        return cls(ok=False, error_type=error_type, message=message, traceback=trace, final=final)
 
 
 SUCCESS_WITHOUT_RESULT = Outcome(ok=True)
+DEFAULT_LIMITS = OutcomeLimits()
 
 
 class UnstorableResult(TypeError):
     """A task returned a value PostgreSQL cannot store: its job fails for good."""
+
+
+class ResultTooLarge(ValueError):
+    """A task returned a result whose JSON is over ``max_result_bytes``: its job fails for good."""
 
 
 class UnreadableArguments(ValueError):
@@ -115,8 +110,11 @@ class RaisedInThread(Exception):
 class DaemonThreadPool:
     """A small pool of daemon threads that runs sync tasks and reports to the event loop."""
 
-    def __init__(self, max_workers: int) -> None:
+    def __init__(self, max_workers: int, outcome_limits: OutcomeLimits | None = None) -> None:
         self.max_workers = max_workers
+        #: the bounds of the outcomes of the jobs run with this pool (run_task reads them here,
+        #: the one object of the worker's that every caller passes)
+        self.outcome_limits = outcome_limits or DEFAULT_LIMITS
         self._queue: queue.SimpleQueue[tuple[asyncio.AbstractEventLoop, asyncio.Future[Any], Callable[[], Any]]] = (
             queue.SimpleQueue()
         )
@@ -167,7 +165,8 @@ async def run_task(
     on_abandon: Callable[[asyncio.Future[Any]], None] | None = None,
     loop: asyncio.AbstractEventLoop | None = None,
 ) -> Outcome:
-    """Runs the task and returns its outcome; never raises for the task's own errors.
+    """Runs the task and returns its outcome, bounded (``threads.outcome_limits``: worker.bounds);
+    never raises for the task's own errors.
 
     If the caller is cancelled while a sync task's thread still runs, ``on_abandon`` gets the
     thread's future (so the caller can hold the job's slot until it is done), and the
@@ -176,30 +175,84 @@ async def run_task(
 
     Whatever the task raises fails the job, BaseException included (SystemExit, KeyboardInterrupt,
     GeneratorExit, a CancelledError of its own): only a cancellation of the caller's task (the
-    worker's shutdown or a cancel of the job) propagates."""
+    worker's shutdown or a cancel of the job) propagates.
+
+    The outcome is made where the task ran: in its thread or its process for sync tasks; for
+    async ones on the event loop when the value is small, else in a thread (``settle``,
+    ``failure_of``), so that no result or exception blocks the loop however large."""
     if type(arguments) is not dict:
         return _unreadable(definition, arguments)
-    func = definition.func
+    func, limits = definition.func, threads.outcome_limits
     try:
         if definition.is_async and definition.timeout is None:  # no cancel scope to set up
-            return _success(definition, await func(**arguments))
+            result = await func(**arguments)
+            return SUCCESS_WITHOUT_RESULT if result is None else await settle(definition, result, limits)
         if definition.is_async:
             with anyio.move_on_after(definition.timeout) as scope:
                 result = await func(**arguments)
         elif definition.executor == "process":
             with anyio.move_on_after(definition.timeout) as scope:
-                result = await anyio.to_process.run_sync(functools.partial(func, **arguments), cancellable=True)
+                made = await anyio.to_process.run_sync(
+                    functools.partial(_outcome_in_process, func, definition.key, arguments, limits), cancellable=True
+                )
+            if not scope.cancelled_caught:
+                return await _decoded(made)
         else:
             return await _run_in_thread(definition, arguments, threads, on_abandon, loop or asyncio.get_running_loop())
     except Exception as exc:
-        return Outcome.failure(exc)
+        return await failure_of(exc, limits)
     except BaseException as exc:
         if _cancelled_by_caller(exc):
             raise
-        return Outcome.failure(exc)
+        return await failure_of(exc, limits)
     if scope.cancelled_caught:
         return _timed_out(definition)
-    return _success(definition, result)
+    return SUCCESS_WITHOUT_RESULT if result is None else await settle(definition, result, limits)
+
+
+async def settle(definition: TaskDefinition, result: Any, limits: OutcomeLimits) -> Outcome:
+    """The outcome of a result returned on the event loop: serialised there when small, else in
+    a thread."""
+    if small_value(result):
+        return _success(definition.key, result, limits)
+    return await anyio.to_thread.run_sync(_success, definition.key, result, limits)
+
+
+async def failure_of(exc: BaseException, limits: OutcomeLimits, *, final: bool = False) -> Outcome:
+    """The outcome of an exception caught on the event loop: formatted there when it is plainly
+    small, else in a thread (a message of 50 MB takes seconds to format)."""
+    if formats_quickly(exc):
+        return Outcome.failure(exc, final=final, limits=limits)
+    return await anyio.to_thread.run_sync(functools.partial(Outcome.failure, exc, final=final, limits=limits))
+
+
+def _outcome_of(func: Callable[..., Any], key: str, arguments: dict[str, Any], limits: OutcomeLimits) -> Outcome:
+    """Runs a sync task (``func`` of the task ``key``) where it is (its thread, its process) and
+    makes its outcome there."""
+    try:
+        result = func(**arguments)
+    except BaseException as exc:  # SystemExit, GeneratorExit... fail the job too
+        return Outcome.failure(exc, limits=limits)
+    return SUCCESS_WITHOUT_RESULT if result is None else _success(key, result, limits)
+
+
+def _outcome_in_process(
+    func: Callable[..., Any], key: str, arguments: dict[str, Any], limits: OutcomeLimits
+) -> Outcome:
+    """``_outcome_of`` in a worker process: the result travels back as its JSON text only (one
+    copy through the pipe, not two); ``_decoded`` reads it back."""
+    outcome = _outcome_of(func, key, arguments, limits)
+    return replace(outcome, result=None) if outcome.ok else outcome
+
+
+async def _decoded(outcome: Outcome) -> Outcome:
+    """An outcome from a worker process with its result read back from its JSON text (in a
+    thread when it is long)."""
+    if not outcome.ok or outcome.result_json == "null":
+        return outcome
+    text = outcome.result_json
+    result = json.loads(text) if len(text) <= INLINE_CHARS else await anyio.to_thread.run_sync(json.loads, text)
+    return replace(outcome, result=result)
 
 
 async def _run_in_thread(
@@ -212,12 +265,16 @@ async def _run_in_thread(
     flag = _CancelFlag()
     context = contextvars.copy_context()
     context.run(_cancel_flag.set, flag)
-    future = threads.submit(functools.partial(context.run, functools.partial(definition.func, **arguments)), loop)
+    limits = threads.outcome_limits
+    future = threads.submit(
+        functools.partial(context.run, _outcome_of, definition.func, definition.key, arguments, limits), loop
+    )
     try:
         if definition.timeout is None:  # no cancel scope to set up
-            return _success(definition, await asyncio.shield(future))
+            outcome: Outcome = await asyncio.shield(future)
+            return outcome
         with anyio.move_on_after(definition.timeout) as scope:
-            result = await asyncio.shield(future)
+            outcome = await asyncio.shield(future)
         if scope.cancelled_caught:
             flag.set()
             logger.warning(
@@ -229,17 +286,17 @@ async def _run_in_thread(
             if not future.cancelled():
                 future.exception()  # retrieved: what an abandoned run raises is of no interest
             return _timed_out(definition)
-    except RaisedInThread as exc:  # SystemExit, KeyboardInterrupt... raised in the thread
-        return Outcome.failure(exc.raised)
-    except asyncio.CancelledError:  # the caller's: the task's own arrive as RaisedInThread
+    except RaisedInThread as exc:  # not from the task (its own are its outcome): the thread's machinery
+        return Outcome.failure(exc.raised, limits=limits)
+    except asyncio.CancelledError:  # the caller's: the task's own are its outcome
         if not future.done():
             flag.set()
             if on_abandon is not None:
                 on_abandon(future)
         raise
     except Exception as exc:
-        return Outcome.failure(exc)
-    return _success(definition, result)
+        return await failure_of(exc, limits)
+    return outcome
 
 
 def _cancelled_by_caller(exc: BaseException) -> bool:
@@ -255,14 +312,22 @@ def _timed_out(definition: TaskDefinition) -> Outcome:
     return Outcome.failure(TimeoutError(f"task {definition.key} timed out after {definition.timeout:g}s"))
 
 
-def _success(definition: TaskDefinition, result: Any) -> Outcome:
-    if result is None:
-        return SUCCESS_WITHOUT_RESULT
+def _success(key: str, result: Any, limits: OutcomeLimits) -> Outcome:
+    """The outcome of a result (not None): its JSON text, checked storable and within
+    ``max_result_bytes``. As long as json.dumps takes: in a thread when it may be large."""
     text = dumps_storable(result)
     if text is None:
         reason = unstorable_reason(result) or "it is not JSON"
         return Outcome.failure(
-            UnstorableResult(f"task {definition.key} returned a value PostgreSQL cannot store: {reason}"), final=True
+            UnstorableResult(f"task {key} returned a value PostgreSQL cannot store: {reason}"), final=True
+        )
+    if len(text) > limits.max_result_bytes:  # json.dumps writes ASCII: characters are bytes
+        return Outcome.failure(
+            ResultTooLarge(
+                f"task {key} returned a result of {len(text):,} bytes of JSON, over the limit of "
+                f"{limits.max_result_bytes:,} bytes (max_result_bytes)"
+            ),
+            final=True,
         )
     return Outcome(ok=True, result=result, result_json=text)
 

@@ -22,7 +22,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
-from ..db.faults import database_fault, read_only_server
+from ..db.faults import database_fault, fault_name
 from .signals import Signal
 
 __all__ = ("PROBE_INTERVAL", "Backoff", "Outage", "Service")
@@ -75,6 +75,9 @@ class Outage:
         self.on_end = on_end
         self.probe = probe
         self.since: float | None = None
+        #: what the fault that began it was (db.faults.fault_name): "database unreachable",
+        #: "statement timeout", "lock timeout"...
+        self.kind = ""
         self._failing: set[str] = set()
         #: counts the probes that found the server back after one failed
         self.answered = Signal()
@@ -90,9 +93,10 @@ class Outage:
     def failed(self, service: str, exc: BaseException) -> None:
         if self.since is None:
             self.since = time.monotonic()
+            self.kind = fault_name(exc)
             logger.warning(
                 "%s (%s: %s: %s); the worker retries with backoff",
-                "server is read-only (a standby?)" if read_only_server(exc) else "database unreachable",
+                self.kind,
                 service,
                 type(exc).__name__,
                 exc,
@@ -101,7 +105,7 @@ class Outage:
             self.began.fire()
             self.on_begin()
         else:
-            logger.debug("%s failed again: %s: %s", service, type(exc).__name__, exc)
+            logger.debug("%s failed again (%s): %s: %s", service, fault_name(exc), type(exc).__name__, exc)
             self._failing.add(service)
 
     def ok(self, service: str) -> None:
@@ -109,7 +113,11 @@ class Outage:
             return
         self._failing.discard(service)
         if not self._failing and self.since is not None:
-            logger.warning("database reachable again: the worker recovered after %.1fs", time.monotonic() - self.since)
+            ended = {
+                "database unreachable": "database reachable again",
+                "server is read-only (a standby?)": "a read-write server answers again",
+            }.get(self.kind, f"{self.kind} ended")
+            logger.warning("%s: the worker recovered after %.1fs", ended, time.monotonic() - self.since)
             self.since = None
             self._probe_failed = False
             self.ended.fire()

@@ -8,13 +8,21 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import asyncpg
-
+from ..db.faults import refused_statement
 from ..db.store import Store
 from ..tasks import TaskDefinition
+from .bounds import truncated
 from .executors import Outcome
 
-__all__ = ("Claim", "log_outcome", "outcome_name", "record_outcomes", "retry_delay")
+__all__ = (
+    "Claim",
+    "log_outcome",
+    "outcome_name",
+    "outcome_size",
+    "record_outcomes",
+    "retry_delay",
+    "unrecordable",
+)
 
 logger = logging.getLogger(__name__)
 
@@ -98,47 +106,54 @@ def log_outcome(claim: Claim, outcome: Outcome, seconds: float, backoff: float) 
         )
 
 
-#: SQLSTATE classes of errors caused by the values of a statement, not by the database's state:
-#: data exceptions (22) and program limits (54, e.g. a value too large).
-_DATA_ERROR_CLASSES = ("22", "54")
-
-
-def _is_data_error(exc: asyncpg.PostgresError) -> bool:
-    return str(getattr(exc, "sqlstate", "") or "")[:2] in _DATA_ERROR_CLASSES
-
-
 async def record_outcomes(
     store: Store, worker_id: uuid.UUID, outcomes: Sequence[tuple[Claim, Outcome]], backoff: float
 ) -> set[uuid.UUID]:
     """Writes successes and failures (one statement each at most); returns the ids recorded.
-    An id missing from the answer was no longer held by this worker and attempt (fencing).
+    An id missing from the answer was no longer held by this worker and attempt (fencing), or was
+    recorded by an earlier try of the same outcomes whose answer was lost: asked to the history
+    before saying that an outcome was dropped.
 
-    Values are checked before (executors.Outcome), so PostgreSQL refusing one is unexpected; if it
-    does, the statement is split until the refused outcome is alone, and that job fails for good
-    saying why: one job's data never keeps the others from being recorded."""
+    Values are bounded and checked before (worker.bounds, executors.Outcome), so PostgreSQL
+    refusing one is unexpected; if it does (db.faults.refused_statement), the statement is split
+    until the refused outcome is alone, and it is replaced by a failure saying why (a result: the
+    job fails for good; a failure: its texts go, its retry stays); one that cannot be recorded even
+    so is dropped with an ERROR naming the job. One job's data never keeps the others from being
+    recorded. Faults (db.faults) are raised: the recorder retries them."""
     done = [(c, o) for c, o in outcomes if o.ok]
     failed = [(c, o) for c, o in outcomes if not o.ok]
     recorded: set[uuid.UUID] = set()
+    lost: set[uuid.UUID] = set()
     if done:
         refused = await _record(store, worker_id, done, backoff, _complete, recorded)
-        failed += [(c, _refused_outcome(c, exc)) for c, exc in refused]
+        failed += [(c, unrecordable(c, o, _reason(exc))) for c, o, exc in refused]
     if failed:
         refused = await _record(store, worker_id, failed, backoff, _fail, recorded)
         if refused:
-            last = [(c, _refused_outcome(c, exc)) for c, exc in refused]
-            for claim, exc in await _record(store, worker_id, last, backoff, _fail, recorded):
+            last = [(c, unrecordable(c, o, _reason(exc))) for c, o, exc in refused]
+            for claim, _, exc in await _record(store, worker_id, last, backoff, _fail, recorded):
+                lost.add(claim.job_id)
                 logger.error(
-                    "the failure of job %s (%s) cannot be recorded: %s", claim.job_id, claim.definition.key, exc
+                    "the outcome of job %s (%s, attempt %d) cannot be recorded, even as a failure: dropped (%s)",
+                    claim.job_id,
+                    claim.definition.key,
+                    claim.attempts,
+                    _reason(exc),
+                    extra={"job_id": str(claim.job_id)},
                 )
-    for claim, _ in outcomes:
-        if claim.job_id not in recorded:
-            logger.warning(
-                "outcome of job %s (%s, attempt %d) dropped: the job is no longer held by this worker",
-                claim.job_id,
-                claim.definition.key,
-                claim.attempts,
-                extra={"job_id": str(claim.job_id)},
-            )
+    missing = [claim for claim, _ in outcomes if claim.job_id not in recorded and claim.job_id not in lost]
+    if missing:
+        already = await store.outcomes_recorded_by(worker_id, [claim.job_id for claim in missing])
+        recorded |= already
+        for claim in missing:
+            if claim.job_id not in already:
+                logger.warning(
+                    "outcome of job %s (%s, attempt %d) dropped: the job is no longer held by this worker",
+                    claim.job_id,
+                    claim.definition.key,
+                    claim.attempts,
+                    extra={"job_id": str(claim.job_id)},
+                )
     return recorded
 
 
@@ -152,17 +167,17 @@ async def _record(
     backoff: float,
     statement: _Statement,
     recorded: set[uuid.UUID],
-) -> list[tuple[Claim, asyncpg.PostgresError]]:
-    """Runs ``statement`` for the outcomes, halving the batch around data errors; adds the ids
+) -> list[tuple[Claim, Outcome, BaseException]]:
+    """Runs ``statement`` for the outcomes, halving the batch around refusals; adds the ids
     recorded to ``recorded`` and returns the outcomes refused alone, with their errors."""
     try:
         recorded.update(await statement(store, worker_id, outcomes, backoff))
         return []
-    except asyncpg.PostgresError as exc:
-        if not _is_data_error(exc):
+    except Exception as exc:
+        if not refused_statement(exc):
             raise
         if len(outcomes) == 1:
-            return [(outcomes[0][0], exc)]
+            return [(outcomes[0][0], outcomes[0][1], exc)]
     half = len(outcomes) // 2
     return [
         *await _record(store, worker_id, outcomes[:half], backoff, statement, recorded),
@@ -192,12 +207,31 @@ async def _fail(
     )
 
 
-def _refused_outcome(claim: Claim, exc: asyncpg.PostgresError) -> Outcome:
-    """A final failure saying PostgreSQL refused to store the job's outcome (plain text only)."""
-    reason = ascii(str(exc))[1:-1]
+def _reason(exc: BaseException) -> str:
+    """An error as plain ASCII text of bounded length."""
+    return ascii(truncated(f"{type(exc).__name__}: {exc}", 2000))[1:-1]
+
+
+def outcome_size(outcome: Outcome) -> int:
+    """About how many bytes recording ``outcome`` sends (characters: cheap to count)."""
+    return len(outcome.result_json) + len(outcome.message or "") + len(outcome.traceback or "")
+
+
+def unrecordable(claim: Claim, outcome: Outcome, reason: str) -> Outcome:
+    """What is recorded instead of an outcome that could not be (plain text only): a result
+    becomes a final failure (``UnstorableOutcome``) saying why; a failure keeps its type, the start
+    of its message and its retry decision, and loses its traceback."""
+    if outcome.ok:
+        return Outcome(
+            ok=False,
+            error_type="UnstorableOutcome",
+            message=f"the outcome of job {claim.job_id} ({claim.definition.key}) could not be stored: {reason}",
+            final=True,
+        )
+    start = ascii(truncated(outcome.message or "", 1000))[1:-1]
     return Outcome(
         ok=False,
-        error_type="UnstorableOutcome",
-        message=f"the outcome of job {claim.job_id} ({claim.definition.key}) could not be stored: {reason}",
-        final=True,
+        error_type=ascii(truncated(outcome.error_type or "Exception", 200))[1:-1],
+        message=f"{start} [its message and traceback could not be stored: {reason}]",
+        final=outcome.final,
     )
