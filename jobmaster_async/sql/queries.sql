@@ -78,14 +78,23 @@ mode AS (
            {fragment:own_history} AS own_history,
            {fragment:claim_commit} AS claim_commit
 ),
--- the next runnable jobs, locked; rows other claimers hold are skipped
-to_claim AS (
+-- a suspect, if one is claimable and this worker runs none (fragment one_suspect)
+suspect AS (
+    SELECT s.job_id, s.worker_id FROM ({fragment:one_suspect}) AS s
+     WHERE NOT (SELECT m.slow FROM mode AS m)
+),
+-- the next runnable ordinary jobs, locked; rows other claimers hold are skipped
+ordinary AS (
     SELECT j.job_id, $1::uuid AS worker_id FROM {schema}.jobs AS j
      WHERE j.status = 'waiting' AND NOT j.scheduled AND j.run_after <= pg_catalog.now()
-       AND j.task_id = ANY ($2::int[]) AND NOT (SELECT m.slow FROM mode AS m)
+       AND j.task_id = ANY ($2::int[]) AND j.suspect_of IS NULL AND NOT (SELECT m.slow FROM mode AS m)
      ORDER BY j.priority DESC, j.seq
-     LIMIT $3
+     LIMIT $3 OPERATOR(pg_catalog.-) (SELECT pg_catalog.count(*) FROM suspect)
        FOR NO KEY UPDATE SKIP LOCKED
+),
+-- what this claim takes
+to_claim AS (
+    SELECT * FROM suspect UNION ALL SELECT * FROM ordinary
 ),
 -- the jobs, running for this worker
 claimed AS (
@@ -115,6 +124,9 @@ SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL,
                    -- are stale (as a queue's always are) pick a scan of the whole table
                    (SELECT pg_catalog.now() FROM {schema}.jobs AS j
                      WHERE j.status = 'waiting' AND NOT j.scheduled AND j.task_id = ANY ($2::int[])
+                       -- not a suspect: one may be what this worker may not take now (it runs
+                       -- one), which would make it claim again at once until that one ends
+                       AND j.suspect_of IS NULL
                        -- this statement's snapshot still sees the jobs it claimed as waiting
                        AND NOT EXISTS (SELECT 1 FROM claimed AS c WHERE c.job_id = j.job_id)
                      ORDER BY j.priority DESC, j.seq
@@ -199,6 +211,7 @@ SELECT pg_catalog.date_part('epoch', least(
            -- along the claim index (why not EXISTS: claim_jobs_fast)
            (SELECT pg_catalog.now() FROM {schema}.jobs
              WHERE status = 'waiting' AND NOT scheduled AND task_id = ANY ($1::int[])
+               AND suspect_of IS NULL  -- why: claim_jobs_fast
              ORDER BY priority DESC, seq
              LIMIT 1),
            (SELECT run_after FROM {schema}.jobs

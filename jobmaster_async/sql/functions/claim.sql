@@ -55,6 +55,8 @@ DECLARE
     v_taken     jsonb := '{}';
     v_left      int := p_units;
     v_row       record;
+    -- suspects run one per worker (fragment one_suspect): may this claim take one?
+    v_suspect   boolean;
 BEGIN
     PERFORM {fragment:history_by_triggers};
     PERFORM {fragment:claim_commit};
@@ -68,13 +70,22 @@ BEGIN
         -- fast path: no limits to respect, the units budget cannot be exceeded
         RETURN QUERY
         WITH
-        -- the next runnable jobs, locked; rows other claimers hold are skipped
-        to_claim AS (
+        -- a suspect, if one is claimable and this worker runs none (fragment one_suspect)
+        suspect AS (
+            {fragment:one_suspect}
+        ),
+        -- the next runnable ordinary jobs, locked; rows other claimers hold are skipped
+        ordinary AS (
             SELECT j.job_id, p_worker AS worker_id FROM {schema}.jobs AS j
              WHERE j.status = 'waiting' AND NOT j.scheduled AND j.run_after <= now() AND j.task_id = ANY (p_task_ids)
+               AND j.suspect_of IS NULL
              ORDER BY j.priority DESC, j.seq
-             LIMIT p_limit
+             LIMIT p_limit - (SELECT count(*) FROM suspect)
              FOR NO KEY UPDATE SKIP LOCKED
+        ),
+        -- what this claim takes
+        to_claim AS (
+            SELECT * FROM suspect UNION ALL SELECT * FROM ordinary
         )
         {fragment:claim};
         RETURN;
@@ -98,12 +109,15 @@ BEGIN
      WHERE t.task_id = ANY (p_task_ids) AND t.process_units <= p_units
        AND (t.process_limit IS NULL OR t.task_id = ANY (v_limited));
 
-    -- candidates: up to each task's cap, locked; then taken greedily within the units budget
+    v_suspect := NOT EXISTS (SELECT 1 FROM {schema}.jobs AS s
+                              WHERE s.status = 'running' AND s.suspect_of IS NOT NULL AND s.worker_id = p_worker);
+    -- candidates: up to each task's cap, locked; then taken greedily within the units budget,
+    -- and at most one suspect
     FOR v_row IN
-        SELECT c.job_id, c.task_id, c.process_units
+        SELECT c.job_id, c.task_id, c.process_units, c.suspect
           FROM unnest(v_eligible, v_caps) AS e(task_id, cap)
          CROSS JOIN LATERAL (
-               SELECT j.job_id, j.task_id, j.priority, j.seq, t.process_units
+               SELECT j.job_id, j.task_id, j.priority, j.seq, t.process_units, j.suspect_of IS NOT NULL AS suspect
                  FROM {schema}.jobs AS j JOIN {schema}.tasks AS t ON t.task_id = j.task_id
                 WHERE j.task_id = e.task_id AND j.status = 'waiting' AND NOT j.scheduled AND j.run_after <= now()
                 ORDER BY j.priority DESC, j.seq
@@ -111,7 +125,8 @@ BEGIN
                   FOR NO KEY UPDATE OF j SKIP LOCKED) AS c
          ORDER BY c.priority DESC, c.seq
     LOOP
-        CONTINUE WHEN v_row.process_units > v_left;
+        CONTINUE WHEN v_row.process_units > v_left OR (v_row.suspect AND NOT v_suspect);
+        v_suspect := v_suspect AND NOT v_row.suspect;
         v_left := v_left - v_row.process_units;
         v_ids := v_ids || v_row.job_id;
         EXIT WHEN cardinality(v_ids) >= p_limit;
