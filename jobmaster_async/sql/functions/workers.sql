@@ -31,10 +31,11 @@ END $$;
 -- cost, which would make JIT compile the statement on every call).
 -- Suspects (DESIGN 9 "Lost workers"): every job put back is a suspect of the worker lost
 -- (suspect_of), and a worker runs at most one suspect at a time (fragment one_suspect). A rescue
--- is charged (rescues + 1, and the job fails once its task's rescues are used up) only to a
--- suspect that was the only suspect running on the worker lost: the worker died running it
--- beside jobs that were not suspected. The others are put back uncharged, so the job that kills
--- its worker does not spend its neighbours' rescues. A rescue keeps the lost worker in
+-- is charged (rescues + 1, and the job fails once its task's rescues are used up) only to the one
+-- job that was isolated when the worker died: the only suspect running on it, or, when it ran no
+-- suspect, its only job. The others are put back uncharged, so the job that kills its worker
+-- does not spend its neighbours' rescues: each of them then runs as the one suspect of a worker,
+-- and the next loss of that worker is charged to it alone. A rescue keeps the lost worker in
 -- worker_id (a retry or a release clears it): the history trigger tells a rescue by that.
 CREATE OR REPLACE FUNCTION {schema}.rescue_jobs()
 RETURNS int LANGUAGE plpgsql {entry_point} SET enable_bitmapscan = off SET jit = off AS $$
@@ -57,13 +58,14 @@ BEGIN
                 OR NOT EXISTS (SELECT 1 FROM {schema}.workers AS w WHERE w.worker_id = j.worker_id))
            FOR NO KEY UPDATE OF j SKIP LOCKED
     ),
-    -- charged: the only suspect running on its lost worker
+    -- charged: the only suspect running on its lost worker, or its only job when it ran no suspect
     judged AS (
         SELECT l.job_id,
-               l.suspect_of IS NOT NULL
-                   AND count(*) FILTER (WHERE l.suspect_of IS NOT NULL) OVER (PARTITION BY l.worker_id) = 1
-                   AS charged
+               CASE WHEN count(*) FILTER (WHERE l.suspect_of IS NOT NULL) OVER w > 0
+                    THEN l.suspect_of IS NOT NULL AND count(*) FILTER (WHERE l.suspect_of IS NOT NULL) OVER w = 1
+                    ELSE count(*) OVER w = 1 END AS charged
           FROM lost AS l
+        WINDOW w AS (PARTITION BY l.worker_id)
     ),
     -- put back as suspects of the lost worker, without using up retries (the lost start gets an
     -- attempt of its own); a charged one up to the task's rescues, after which it fails (a
@@ -77,7 +79,7 @@ BEGIN
                suspect_of = CASE WHEN NOT g.charged OR j.rescues < t.rescues THEN j.worker_id END,
                run_after = now(),
                message = CASE WHEN NOT g.charged
-                              THEN format('worker %s lost (heartbeat lapsed) during attempt %s; put back as a suspect, not charged: it was not the only suspect running there (rescues %s of %s)',
+                              THEN format('worker %s lost (heartbeat lapsed) during attempt %s; put back as a suspect, rescue not counted: another job running there may have killed it (rescues %s of %s)',
                                           j.worker_id, j.attempts, j.rescues, t.rescues)
                               WHEN j.rescues < t.rescues
                               THEN format('worker %s lost (heartbeat lapsed) during attempt %s; put back (rescue %s of %s)',

@@ -1,7 +1,8 @@
 -- Suspects (DESIGN 9 "Lost workers"): a job put back from a lost worker is suspected of having
 -- killed it until it finishes in a way that is not a loss. A rescue is charged (rescues + 1) only
--- to a suspect that was the only one running on the worker lost; a worker runs at most one
--- suspect at a time, so a job that kills its worker does not spend its neighbours' rescues.
+-- to the only suspect running on the worker lost (or its only job, when it ran no suspect); a
+-- worker runs at most one suspect at a time, so a job that kills its worker does not spend its
+-- neighbours' rescues (functions/workers.sql rescue_jobs).
 -- Placeholders: {schema} is the quoted schema name.
 
 -- The worker a suspect was taken from (NULL: not a suspect). That worker's next heartbeat, if it
