@@ -89,12 +89,19 @@ ordinary AS (
      WHERE j.status = 'waiting' AND NOT j.scheduled AND j.run_after <= pg_catalog.now()
        AND j.task_id = ANY ($2::int[]) AND j.suspect_of IS NULL AND NOT (SELECT m.slow FROM mode AS m)
      ORDER BY j.priority DESC, j.seq
-     LIMIT $3 OPERATOR(pg_catalog.-) (SELECT pg_catalog.count(*) FROM suspect)
+     LIMIT $3
        FOR NO KEY UPDATE SKIP LOCKED
 ),
--- what this claim takes
+-- what this claim takes: the suspect first, up to the limit (with a suspect, the last ordinary
+-- job locked is left: a limit computed from the suspect's count would be estimated at a tenth
+-- of the table, and the claim's update would then scan the table instead of probing its key)
 to_claim AS (
-    SELECT * FROM suspect UNION ALL SELECT * FROM ordinary
+    SELECT u.job_id, u.worker_id
+      FROM (SELECT s.job_id, s.worker_id, 0 AS rank FROM suspect AS s
+            UNION ALL
+            SELECT o.job_id, o.worker_id, 1 FROM ordinary AS o) AS u
+     ORDER BY u.rank
+     LIMIT $3
 ),
 -- the jobs, running for this worker
 claimed AS (

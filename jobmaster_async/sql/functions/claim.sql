@@ -80,12 +80,17 @@ BEGIN
              WHERE j.status = 'waiting' AND NOT j.scheduled AND j.run_after <= now() AND j.task_id = ANY (p_task_ids)
                AND j.suspect_of IS NULL
              ORDER BY j.priority DESC, j.seq
-             LIMIT p_limit - (SELECT count(*) FROM suspect)
+             LIMIT p_limit
              FOR NO KEY UPDATE SKIP LOCKED
         ),
-        -- what this claim takes
+        -- what this claim takes: the suspect first, up to the limit (why so: claim_jobs_fast)
         to_claim AS (
-            SELECT * FROM suspect UNION ALL SELECT * FROM ordinary
+            SELECT u.job_id, u.worker_id
+              FROM (SELECT s.job_id, s.worker_id, 0 AS rank FROM suspect AS s
+                    UNION ALL
+                    SELECT o.job_id, o.worker_id, 1 FROM ordinary AS o) AS u
+             ORDER BY u.rank
+             LIMIT p_limit
         )
         {fragment:claim};
         RETURN;
