@@ -68,6 +68,7 @@ SELECT job_id, task_id, priority, arguments, attempts, max_attempts, trace_conte
 -- NULL: none; at most 0 when one is due, which the claimer then promotes: promote_due_jobs), and
 -- in how many a job of theirs may be claimable (due_in: 0 when one this claim skipped is, else
 -- scheduled_in; only computed when fewer than $3 were claimed, for the dispatcher's idle wait).
+-- At most one suspect (a job put back from a lost worker) per worker: fragment one_suspect.
 WITH
 -- must this claim respect limits? (then claim_jobs() does it; this claims nothing)
 mode AS (
