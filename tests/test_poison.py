@@ -120,8 +120,9 @@ async def test_a_job_alone_on_its_lost_worker_is_charged(jm: JobMaster, conn: as
 
 
 async def test_a_worker_claims_at_most_one_suspect_at_a_time(jm: JobMaster, conn: asyncpg.Connection) -> None:
-    """Beside ordinary jobs, whatever the limit: the plain claim (claim_jobs_fast), both ways of
-    claim_jobs(); a suspect that completes lets its worker take the next one."""
+    """Beside ordinary jobs, whatever the limit, as the worker claims (the plain claim leaves the
+    claims to claim_jobs() while a suspect is claimable), and through claim_jobs() called alone;
+    a suspect that completes lets its worker take the next one."""
     s = quote_identifier(jm.schema)
     suspects = await jm.insert_jobs("tasks_for_tests", "add", 1, [{"a": i} for i in range(3)])
     await _hold(jm, 3)
@@ -131,9 +132,10 @@ async def test_a_worker_claims_at_most_one_suspect_at_a_time(jm: JobMaster, conn
     worker = uuid.uuid4()
 
     async def claim_fast(limit: int) -> list[asyncpg.Record]:
-        rows = await conn.fetch(jm.store.sql["claim_jobs_fast"], worker, [add], limit, 100)
-        return [r for r in rows if r["job_id"] is not None]
+        return await jm.store.claim(worker, [add], limit, 100)
 
+    slow = await conn.fetch(jm.store.sql["claim_jobs_fast"], worker, [add], 3, 100)
+    assert len(slow) == 1 and slow[0]["slow"] is True  # a suspect is claimable: claim_jobs() claims
     first = await claim_fast(3)
     assert sorted(r["job_id"] in suspects for r in first) == [False, False, True]  # within the limit
     rest = await claim_fast(10)  # the last ordinary job, and no suspect: it runs one already
@@ -151,6 +153,9 @@ async def test_a_worker_claims_at_most_one_suspect_at_a_time(jm: JobMaster, conn
     rows = await conn.fetch(f"SELECT * FROM {s}.claim_jobs($1, $2, 10, 100)", other, [add])
     assert [r["job_id"] in suspects for r in rows] == [True]
     assert await conn.fetch(f"SELECT * FROM {s}.claim_jobs($1, $2, 10, 100)", other, [add]) == []
+    # no suspect waits: the plain claim claims again
+    marker = (await conn.fetch(jm.store.sql["claim_jobs_fast"], worker, [add], 3, 100))[-1]
+    assert marker["job_id"] is None and marker["slow"] is False
 
 
 async def test_the_limited_claim_takes_at_most_one_suspect(jm: JobMaster, conn: asyncpg.Connection) -> None:

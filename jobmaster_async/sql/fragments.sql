@@ -41,23 +41,6 @@ UPDATE {schema}.jobs AS j
  WHERE j.job_id = c.job_id
 RETURNING j.job_id, j.task_id, j.priority, j.arguments, j.attempts, j.max_attempts, j.trace_context
 
--- fragment: one_suspect
--- Suspects run one per worker (DESIGN 9 "Lost workers"): the claimable suspect a claim takes, as
--- rows (job_id, worker_id) like to_claim's, locked: at most one, and none when the worker runs
--- one already. $1 is the worker and $2 the task ids (int[]) in both users: claim_jobs_fast's
--- parameters, and claim_jobs()'s first two (PL/pgSQL names parameters $n too). Both probes are
--- of partial indexes that are empty while no worker is lost (jobs_suspect_claim_idx,
--- jobs_suspect_running_idx), so a claim costs the same when there is no suspect. The claim's
--- other jobs are ordinary ones (suspect_of IS NULL), up to its limit less this one.
-SELECT j.job_id, $1::uuid AS worker_id FROM {schema}.jobs AS j
- WHERE j.status = 'waiting' AND NOT j.scheduled AND j.suspect_of IS NOT NULL
-   AND j.run_after <= pg_catalog.now() AND j.task_id = ANY ($2::int[])
-   AND NOT EXISTS (SELECT 1 FROM {schema}.jobs AS s
-                    WHERE s.status = 'running' AND s.suspect_of IS NOT NULL AND s.worker_id = $1::uuid)
- ORDER BY j.priority DESC, j.seq
- LIMIT 1
-   FOR NO KEY UPDATE SKIP LOCKED
-
 -- fragment: claim_settings
 -- The planner settings of every claim, as SET clauses of claim_jobs(); the claimer's connection,
 -- which runs claim_jobs_fast, takes the same as its session settings

@@ -62,47 +62,38 @@ SELECT job_id, task_id, priority, arguments, attempts, max_attempts, trace_conte
 
 -- name: claim_jobs_fast
 -- The common claim as one plain statement (db/claimer.py): when none of the tasks $2 has a
--- process_limit and the units budget $4 cannot be exceeded by $3 jobs. Otherwise nothing is
--- claimed and the last row says slow: claim_jobs() must be used. The last row (job_id NULL) also
+-- process_limit, the units budget $4 cannot be exceeded by $3 jobs, and no suspect of these tasks
+-- is claimable. Otherwise nothing is claimed and the last row says slow: claim_jobs() must be
+-- used (it takes suspects one per worker). The last row (job_id NULL) also
 -- says in how many seconds the earliest scheduled job of these tasks falls due (scheduled_in;
 -- NULL: none; at most 0 when one is due, which the claimer then promotes: promote_due_jobs), and
 -- in how many a job of theirs may be claimable (due_in: 0 when one this claim skipped is, else
 -- scheduled_in; only computed when fewer than $3 were claimed, for the dispatcher's idle wait).
--- At most one suspect (a job put back from a lost worker) per worker: fragment one_suspect.
 WITH
--- must this claim respect limits? (then claim_jobs() does it; this claims nothing)
+-- must this claim respect limits, or is a suspect of these tasks claimable (suspects run one per
+-- worker: DESIGN 9 "Lost workers")? Then claim_jobs() does it and this claims nothing. The second
+-- is a probe of jobs_suspect_claim_idx, empty while no worker is lost: the claim costs the same
+-- then, and claims take the slower way only while suspects wait.
 mode AS (
     SELECT EXISTS (SELECT 1 FROM {schema}.tasks AS t
                     WHERE t.task_id = ANY ($2::int[])
-                      AND (t.process_limit IS NOT NULL OR t.process_units * $3 > $4)) AS slow,
+                      AND (t.process_limit IS NOT NULL OR t.process_units * $3 > $4))
+           OR EXISTS (SELECT 1 FROM {schema}.jobs AS j
+                       WHERE j.status = 'waiting' AND NOT j.scheduled AND j.suspect_of IS NOT NULL
+                         AND j.task_id = ANY ($2::int[])) AS slow,
            -- this statement writes its own history (logged): the jobs_updated trigger skips it
            {fragment:own_history} AS own_history,
            {fragment:claim_commit} AS claim_commit
 ),
--- a suspect, if one is claimable and this worker runs none (fragment one_suspect)
-suspect AS (
-    SELECT s.job_id, s.worker_id FROM ({fragment:one_suspect}) AS s
-     WHERE NOT (SELECT m.slow FROM mode AS m)
-),
--- the next runnable ordinary jobs, locked; rows other claimers hold are skipped
-ordinary AS (
+-- the next runnable jobs, locked; rows other claimers hold are skipped (no suspect: while one
+-- is claimable this claims nothing, above; the test is a filter on rows read anyway)
+to_claim AS (
     SELECT j.job_id, $1::uuid AS worker_id FROM {schema}.jobs AS j
      WHERE j.status = 'waiting' AND NOT j.scheduled AND j.run_after <= pg_catalog.now()
        AND j.task_id = ANY ($2::int[]) AND j.suspect_of IS NULL AND NOT (SELECT m.slow FROM mode AS m)
      ORDER BY j.priority DESC, j.seq
      LIMIT $3
        FOR NO KEY UPDATE SKIP LOCKED
-),
--- what this claim takes: the suspect first, up to the limit (with a suspect, the last ordinary
--- job locked is left: a limit computed from the suspect's count would be estimated at a tenth
--- of the table, and the claim's update would then scan the table instead of probing its key)
-to_claim AS (
-    SELECT u.job_id, u.worker_id
-      FROM (SELECT s.job_id, s.worker_id, 0 AS rank FROM suspect AS s
-            UNION ALL
-            SELECT o.job_id, o.worker_id, 1 FROM ordinary AS o) AS u
-     ORDER BY u.rank
-     LIMIT $3
 ),
 -- the jobs, running for this worker
 claimed AS (

@@ -55,7 +55,7 @@ DECLARE
     v_taken     jsonb := '{}';
     v_left      int := p_units;
     v_row       record;
-    -- suspects run one per worker (fragment one_suspect): may this claim take one?
+    -- suspects run one per worker: may this claim take one?
     v_suspect   boolean;
 BEGIN
     PERFORM {fragment:history_by_triggers};
@@ -70,9 +70,17 @@ BEGIN
         -- fast path: no limits to respect, the units budget cannot be exceeded
         RETURN QUERY
         WITH
-        -- a suspect, if one is claimable and this worker runs none (fragment one_suspect)
+        -- a suspect, if one is claimable and this worker runs none: suspects run one per worker
+        -- (DESIGN 9 "Lost workers"; claim_jobs_fast sends claims here while one is claimable)
         suspect AS (
-            {fragment:one_suspect}
+            SELECT j.job_id, p_worker AS worker_id FROM {schema}.jobs AS j
+             WHERE j.status = 'waiting' AND NOT j.scheduled AND j.suspect_of IS NOT NULL
+               AND j.run_after <= now() AND j.task_id = ANY (p_task_ids)
+               AND NOT EXISTS (SELECT 1 FROM {schema}.jobs AS s
+                                WHERE s.status = 'running' AND s.suspect_of IS NOT NULL AND s.worker_id = p_worker)
+             ORDER BY j.priority DESC, j.seq
+             LIMIT 1
+             FOR NO KEY UPDATE SKIP LOCKED
         ),
         -- the next runnable ordinary jobs, locked; rows other claimers hold are skipped
         ordinary AS (
@@ -83,7 +91,10 @@ BEGIN
              LIMIT p_limit
              FOR NO KEY UPDATE SKIP LOCKED
         ),
-        -- what this claim takes: the suspect first, up to the limit (why so: claim_jobs_fast)
+        -- what this claim takes: the suspect first, up to the limit (with a suspect, the last
+        -- ordinary job locked is left: a limit computed from the suspect's count would be
+        -- estimated at a tenth of the table, and the claim's update would then scan the table
+        -- instead of probing its key)
         to_claim AS (
             SELECT u.job_id, u.worker_id
               FROM (SELECT s.job_id, s.worker_id, 0 AS rank FROM suspect AS s
@@ -114,6 +125,7 @@ BEGIN
      WHERE t.task_id = ANY (p_task_ids) AND t.process_units <= p_units
        AND (t.process_limit IS NULL OR t.task_id = ANY (v_limited));
 
+    -- suspects run one per worker (as in the fast way above): none if this one runs one already
     v_suspect := NOT EXISTS (SELECT 1 FROM {schema}.jobs AS s
                               WHERE s.status = 'running' AND s.suspect_of IS NOT NULL AND s.worker_id = p_worker);
     -- candidates: up to each task's cap, locked; then taken greedily within the units budget,

@@ -30,7 +30,7 @@ END $$;
 -- claim_settings), and jit with them (before PostgreSQL 18 a disabled plan node is given a huge
 -- cost, which would make JIT compile the statement on every call).
 -- Suspects (DESIGN 9 "Lost workers"): every job put back is a suspect of the worker lost
--- (suspect_of), and a worker runs at most one suspect at a time (fragment one_suspect). A rescue
+-- (suspect_of), and a worker runs at most one suspect at a time (claim.sql claim_jobs). A rescue
 -- is charged (rescues + 1, and the job fails once its task's rescues are used up) only to the one
 -- job that was isolated when the worker died: the only suspect running on it, or, when it ran no
 -- suspect, its only job. The others are put back uncharged, so the job that kills its worker

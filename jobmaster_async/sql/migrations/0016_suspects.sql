@@ -11,10 +11,11 @@ ALTER TABLE {schema}.jobs ADD COLUMN IF NOT EXISTS suspect_of uuid;
 
 -- Three partial indexes, empty while no worker is lost: a job enters them only as a suspect,
 -- and an update of a row outside a partial index's predicate writes nothing to it.
--- The claim's one suspect: claimable suspects by priority, then age (the claim's order).
+-- The claim's one suspect: claimable suspects by priority, then age (the claim's order); every
+-- plain claim asks whether one is claimable (queries.sql claim_jobs_fast: a probe of an empty index).
 CREATE INDEX IF NOT EXISTS jobs_suspect_claim_idx ON {schema}.jobs (priority DESC, seq)
     WHERE status = 'waiting' AND NOT scheduled AND suspect_of IS NOT NULL;
--- Does a worker run a suspect already? (asked by every claim: a probe of an empty index)
+-- Does a worker run a suspect already? (asked by claim_jobs())
 CREATE INDEX IF NOT EXISTS jobs_suspect_running_idx ON {schema}.jobs (worker_id)
     WHERE status = 'running' AND suspect_of IS NOT NULL;
 -- The waiting suspects taken from a worker that heartbeats again (asked by every heartbeat).
