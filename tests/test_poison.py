@@ -20,8 +20,9 @@ from jobmaster_async.db.sql import quote_identifier
 from tests.polling import until
 from tests.processes import worker_process
 
+#: rescues within seconds; a lapse long enough that a live worker of a loaded machine keeps its jobs
 FAST_LAPSE = (
-    "--heartbeat-interval", "0.5", "--heartbeat-lapse", "2", "--rescue-interval", "0.5", "--poll-interval", "0.5",
+    "--heartbeat-interval", "0.5", "--heartbeat-lapse", "4", "--rescue-interval", "0.5", "--poll-interval", "0.5",
 )  # fmt: skip
 
 

@@ -72,7 +72,7 @@ SELECT job_id, task_id, priority, arguments, attempts, max_attempts, trace_conte
 WITH
 -- must this claim respect limits, or is a suspect of these tasks claimable (suspects run one per
 -- worker: DESIGN 9 "Lost workers")? Then claim_jobs() does it and this claims nothing. The second
--- is a probe of jobs_suspect_claim_idx, empty while no worker is lost: the claim costs the same
+-- is a probe of jobs_suspects_idx, empty while no worker is lost: the claim costs the same
 -- then, and claims take the slower way only while suspects wait.
 mode AS (
     SELECT EXISTS (SELECT 1 FROM {schema}.tasks AS t

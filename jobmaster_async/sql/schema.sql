@@ -247,14 +247,9 @@ CREATE INDEX jobs_abandoned_idx ON {schema}.jobs (task_id) WHERE abandoned;
 -- Finished jobs of a task, oldest first: what pruning walks (functions/retention.sql).
 CREATE INDEX jobs_finished_idx ON {schema}.jobs (task_id, finished_at)
     WHERE status IN ('complete', 'failed', 'cancelled');
--- Suspects (migration 0016): the claim's one suspect, by the claim's order; the suspect a worker
--- runs; the waiting suspects taken from a worker. Empty while no worker is lost.
-CREATE INDEX jobs_suspect_claim_idx ON {schema}.jobs (priority DESC, seq)
-    WHERE status = 'waiting' AND NOT scheduled AND suspect_of IS NOT NULL;
-CREATE INDEX jobs_suspect_running_idx ON {schema}.jobs (worker_id)
-    WHERE status = 'running' AND suspect_of IS NOT NULL;
-CREATE INDEX jobs_suspect_of_idx ON {schema}.jobs (suspect_of)
-    WHERE status = 'waiting' AND suspect_of IS NOT NULL;
+-- Suspects (migration 0016 says why one index): the claimable ones in the claim's order, those a
+-- worker runs, those taken from a worker. Empty while no worker is lost.
+CREATE INDEX jobs_suspects_idx ON {schema}.jobs (status, priority DESC, seq) WHERE suspect_of IS NOT NULL;
 
 
 -- ---------------------------------------------------------------------------------------------

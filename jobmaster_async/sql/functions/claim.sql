@@ -55,7 +55,7 @@ DECLARE
     v_taken     jsonb := '{}';
     v_left      int := p_units;
     v_row       record;
-    -- suspects run one per worker: may this claim take one?
+    -- suspects run one per worker: may this claim take one? (NULL: not asked yet)
     v_suspect   boolean;
 BEGIN
     PERFORM {fragment:history_by_triggers};
@@ -76,8 +76,12 @@ BEGIN
             SELECT j.job_id, p_worker AS worker_id FROM {schema}.jobs AS j
              WHERE j.status = 'waiting' AND NOT j.scheduled AND j.suspect_of IS NOT NULL
                AND j.run_after <= now() AND j.task_id = ANY (p_task_ids)
-               AND NOT EXISTS (SELECT 1 FROM {schema}.jobs AS s
-                                WHERE s.status = 'running' AND s.suspect_of IS NOT NULL AND s.worker_id = p_worker)
+               -- along jobs_suspects_idx (the order makes it so: sorts are off; jobs_running_idx
+               -- would read every running job)
+               AND (SELECT s.job_id FROM {schema}.jobs AS s
+                     WHERE s.status = 'running' AND s.suspect_of IS NOT NULL AND s.worker_id = p_worker
+                     ORDER BY s.status, s.priority DESC, s.seq
+                     LIMIT 1) IS NULL
              ORDER BY j.priority DESC, j.seq
              LIMIT 1
              FOR NO KEY UPDATE SKIP LOCKED
@@ -125,9 +129,6 @@ BEGIN
      WHERE t.task_id = ANY (p_task_ids) AND t.process_units <= p_units
        AND (t.process_limit IS NULL OR t.task_id = ANY (v_limited));
 
-    -- suspects run one per worker (as in the fast way above): none if this one runs one already
-    v_suspect := NOT EXISTS (SELECT 1 FROM {schema}.jobs AS s
-                              WHERE s.status = 'running' AND s.suspect_of IS NOT NULL AND s.worker_id = p_worker);
     -- candidates: up to each task's cap, locked; then taken greedily within the units budget,
     -- and at most one suspect
     FOR v_row IN
@@ -142,8 +143,19 @@ BEGIN
                   FOR NO KEY UPDATE OF j SKIP LOCKED) AS c
          ORDER BY c.priority DESC, c.seq
     LOOP
-        CONTINUE WHEN v_row.process_units > v_left OR (v_row.suspect AND NOT v_suspect);
-        v_suspect := v_suspect AND NOT v_row.suspect;
+        CONTINUE WHEN v_row.process_units > v_left;
+        IF v_row.suspect THEN
+            -- suspects run one per worker (as in the fast way above): none if this one runs one
+            -- already (asked once, and only when a suspect is a candidate)
+            IF v_suspect IS NULL THEN
+                v_suspect := (SELECT s.job_id FROM {schema}.jobs AS s
+                               WHERE s.status = 'running' AND s.suspect_of IS NOT NULL AND s.worker_id = p_worker
+                               ORDER BY s.status, s.priority DESC, s.seq
+                               LIMIT 1) IS NULL;
+            END IF;
+            CONTINUE WHEN NOT v_suspect;
+            v_suspect := false;
+        END IF;
         v_left := v_left - v_row.process_units;
         v_ids := v_ids || v_row.job_id;
         EXIT WHEN cardinality(v_ids) >= p_limit;

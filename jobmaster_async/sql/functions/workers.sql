@@ -8,7 +8,7 @@
 -- waiting ones are no longer suspects (DESIGN 9 "Lost workers"), so a mass outage does not hold
 -- recovery to one suspect per worker. One already running elsewhere stays a suspect until it
 -- ends: it holds only one slot of that worker, and a job that stalls its worker's event loop
--- past the lapse is then still caught. A probe of jobs_suspect_of_idx (empty while no worker is
+-- past the lapse is then still caught. A probe of jobs_suspects_idx (empty while no worker is
 -- lost) on each heartbeat.
 CREATE OR REPLACE FUNCTION {schema}.heartbeat(
     p_worker uuid, p_node text, p_pid int, p_lapse double precision)

@@ -9,15 +9,12 @@
 -- comes (an outage, not a death), clears the suspicion of its waiting jobs (functions/workers.sql).
 ALTER TABLE {schema}.jobs ADD COLUMN IF NOT EXISTS suspect_of uuid;
 
--- Three partial indexes, empty while no worker is lost: a job enters them only as a suspect,
--- and an update of a row outside a partial index's predicate writes nothing to it.
--- The claim's one suspect: claimable suspects by priority, then age (the claim's order); every
--- plain claim asks whether one is claimable (queries.sql claim_jobs_fast: a probe of an empty index).
-CREATE INDEX IF NOT EXISTS jobs_suspect_claim_idx ON {schema}.jobs (priority DESC, seq)
-    WHERE status = 'waiting' AND NOT scheduled AND suspect_of IS NOT NULL;
--- Does a worker run a suspect already? (asked by claim_jobs())
-CREATE INDEX IF NOT EXISTS jobs_suspect_running_idx ON {schema}.jobs (worker_id)
-    WHERE status = 'running' AND suspect_of IS NOT NULL;
--- The waiting suspects taken from a worker that heartbeats again (asked by every heartbeat).
-CREATE INDEX IF NOT EXISTS jobs_suspect_of_idx ON {schema}.jobs (suspect_of)
-    WHERE status = 'waiting' AND suspect_of IS NOT NULL;
+-- The suspects, in one partial index that is empty while no worker is lost: a job enters it only
+-- as a suspect (an update of a row outside a partial index's predicate writes nothing to it), and
+-- one index, not one per question, so that the other statements on jobs pay for one more index
+-- only (each is opened by every write, and weighed by the planner for every scan of jobs). By
+-- status, then the claim's order: whether a suspect is claimable (every plain claim asks,
+-- queries.sql claim_jobs_fast) and which (claim_jobs()); whether a worker runs one
+-- (claim_jobs()); the waiting ones taken from a worker that heartbeats again (heartbeat()).
+CREATE INDEX IF NOT EXISTS jobs_suspects_idx ON {schema}.jobs (status, priority DESC, seq)
+    WHERE suspect_of IS NOT NULL;
