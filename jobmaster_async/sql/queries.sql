@@ -73,14 +73,17 @@ WITH
 -- must this claim respect limits, or is a suspect of these tasks claimable (suspects run one per
 -- worker: DESIGN 9 "Lost workers")? Then claim_jobs() does it and this claims nothing. The second
 -- is a probe of jobs_suspects_idx, empty while no worker is lost: the claim costs the same
--- then, and claims take the slower way only while suspects wait.
+-- then, and claims take the slower way only while suspects wait. (In that index's order, which
+-- no other index gives: not an EXISTS, which would drop the order; why: migration 0016.)
 mode AS (
     SELECT EXISTS (SELECT 1 FROM {schema}.tasks AS t
                     WHERE t.task_id = ANY ($2::int[])
                       AND (t.process_limit IS NOT NULL OR t.process_units * $3 > $4))
-           OR EXISTS (SELECT 1 FROM {schema}.jobs AS j
-                       WHERE j.status = 'waiting' AND NOT j.scheduled AND j.suspect_of IS NOT NULL
-                         AND j.task_id = ANY ($2::int[])) AS slow,
+           OR (SELECT true FROM {schema}.jobs AS j
+                WHERE j.status = 'waiting' AND NOT j.scheduled AND j.suspect_of IS NOT NULL
+                  AND j.task_id = ANY ($2::int[])
+                ORDER BY j.status, j.priority DESC, j.seq, j.suspect_of
+                LIMIT 1) IS NOT NULL AS slow,
            -- this statement writes its own history (logged): the jobs_updated trigger skips it
            {fragment:own_history} AS own_history,
            {fragment:claim_commit} AS claim_commit

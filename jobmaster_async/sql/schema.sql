@@ -249,7 +249,8 @@ CREATE INDEX jobs_finished_idx ON {schema}.jobs (task_id, finished_at)
     WHERE status IN ('complete', 'failed', 'cancelled');
 -- Suspects (migration 0016 says why one index): the claimable ones in the claim's order, those a
 -- worker runs, those taken from a worker. Empty while no worker is lost.
-CREATE INDEX jobs_suspects_idx ON {schema}.jobs (status, priority DESC, seq) WHERE suspect_of IS NOT NULL;
+CREATE INDEX jobs_suspects_idx ON {schema}.jobs (status, priority DESC, seq, suspect_of)
+    WHERE suspect_of IS NOT NULL;
 
 
 -- ---------------------------------------------------------------------------------------------

@@ -76,13 +76,13 @@ BEGIN
             SELECT j.job_id, p_worker AS worker_id FROM {schema}.jobs AS j
              WHERE j.status = 'waiting' AND NOT j.scheduled AND j.suspect_of IS NOT NULL
                AND j.run_after <= now() AND j.task_id = ANY (p_task_ids)
-               -- along jobs_suspects_idx (the order makes it so: sorts are off; jobs_running_idx
-               -- would read every running job)
+               -- along jobs_suspects_idx: its order, which no other index gives, makes it so
+               -- (sorts are off; why: migration 0016); jobs_running_idx would read every running job
                AND (SELECT s.job_id FROM {schema}.jobs AS s
                      WHERE s.status = 'running' AND s.suspect_of IS NOT NULL AND s.worker_id = p_worker
-                     ORDER BY s.status, s.priority DESC, s.seq
+                     ORDER BY s.status, s.priority DESC, s.seq, s.suspect_of
                      LIMIT 1) IS NULL
-             ORDER BY j.priority DESC, j.seq
+             ORDER BY j.status, j.priority DESC, j.seq, j.suspect_of
              LIMIT 1
              FOR NO KEY UPDATE SKIP LOCKED
         ),
@@ -150,7 +150,7 @@ BEGIN
             IF v_suspect IS NULL THEN
                 v_suspect := (SELECT s.job_id FROM {schema}.jobs AS s
                                WHERE s.status = 'running' AND s.suspect_of IS NOT NULL AND s.worker_id = p_worker
-                               ORDER BY s.status, s.priority DESC, s.seq
+                               ORDER BY s.status, s.priority DESC, s.seq, s.suspect_of
                                LIMIT 1) IS NULL;
             END IF;
             CONTINUE WHEN NOT v_suspect;

@@ -12,13 +12,16 @@
 -- lost) on each heartbeat.
 CREATE OR REPLACE FUNCTION {schema}.heartbeat(
     p_worker uuid, p_node text, p_pid int, p_lapse double precision)
-RETURNS void LANGUAGE plpgsql {entry_point} AS $$
+-- (sorts off: the probe goes along that index, in its order, which no other index gives, and jit
+-- with them: why, migration 0016 and rescue_jobs below)
+RETURNS void LANGUAGE plpgsql {entry_point} SET enable_sort = off SET enable_incremental_sort = off SET jit = off AS $$
 BEGIN
     PERFORM {fragment:history_by_triggers};
     INSERT INTO {schema}.workers AS w (worker_id, node, pid, lapse)
     VALUES (p_worker, p_node, p_pid, p_lapse * interval '1 second')
     ON CONFLICT (worker_id) DO UPDATE SET heartbeat_at = now(), lapse = excluded.lapse;
-    IF EXISTS (SELECT 1 FROM {schema}.jobs WHERE status = 'waiting' AND suspect_of = p_worker) THEN
+    IF (SELECT true FROM {schema}.jobs WHERE status = 'waiting' AND suspect_of = p_worker
+         ORDER BY status, priority DESC, seq, suspect_of LIMIT 1) THEN
         UPDATE {schema}.jobs SET suspect_of = NULL WHERE status = 'waiting' AND suspect_of = p_worker;
     END IF;
 END $$;
