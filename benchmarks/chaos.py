@@ -1,7 +1,7 @@
 """The chaos suite's scenarios (tests/chaos.py) at scale: two worker processes drain 20,000 jobs
 while a fault strikes; prints what became of the jobs, as a Markdown table.
 
-    python -m benchmarks.chaos [--jobs 20000] [--only terminate,crash,sigkill,blackhole,sigterm]
+    python -m benchmarks.chaos [--jobs 20000] [--only terminate,crash,sigkill,blackhole,sigterm,poison]
 
 lost: jobs never executed to the end; doubled: executions beyond the first (each execution
 appends a line to a file); recovery: seconds from the end of the fault until every surviving

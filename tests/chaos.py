@@ -83,6 +83,8 @@ class Drain:
     out: Path
     workers: list[subprocess.Popen[bytes]]
     lost_workers: set[int] = field(default_factory=set)  # pids killed on purpose
+    #: starts one more worker process (appended to workers), stopped with the others
+    respawn: Callable[[], subprocess.Popen[bytes]] | None = None
 
     def executions(self) -> list[Execution]:
         if not self.out.exists():
@@ -124,6 +126,11 @@ class Drain:
         """Jobs waiting, blocked or running (None while the database does not answer)."""
         schema = quote_identifier(self.jm.schema)
         return await self._value(f"SELECT waiting + blocked + running FROM {schema}.active_counts()")
+
+    async def status(self, job_id: uuid.UUID) -> object:
+        """A job's status (None while the database does not answer)."""
+        jobs = f"{quote_identifier(self.jm.schema)}.jobs"
+        return await self._value(f"SELECT status FROM {jobs} WHERE job_id = $1", job_id)
 
     async def worker_row(self, pid: int) -> object:
         """Whether the workers table has a row of process ``pid`` (None: no answer)."""
@@ -253,6 +260,25 @@ def _long_and_short_jobs(key: int) -> tuple[str, str, float]:
     return "tasks_for_tests", "chaos_run", LONG_SECONDS if key % 50 == 1 else TASK_SECONDS
 
 
+async def poison_job(drain: Drain, deadline: float) -> float | None:
+    """A job that kills every worker that runs it (os._exit), inserted at a higher priority than
+    the drain's, so that it is claimed beside them; each worker it kills is started again.
+    Recovery: until it failed (rescues used up), the drain's jobs beside it not charged."""
+    respawn = drain.respawn
+    assert respawn is not None
+    job_id = await drain.jm.insert_job("tasks_for_tests", "poison", 10, {"key": "chaos"})
+    inserted = time.time()
+
+    async def failed() -> bool:
+        for process in drain.survivors():
+            if process.poll() is not None:  # killed by the poison job: lost, and started again
+                drain.lost_workers.add(process.pid)
+                respawn()
+        return await drain.status(job_id) == "failed"
+
+    return time.time() - inserted if await _eventually(failed, deadline) else None
+
+
 @dataclass(frozen=True)
 class Scenario:
     key: str
@@ -267,6 +293,8 @@ class Scenario:
     job: JobOf = lambda key: ("tasks_for_tests", "chaos_run", TASK_SECONDS)
     #: more options of the workers
     options: tuple[str, ...] = ()
+    #: jobs besides the drain's that are to fail (the poison job)
+    failed: int = 0
 
 
 SCENARIOS = (
@@ -282,6 +310,11 @@ SCENARIOS = (
         job=_long_and_short_jobs,
         # the first worker back would rescue the other's jobs at once if it could
         options=("--app", "tests.tasks_for_tests,tests.heartbeat_tasks", "--rescue-interval", "1"),
+    ),
+    # five deaths (one beside the drain's jobs, uncharged, then rescues + 1 charged), each with
+    # up to `concurrency` jobs of the drain held
+    Scenario(
+        "poison", "a job that kills its worker, beside the others", poison_job, CONCURRENCY * 5, lapse="4", failed=1
     ),
 )
 
@@ -314,8 +347,14 @@ async def run_scenario(
     async with _schema(server.dsn, jobs, out, scenario.job) as jm, Proxy(server.dsn) as proxy:
         dsn = proxy.dsn if scenario.through_proxy else server.dsn
         options = (*WORKER_OPTIONS, "--heartbeat-lapse", scenario.lapse, *scenario.options)
-        with _workers(dsn, jm.schema, options, directory / scenario.key) as workers:
-            drain = Drain(server, proxy, jm, jobs, out, workers)
+        with _workers(dsn, jm.schema, options, directory / scenario.key) as workers, contextlib.ExitStack() as more:
+
+            def respawn() -> subprocess.Popen[bytes]:
+                log = more.enter_context(open(f"{directory / scenario.key}-{len(workers)}.log", "wb"))
+                workers.append(more.enter_context(worker_process(dsn, jm.schema, *options, log=log)))
+                return workers[-1]
+
+            drain = Drain(server, proxy, jm, jobs, out, workers, respawn=respawn)
 
             async def a_tenth_ran() -> bool:
                 return len(drain.executions()) >= jobs // 10

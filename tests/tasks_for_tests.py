@@ -193,6 +193,12 @@ def thread_until_cancelled(limit: float) -> str:
     return "timed out"
 
 
+# A poison job: it kills the worker process that runs it, every time (tests/test_poison.py)
+@task
+def poison(key: str) -> None:
+    os._exit(1)
+
+
 # Worker processes: every execution appends a line to a file (O_APPEND: whole lines)
 def _append(path: str, line: str) -> None:
     with open(path, "a") as f:

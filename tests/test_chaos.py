@@ -1,9 +1,10 @@
 """The chaos suite: two worker processes (``python -m jobmaster_async worker``) drain jobs while
 a fault strikes: every client backend terminated 20 times, a server crash, a worker killed, the
-network black-holed for 10 s, a worker stopped (tests/chaos.py; ``python -m benchmarks.chaos``
-runs the same with 20,000 jobs). Afterwards every job is complete, none lost, none left running,
-the other worker alive, and doubles only where a claim may be lost: at most ``concurrency`` per
-worker concerned after a crash or a killed worker, none otherwise."""
+network black-holed for 10 s, a worker stopped, a poison job that kills each worker that runs it
+(tests/chaos.py; ``python -m benchmarks.chaos`` runs the same with 20,000 jobs). Afterwards every
+job is complete (but the poison job, which fails alone: the only job failed by a rescue), none
+lost, none left running, the other worker alive, and doubles only where a claim may be lost: at
+most ``concurrency`` per worker concerned after a crash or a killed worker, none otherwise."""
 
 from __future__ import annotations
 
@@ -35,5 +36,7 @@ async def test_chaos(server: TemporaryServer, scenario: Scenario, tmp_path: Path
     assert result.dead_survivors == 0, logs
     assert result.left_running == 0, (result.statuses, logs)
     assert result.doubled <= scenario.doubles_allowed, logs
-    assert result.statuses == {"complete": JOBS}, logs
+    expected = {"complete": JOBS, "failed": scenario.failed} if scenario.failed else {"complete": JOBS}
+    assert result.statuses == expected, logs
+    assert result.rescue_failures == scenario.failed  # a poison job alone: not its neighbours
     assert result.lost == 0

@@ -686,7 +686,9 @@ async def workload(
     lost_ids = [job.job_id for job in [await lost.pop_job(), await lost.pop_job()] if job is not None]
     assert len(lost_ids) == 2
     await lost.close()  # gone without a word: its jobs stay running
-    await admin.execute(f"UPDATE {s}.jobs SET rescues = 3 WHERE job_id = $1", lost_ids[0])
+    # its rescues used up, and the one suspect it ran (of a worker lost before): charged, it fails
+    suspected = f"UPDATE {s}.jobs SET rescues = 3, suspect_of = $2 WHERE job_id = $1"
+    await admin.execute(suspected, lost_ids[0], uuid.uuid4())
     await lapse(admin, s, lost)
     assert await client.fetchval(f"SELECT {s}.rescue_jobs()") == 2
     assert await status(lost_ids[0]) == "failed" and await status(lost_ids[1]) == "waiting"

@@ -50,8 +50,9 @@ RETURNING j.job_id, j.task_id, j.priority, j.arguments, j.attempts, j.max_attemp
 -- disabled plan node is given a huge cost, which would make JIT compile every claim: hence
 -- jit off. Bitmap scans are off because they never mark the index entries of finished jobs
 -- dead: until vacuum, every count of a task's running jobs would visit the table for each
--- finished job of the task (migration 0006).
-SET enable_sort = off SET jit = off SET enable_bitmapscan = off
+-- finished job of the task (migration 0006). Incremental sorts are off with sorts: a probe of the
+-- suspects must go along jobs_suspects_idx, in an order no other index gives in full (migration 0016).
+SET enable_sort = off SET enable_incremental_sort = off SET jit = off SET enable_bitmapscan = off
 
 -- fragment: claim_commit
 -- A claim need not wait for its WAL flush: lost in a crash, it only puts the job back to

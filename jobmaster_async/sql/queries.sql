@@ -65,27 +65,38 @@ SELECT job_id, task_id, priority, arguments, attempts, max_attempts, trace_conte
 
 -- name: claim_jobs_fast
 -- The common claim as one plain statement (db/claimer.py): when none of the tasks $2 has a
--- process_limit and the units budget $4 cannot be exceeded by $3 jobs. Otherwise nothing is
--- claimed and the last row says slow: claim_jobs() must be used. The last row (job_id NULL) also
+-- process_limit, the units budget $4 cannot be exceeded by $3 jobs, and no suspect of these tasks
+-- is claimable. Otherwise nothing is claimed and the last row says slow: claim_jobs() must be
+-- used (it takes suspects one per worker). The last row (job_id NULL) also
 -- says in how many seconds the earliest scheduled job of these tasks falls due (scheduled_in;
 -- NULL: none; at most 0 when one is due, which the claimer then promotes: promote_due_jobs), and
 -- in how many a job of theirs may be claimable (due_in: 0 when one this claim skipped is, else
 -- scheduled_in; only computed when fewer than $3 were claimed, for the dispatcher's idle wait).
 WITH
--- must this claim respect limits? (then claim_jobs() does it; this claims nothing)
+-- must this claim respect limits, or is a suspect of these tasks claimable (suspects run one per
+-- worker: DESIGN 9 "Lost workers")? Then claim_jobs() does it and this claims nothing. The second
+-- is a probe of jobs_suspects_idx, empty while no worker is lost: the claim costs the same
+-- then, and claims take the slower way only while suspects wait. (In that index's order, which
+-- no other index gives: not an EXISTS, which would drop the order; why: migration 0016.)
 mode AS (
     SELECT EXISTS (SELECT 1 FROM {schema}.tasks AS t
                     WHERE t.task_id = ANY ($2::int[])
-                      AND (t.process_limit IS NOT NULL OR t.process_units * $3 > $4)) AS slow,
+                      AND (t.process_limit IS NOT NULL OR t.process_units * $3 > $4))
+           OR (SELECT true FROM {schema}.jobs AS j
+                WHERE j.status = 'waiting' AND NOT j.scheduled AND j.suspect_of IS NOT NULL
+                  AND j.task_id = ANY ($2::int[])
+                ORDER BY j.status, j.priority DESC, j.seq, j.suspect_of
+                LIMIT 1) IS NOT NULL AS slow,
            -- this statement writes its own history (logged): the jobs_updated trigger skips it
            {fragment:own_history} AS own_history,
            {fragment:claim_commit} AS claim_commit
 ),
--- the next runnable jobs, locked; rows other claimers hold are skipped
+-- the next runnable jobs, locked; rows other claimers hold are skipped (no suspect: while one
+-- is claimable this claims nothing, above; the test is a filter on rows read anyway)
 to_claim AS (
     SELECT j.job_id, $1::uuid AS worker_id FROM {schema}.jobs AS j
      WHERE j.status = 'waiting' AND NOT j.scheduled AND j.run_after <= pg_catalog.now()
-       AND j.task_id = ANY ($2::int[]) AND NOT (SELECT m.slow FROM mode AS m)
+       AND j.task_id = ANY ($2::int[]) AND j.suspect_of IS NULL AND NOT (SELECT m.slow FROM mode AS m)
      ORDER BY j.priority DESC, j.seq
      LIMIT $3
        FOR NO KEY UPDATE SKIP LOCKED
@@ -118,6 +129,9 @@ SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL,
                    -- are stale (as a queue's always are) pick a scan of the whole table
                    (SELECT pg_catalog.now() FROM {schema}.jobs AS j
                      WHERE j.status = 'waiting' AND NOT j.scheduled AND j.task_id = ANY ($2::int[])
+                       -- not a suspect: one may be what this worker may not take now (it runs
+                       -- one), which would make it claim again at once until that one ends
+                       AND j.suspect_of IS NULL
                        -- this statement's snapshot still sees the jobs it claimed as waiting
                        AND NOT EXISTS (SELECT 1 FROM claimed AS c WHERE c.job_id = j.job_id)
                      ORDER BY j.priority DESC, j.seq
@@ -214,6 +228,7 @@ SELECT pg_catalog.date_part('epoch', least(
            -- along the claim index (why not EXISTS: claim_jobs_fast)
            (SELECT pg_catalog.now() FROM {schema}.jobs
              WHERE status = 'waiting' AND NOT scheduled AND task_id = ANY ($1::int[])
+               AND suspect_of IS NULL  -- why: claim_jobs_fast
              ORDER BY priority DESC, seq
              LIMIT 1),
            (SELECT run_after FROM {schema}.jobs

@@ -216,7 +216,9 @@ CREATE TABLE {schema}.jobs (
     -- indexes, in jobs_scheduled_idx, until promote_due_jobs() clears the flag once it is due
     scheduled      boolean NOT NULL DEFAULT false,
     -- the W3C trace context it was inserted in: {"traceparent": ..., "tracestate": ...} (NULL: none)
-    trace_context  jsonb
+    trace_context  jsonb,
+    -- a suspect: put back from a lost worker (this one), it may have killed it (NULL: not one)
+    suspect_of     uuid
 ) WITH (
     -- autovacuum fit for a queue: the reasons are in migrations/0014_retention.sql
     autovacuum_vacuum_scale_factor = 0.01,
@@ -245,6 +247,10 @@ CREATE INDEX jobs_abandoned_idx ON {schema}.jobs (task_id) WHERE abandoned;
 -- Finished jobs of a task, oldest first: what pruning walks (functions/retention.sql).
 CREATE INDEX jobs_finished_idx ON {schema}.jobs (task_id, finished_at)
     WHERE status IN ('complete', 'failed', 'cancelled');
+-- Suspects (migration 0016 says why one index): the claimable ones in the claim's order, those a
+-- worker runs, those taken from a worker. Empty while no worker is lost.
+CREATE INDEX jobs_suspects_idx ON {schema}.jobs (status, priority DESC, seq, suspect_of)
+    WHERE suspect_of IS NOT NULL;
 
 
 -- ---------------------------------------------------------------------------------------------

@@ -55,6 +55,8 @@ DECLARE
     v_taken     jsonb := '{}';
     v_left      int := p_units;
     v_row       record;
+    -- suspects run one per worker: may this claim take one? (NULL: not asked yet)
+    v_suspect   boolean;
 BEGIN
     PERFORM {fragment:history_by_triggers};
     PERFORM {fragment:claim_commit};
@@ -68,13 +70,42 @@ BEGIN
         -- fast path: no limits to respect, the units budget cannot be exceeded
         RETURN QUERY
         WITH
-        -- the next runnable jobs, locked; rows other claimers hold are skipped
-        to_claim AS (
+        -- a suspect, if one is claimable and this worker runs none: suspects run one per worker
+        -- (DESIGN 9 "Lost workers"; claim_jobs_fast sends claims here while one is claimable)
+        suspect AS (
+            SELECT j.job_id, p_worker AS worker_id FROM {schema}.jobs AS j
+             WHERE j.status = 'waiting' AND NOT j.scheduled AND j.suspect_of IS NOT NULL
+               AND j.run_after <= now() AND j.task_id = ANY (p_task_ids)
+               -- along jobs_suspects_idx: its order, which no other index gives, makes it so
+               -- (sorts are off; why: migration 0016); jobs_running_idx would read every running job
+               AND (SELECT s.job_id FROM {schema}.jobs AS s
+                     WHERE s.status = 'running' AND s.suspect_of IS NOT NULL AND s.worker_id = p_worker
+                     ORDER BY s.status, s.priority DESC, s.seq, s.suspect_of
+                     LIMIT 1) IS NULL
+             ORDER BY j.status, j.priority DESC, j.seq, j.suspect_of
+             LIMIT 1
+             FOR NO KEY UPDATE SKIP LOCKED
+        ),
+        -- the next runnable ordinary jobs, locked; rows other claimers hold are skipped
+        ordinary AS (
             SELECT j.job_id, p_worker AS worker_id FROM {schema}.jobs AS j
              WHERE j.status = 'waiting' AND NOT j.scheduled AND j.run_after <= now() AND j.task_id = ANY (p_task_ids)
+               AND j.suspect_of IS NULL
              ORDER BY j.priority DESC, j.seq
              LIMIT p_limit
              FOR NO KEY UPDATE SKIP LOCKED
+        ),
+        -- what this claim takes: the suspect first, up to the limit (with a suspect, the last
+        -- ordinary job locked is left: a limit computed from the suspect's count would be
+        -- estimated at a tenth of the table, and the claim's update would then scan the table
+        -- instead of probing its key)
+        to_claim AS (
+            SELECT u.job_id, u.worker_id
+              FROM (SELECT s.job_id, s.worker_id, 0 AS rank FROM suspect AS s
+                    UNION ALL
+                    SELECT o.job_id, o.worker_id, 1 FROM ordinary AS o) AS u
+             ORDER BY u.rank
+             LIMIT p_limit
         )
         {fragment:claim};
         RETURN;
@@ -98,12 +129,13 @@ BEGIN
      WHERE t.task_id = ANY (p_task_ids) AND t.process_units <= p_units
        AND (t.process_limit IS NULL OR t.task_id = ANY (v_limited));
 
-    -- candidates: up to each task's cap, locked; then taken greedily within the units budget
+    -- candidates: up to each task's cap, locked; then taken greedily within the units budget,
+    -- and at most one suspect
     FOR v_row IN
-        SELECT c.job_id, c.task_id, c.process_units
+        SELECT c.job_id, c.task_id, c.process_units, c.suspect
           FROM unnest(v_eligible, v_caps) AS e(task_id, cap)
          CROSS JOIN LATERAL (
-               SELECT j.job_id, j.task_id, j.priority, j.seq, t.process_units
+               SELECT j.job_id, j.task_id, j.priority, j.seq, t.process_units, j.suspect_of IS NOT NULL AS suspect
                  FROM {schema}.jobs AS j JOIN {schema}.tasks AS t ON t.task_id = j.task_id
                 WHERE j.task_id = e.task_id AND j.status = 'waiting' AND NOT j.scheduled AND j.run_after <= now()
                 ORDER BY j.priority DESC, j.seq
@@ -112,6 +144,18 @@ BEGIN
          ORDER BY c.priority DESC, c.seq
     LOOP
         CONTINUE WHEN v_row.process_units > v_left;
+        IF v_row.suspect THEN
+            -- suspects run one per worker (as in the fast way above): none if this one runs one
+            -- already (asked once, and only when a suspect is a candidate)
+            IF v_suspect IS NULL THEN
+                v_suspect := (SELECT s.job_id FROM {schema}.jobs AS s
+                               WHERE s.status = 'running' AND s.suspect_of IS NOT NULL AND s.worker_id = p_worker
+                               ORDER BY s.status, s.priority DESC, s.seq, s.suspect_of
+                               LIMIT 1) IS NULL;
+            END IF;
+            CONTINUE WHEN NOT v_suspect;
+            v_suspect := false;
+        END IF;
         v_left := v_left - v_row.process_units;
         v_ids := v_ids || v_row.job_id;
         EXIT WHEN cardinality(v_ids) >= p_limit;

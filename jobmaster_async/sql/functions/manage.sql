@@ -23,7 +23,8 @@ BEGIN
     -- the job, and an "ALL" parent's unfinished children, cancelled
     cancelled AS (
         UPDATE {schema}.jobs AS j
-           SET status = 'cancelled', finished_at = now(), message = 'cancelled', scheduled = false
+           SET status = 'cancelled', finished_at = now(), message = 'cancelled', scheduled = false,
+               suspect_of = NULL
          WHERE j.status IN ('waiting', 'blocked', 'running')
            AND (j.job_id = p_job_id
                 OR j.job_id IN (SELECT d.depends_on FROM {schema}.job_dependencies AS d
@@ -93,7 +94,7 @@ BEGIN
            max_attempts = v_job.attempts + v_task.retries + 1, run_after = now(), run_at = NULL,
            scheduled = false,
            started_at = NULL, finished_at = CASE WHEN v_failure IS NOT NULL THEN now() END,
-           worker_id = NULL, result = NULL, error_type = NULL, traceback = NULL,
+           worker_id = NULL, result = NULL, error_type = NULL, traceback = NULL, suspect_of = NULL,
            message = coalesce(v_failure, 'retried')
      WHERE job_id = p_job_id;
     IF NOT v_job.is_parent AND v_status = 'blocked' THEN

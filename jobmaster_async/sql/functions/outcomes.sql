@@ -4,7 +4,8 @@
 
 
 -- Records successes. Fenced: only jobs still running for this worker and attempt are touched,
--- so the late result of a rescued job is dropped. Returns the ids recorded.
+-- so the late result of a rescued job is dropped. A suspect that completes is no longer one
+-- (workers.sql rescue_jobs). Returns the ids recorded.
 CREATE OR REPLACE FUNCTION {schema}.complete_jobs(
     p_worker uuid, p_ids uuid[], p_attempts int[], p_results jsonb[])
 RETURNS uuid[] LANGUAGE plpgsql {entry_point} AS $$
@@ -20,7 +21,7 @@ BEGIN
     done AS (
         UPDATE {schema}.jobs AS j
            SET status = 'complete', result = p_results[array_position(p_ids, j.job_id)],
-               finished_at = now()
+               finished_at = now(), suspect_of = NULL
          WHERE {fragment:held}
         RETURNING j.job_id, j.task_id, j.message
     ),
@@ -73,7 +74,9 @@ BEGIN
                finished_at = CASE WHEN b.retry THEN NULL ELSE now() END,
                worker_id = CASE WHEN b.retry THEN NULL ELSE j.worker_id END,
                error_type = p_error_types[b.i], message = p_messages[b.i],
-               traceback = p_tracebacks[b.i]
+               traceback = p_tracebacks[b.i],
+               -- an attempt that ended without a loss: no longer a suspect (DESIGN 9 "Lost workers")
+               suspect_of = NULL
           FROM batch AS b
          WHERE j.job_id = b.job_id
         RETURNING j.job_id, j.status
@@ -88,7 +91,7 @@ END $$;
 
 -- Puts running jobs of a worker back to waiting (graceful shutdown). The start stays counted in
 -- attempts (it never decreases: fencing) and is given back through max_attempts, so a release
--- uses up no retry.
+-- uses up no retry. A suspect stays one: it did not finish.
 CREATE OR REPLACE FUNCTION {schema}.release_jobs(p_worker uuid, p_ids uuid[], p_attempts int[])
 RETURNS int LANGUAGE sql {entry_point} AS $$
     SELECT {fragment:history_by_triggers};

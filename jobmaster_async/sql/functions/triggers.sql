@@ -72,7 +72,9 @@ BEGIN
     END IF;
     WITH
     -- rows whose status changed in this statement, and why (told apart by what else changed:
-    -- a rescue counts a rescue, a release gives the start back through max_attempts)
+    -- a rescue keeps the lost worker, of which the job is now a suspect, and may count a rescue
+    -- (workers.sql rescue_jobs; a retry and a release clear worker_id), a release gives the
+    -- start back through max_attempts)
     changes AS (
         SELECT n.job_id, n.task_id, n.status, o.status AS old_status,
                coalesce(n.worker_id, o.worker_id) AS worker_id, n.message,
@@ -80,7 +82,8 @@ BEGIN
                     WHEN n.status = 'complete' THEN 'completed'
                     WHEN n.status = 'cancelled' THEN 'cancelled'
                     WHEN n.status = 'failed' THEN 'failed'
-                    WHEN o.status = 'running' AND n.rescues > o.rescues THEN 'rescued'
+                    WHEN o.status = 'running' AND (n.rescues > o.rescues OR n.worker_id = n.suspect_of)
+                         THEN 'rescued'
                     WHEN o.status = 'running' AND n.max_attempts > o.max_attempts THEN 'released'
                     WHEN o.status = 'running' THEN 'retried'
                     WHEN o.status = 'blocked' THEN 'unblocked'

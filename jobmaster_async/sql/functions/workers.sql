@@ -3,20 +3,43 @@
 -- db/sql.py FUNCTIONS gives. Placeholders, fragments and name resolution: sql/README.md.
 
 
+-- A worker says it lives. One that was lost and heartbeats again (its row was rescued and
+-- deleted: a database outage or a stall, not a death) did not die of the jobs taken from it: the
+-- waiting ones are no longer suspects (DESIGN 9 "Lost workers"), so a mass outage does not hold
+-- recovery to one suspect per worker. One already running elsewhere stays a suspect until it
+-- ends: it holds only one slot of that worker, and a job that stalls its worker's event loop
+-- past the lapse is then still caught. A probe of jobs_suspects_idx (empty while no worker is
+-- lost) on each heartbeat.
 CREATE OR REPLACE FUNCTION {schema}.heartbeat(
     p_worker uuid, p_node text, p_pid int, p_lapse double precision)
-RETURNS void LANGUAGE sql {entry_point} AS $$
+-- (sorts off: the probe goes along that index, in its order, which no other index gives, and jit
+-- with them: why, migration 0016 and rescue_jobs below)
+RETURNS void LANGUAGE plpgsql {entry_point} SET enable_sort = off SET enable_incremental_sort = off SET jit = off AS $$
+BEGIN
+    PERFORM {fragment:history_by_triggers};
     INSERT INTO {schema}.workers AS w (worker_id, node, pid, lapse)
     VALUES (p_worker, p_node, p_pid, p_lapse * interval '1 second')
     ON CONFLICT (worker_id) DO UPDATE SET heartbeat_at = now(), lapse = excluded.lapse;
-$$;
+    IF (SELECT true FROM {schema}.jobs WHERE status = 'waiting' AND suspect_of = p_worker
+         ORDER BY status, priority DESC, seq, suspect_of LIMIT 1) THEN
+        UPDATE {schema}.jobs SET suspect_of = NULL WHERE status = 'waiting' AND suspect_of = p_worker;
+    END IF;
+END $$;
 
 
 -- Jobs of workers whose heartbeat lapsed (or that are gone) go back to waiting, or fail when
--- their attempts are used up. Dead worker rows are locked SKIP LOCKED: one rescuer each. Every
+-- their rescues are used up. Dead worker rows are locked SKIP LOCKED: one rescuer each. Every
 -- worker calls this on each poll: bitmap scans are off for the reason the claim's are (fragment
 -- claim_settings), and jit with them (before PostgreSQL 18 a disabled plan node is given a huge
 -- cost, which would make JIT compile the statement on every call).
+-- Suspects (DESIGN 9 "Lost workers"): every job put back is a suspect of the worker lost
+-- (suspect_of), and a worker runs at most one suspect at a time (claim.sql claim_jobs). A rescue
+-- is charged (rescues + 1, and the job fails once its task's rescues are used up) only to the one
+-- job that was isolated when the worker died: the only suspect running on it, or, when it ran no
+-- suspect, its only job. The others are put back uncharged, so the job that kills its worker
+-- does not spend its neighbours' rescues: each of them then runs as the one suspect of a worker,
+-- and the next loss of that worker is charged to it alone. A rescue keeps the lost worker in
+-- worker_id (a retry or a release clears it): the history trigger tells a rescue by that.
 CREATE OR REPLACE FUNCTION {schema}.rescue_jobs()
 RETURNS int LANGUAGE plpgsql {entry_point} SET enable_bitmapscan = off SET jit = off AS $$
 DECLARE
@@ -32,28 +55,42 @@ BEGIN
     WITH
     -- running jobs of dead or unknown workers
     lost AS (
-        SELECT j.job_id FROM {schema}.jobs AS j
+        SELECT j.job_id, j.worker_id, j.suspect_of FROM {schema}.jobs AS j
          WHERE j.status = 'running'
            AND (j.worker_id = ANY (v_dead)
                 OR NOT EXISTS (SELECT 1 FROM {schema}.workers AS w WHERE w.worker_id = j.worker_id))
            FOR NO KEY UPDATE OF j SKIP LOCKED
     ),
-    -- put back without using up retries (the lost start gets an attempt of its own), up to the
-    -- task's rescues; the next loss fails the job (a poison job stops there)
+    -- charged: the only suspect running on its lost worker, or its only job when it ran no suspect
+    judged AS (
+        SELECT l.job_id,
+               CASE WHEN count(*) FILTER (WHERE l.suspect_of IS NOT NULL) OVER w > 0
+                    THEN l.suspect_of IS NOT NULL AND count(*) FILTER (WHERE l.suspect_of IS NOT NULL) OVER w = 1
+                    ELSE count(*) OVER w = 1 END AS charged
+          FROM lost AS l
+        WINDOW w AS (PARTITION BY l.worker_id)
+    ),
+    -- put back as suspects of the lost worker, without using up retries (the lost start gets an
+    -- attempt of its own); a charged one up to the task's rescues, after which it fails (a
+    -- poison job stops there)
     rescued AS (
         UPDATE {schema}.jobs AS j
-           SET status = CASE WHEN j.rescues < t.rescues THEN 'waiting' ELSE 'failed' END,
-               finished_at = CASE WHEN j.rescues < t.rescues THEN NULL ELSE now() END,
-               max_attempts = j.max_attempts + CASE WHEN j.rescues < t.rescues THEN 1 ELSE 0 END,
-               rescues = j.rescues + 1,
+           SET status = CASE WHEN NOT g.charged OR j.rescues < t.rescues THEN 'waiting' ELSE 'failed' END,
+               finished_at = CASE WHEN NOT g.charged OR j.rescues < t.rescues THEN NULL ELSE now() END,
+               max_attempts = j.max_attempts + CASE WHEN NOT g.charged OR j.rescues < t.rescues THEN 1 ELSE 0 END,
+               rescues = j.rescues + g.charged::int,
+               suspect_of = CASE WHEN NOT g.charged OR j.rescues < t.rescues THEN j.worker_id END,
                run_after = now(),
-               message = CASE WHEN j.rescues < t.rescues
+               message = CASE WHEN NOT g.charged
+                              THEN format('worker %s lost (heartbeat lapsed) during attempt %s; put back as a suspect, rescue not counted: another job running there may have killed it (rescues %s of %s)',
+                                          j.worker_id, j.attempts, j.rescues, t.rescues)
+                              WHEN j.rescues < t.rescues
                               THEN format('worker %s lost (heartbeat lapsed) during attempt %s; put back (rescue %s of %s)',
                                           j.worker_id, j.attempts, j.rescues + 1, t.rescues)
                               ELSE format('worker %s lost (heartbeat lapsed) during attempt %s; failed: its worker was lost %s times (rescues=%s)',
                                           j.worker_id, j.attempts, j.rescues + 1, t.rescues) END
-          FROM lost AS l, {schema}.tasks AS t
-         WHERE j.job_id = l.job_id AND t.task_id = j.task_id
+          FROM judged AS g, {schema}.tasks AS t
+         WHERE j.job_id = g.job_id AND t.task_id = j.task_id
         RETURNING j.job_id, j.status
     )
     SELECT count(*)::int, coalesce(array_agg(r.job_id) FILTER (WHERE r.status = 'failed'), '{}')
