@@ -12,9 +12,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import ConfigurationError
-from .worker.bounds import DEFAULT_MAX_RESULT_BYTES
 
-__all__ = ("DEFAULT_SYSTEM_PROCESS_UNITS", "Settings")
+__all__ = ("DEFAULT_MAX_RESULT_BYTES", "DEFAULT_SYSTEM_PROCESS_UNITS", "Settings")
+
+#: The default of the ``max_result_bytes`` setting: the JSON text of a result, at most (worker.bounds).
+DEFAULT_MAX_RESULT_BYTES = 4 * 1024 * 1024
 
 DEFAULT_SYSTEM_PROCESS_UNITS = 10_000
 

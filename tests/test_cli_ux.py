@@ -457,7 +457,7 @@ def test_insert_suggests_the_task_meant(cli: tuple[CliRunner, list[str]]) -> Non
     assert typo.exit_code == 1
     message = typo.stderr.strip()
     assert message.startswith("Error: unknown task tasks_for_tests.ad: did you mean add? tasks of tasks_for_tests: ")
-    assert ", add, after_gate," in message and message.endswith("(65 in all)")
+    assert ", add, after_gate," in message and message.endswith("(66 in all)")
     wrong_type = runner.invoke(main, [*base, "insert", "task_for_tests", "add", "--args", '{"a": 1}'])
     assert wrong_type.exit_code == 1
     assert "no task of type task_for_tests is deployed; did you mean tasks_for_tests.add?" in wrong_type.stderr

@@ -29,6 +29,7 @@ LAYERS: list[tuple[str, ...]] = [
         "arguments",
         "schedules",
         "tracing",
+        "times",
     ),
     ("db",),
     ("worker",),

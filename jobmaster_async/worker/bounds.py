@@ -20,6 +20,7 @@ import types
 from dataclasses import dataclass
 from typing import Any
 
+from ..settings import DEFAULT_MAX_RESULT_BYTES
 from ..storable import sanitize_text
 
 __all__ = (
@@ -33,8 +34,6 @@ __all__ = (
     "truncated",
 )
 
-#: The default of the ``max_result_bytes`` setting: the JSON text of a result, at most.
-DEFAULT_MAX_RESULT_BYTES = 4 * 1024 * 1024
 #: An exception's message is kept up to this many bytes (UTF-8), then cut with a note.
 MAX_MESSAGE_BYTES = 64 * 1024
 #: A traceback is kept up to this many bytes: its first and last halves, a note between them.

@@ -57,10 +57,16 @@ class Maintenance:
         this worker's own heartbeat is fresh (run_forever's: it beat, less than half the lapse
         ago; a worker cut off from its start would take itself for lost)."""
         service = Service(outage, "rescuer")
+
+        async def rescue_if_heartbeating() -> None:
+            # asked again at every try: a rescue retried across an outage must not run once the
+            # database is back before this worker may rescue again
+            if heartbeating():
+                await self.rescue()
+
         while True:
             await asyncio.sleep(self.settings.rescue_interval * random.uniform(0.5, 1.0))
-            if heartbeating():
-                await service.run(self.rescue)
+            await service.run(rescue_if_heartbeating)
 
     async def rescue_if_due(self) -> int:
         """Rescues if a rescue interval passed since the last one (pop_job's way)."""
