@@ -172,3 +172,70 @@ async def test_the_limited_claim_takes_at_most_one_suspect(jm: JobMaster, conn: 
     assert sorted(r["job_id"] in suspects for r in rows) == [False, True]
     assert ordinary in [r["job_id"] for r in rows]
     assert await conn.fetch(f"SELECT * FROM {s}.claim_jobs($1, $2, 3, 8)", worker, [heavy]) == []
+
+
+async def test_suspects_a_worker_may_not_take_do_not_hide_a_limited_tasks_other_jobs(
+    jm: JobMaster, conn: asyncpg.Connection
+) -> None:
+    """A process_limit task (2) whose next jobs are suspects, claimed by a worker that runs a
+    suspect already: it takes the ordinary jobs behind them (the suspects used to fill the task's
+    cap, hide them, and leave the worker claiming again and again)."""
+    s = quote_identifier(jm.schema)
+    suspects = await jm.insert_jobs("tasks_for_tests", "limited", 5, [{"n": 1}, {"n": 2}])
+    other = await jm.insert_job("tasks_for_tests", "add", 1, {"a": 1})
+    await _hold(jm, 3)
+    assert await _lose(jm, conn, jm.worker_id) == 3  # three suspects, uncharged
+    ordinary = await jm.insert_jobs("tasks_for_tests", "limited", 1, [{"n": i} for i in range(10, 13)])
+    add = await conn.fetchval(f"SELECT task_id FROM {s}.tasks WHERE task_key = 'add'")
+    limited = await conn.fetchval(f"SELECT task_id FROM {s}.tasks WHERE task_key = 'limited'")
+    worker = uuid.uuid4()
+    first = await conn.fetch(f"SELECT * FROM {s}.claim_jobs($1, $2, 1, 100)", worker, [add])
+    assert [r["job_id"] for r in first] == [other]  # the worker runs a suspect
+    rows = await conn.fetch(f"SELECT * FROM {s}.claim_jobs($1, $2, 5, 100)", worker, [limited])
+    taken = [r["job_id"] for r in rows]
+    assert len(taken) == 2 and set(taken) <= set(ordinary) and not set(taken) & set(suspects)
+
+
+async def test_a_heartbeat_does_not_wait_for_a_lock_on_one_of_its_suspects(
+    jm: JobMaster, dsn: str, conn: asyncpg.Connection
+) -> None:
+    s = quote_identifier(jm.schema)
+    ids = await jm.insert_jobs("tasks_for_tests", "add", 1, [{"a": 1}, {"a": 2}])
+    await _hold(jm, 2)
+    assert await _lose(jm, conn, jm.worker_id) == 2
+    locker = await asyncpg.connect(dsn)
+    try:
+        async with locker.transaction():
+            await locker.execute(f"SELECT 1 FROM {s}.jobs WHERE job_id = $1 FOR NO KEY UPDATE", ids[0])
+            await conn.execute("SET statement_timeout = '5s'")
+            try:
+                await conn.execute(f"SELECT {s}.heartbeat($1, 'node', 1, 30)", jm.worker_id)
+            finally:
+                await conn.execute("RESET statement_timeout")
+            assert await _suspects(jm, conn) == {ids[0]: jm.worker_id, ids[1]: None}  # the locked one next time
+        await conn.execute(f"SELECT {s}.heartbeat($1, 'node', 1, 30)", jm.worker_id)
+        assert await _suspects(jm, conn) == {ids[0]: None, ids[1]: None}
+    finally:
+        await locker.close()
+
+
+async def test_a_lost_workers_jobs_are_judged_together_when_one_is_locked(
+    jm: JobMaster, dsn: str, conn: asyncpg.Connection
+) -> None:
+    """Two jobs on a lost worker, one locked by another transaction when the rescue runs: none is
+    rescued then (judged alone, the other would look isolated and be charged); both are, uncharged,
+    once the lock is gone."""
+    s = quote_identifier(jm.schema)
+    ids = await jm.insert_jobs("tasks_for_tests", "add", 1, [{"a": 1}, {"a": 2}])
+    await _hold(jm, 2)
+    locker = await asyncpg.connect(dsn)
+    try:
+        async with locker.transaction():
+            await locker.execute(f"SELECT 1 FROM {s}.jobs WHERE job_id = $1 FOR NO KEY UPDATE", ids[0])
+            assert await _lose(jm, conn, jm.worker_id) == 0
+        assert await conn.fetchval(f"SELECT {s}.rescue_jobs()") == 2
+    finally:
+        await locker.close()
+    for job_id in ids:
+        job = await jm.get_job(job_id)
+        assert job is not None and job.status == "waiting" and job.rescues == 0

@@ -24,6 +24,7 @@ from jobmaster_async.errors import InvalidArguments
 from jobmaster_async.jobs import Job
 from jobmaster_async.times import UndecodableTime, decode_timestamptz
 from jobmaster_async.web import create_app
+from tests.polling import until
 from tests.test_client_transactions import web_role
 from tests.test_web import _samples
 from tests.web_support import client
@@ -312,3 +313,33 @@ async def test_the_dashboard_lists_shows_and_counts_them(jm: JobMaster, conn: as
         await dash.aclose()
     done = await jm.get_job(ids["bc"])
     assert done is not None and done.status == "complete" and str(done.run_at) == BC
+
+
+@pytest.mark.parametrize("when", ["infinity", "-infinity", "200000-01-01 00:00+00"])
+async def test_a_worker_lives_beside_a_stored_run_at_out_of_range(
+    jm: JobMaster, conn: asyncpg.Connection, when: str
+) -> None:
+    """A waiting job whose run_at was stored before the bound (timestamp subtraction refuses
+    infinity before PostgreSQL 17): the claim's and the idle wait's "when is the next job due"
+    still answer, and the worker runs the other jobs."""
+    planted = await jm.insert_job("tasks_for_tests", "add", 0, {"a": 1}, run_at=timedelta(hours=1))
+    await conn.execute(
+        f"UPDATE {q(jm)}.jobs SET run_at = $2::text::timestamptz, run_after = $2::text::timestamptz WHERE job_id = $1",
+        planted,
+        when,
+    )
+    task = asyncio.create_task(jm.run_forever(2, handle_signals=False))
+    try:
+        job_id = await jm.insert_job("tasks_for_tests", "add", 0, {"a": 2})
+
+        async def ended() -> bool:
+            job = await jm.get_job(job_id)
+            return task.done() or (job is not None and job.status == "complete")
+
+        await until(ended, "the other job to complete (or the worker to end)")
+        assert not task.done(), task.exception()
+        job = await jm.get_job(job_id)
+        assert job is not None and job.status == "complete"
+    finally:
+        await jm.stop()
+        await asyncio.wait_for(task, 30)

@@ -136,10 +136,10 @@ SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL,
                        AND NOT EXISTS (SELECT 1 FROM claimed AS c WHERE c.job_id = j.job_id)
                      ORDER BY j.priority DESC, j.seq
                      LIMIT 1),
-                   n.run_after) - pg_catalog.clock_timestamp())::float8
+                   n.run_after)) - pg_catalog.date_part('epoch', pg_catalog.clock_timestamp())
           FROM (SELECT (SELECT s.run_after FROM next_scheduled AS s) AS run_after) AS n
          WHERE (SELECT pg_catalog.count(*) FROM claimed) < $3 AND NOT (SELECT m.slow FROM mode AS m)),
-       (SELECT pg_catalog.date_part('epoch', s.run_after - pg_catalog.clock_timestamp())::float8
+       (SELECT pg_catalog.date_part('epoch', s.run_after) - pg_catalog.date_part('epoch', pg_catalog.clock_timestamp())
           FROM next_scheduled AS s),
        (SELECT m.slow FROM mode AS m)
 
@@ -223,7 +223,10 @@ SELECT d.depends_on AS job_id, t.type_key, t.task_key, j.status
 
 -- name: seconds_to_next_run
 -- In how many seconds a job of the tasks $1 may be claimable: 0 when one is (held by another
--- claimer, or held back by a process_limit), else when the earliest scheduled one falls due (NULL: none)
+-- claimer, or held back by a process_limit), else when the earliest scheduled one falls due (NULL: none).
+-- Times are subtracted as epochs (floats), never as timestamps: a row stored before run_at was
+-- bounded may hold infinity, which timestamp subtraction refuses before PostgreSQL 17 (and the
+-- worker must not die of a job's data); it answers Infinity.
 SELECT pg_catalog.date_part('epoch', least(
            -- along the claim index (why not EXISTS: claim_jobs_fast)
            (SELECT pg_catalog.now() FROM {schema}.jobs
@@ -234,7 +237,7 @@ SELECT pg_catalog.date_part('epoch', least(
            (SELECT run_after FROM {schema}.jobs
              WHERE status = 'waiting' AND scheduled AND task_id = ANY ($1::int[])
              ORDER BY run_after
-             LIMIT 1)) - pg_catalog.clock_timestamp())::float8
+             LIMIT 1))) - pg_catalog.date_part('epoch', pg_catalog.clock_timestamp())
 
 -- name: promote_due_jobs
 SELECT {schema}.promote_due_jobs()

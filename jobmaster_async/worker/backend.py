@@ -111,21 +111,27 @@ class WorkerBackend:
     async def beat(self) -> None:
         """Records this worker's heartbeat (registering it on first use), through the pool (the
         pop_job path; run_forever beats on its LISTEN connection: beat_on)."""
+        sent = time.monotonic()
         await self.store.heartbeat(self.worker_id, self.node, os.getpid(), self.settings.heartbeat_lapse)
-        self._beaten()
+        self._beaten(sent)
 
     async def beat_on(self, conn: asyncpg.Connection) -> None:
         """Records this worker's heartbeat on ``conn``, a connection of its own (run_forever's
         LISTEN connection), within the round trip's deadline."""
         lapse = self.settings.heartbeat_lapse
+        sent = time.monotonic()
         await conn.execute(
             self.store.sql["heartbeat"], self.worker_id, self.node, os.getpid(), lapse, timeout=self.store.timeout
         )
-        self._beaten()
+        self._beaten(sent)
 
-    def _beaten(self) -> None:
+    def _beaten(self, sent: float) -> None:
+        """A heartbeat sent at ``sent`` (monotonic) was recorded. The database dates it from its
+        transaction's start, so the worker's view of its own heartbeat is dated from the send,
+        never fresher than the database's (a slow heartbeat must not shift the cut-off at half the
+        lapse past another worker's rescue)."""
         self.registered = True
-        self.last_beat = time.monotonic()
+        self.last_beat = sent
         self.beats.fire()
 
     async def claim(self, limit: int, units: int) -> list[Claim]:

@@ -396,6 +396,9 @@ class Dispatcher:
         """The listener's heartbeat, on its connection; a worker cut off claims again."""
         heartbeating = self._heartbeating()
         await self.backend.beat_on(conn)
+        # cut off meanwhile (the half lapse passed while this heartbeat was on its way): the
+        # dispatcher waits for a wake-up with no timeout then, so it must be woken below too
+        heartbeating = heartbeating and not self._cut_off
         if self._cut_off:
             self._cut_off = False
             self._back_since = time.monotonic()

@@ -25,7 +25,7 @@ import logging
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 
-from ..db.faults import timed_out
+from ..db.faults import fault_name, timed_out
 from .executors import Outcome
 from .outage import Outage, Service
 from .outcomes import Claim, outcome_size, unrecordable
@@ -130,8 +130,8 @@ class Recorder:
             return
         [(claim, outcome)] = batch
         size = outcome_size(outcome)
-        if size <= SLOW_OUTCOME_BYTES:
-            return  # not the outcome's doing: retried as long as it takes
+        if size <= SLOW_OUTCOME_BYTES or fault_name(exc).startswith("lock"):
+            return  # not the outcome's doing (a row lock held elsewhere): retried as long as it takes
         before = self._slow.get(claim.job_id)
         if before is None or before == self._statements:
             self._slow[claim.job_id] = self._statements

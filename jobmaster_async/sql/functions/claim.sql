@@ -129,8 +129,23 @@ BEGIN
      WHERE t.task_id = ANY (p_task_ids) AND t.process_units <= p_units
        AND (t.process_limit IS NULL OR t.task_id = ANY (v_limited));
 
-    -- candidates: up to each task's cap, locked; then taken greedily within the units budget,
-    -- and at most one suspect
+    -- may this claim take a suspect? Only when one waits for these tasks (a probe of
+    -- jobs_suspects_idx, empty while no worker is lost) and this worker runs none: suspects run
+    -- one per worker (as in the fast way above). Asked before the candidates are read, so that
+    -- suspects this worker may not take do not fill a task's cap and hide its ordinary jobs.
+    v_suspect := false;
+    IF (SELECT true FROM {schema}.jobs AS j
+         WHERE j.status = 'waiting' AND j.suspect_of IS NOT NULL AND j.task_id = ANY (v_eligible)
+         ORDER BY j.status, j.priority DESC, j.seq, j.suspect_of
+         LIMIT 1) THEN
+        v_suspect := (SELECT s.job_id FROM {schema}.jobs AS s
+                       WHERE s.status = 'running' AND s.suspect_of IS NOT NULL AND s.worker_id = p_worker
+                       ORDER BY s.status, s.priority DESC, s.seq, s.suspect_of
+                       LIMIT 1) IS NULL;
+    END IF;
+
+    -- candidates: up to each task's cap, locked (suspects only when this claim may take one);
+    -- then taken greedily within the units budget, and at most one suspect
     FOR v_row IN
         SELECT c.job_id, c.task_id, c.process_units, c.suspect
           FROM unnest(v_eligible, v_caps) AS e(task_id, cap)
@@ -138,6 +153,7 @@ BEGIN
                SELECT j.job_id, j.task_id, j.priority, j.seq, t.process_units, j.suspect_of IS NOT NULL AS suspect
                  FROM {schema}.jobs AS j JOIN {schema}.tasks AS t ON t.task_id = j.task_id
                 WHERE j.task_id = e.task_id AND j.status = 'waiting' AND NOT j.scheduled AND j.run_after <= now()
+                  AND (v_suspect OR j.suspect_of IS NULL)
                 ORDER BY j.priority DESC, j.seq
                 LIMIT greatest(e.cap, 0)
                   FOR NO KEY UPDATE OF j SKIP LOCKED) AS c
@@ -145,15 +161,7 @@ BEGIN
     LOOP
         CONTINUE WHEN v_row.process_units > v_left;
         IF v_row.suspect THEN
-            -- suspects run one per worker (as in the fast way above): none if this one runs one
-            -- already (asked once, and only when a suspect is a candidate)
-            IF v_suspect IS NULL THEN
-                v_suspect := (SELECT s.job_id FROM {schema}.jobs AS s
-                               WHERE s.status = 'running' AND s.suspect_of IS NOT NULL AND s.worker_id = p_worker
-                               ORDER BY s.status, s.priority DESC, s.seq, s.suspect_of
-                               LIMIT 1) IS NULL;
-            END IF;
-            CONTINUE WHEN NOT v_suspect;
+            CONTINUE WHEN NOT v_suspect;  -- one taken already
             v_suspect := false;
         END IF;
         v_left := v_left - v_row.process_units;

@@ -22,7 +22,13 @@ BEGIN
     ON CONFLICT (worker_id) DO UPDATE SET heartbeat_at = now(), lapse = excluded.lapse;
     IF (SELECT true FROM {schema}.jobs WHERE status = 'waiting' AND suspect_of = p_worker
          ORDER BY status, priority DESC, seq, suspect_of LIMIT 1) THEN
-        UPDATE {schema}.jobs SET suspect_of = NULL WHERE status = 'waiting' AND suspect_of = p_worker;
+        -- rows another transaction holds are skipped (the next heartbeat clears them): a
+        -- heartbeat never waits on a client's lock, nor deadlocks with one
+        UPDATE {schema}.jobs AS j SET suspect_of = NULL
+         WHERE j.job_id IN (SELECT s.job_id FROM {schema}.jobs AS s
+                             WHERE s.status = 'waiting' AND s.suspect_of = p_worker
+                             ORDER BY s.status, s.priority DESC, s.seq, s.suspect_of
+                               FOR NO KEY UPDATE SKIP LOCKED);
     END IF;
 END $$;
 
@@ -61,6 +67,15 @@ BEGIN
                 OR NOT EXISTS (SELECT 1 FROM {schema}.workers AS w WHERE w.worker_id = j.worker_id))
            FOR NO KEY UPDATE OF j SKIP LOCKED
     ),
+    -- the lost workers all of whose running jobs were locked above (this statement's snapshot
+    -- sees the ones another transaction holds too): a worker's jobs are judged together, so one
+    -- with a job held elsewhere (a cancel on its way) waits for the next rescue, whole
+    whole AS (
+        SELECT l.worker_id FROM lost AS l
+         GROUP BY l.worker_id
+        HAVING count(*) = (SELECT count(*) FROM {schema}.jobs AS r
+                            WHERE r.status = 'running' AND r.worker_id = l.worker_id)
+    ),
     -- charged: the only suspect running on its lost worker, or its only job when it ran no suspect
     judged AS (
         SELECT l.job_id,
@@ -68,6 +83,7 @@ BEGIN
                     THEN l.suspect_of IS NOT NULL AND count(*) FILTER (WHERE l.suspect_of IS NOT NULL) OVER w = 1
                     ELSE count(*) OVER w = 1 END AS charged
           FROM lost AS l
+         WHERE l.worker_id IN (SELECT h.worker_id FROM whole AS h)
         WINDOW w AS (PARTITION BY l.worker_id)
     ),
     -- put back as suspects of the lost worker, without using up retries (the lost start gets an
@@ -96,7 +112,10 @@ BEGIN
     SELECT count(*)::int, coalesce(array_agg(r.job_id) FILTER (WHERE r.status = 'failed'), '{}')
       INTO v_count, v_final FROM rescued AS r;
     UPDATE {schema}.jobs SET abandoned = false WHERE abandoned AND worker_id = ANY (v_dead);
-    DELETE FROM {schema}.workers WHERE worker_id = ANY (v_dead);
+    -- forgotten once none of its jobs is left running (one held elsewhere keeps it for the next rescue)
+    DELETE FROM {schema}.workers AS w
+     WHERE w.worker_id = ANY (v_dead)
+       AND NOT EXISTS (SELECT 1 FROM {schema}.jobs AS r WHERE r.status = 'running' AND r.worker_id = w.worker_id);
     PERFORM {schema}._settle(v_final);
     RETURN v_count;
 END $$;
