@@ -258,6 +258,9 @@ class Dispatcher:
         slots, units = self._free_slots()
         if slots <= 0:
             return None
+        # at most half the slots per claim: the outcomes of one half are recorded while the
+        # other half is claimed (a slot frees only once its outcome is recorded)
+        slots = min(slots, -(-self.options.concurrency // 2))
         claims = await self.backend.claim(slots, units)
         for claim in claims:
             self._start(claim)
