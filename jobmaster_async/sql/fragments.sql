@@ -54,6 +54,15 @@ RETURNING j.job_id, j.task_id, j.priority, j.arguments, j.attempts, j.max_attemp
 -- suspects must go along jobs_suspects_idx, in an order no other index gives in full (migration 0016).
 SET enable_sort = off SET enable_incremental_sort = off SET jit = off SET enable_bitmapscan = off
 
+-- fragment: runs_no_suspect
+-- Does worker p_worker run no suspect (suspects run one per worker: DESIGN 9 "Lost workers")? In
+-- claim_jobs(). Along jobs_suspects_idx: its order, which no other index gives, makes it so
+-- (sorts are off; why: migration 0016); jobs_running_idx would read every running job.
+(SELECT s.job_id FROM {schema}.jobs AS s
+  WHERE s.status = 'running' AND s.suspect_of IS NOT NULL AND s.worker_id = p_worker
+  ORDER BY s.status, s.priority DESC, s.seq, s.suspect_of
+  LIMIT 1) IS NULL
+
 -- fragment: claim_commit
 -- A claim need not wait for its WAL flush: lost in a crash, it only puts the job back to
 -- waiting, as a crash does anyway (outcomes are still committed durably). But with synchronous

@@ -76,12 +76,7 @@ BEGIN
             SELECT j.job_id, p_worker AS worker_id FROM {schema}.jobs AS j
              WHERE j.status = 'waiting' AND NOT j.scheduled AND j.suspect_of IS NOT NULL
                AND j.run_after <= now() AND j.task_id = ANY (p_task_ids)
-               -- along jobs_suspects_idx: its order, which no other index gives, makes it so
-               -- (sorts are off; why: migration 0016); jobs_running_idx would read every running job
-               AND (SELECT s.job_id FROM {schema}.jobs AS s
-                     WHERE s.status = 'running' AND s.suspect_of IS NOT NULL AND s.worker_id = p_worker
-                     ORDER BY s.status, s.priority DESC, s.seq, s.suspect_of
-                     LIMIT 1) IS NULL
+               AND {fragment:runs_no_suspect}
              ORDER BY j.status, j.priority DESC, j.seq, j.suspect_of
              LIMIT 1
              FOR NO KEY UPDATE SKIP LOCKED
@@ -138,10 +133,7 @@ BEGIN
          WHERE j.status = 'waiting' AND j.suspect_of IS NOT NULL AND j.task_id = ANY (v_eligible)
          ORDER BY j.status, j.priority DESC, j.seq, j.suspect_of
          LIMIT 1) THEN
-        v_suspect := (SELECT s.job_id FROM {schema}.jobs AS s
-                       WHERE s.status = 'running' AND s.suspect_of IS NOT NULL AND s.worker_id = p_worker
-                       ORDER BY s.status, s.priority DESC, s.seq, s.suspect_of
-                       LIMIT 1) IS NULL;
+        v_suspect := {fragment:runs_no_suspect};
     END IF;
 
     -- candidates: up to each task's cap, locked (suspects only when this claim may take one);
