@@ -257,3 +257,18 @@ async def test_the_upgrade_to_run_at_keeps_the_grants(dsn: str, conn: asyncpg.Co
     finally:
         await drop_schema(dsn, sql.schema)
         await conn.execute(f"DROP ROLE {web}; DROP ROLE {reporting}")
+
+
+async def test_every_function_that_runs_statements_pins_jit_off(jm: JobMaster, conn: asyncpg.Connection) -> None:
+    """No statement of the library is JIT-compiled, whatever the client's settings: every
+    function with settings of its own (entry points and trigger functions) turns jit off. On a
+    server built with LLVM a recursive CTE's estimate (the dependency plan) passed
+    jit_above_cost, and each insert of a dependent spent ~100 ms compiling."""
+    rows = await conn.fetch(
+        "SELECT p.proname, p.proconfig FROM pg_catalog.pg_proc AS p WHERE p.pronamespace = $1::regnamespace",
+        jm.schema,
+    )
+    pinned = {r["proname"]: r["proconfig"] for r in rows if r["proconfig"]}
+    assert "insert_jobs" in pinned and "add_job" in pinned  # the entry points are among them
+    assert [name for name, config in pinned.items() if "jit=off" not in config] == []
+    assert [name for name, config in pinned.items() if not any(c.startswith("search_path=") for c in config)] == []

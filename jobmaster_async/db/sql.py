@@ -116,16 +116,20 @@ class Catalogue:
         self.schema = check_schema_name(schema)
         self.quoted_schema = quote_identifier(schema)
         self.channel = channel_name(schema)
-        search_path = f"SET search_path = pg_catalog, {self.quoted_schema}, pg_temp"
+        # Names resolve in pg_catalog first, then this schema, never elsewhere; and no statement
+        # of the library is JIT-compiled: they are short, but a recursive CTE's estimate (the
+        # dependency plan) passes jit_above_cost, and on a server built with LLVM (Debian's, for
+        # one) each call then spent ~100 ms compiling (benchmarks/README.md "Soak").
+        pinned = f"SET search_path = pg_catalog, {self.quoted_schema}, pg_temp SET jit = off"
         self._values = {
             "{schema}": self.quoted_schema,
             # the channel is hex, so quoting it as a literal is safe
             "{channel}": f"'{self.channel}'",
-            # trigger functions: names resolve in pg_catalog first, then this schema, never elsewhere
-            "{search_path}": search_path,
+            # trigger functions: the pinned settings above
+            "{search_path}": pinned,
             # the SQL entry points: the same; each also says first that the triggers write its
             # history (fragment history_by_triggers), so no caller can switch history and NOTIFY off
-            "{entry_point}": search_path,
+            "{entry_point}": pinned,
             "$$": _dollar_tag(schema),
         }
         # each fragment rendered once, with the fragments above it in place
