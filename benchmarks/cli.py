@@ -131,6 +131,15 @@ def _parser(name: str | None) -> tuple[argparse.ArgumentParser, ModuleType | Non
     return parser, chosen
 
 
+def _without_dsn(argv: list[str]) -> list[str]:
+    """``argv`` with the DSN's value (which may hold a password) replaced by ``DSN``."""
+    shown = []
+    for i, arg in enumerate(argv):
+        after_option = i > 0 and argv[i - 1] == "--dsn"
+        shown.append("DSN" if after_option else "--dsn=DSN" if arg.startswith("--dsn=") else arg)
+    return shown
+
+
 def _settings(module: ModuleType) -> Mapping[str, str]:
     """The scenario's embedded server settings, else the benchmarks' (``common.SERVER_SETTINGS``)."""
     if hasattr(module, "SERVER_SETTINGS"):
@@ -152,7 +161,7 @@ def main(argv: list[str] | None = None) -> None:
         return
     if args.dsn and getattr(module, "OWN_SERVERS", False):
         parser.error(f"{args.scenario} starts servers of its own: --dsn is not supported")
-    args.command = shlex.join(["python", "-m", "benchmarks", *argv])  # as run, for reports
+    args.command = shlex.join(["python", "-m", "benchmarks", *_without_dsn(argv)])  # as run, for reports
     to_stdout = args.json == "-"
     began, started = dt.datetime.now(dt.UTC), time.monotonic()
     with contextlib.ExitStack() as stack:
