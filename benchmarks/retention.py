@@ -149,6 +149,18 @@ async def run_all(dsn: str, finished: list[int], rate: int, seconds: float, roun
     return results
 
 
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--finished", default="20000,200000", help="finished jobs in the table, comma-separated")
+    parser.add_argument("--rate", type=int, default=1000, help="jobs/s the producer inserts")
+    parser.add_argument("--seconds", type=float, default=60.0)
+    parser.add_argument("--rounds", type=int, default=2)
+
+
+async def run(args: argparse.Namespace, server: Server) -> dict[str, Any]:
+    finished = [int(n) for n in args.finished.split(",") if n]
+    return await run_all(server.dsn, finished, args.rate, args.seconds, args.rounds)
+
+
 def report(results: dict[str, Any]) -> str:
     lines = ["## Listings (median ms of 20 calls)\n"]
     lines.append("| finished jobs | " + " | ".join(["measure", "ms"]) + " |\n|---|---|---|")
@@ -164,18 +176,6 @@ def report(results: dict[str, Any]) -> str:
             f"| {res['old_left']:,.0f} |"
         )
     return "\n".join(lines)
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--finished", default="20000,200000", help="finished jobs in the table, comma-separated")
-    parser.add_argument("--rate", type=int, default=1000, help="jobs/s the producer inserts")
-    parser.add_argument("--seconds", type=float, default=60.0)
-    parser.add_argument("--rounds", type=int, default=2)
-
-
-async def run(args: argparse.Namespace, server: Server) -> dict[str, Any]:
-    finished = [int(n) for n in args.finished.split(",") if n]
-    return await run_all(server.dsn, finished, args.rate, args.seconds, args.rounds)
 
 
 if __name__ == "__main__":
