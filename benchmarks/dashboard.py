@@ -1,7 +1,7 @@
 """The dashboard's pages with a large table: how long each takes to serve, measured in the server
 (httpx calling the ASGI app in this process: no network, the database round trips included).
 
-    python -m benchmarks.dashboard [--dsn DSN] [--jobs 200000] [--requests 20] [--json out.json]
+    python -m benchmarks dashboard [--dsn DSN] [--jobs 200000] [--requests 20] [--json out.json]
 
 The table: ``--jobs`` jobs of bench_tasks.noop_async with realistic arguments, drained by two
 worker processes (so each has its real history: inserted, claimed, completed), their history
@@ -20,21 +20,18 @@ snapshot of the last second, as pages do while the live view runs.
 from __future__ import annotations
 
 import argparse
-import asyncio
-import json
 import logging
 import statistics
 import time
 import uuid
-from pathlib import Path
 from typing import Any
 
 import asyncpg
 import httpx
 
 import benchmarks.bench_tasks  # noqa: F401  (the tasks deployed)
-from benchmarks.bench_tasks import realistic_arguments
-from benchmarks.throughput import SERVER_SETTINGS, _wait_done, _wait_workers, workers
+from benchmarks.cli import Server, alias
+from benchmarks.common import insert_realistic, wait_done, wait_workers, workers
 from jobmaster_async import JobMaster, task
 from jobmaster_async.db.sql import quote_identifier
 from jobmaster_async.web import create_app
@@ -57,13 +54,11 @@ async def build(dsn: str, schema: str, jobs: int) -> dict[str, Any]:
         async with JobMaster(dsn, schema=schema, retry_backoff=0.0) as jm:
             await jm.deploy()
             started = time.monotonic()
-            for start in range(0, jobs, 5000):
-                batch = [realistic_arguments(i) for i in range(start, min(jobs, start + 5000))]
-                await jm.insert_jobs("bench_tasks", "noop_async", 0, batch)
+            await insert_realistic(jm, range(jobs))
             inserted = time.monotonic() - started
             with workers(dsn, schema, 2, 64):
-                await _wait_workers(conn, schema, 2)
-                await _wait_done(conn, schema, jobs, limit=3600)
+                await wait_workers(conn, schema, 2)
+                await wait_done(conn, schema, jobs, limit=3600)
             drained = time.monotonic() - started - inserted
             # yesterday's history, in time order (as appended)
             await conn.execute(f"UPDATE {q}.job_events SET at = at - interval '1 day'")
@@ -74,9 +69,7 @@ async def build(dsn: str, schema: str, jobs: int) -> dict[str, Any]:
             await jm.insert_jobs("bench_tasks", "noop_async", 0, [{"i": -i} for i in range(1, 2001)])
             await jm.insert_jobs("dashboard", "fails", 0, [{"i": i} for i in range(2000)])
             failing = await jm.run()
-            backlog = [realistic_arguments(jobs + i) for i in range(jobs // 10)]
-            for start in range(0, len(backlog), 5000):
-                await jm.insert_jobs("bench_tasks", "noop_async", 0, backlog[start : start + 5000])
+            await insert_realistic(jm, range(jobs, jobs + jobs // 10))  # the backlog
             for job in await jm.jobs(status="waiting", limit=1000):
                 await jm.cancel(job.job_id)
             await conn.execute(f"VACUUM ANALYZE {q}.jobs, {q}.job_events")
@@ -166,7 +159,7 @@ async def run_all(dsn: str, jobs: int, requests: int) -> dict[str, Any]:
     return {"table": table, "requests": requests, "without_index": without, "with_index": with_index}
 
 
-def table(results: dict[str, Any]) -> str:
+def report(results: dict[str, Any]) -> str:
     lines = [
         f"{results['table']['jobs']:,} jobs, {results['table']['events']:,} history rows; "
         f"median of {results['requests']} requests (slowest), ms",
@@ -183,25 +176,15 @@ def table(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--dsn", help="an existing server (default: start a temporary embedded one)")
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--jobs", type=int, default=200_000)
     parser.add_argument("--requests", type=int, default=20)
-    parser.add_argument("--json", type=Path, help="write the results here")
-    args = parser.parse_args()
-    logging.getLogger("jobmaster_async").setLevel(logging.CRITICAL)  # the failing jobs' tracebacks
-    if args.dsn:
-        results = asyncio.run(run_all(args.dsn, args.jobs, args.requests))
-    else:
-        from jobmaster_async.cli.embedded import temporary_server
 
-        with temporary_server(SERVER_SETTINGS) as server:
-            results = asyncio.run(run_all(server.dsn, args.jobs, args.requests))
-    print(table(results))
-    if args.json:
-        args.json.write_text(json.dumps(results, indent=2, default=str))
+
+async def run(args: argparse.Namespace, server: Server) -> dict[str, Any]:
+    logging.getLogger("jobmaster_async").setLevel(logging.CRITICAL)  # the failing jobs' tracebacks
+    return await run_all(server.dsn, args.jobs, args.requests)
 
 
 if __name__ == "__main__":
-    main()
+    alias("dashboard")

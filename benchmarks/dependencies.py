@@ -1,6 +1,6 @@
 """Dependency resolution and execution, against the same number of independent jobs.
 
-    python -m benchmarks.dependencies [--dsn DSN] [--json out.json]
+    python -m benchmarks dependencies [--dsn DSN] [--json out.json]
 
 - chain: one insert of link_19, whose dependencies link_18 ... link_0 are created by SQL in the
   same statement; then one worker process runs the 20 jobs in order.
@@ -13,18 +13,15 @@ Insert time is the round trip of the insert; run time is first start to last fin
 from __future__ import annotations
 
 import argparse
-import asyncio
-import json
 import time
-from pathlib import Path
 from typing import Any
 
 import asyncpg
 
 from benchmarks.bench_tasks import CHAIN_DEPTH
-from benchmarks.throughput import SERVER_SETTINGS, fresh_schema, run_to_completion
+from benchmarks.cli import Server, alias
+from benchmarks.common import fresh_schema, run_to_completion
 from jobmaster_async import JobMaster
-from jobmaster_async.cli.embedded import temporary_server
 from jobmaster_async.db.sql import quote_identifier
 
 
@@ -64,27 +61,20 @@ async def run_all(dsn: str) -> dict[str, Any]:
     }
 
 
-def table(results: dict[str, Any]) -> str:
+def report(results: dict[str, Any]) -> str:
     lines = ["| workload | jobs | insert (ms) | run (ms) |", "|---|---|---|---|"]
     for name, r in results.items():
         lines.append(f"| {name} | {r['jobs']} | {r['insert_ms']:.1f} | {r['run_ms']:.1f} |")
     return "\n".join(lines)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--dsn")
-    parser.add_argument("--json", type=Path)
-    args = parser.parse_args()
-    if args.dsn:
-        results = asyncio.run(run_all(args.dsn))
-    else:
-        with temporary_server(SERVER_SETTINGS) as server:
-            results = asyncio.run(run_all(server.dsn))
-    print(table(results))
-    if args.json:
-        args.json.write_text(json.dumps(results, indent=2))
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """No options of its own."""
+
+
+async def run(args: argparse.Namespace, server: Server) -> dict[str, Any]:
+    return await run_all(server.dsn)
 
 
 if __name__ == "__main__":
-    main()
+    alias("dependencies")

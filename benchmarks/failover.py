@@ -3,8 +3,8 @@ with a streaming standby, given both hosts with ``target_session_attrs=read-writ
 client inserts a job every 20 ms; at 30 % drained the primary crashes, a third worker starts, and
 the standby is promoted some seconds later. Prints a Markdown table.
 
-    python -m benchmarks.failover [--jobs 20000] [--promote-after 10] [--lag 3]
-    python -m benchmarks.failover --claim-cost   # a claim's latency, asynchronous vs synchronous standby
+    python -m benchmarks failover [--jobs 20000] [--promote-after 10] [--lag 3]
+    python -m benchmarks failover --claim-cost   # a claim's latency, asynchronous vs synchronous standby
 
 never run: acknowledged jobs never executed to the end; run twice: executions beyond the first;
 lost inserts: acknowledged inserts the new primary does not have; back to work: seconds from the
@@ -15,12 +15,22 @@ worker started during the failover started its first.
 from __future__ import annotations
 
 import argparse
-import asyncio
+import dataclasses
 import logging
 import tempfile
 from pathlib import Path
+from typing import Any
 
+from benchmarks.cli import Server, alias
 from tests.replication import FailoverResult, run_failover
+
+#: tests/replication.py starts the primary and its standby
+OWN_SERVERS = True
+HEADER = (
+    "| replication | jobs | never run | run twice | lost inserts | workers died | back to work after promotion |\n"
+    "|---|---|---|---|---|---|---|"
+)
+CLAIM_HEADER = "| standby | pop_job median ms | p99 ms |\n|---|---|---|"
 
 
 def row(result: FailoverResult) -> str:
@@ -38,7 +48,7 @@ def row(result: FailoverResult) -> str:
     return "| " + " | ".join(cells) + " |"
 
 
-async def claim_cost(pops: int = 2000) -> None:
+async def claim_cost(pops: int = 2000) -> list[dict[str, Any]]:
     """Median and p99 of pop_job() (a claim of one job, its commit waiting for the standby or
     not) with an asynchronous and a synchronous standby on this machine."""
     import statistics
@@ -48,8 +58,8 @@ async def claim_cost(pops: int = 2000) -> None:
     from jobmaster_async import JobMaster
     from tests.replication import replicated
 
-    print("| standby | pop_job median ms | p99 ms |")
-    print("|---|---|---|")
+    print(CLAIM_HEADER)
+    rows = []
     for synchronous in (False, True):
         with replicated(synchronous) as pair:
             async with JobMaster(pair.primary.dsn, schema="claims") as jm:
@@ -64,24 +74,27 @@ async def claim_cost(pops: int = 2000) -> None:
                     await job.execute()
             times.sort()
             median, p99 = statistics.median(times) * 1000, times[int(len(times) * 0.99)] * 1000
-            print(f"| {'synchronous' if synchronous else 'asynchronous'} | {median:.2f} | {p99:.2f} |", flush=True)
+            standby = "synchronous" if synchronous else "asynchronous"
+            rows.append({"standby": standby, "median_ms": median, "p99_ms": p99})
+            print(f"| {standby} | {median:.2f} | {p99:.2f} |", flush=True)
+    return rows
 
 
-async def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--jobs", type=int, default=20_000)
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--task-seconds", type=float, default=0.1)
     parser.add_argument("--promote-after", type=float, default=10.0)
     parser.add_argument("--lag", type=float, default=3.0, help="seconds the standby receives nothing before the crash")
     parser.add_argument("--claim-cost", action="store_true", help="measure a claim's latency instead")
-    options = parser.parse_args()
+
+
+async def run(options: argparse.Namespace, server: Server) -> dict[str, Any]:
     logging.basicConfig(level=logging.ERROR)
     if options.claim_cost:
-        await claim_cost()
-        return
-    print("| replication | jobs | never run | run twice | lost inserts | workers died | back to work after promotion |")
-    print("|---|---|---|---|---|---|---|")
+        return {"claim_cost": await claim_cost()}
+    print(HEADER)
+    results = []
     for synchronous in (False, True):
         for lag in (0.0, options.lag):
             with tempfile.TemporaryDirectory() as directory:
@@ -96,7 +109,16 @@ async def main() -> None:
                     time_limit=3600,
                 )
             print(row(result), flush=True)
+            results.append(dataclasses.asdict(result))
+    return {"failovers": results}
+
+
+def report(results: dict[str, Any]) -> str:
+    if "claim_cost" in results:
+        lines = [f"| {r['standby']} | {r['median_ms']:.2f} | {r['p99_ms']:.2f} |" for r in results["claim_cost"]]
+        return "\n".join([CLAIM_HEADER, *lines])
+    return "\n".join([HEADER, *(row(FailoverResult(**r)) for r in results["failovers"])])
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    alias("failover")

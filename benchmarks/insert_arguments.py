@@ -1,28 +1,34 @@
 """Single inserts with realistic arguments against the plainest ones.
 
-    python benchmarks/insert_arguments.py [--dsn DSN] [--jobs 600] [--label NAME]
+    python -m benchmarks insert_arguments [--dsn DSN] [--jobs 600] [--label NAME] [--json]
+    python benchmarks/insert_arguments.py ...   # the same
 
 Inserts ``--jobs`` jobs one ``insert_job`` call at a time (each its own round trip) for two
 tasks: ``path(file_path: str, a: int, b: int)`` given ``{"file_path": "out/sum-N.txt", "a": N,
-"b": 2}`` and ``plain(i: int)`` given ``{"i": N}``, each in a fresh schema after a warm-up, and
-prints one JSON line: inserts per second and microseconds per insert for each. Without ``--dsn``
-it starts an embedded PostgreSQL. It uses only the public API, so it runs against any version of
-the package on ``PYTHONPATH`` (how benchmarks/README.md compares two versions).
+"b": 2}`` and ``plain(i: int)`` given ``{"i": N}``, each in a fresh schema after a warm-up:
+inserts per second and microseconds per insert for each (``--json``: on one line). Without
+``--dsn`` it starts an embedded PostgreSQL (``fsync`` off). It uses only the public API, so run as
+a file it measures any version of the package on ``PYTHONPATH`` (how benchmarks/README.md
+compares two versions).
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
-import json
 import sys
 import time
 import uuid
 from collections.abc import Callable
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from jobmaster_async import JobMaster, task
-from jobmaster_async.cli.embedded import temporary_server
+
+if TYPE_CHECKING:
+    from benchmarks.cli import Server
+
+#: The embedded server: not durable (single round trips, the commit's flush left out)
+SERVER_SETTINGS = {"fsync": "off"}
 
 
 @task(type_key="bench_arguments")
@@ -61,20 +67,26 @@ async def measure(dsn: str, jobs: int) -> dict[str, dict[str, float]]:
     return figures
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--dsn", help="a PostgreSQL to use (default: an embedded one)")
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--jobs", type=int, default=600)
     parser.add_argument("--label", default="", help="a name for this run, copied into the output")
-    args = parser.parse_args(argv)
-    if args.dsn:
-        figures = asyncio.run(measure(args.dsn, args.jobs))
-    else:
-        with temporary_server({"fsync": "off"}) as server:
-            figures = asyncio.run(measure(server.dsn, args.jobs))
-    json.dump({"label": args.label, "jobs": args.jobs, **figures}, sys.stdout)
-    sys.stdout.write("\n")
+
+
+async def run(args: argparse.Namespace, server: Server) -> dict[str, Any]:
+    return {"label": args.label, "jobs": args.jobs, **await measure(server.dsn, args.jobs)}
+
+
+def report(results: dict[str, Any]) -> str:
+    lines = [f"{results['label'] or 'this version'}, {results['jobs']} single inserts each", ""]
+    lines += ["| arguments | inserts/s | µs per insert |", "|---|---|---|"]
+    for kind in KINDS:
+        lines.append(f"| {kind} | {results[kind]['inserts_per_s']:,} | {results[kind]['us_per_insert']} |")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":
-    main()
+    if not __package__:  # run as a file: this package after PYTHONPATH's, whose jobmaster_async is measured
+        sys.path.append(str(Path(__file__).resolve().parent.parent))
+    from benchmarks.cli import alias
+
+    alias("insert_arguments")

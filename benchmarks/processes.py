@@ -1,7 +1,7 @@
 """Drain by ``jobmaster-async worker --processes N``: 1, 2 and 4 worker processes under the
 supervisor, as a user runs them.
 
-    python -m benchmarks.processes [--dsn DSN] [--jobs 20000] [--concurrency 50] [--rounds 3]
+    python -m benchmarks processes [--dsn DSN] [--jobs 20000] [--concurrency 50] [--rounds 3]
 
 Each round inserts N no-op async jobs with realistic arguments, starts the CLI worker with
 ``--processes P --until-empty`` and reads the rate from the jobs table: N / (last finish - first
@@ -16,16 +16,14 @@ import os
 import statistics
 import subprocess
 import sys
-from pathlib import Path
+from typing import Any
 
 import asyncpg
 
-from benchmarks.bench_tasks import realistic_arguments
-from benchmarks.throughput import SERVER_SETTINGS, check_exactly_once, fresh_schema
+from benchmarks.cli import Server, alias
+from benchmarks.common import ROOT, check_exactly_once, fresh_schema, insert_realistic
 from jobmaster_async import JobMaster
 from jobmaster_async.db.sql import quote_identifier
-
-ROOT = Path(__file__).parent.parent
 
 
 async def drain(dsn: str, jobs: int, processes: int, concurrency: int) -> float:
@@ -34,9 +32,7 @@ async def drain(dsn: str, jobs: int, processes: int, concurrency: int) -> float:
     q = quote_identifier(schema)
     try:
         async with JobMaster(dsn, schema=schema) as jm:
-            for start in range(0, jobs, 5000):
-                arguments = [realistic_arguments(i) for i in range(start, min(jobs, start + 5000))]
-                await jm.insert_jobs("bench_tasks", "noop_async", 0, arguments)
+            await insert_realistic(jm, range(jobs))
         command = [
             sys.executable, "-m", "jobmaster_async", "--dsn", dsn, "--schema", schema, "worker",
             "--app", "benchmarks.bench_tasks", "-c", str(concurrency), "--processes", str(processes),
@@ -62,25 +58,23 @@ async def run_all(dsn: str, jobs: int, concurrency: int, rounds: int) -> dict[in
     return rates
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--dsn", help="an existing server (default: start a temporary embedded one)")
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--jobs", type=int, default=20_000)
     parser.add_argument("--concurrency", type=int, default=50, help="per process")
     parser.add_argument("--rounds", type=int, default=3)
-    args = parser.parse_args()
-    if args.dsn:
-        rates = asyncio.run(run_all(args.dsn, args.jobs, args.concurrency, args.rounds))
-    else:
-        from jobmaster_async.cli.embedded import temporary_server
 
-        with temporary_server(SERVER_SETTINGS) as server:
-            rates = asyncio.run(run_all(server.dsn, args.jobs, args.concurrency, args.rounds))
-    print(f"| processes | jobs/s, median of {args.rounds} (min to max) |")
-    print("|---|---|")
-    for processes, values in rates.items():
-        print(f"| {processes} | {statistics.median(values):,.0f} ({min(values):,.0f} to {max(values):,.0f}) |")
+
+async def run(args: argparse.Namespace, server: Server) -> dict[str, Any]:
+    rates = await run_all(server.dsn, args.jobs, args.concurrency, args.rounds)
+    return {"rounds": args.rounds, "jobs_per_s": {str(p): values for p, values in rates.items()}}
+
+
+def report(results: dict[str, Any]) -> str:
+    lines = [f"| processes | jobs/s, median of {results['rounds']} (min to max) |", "|---|---|"]
+    for processes, values in results["jobs_per_s"].items():
+        lines.append(f"| {processes} | {statistics.median(values):,.0f} ({min(values):,.0f} to {max(values):,.0f}) |")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":
-    main()
+    alias("processes")

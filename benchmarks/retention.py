@@ -1,6 +1,6 @@
 """Retention's costs and gains, on one server, both sides in one run.
 
-    python -m benchmarks.retention [--dsn DSN] [--finished 20000,200000] [--rate 1000] [--seconds 60] [--rounds 2]
+    python -m benchmarks retention [--dsn DSN] [--finished 20000,200000] [--rate 1000] [--seconds 60] [--rounds 2]
 
 Listings: with N finished jobs (realistic arguments) and 100 waiting in the table, the median of
 20 calls of: the newest 100 jobs (jm.jobs(), then the statement it replaced: ORDER BY seq, no
@@ -22,17 +22,16 @@ import statistics
 import sys
 import time
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 from typing import Any
 
 import asyncpg
 
 from benchmarks.bench_tasks import realistic_arguments
-from benchmarks.throughput import SERVER_SETTINGS, _wait_workers, fresh_schema
+from benchmarks.cli import Server, alias
+from benchmarks.common import ROOT, fresh_schema, wait_workers
 from jobmaster_async import JobMaster
 from jobmaster_async.db.sql import quote_identifier
 
-ROOT = Path(__file__).parent.parent
 TASK = ("bench_tasks", "noop_async")
 
 #: what the listings were before migration 0014 (for the comparison only)
@@ -101,7 +100,7 @@ async def beside_claims(dsn: str, prune_interval: float, rate: int, seconds: flo
             command = ["-m", "benchmarks.worker", dsn, schema, "50", str(prune_interval)]
             worker = await asyncio.create_subprocess_exec(sys.executable, *command, cwd=ROOT, env=env)
             try:
-                await _wait_workers(conn, schema, 1)
+                await wait_workers(conn, schema, 1)
                 await jm.insert_jobs(*TASK, 0, [realistic_arguments(-1)])  # the worker's first claim
                 await asyncio.sleep(1)
                 began = time.monotonic()
@@ -137,41 +136,47 @@ async def beside_claims(dsn: str, prune_interval: float, rate: int, seconds: flo
         await conn.close()
 
 
-async def run_all(dsn: str, finished: list[int], rate: int, seconds: float, rounds: int) -> None:
-    print("## Listings (median ms of 20 calls)\n")
-    print("| finished jobs | " + " | ".join(["measure", "ms"]) + " |\n|---|---|---|")
+async def run_all(dsn: str, finished: list[int], rate: int, seconds: float, rounds: int) -> dict[str, Any]:
+    results: dict[str, Any] = {"rate": rate, "seconds": seconds, "listings": {}, "beside_claims": []}
     for n in finished:
-        for name, ms in (await listings(dsn, n)).items():
-            print(f"| {n:,} | {name} | {ms:.2f} |")
-    print(f"\n## Insert -> start at {rate} jobs/s for {seconds:.0f} s, 200,000 prunable jobs in the table\n")
-    print("| round | pruning | p50 ms | p99 ms | jobs | old jobs left |\n|---|---|---|---|---|---|")
+        results["listings"][str(n)] = await listings(dsn, n)
+        print(f"listings with {n:,} finished jobs: done", flush=True)
     for r in range(rounds):
         for interval in (0.0, 1.0):
             res = await beside_claims(dsn, interval, rate, seconds)
-            label = "every 1 s" if interval else "off"
-            print(
-                f"| {r + 1} | {label} | {res['p50_ms']:.2f} | {res['p99_ms']:.2f} | {res['jobs']:.0f} "
-                f"| {res['old_left']:,.0f} |"
-            )
+            results["beside_claims"].append({"round": r + 1, "pruning": "every 1 s" if interval else "off", **res})
+            print(f"round {r + 1}, pruning {results['beside_claims'][-1]['pruning']}: p99 {res['p99_ms']:.2f} ms")
+    return results
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--dsn", help="an existing server (default: start a temporary embedded one)")
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--finished", default="20000,200000", help="finished jobs in the table, comma-separated")
     parser.add_argument("--rate", type=int, default=1000, help="jobs/s the producer inserts")
     parser.add_argument("--seconds", type=float, default=60.0)
     parser.add_argument("--rounds", type=int, default=2)
-    args = parser.parse_args()
-    finished = [int(n) for n in args.finished.split(",") if n]
-    if args.dsn:
-        asyncio.run(run_all(args.dsn, finished, args.rate, args.seconds, args.rounds))
-    else:
-        from jobmaster_async.cli.embedded import temporary_server
 
-        with temporary_server(SERVER_SETTINGS) as server:
-            asyncio.run(run_all(server.dsn, finished, args.rate, args.seconds, args.rounds))
+
+async def run(args: argparse.Namespace, server: Server) -> dict[str, Any]:
+    finished = [int(n) for n in args.finished.split(",") if n]
+    return await run_all(server.dsn, finished, args.rate, args.seconds, args.rounds)
+
+
+def report(results: dict[str, Any]) -> str:
+    lines = ["## Listings (median ms of 20 calls)\n"]
+    lines.append("| finished jobs | " + " | ".join(["measure", "ms"]) + " |\n|---|---|---|")
+    for n, figures in results["listings"].items():
+        for name, ms in figures.items():
+            lines.append(f"| {int(n):,} | {name} | {ms:.2f} |")
+    rate, seconds = results["rate"], results["seconds"]
+    lines.append(f"\n## Insert -> start at {rate} jobs/s for {seconds:.0f} s, 200,000 prunable jobs in the table\n")
+    lines.append("| round | pruning | p50 ms | p99 ms | jobs | old jobs left |\n|---|---|---|---|---|---|")
+    for res in results["beside_claims"]:
+        lines.append(
+            f"| {res['round']} | {res['pruning']} | {res['p50_ms']:.2f} | {res['p99_ms']:.2f} | {res['jobs']:.0f} "
+            f"| {res['old_left']:,.0f} |"
+        )
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":
-    main()
+    alias("retention")

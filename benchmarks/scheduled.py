@@ -1,7 +1,7 @@
 """Scheduled jobs: how promptly they start, what an idle worker costs with many of them, and what
 they cost a claim.
 
-    python -m benchmarks.scheduled [--dsn DSN] [--jobs 500] [--spread 10] [--idle 30] [--json out.json]
+    python -m benchmarks scheduled [--dsn DSN] [--jobs 500] [--spread 10] [--idle 30] [--json out.json]
 
 - delay: one idle worker process (concurrency 8); ``--jobs`` probe jobs with realistic arguments,
   each inserted with its own run_at, due at random times spread over ``--spread`` seconds
@@ -29,18 +29,19 @@ import statistics
 import time
 import uuid
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
 import asyncpg
 
+from benchmarks import common
 from benchmarks.bench_tasks import realistic_arguments
-from benchmarks.throughput import SERVER_SETTINGS, _wait_done, _wait_workers, fresh_schema, workers
+from benchmarks.cli import Server, alias
+from benchmarks.common import fresh_schema, insert_realistic, wait_done, wait_workers, workers
 from jobmaster_async import JobMaster
 from jobmaster_async.db.sql import quote_identifier
 
 #: The server this benchmark starts: the benchmarks' settings, and pg_stat_statements.
-SETTINGS = {**SERVER_SETTINGS, "shared_preload_libraries": "pg_stat_statements"}
+SERVER_SETTINGS = {**common.SERVER_SETTINGS, "shared_preload_libraries": "pg_stat_statements"}
 
 
 def percentiles(values: list[float]) -> dict[str, float]:
@@ -59,14 +60,14 @@ async def delay(dsn: str, jobs: int, spread: float) -> dict[str, Any]:
     rng = random.Random(17)
     try:
         with workers(dsn, schema, 1, 8):
-            await _wait_workers(conn, schema, 1)
+            await wait_workers(conn, schema, 1)
             await asyncio.sleep(0.5)  # the worker's first claim round is over: it idles on LISTEN
             base = await conn.fetchval("SELECT clock_timestamp()") + timedelta(seconds=2)
             async with JobMaster(dsn, schema=schema) as jm:
                 for i in range(jobs):
                     run_at = base + timedelta(seconds=rng.uniform(0, spread))
                     await jm.insert_job("bench_tasks", "probe", 0, realistic_arguments(i), run_at=run_at)
-            await _wait_done(conn, schema, jobs, limit=spread + 60)
+            await wait_done(conn, schema, jobs, limit=spread + 60)
         rows = await conn.fetch(f"SELECT run_at, started_at, result, attempts, status FROM {q}.jobs")
     finally:
         await conn.execute(f"DROP SCHEMA {q} CASCADE")
@@ -104,7 +105,7 @@ async def idle(dsn: str, scheduled: int, seconds: float) -> dict[str, Any]:
                 await jm.insert_jobs("bench_tasks", "noop_async", 0, arguments, run_at=timedelta(hours=1))
         await conn.execute(f"ANALYZE {q}.jobs")
         with workers(dsn, schema, 1, 8):
-            await _wait_workers(conn, schema, 1)
+            await wait_workers(conn, schema, 1)
             await asyncio.sleep(2)  # started, claimed, idle
             if stats:
                 await conn.execute("SELECT pg_stat_statements_reset()")
@@ -143,12 +144,8 @@ async def claim_times(dsn: str, future: int, claimable: int = 2000, empty_claims
     q = quote_identifier(schema)
     try:
         async with JobMaster(dsn, schema=schema) as jm:
-            for start in range(0, future, 10_000):
-                arguments = [realistic_arguments(i) for i in range(start, min(future, start + 10_000))]
-                await jm.insert_jobs("bench_tasks", "noop_async", 0, arguments, run_at=timedelta(hours=1))
-            for start in range(0, claimable, 5000):
-                arguments = [realistic_arguments(-1 - i) for i in range(start, min(claimable, start + 5000))]
-                await jm.insert_jobs("bench_tasks", "noop_async", 0, arguments)
+            await insert_realistic(jm, range(future), per_call=10_000, run_at=timedelta(hours=1))
+            await insert_realistic(jm, range(-1, -1 - claimable, -1))
             await conn.execute(f"VACUUM ANALYZE {q}.jobs")
             task_ids = [await conn.fetchval(f"SELECT task_id FROM {q}.tasks WHERE task_key = 'noop_async'")]
             worker = uuid.uuid4()
@@ -199,7 +196,7 @@ async def run_all(dsn: str, jobs: int, spread: float, idle_seconds: float) -> di
     return results
 
 
-def table(results: dict[str, Any]) -> str:
+def report(results: dict[str, Any]) -> str:
     d = results["delay"]
     lines = [
         "| measure | p50 | p99 | max |",
@@ -227,38 +224,24 @@ def table(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--dsn", help="an existing server (default: start a temporary embedded one)")
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--jobs", type=int, default=500)
     parser.add_argument("--spread", type=float, default=10.0, help="seconds the due times spread over")
     parser.add_argument("--idle", type=float, default=30.0, help="seconds the idle worker is watched")
-    parser.add_argument("--json", type=Path, help="write the results here")
-    args = parser.parse_args()
 
-    async def go(dsn: str) -> dict[str, Any]:
-        conn = await asyncpg.connect(dsn)
-        try:
-            loaded = await conn.fetchval(
-                "SELECT 'pg_stat_statements' = ANY (string_to_array(current_setting('shared_preload_libraries'), ', '))"
-            )
-            if loaded:
-                await conn.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
-        finally:
-            await conn.close()
-        return await run_all(dsn, args.jobs, args.spread, args.idle)
 
-    if args.dsn:
-        results = asyncio.run(go(args.dsn))
-    else:
-        from jobmaster_async.cli.embedded import temporary_server
-
-        with temporary_server(SETTINGS) as server:
-            results = asyncio.run(go(server.dsn))
-    print(table(results))
-    if args.json:
-        args.json.write_text(json.dumps(results, indent=2, default=str))
+async def run(args: argparse.Namespace, server: Server) -> dict[str, Any]:
+    conn = await asyncpg.connect(server.dsn)
+    try:
+        loaded = await conn.fetchval(
+            "SELECT 'pg_stat_statements' = ANY (string_to_array(current_setting('shared_preload_libraries'), ', '))"
+        )
+        if loaded:
+            await conn.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+    finally:
+        await conn.close()
+    return await run_all(server.dsn, args.jobs, args.spread, args.idle)
 
 
 if __name__ == "__main__":
-    main()
+    alias("scheduled")

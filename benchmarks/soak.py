@@ -1,6 +1,6 @@
 """Soak: a steady load for minutes, with retention and background pruning, watched for drift.
 
-    python -m benchmarks.soak [--minutes 10 | --quick] [--rate 2000] [--dsn DSN]
+    python -m benchmarks soak [--minutes 10 | --quick] [--rate 2000] [--dsn DSN]
                               [--out benchmarks/results/soak.png] [--json soak.json]
 
 - Load: a producer inserts ``--rate`` jobs/s with realistic arguments (bench_tasks:
@@ -24,8 +24,8 @@
 Prints a markdown table of the intervals and the goals (last interval's p99 within 1.5x the
 first's; table and index sizes flat after the first retention: the size at 2x (retention + prune
 interval) against the end; worker RSS growth at most 10 % from the end of the first interval),
-and draws the chart (``--out``). Without ``--dsn`` it starts a temporary embedded server with
-the benchmarks' settings (durable).
+and draws the chart (``--out``: a .png, else soak.png in that directory). Without ``--dsn`` it
+starts a temporary embedded server with the benchmarks' settings (durable).
 """
 
 from __future__ import annotations
@@ -38,7 +38,6 @@ import json
 import os
 import platform
 import random
-import shlex
 import shutil
 import signal
 import statistics
@@ -55,9 +54,10 @@ import asyncpg
 import psutil
 
 from benchmarks.bench_tasks import realistic_arguments
+from benchmarks.cli import Server, alias, results_of
+from benchmarks.common import wait_workers
 from benchmarks.soak_tasks import RETENTION
 from benchmarks.soak_worker import PRUNE_INTERVAL
-from benchmarks.throughput import SERVER_SETTINGS, _wait_workers
 from jobmaster_async import JobMaster
 from jobmaster_async.db.sql import quote_identifier
 
@@ -391,7 +391,7 @@ async def soak(dsn: str, seconds: float, rate: float, interval: float, server_pi
     process = start_worker(dsn, schema, stats_path)
     samples: list[Sample] = []
     try:
-        await _wait_workers(conn, schema, 1)
+        await wait_workers(conn, schema, 1)
         meter = Meter(conn, schema, psutil.Process(process.pid), server_pid)
         await meter.start()
         async with JobMaster(dsn, schema=schema, retention=RETENTION) as jm:
@@ -752,58 +752,41 @@ def chart(result: dict[str, Any], samples: list[Sample], out: Path) -> None:
     plt.close(fig)
 
 
-def report(result: dict[str, Any], out: Path) -> None:
-    """Prints the table and the goals, and draws the chart."""
+def report(result: dict[str, Any]) -> str:
+    """The table and the goals."""
     samples = [Sample(**s) for s in result["samples"]]
-    if result.get("header"):
-        print()
-        print(result["header"])
-    print()
-    print(table(samples))
-    print()
-    print("\n".join(goals(result, samples)))
-    chart(result, samples, out)
-    print(f"\nchart: {out}")
+    header = [result["header"], ""] if result.get("header") else []
+    return "\n".join([*header, table(samples), "", *goals(result, samples)])
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--dsn", help="an existing server (default: start a temporary embedded one)")
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--minutes", type=float, default=10.0)
     parser.add_argument("--quick", action="store_true", help="1 minute, sampled every 10 s: a smoke run")
     parser.add_argument("--rate", type=float, default=2000.0, help="jobs inserted per second")
     parser.add_argument("--interval", type=float, help="seconds between samples (default 30; 10 with --quick)")
-    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "soak.png")
-    parser.add_argument("--json", type=Path, help="also write the samples here")
     parser.add_argument("--from-json", type=Path, help="run nothing: report (and draw) a run that --json wrote")
-    args = parser.parse_args()
+
+
+async def run(args: argparse.Namespace, server: Server) -> dict[str, Any]:
     if args.from_json:
-        report(json.loads(args.from_json.read_text()), args.out)
-        return
+        return results_of(json.loads(args.from_json.read_text()))
     minutes = 1.0 if args.quick else args.minutes
     interval = args.interval or (10.0 if args.quick else 30.0)
     began = dt.datetime.now(dt.UTC)
-
-    def go(dsn: str, server_pid: int | None) -> dict[str, Any]:
-        return asyncio.run(soak(dsn, minutes * 60, args.rate, interval, server_pid))
-
-    if args.dsn:
-        result = go(args.dsn, None)
-    else:
-        from jobmaster_async.cli.embedded import temporary_server
-
-        with temporary_server(SERVER_SETTINGS) as server:
-            pid = int((server.pgdata / "postmaster.pid").read_text().split()[0])
-            result = go(server.dsn, pid)
+    result = await soak(server.dsn, minutes * 60, args.rate, interval, server.pid)
     result["header"] = (
-        f"`python -m benchmarks.soak {shlex.join(sys.argv[1:])}`, {began:%Y-%m-%d %H:%M} UTC, "
+        f"`{args.command}`, {began:%Y-%m-%d %H:%M} UTC, "
         f"{platform.machine()} with {os.cpu_count()} cores, Python {platform.python_version()}; "
         f"load average at the end {' / '.join(f'{x:.1f}' for x in os.getloadavg())}"
     )
-    if args.json:  # first: a failing chart must not lose the run
-        args.json.write_text(json.dumps(result, indent=2, default=str))
-    report(result, args.out)
+    return result
+
+
+def draw(result: dict[str, Any], args: argparse.Namespace) -> None:
+    out = args.out if args.out.suffix == ".png" else args.out / "soak.png"
+    chart(result, [Sample(**s) for s in result["samples"]], out)
+    print(f"chart: {out}")
 
 
 if __name__ == "__main__":
-    main()
+    alias("soak")
