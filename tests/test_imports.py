@@ -24,7 +24,7 @@ LAYERS: list[tuple[str, ...]] = [
         "jobs",
         "tasks",
         "parameters",
-        "definitions",
+        "definitions",  # a package: tasks, parameters, checks, schedules, registries
         "settings",
         "arguments",
         "schedules",
@@ -55,24 +55,15 @@ def _layer(module: str) -> int:
 
 
 def _imports(module: str, known: set[str]) -> set[str]:
-    """The package's modules that ``module`` imports, wherever in it (functions too), except
-    under ``if TYPE_CHECKING:``."""
+    """The package's modules that ``module`` imports, wherever in it (functions too, and under
+    ``if TYPE_CHECKING:``: a circle hidden from the interpreter is still a circle)."""
     spec = importlib.util.find_spec(module)
     assert spec is not None and spec.origin is not None
     path = Path(spec.origin)
     package = module if path.name == "__init__.py" else module.rpartition(".")[0]
     tree = ast.parse(path.read_text(), str(path))
-    typing_only = {
-        id(inner)
-        for node in ast.walk(tree)
-        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test)
-        for statement in node.body
-        for inner in ast.walk(statement)
-    }
     found: set[str] = set()
     for node in ast.walk(tree):
-        if id(node) in typing_only:
-            continue
         if isinstance(node, ast.Import):
             found.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom):
