@@ -31,7 +31,7 @@ from .errors import (
 )
 from .jobs import ACTIVE_STATUSES, Job, JobStatus, PoppedJob, as_job_id
 from .schedules import Cron
-from .settings import Settings
+from .settings import JobMasterSettings
 from .worker.backend import WorkerBackend
 from .worker.dispatcher import Dispatcher, RunOptions
 from .worker.signals import Signal
@@ -100,8 +100,8 @@ class JobMaster:
         #: the tasks this JobMaster deploys, runs and schedules (default: every ``@task`` the
         #: process imported, the global registry)
         self.registry = default_registry if registry is None else registry
-        #: validated once: see settings.Settings
-        self.settings = settings = Settings.of(
+        #: validated once: see settings.JobMasterSettings
+        self.settings = settings = JobMasterSettings.of(
             system_process_units=system_process_units,
             pool_size=pool_size,
             retry_backoff=retry_backoff,

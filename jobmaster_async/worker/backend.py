@@ -19,7 +19,7 @@ import asyncpg
 from .. import tracing
 from ..db.store import Store
 from ..jobs import Job, JobStatus, PoppedJob
-from ..settings import Settings
+from ..settings import JobMasterSettings
 from ..tasks import Registry, TaskDefinition
 from .executors import DaemonThreadPool, Outcome, OutcomeLimits, run_task
 from .maintenance import Maintenance
@@ -37,7 +37,7 @@ class WorkerBackend:
     """The database side of this process's worker (one worker id, one heartbeat row)."""
 
     def __init__(
-        self, store: Store, settings: Settings, outages: Signal, recoveries: Signal, registry: Registry
+        self, store: Store, settings: JobMasterSettings, outages: Signal, recoveries: Signal, registry: Registry
     ) -> None:
         self.store = store
         #: the tasks this worker runs (JobMaster(registry=...))
