@@ -123,4 +123,14 @@ def test_the_db_layer_does_not_know_tasks() -> None:
     """deploy() writes the rows the tasks side hands it; checking definitions is the tasks' job."""
     graph = _graph()
     db = [module for module in graph if module.startswith(f"{PACKAGE}.db")]
-    assert db and all(f"{PACKAGE}.tasks" not in graph[module] for module in db)
+    definitions = {f"{PACKAGE}.tasks", *(module for module in graph if module.startswith(f"{PACKAGE}.definitions"))}
+    assert db and all(not graph[module] & definitions for module in db)
+
+
+def test_the_definitions_need_no_other_layer() -> None:
+    """The definitions package imports only its own modules and the package's errors."""
+    graph = _graph()
+    package = [module for module in graph if module.startswith(f"{PACKAGE}.definitions")]
+    assert len(package) > 5
+    allowed = {*package, f"{PACKAGE}.errors"}
+    assert {module: graph[module] - allowed for module in package if graph[module] - allowed} == {}
