@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import typing
 from collections.abc import Callable, Mapping
 from datetime import timedelta
@@ -40,6 +41,9 @@ class TaskDecorator(Generic[P]):
             if len(args) > 1 or kwargs:
                 raise TaskDefinitionError("@task takes the function alone, or keyword options: @task(retries=2)")
             return self._decorate(args[0], {})
+        unknown = sorted(set(kwargs) - set(inspect.signature(self._build).parameters))
+        if unknown:  # said where the options are given, as Python says it of a keyword
+            raise TypeError(f"@task got an unexpected option {unknown[0]!r}")
         return lambda func: self._decorate(func, kwargs)
 
     def _decorate(self, func: F, options: dict[str, Any]) -> F:

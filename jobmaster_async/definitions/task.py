@@ -1,8 +1,9 @@
 """What ``@task`` records about a function: ``TaskDefinition``, the one place a task's options
-live. Its fields marked ``column`` are the tasks table's columns of the same name: deploy() writes
-``to_row()`` and the SQL reads the row's fields by name (sql/queries.sql ``upsert_task``), so a new
-option is a field here, its column in the schema and a migration (tests/test_deploy.py checks
-that the SQL writes every column field)."""
+live. Its fields marked as columns (``COLUMN``) are the tasks table's columns of the same name:
+deploy() hands ``to_row()`` over as JSON and the SQL reads the fields by name (sql/queries.sql
+``upsert_task``). So a new option is: a field here; its keyword in ``build.define``, whose
+signature ``@task`` takes (and where it is checked); its column in ``sql/schema.sql`` and a
+migration; its name in ``upsert_task``'s column lists (tests/test_deploy.py fails until it is)."""
 
 from __future__ import annotations
 
