@@ -37,13 +37,13 @@ class TaskDecorator(Generic[P]):
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> Callable[[F], F]: ...
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        if args:
-            if len(args) > 1 or kwargs:
-                raise TaskDefinitionError("@task takes the function alone, or keyword options: @task(retries=2)")
-            return self._decorate(args[0], {})
         unknown = sorted(set(kwargs) - set(inspect.signature(self._build).parameters))
         if unknown:  # said where the options are given, as Python says it of a keyword
             raise TypeError(f"@task got an unexpected option {unknown[0]!r}")
+        if len(args) > 1:
+            raise TypeError(f"@task takes the function and keyword options, got {len(args)} positional arguments")
+        if args:
+            return self._decorate(args[0], kwargs)
         return lambda func: self._decorate(func, kwargs)
 
     def _decorate(self, func: F, options: dict[str, Any]) -> F:
