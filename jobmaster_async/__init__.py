@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from .app import JobMaster
+from .definitions import Cron, Dependency, Registry, same, task
 from .errors import (
     ConfigurationError,
     DatabaseUnavailable,
@@ -16,8 +17,6 @@ from .errors import (
     TaskNotFound,
 )
 from .jobs import Job, JobStatus, PoppedJob
-from .schedules import Cron
-from .tasks import Dependency, same, task
 from .worker.executors import cancel_requested
 
 __all__ = (
@@ -33,6 +32,7 @@ __all__ = (
     "JobNotFound",
     "JobStatus",
     "PoppedJob",
+    "Registry",
     "NotRetryable",
     "SchemaVersionError",
     "TaskDefinitionError",

@@ -20,6 +20,8 @@ from .db.connection import DatabaseTarget, dsn_from, opener, read_only
 from .db.sql import Catalogue
 from .db.startup import host_probes, wait_for_server
 from .db.store import Store
+from .definitions import Registry, retention_refusal
+from .definitions import registry as default_registry
 from .enqueue import EnqueueOptions
 from .errors import (
     ConfigurationError,
@@ -29,8 +31,7 @@ from .errors import (
 )
 from .jobs import ACTIVE_STATUSES, Job, JobStatus, PoppedJob, as_job_id
 from .schedules import Cron
-from .settings import Settings
-from .tasks import registry, retention_refusal
+from .settings import JobMasterSettings
 from .worker.backend import WorkerBackend
 from .worker.dispatcher import Dispatcher, RunOptions
 from .worker.signals import Signal
@@ -69,6 +70,7 @@ class JobMaster:
         schema: str = "jobmaster",
         *,
         task_modules: Iterable[str] = (),
+        registry: Registry | None = None,
         system_process_units: int | None = None,
         connect_kwargs: Mapping[str, Any] | None = None,
         pool_size: int | None = None,
@@ -95,8 +97,11 @@ class JobMaster:
             raise ConfigurationError(str(exc)) from None
         for module in task_modules:
             importlib.import_module(module)
-        #: validated once: see settings.Settings
-        self.settings = settings = Settings.of(
+        #: the tasks this JobMaster deploys, runs and schedules (default: every ``@task`` the
+        #: process imported, the global registry)
+        self.registry = default_registry if registry is None else registry
+        #: validated once: see settings.JobMasterSettings
+        self.settings = settings = JobMasterSettings.of(
             system_process_units=system_process_units,
             pool_size=pool_size,
             retry_backoff=retry_backoff,
@@ -122,7 +127,7 @@ class JobMaster:
         self.outages = Signal()
         self.recoveries = Signal()
         #: the database side of this process's worker (claims, heartbeat, outcomes, pop_job)
-        self.worker = WorkerBackend(self.store, settings, self.outages, self.recoveries)
+        self.worker = WorkerBackend(self.store, settings, self.outages, self.recoveries, self.registry)
         #: this process's worker, as heartbeats, claims and the history name it
         self.worker_id = self.worker.worker_id
         self._dispatcher: Dispatcher | None = None
@@ -176,7 +181,7 @@ class JobMaster:
         """Creates or migrates the schema and writes this process's task definitions. Idempotent
         and safe to run from several processes at once. ``_reset=True`` drops every job first;
         ``prune=True`` removes task definitions no longer registered here (and idle)."""
-        await self.store.deploy(registry, reset=_reset, prune=prune, retention=self.retention)
+        await self.store.deploy(self.registry, reset=_reset, prune=prune, retention=self.retention)
         self.worker.forget_definitions()
         if _reset:
             self.worker.registered = False

@@ -16,8 +16,8 @@ from collections.abc import Callable, Mapping
 from typing import Any, ParamSpec, Protocol
 
 from .arguments import RunAt, when
+from .definitions import definition_of
 from .errors import InvalidArguments
-from .tasks import definition_of
 
 __all__ = ("EnqueueOptions", "Insert")
 

@@ -1,6 +1,6 @@
 """Job ids as people type them: the full id, or any unique prefix or suffix of its hex digits,
-with or without dashes. One rule for every tool that takes ids from people (the CLI; the
-dashboard later).
+with or without dashes. One rule for every tool that takes ids from people (the CLI and the
+dashboard).
 
 Job ids are time-ordered (DESIGN: 48 bits of milliseconds first), so the first digits are the
 same for every job of a moment; the last 12 hex digits (the last group of the text form) are

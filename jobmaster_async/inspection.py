@@ -1,4 +1,4 @@
-"""What tools for people (the CLI; the dashboard later) read of a schema besides jobs: whether it
+"""What tools for people (the CLI) read of a schema besides jobs: whether it
 is deployed and at which version, the tasks deployed in it, and the active jobs of each task.
 Plain statements on ``jm.connection()``: built-ins qualified with ``pg_catalog.``, the schema
 quoted."""

@@ -1,7 +1,13 @@
-"""Jobs: what a job looks like from Python, and its statuses."""
+"""Jobs: what a job looks like from Python, and its statuses.
+
+One type, ``Job``; a job this process claimed is the same with a way to run it: ``PoppedJob``
+(``await job.execute()``) here, ``sync.SyncJob`` (``job.execute()``) in the blocking facade. The
+worker's hot path holds a lighter ``worker.outcomes.Claim`` (the fields it runs and fences
+with, and the task's definition)."""
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
@@ -11,7 +17,7 @@ from typing import Any
 
 from .errors import InvalidJobId
 
-__all__ = ("ACTIVE_STATUSES", "Job", "JobStatus", "PoppedJob", "as_job_id")
+__all__ = ("ACTIVE_STATUSES", "Job", "JobStatus", "PoppedJob", "as_job_id", "job_fields")
 
 
 class JobStatus(enum.StrEnum):
@@ -119,3 +125,9 @@ class PoppedJob(Job):
             raise RuntimeError(f"job {self.job_id} was already executed")
         executor, self._executor = self._executor, None
         await executor(self)
+
+
+def job_fields(job: Job) -> dict[str, Any]:
+    """The fields ``Job`` has, of ``job`` (a variant's own are left out): to build another variant
+    of the same job, or to bring one up to date."""
+    return {f.name: getattr(job, f.name) for f in dataclasses.fields(Job)}

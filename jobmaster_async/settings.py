@@ -1,8 +1,9 @@
 """The settings of a JobMaster and its worker, parsed and validated once.
 
 ``JobMaster(...)`` takes them as keyword arguments (the CLI's options map onto the same names);
-the worker's services read them from here. ``Settings.of(...)`` fills in the defaults that depend
-on other settings (given as None).
+the worker's services read them from here. ``JobMasterSettings.of(...)`` fills in the defaults
+that depend on other settings (given as None). (The CLI's own ``cli.context.Settings`` is what
+its command line names: the DSN, the schema, the verbosity.)
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from typing import Any
 
 from .errors import ConfigurationError
 
-__all__ = ("DEFAULT_MAX_RESULT_BYTES", "DEFAULT_SYSTEM_PROCESS_UNITS", "Settings")
+__all__ = ("DEFAULT_MAX_RESULT_BYTES", "DEFAULT_SYSTEM_PROCESS_UNITS", "JobMasterSettings")
 
 #: The default of the ``max_result_bytes`` setting: the JSON text of a result, at most (worker.bounds).
 DEFAULT_MAX_RESULT_BYTES = 4 * 1024 * 1024
@@ -26,7 +27,9 @@ def _default_units() -> int:
 
 
 @dataclass(frozen=True)
-class Settings:
+class JobMasterSettings:
+    """A JobMaster's settings (its keyword arguments), validated once."""
+
     #: the process's budget of process units (JOBMASTER_SYSTEM_PROCESS_UNITS, else 10,000)
     system_process_units: int = field(default_factory=_default_units)
     #: connections of the pool at most
@@ -56,7 +59,7 @@ class Settings:
     max_result_bytes: int = DEFAULT_MAX_RESULT_BYTES
 
     @classmethod
-    def of(cls, **options: Any) -> Settings:
+    def of(cls, **options: Any) -> JobMasterSettings:
         """Settings from keyword options, where None means the default."""
         given = {name: value for name, value in options.items() if value is not None}
         lapse = given.get("heartbeat_lapse", cls.heartbeat_lapse)

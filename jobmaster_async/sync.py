@@ -11,6 +11,7 @@ import threading
 import uuid
 import weakref
 from collections.abc import Callable, Coroutine, Mapping, Sequence
+from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, ParamSpec, TypeVar
 
@@ -18,7 +19,7 @@ from . import app
 from .arguments import RunAt
 from .db.connection import DatabaseTarget
 from .enqueue import EnqueueOptions
-from .jobs import Job, PoppedJob
+from .jobs import Job, PoppedJob, job_fields
 
 __all__ = ("JobMaster", "SyncJob")
 
@@ -46,21 +47,25 @@ class _LoopThread:
             self.thread.join(timeout=5)
 
 
-class SyncJob:
-    """A job claimed through the blocking facade; ``execute()`` blocks until it is recorded."""
+@dataclass
+class SyncJob(Job):
+    """A job claimed through the blocking facade: the ``Job``, with an ``execute()`` that blocks
+    until its outcome is recorded (``status`` and the outcome's fields are then updated)."""
 
-    def __init__(self, job: PoppedJob, runner: _LoopThread) -> None:
-        self._job = job
-        self._runner = runner
+    _popped: PoppedJob | None = field(default=None, repr=False, compare=False)
+    _runner: _LoopThread | None = field(default=None, repr=False, compare=False)
+
+    @classmethod
+    def of(cls, popped: PoppedJob, runner: _LoopThread) -> SyncJob:
+        return cls(**job_fields(popped), _popped=popped, _runner=runner)
 
     def execute(self) -> None:
-        self._runner.call(self._job.execute())
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._job, name)
-
-    def __repr__(self) -> str:
-        return f"Sync{self._job!r}"
+        """Runs the job and records its outcome. Once only."""
+        if self._popped is None or self._runner is None:
+            raise RuntimeError(f"job {self.job_id} is not this process's to execute")
+        self._runner.call(self._popped.execute())
+        for name, value in job_fields(self._popped).items():
+            setattr(self, name, value)
 
 
 class SyncEnqueueOptions:
@@ -129,7 +134,7 @@ class JobMaster:
 
     def pop_job(self) -> SyncJob | None:
         job = self._call(self.aio.pop_job())
-        return SyncJob(job, self._runner) if job is not None else None
+        return SyncJob.of(job, self._runner) if job is not None else None
 
     def run(self) -> int:
         return self._call(self.aio.run())

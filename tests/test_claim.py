@@ -12,6 +12,7 @@ import pytest
 from jobmaster_async import JobMaster
 from jobmaster_async.db.sql import quote_identifier
 from tests.conftest import inner_plans
+from tests.statements import claim_statements, plain_claims
 
 
 async def test_priority_then_age(jm: JobMaster) -> None:
@@ -154,18 +155,19 @@ async def lift_limits(jm: JobMaster, conn: asyncpg.Connection) -> None:
 
 
 async def test_a_limit_deployed_elsewhere_is_respected_by_a_running_worker(
-    jm: JobMaster, conn: asyncpg.Connection
+    jm: JobMaster, conn: asyncpg.Connection, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """This process's definitions say add has no process_limit; another deploy gives it one. The
     plain-statement claim notices and leaves the claim to claim_jobs(), which respects it."""
     await lift_limits(jm, conn)
     await jm.insert_job("tasks_for_tests", "add", 1, {"a": 0})
+    statements = claim_statements(jm, monkeypatch)
     assert len(await jm.worker.claim(5, 100)) == 1
-    assert jm.store.claimer.plain_claims == 1
+    assert plain_claims(statements) == 1
     await conn.execute(f"UPDATE {quote_identifier(jm.schema)}.tasks SET process_limit = 2 WHERE task_key = 'add'")
     await jm.insert_jobs("tasks_for_tests", "add", 1, [{"a": 1}, {"a": 2}])
     assert len(await jm.worker.claim(5, 100)) == 1  # one running already: one more
-    assert jm.store.claimer.plain_claims == 1  # claim_jobs() did
+    assert plain_claims(statements) == 1 and statements[-1] == "claim_jobs"  # claim_jobs() did
     assert await jm.counts() == {"running": 2, "waiting": 1}
 
 
@@ -194,15 +196,18 @@ async def test_concurrent_pops_in_one_process_take_different_jobs(jm: JobMaster,
     await asyncio.gather(first.execute(), second.execute())
 
 
-async def test_claims_and_completions_write_their_own_history(jm: JobMaster, conn: asyncpg.Connection) -> None:
+async def test_claims_and_completions_write_their_own_history(
+    jm: JobMaster, conn: asyncpg.Connection, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The plain claim and complete_jobs write their history rows themselves (the trigger skips
     them); the trigger still logs what follows in the same transaction (the dependent that
     complete_jobs unblocks)."""
     await lift_limits(jm, conn)
     bar = await jm.insert_job("nice_tasks", "bar", 1, {"file_path": "/dev/null", "number": 1})
     [foo] = await jm.dependencies(bar)
+    statements = claim_statements(jm, monkeypatch)
     job = await jm.pop_job()
-    assert job is not None and job.job_id == foo["job_id"] and jm.store.claimer.plain_claims == 1
+    assert job is not None and job.job_id == foo["job_id"] and plain_claims(statements) == 1
     await job.execute()
     foo_history = await jm.history(foo["job_id"])
     assert [h["status"] for h in foo_history] == ["waiting", "running", "complete"]

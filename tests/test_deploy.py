@@ -129,22 +129,19 @@ async def test_deploy_refuses_unknown_dependency_and_cycles(jm: JobMaster, forge
         await jm.deploy()
 
 
-async def test_deploy_explains_unknowable_required_arguments(
-    dsn: str, schema_name: str, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+async def test_deploy_warns_about_unknowable_required_arguments(
+    dsn: str, schema_name: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     """The seed's baz can never create the bar it needs (bar's number is unknown): that is the
-    example's point, so it is explained once, at INFO (tests/test_cli_ux.py: a user's task with
-    the same gap is warned about at each deploy)."""
-    from jobmaster_async import definitions
-
-    monkeypatch.setattr(definitions, "_explained", set())
+    example's point, but the library does not know the examples from a user's task, so each
+    deploy warns (tests/test_cli_ux.py: the same from check_definitions)."""
     master = JobMaster(dsn, schema=schema_name)
     try:
         with caplog.at_level(logging.INFO, logger="jobmaster_async"):
             await master.deploy()
             await master.deploy()
         said = [r for r in caplog.records if "nice_tasks.baz" in r.getMessage() and "'number'" in r.getMessage()]
-        assert [r.levelno for r in said] == [logging.INFO]
+        assert [r.levelno for r in said] == [logging.WARNING, logging.WARNING]
     finally:
         await master.close()
         await drop_schema(dsn, schema_name)
@@ -204,3 +201,109 @@ async def test_upgrade_from_version_5_indexes_running_jobs_by_task(jm: JobMaster
     )
     assert "(task_id) WHERE (status = 'running'::text)" in definition
     assert await conn.fetchval(f"SELECT max(version) FROM {schema}.schema_version") == jm.sql.latest_version
+
+
+# -- the tasks' rows: one dataclass, columns by name; a registry of one's own -------------------
+
+
+def test_upsert_task_writes_every_column_field_of_the_definition() -> None:
+    """A @task option is a TaskDefinition field marked as a column: the SQL writes the fields by
+    name, so its column lists must be exactly those fields (a forgotten one would be dropped)."""
+    import re
+
+    from jobmaster_async.definitions.task import column_names
+
+    statement = Catalogue("jobmaster")["upsert_task"]
+    lists = re.findall(r"\(\s*(type_key, task_key,[^()]*)\)", statement)
+    assert len(lists) == 2, statement  # the INSERT's and the ON CONFLICT's
+    for listed in lists:
+        assert [name.strip() for name in listed.split(",")] == list(column_names())
+    excluded = re.search(r"ROW\(([^()]*)\)", statement)
+    assert excluded is not None
+    assert [name.strip() for name in excluded.group(1).split(",")] == [f"excluded.{n}" for n in column_names()]
+
+
+async def test_deploy_writes_each_option_into_its_column(dsn: str, schema_name: str, forget: object) -> None:
+    """Every stored option of a definition round-trips through the JSON row into its column."""
+    from datetime import timedelta
+    from typing import Literal
+
+    from jobmaster_async import Registry
+
+    tasks = Registry()
+
+    @tasks.task(
+        type_key="scratch_deploy",
+        process_units=2,
+        process_limit=3,
+        write_all="mode",
+        retries=4,
+        rescues=5,
+        timeout=1.5,
+        executor="process",
+        retention=timedelta(days=2, seconds=3, microseconds=4),
+    )
+    def every_option(mode: Literal["a", "b"], n: int = 1) -> None:
+        """Uses every option.
+
+        :param n: a number"""
+
+    @tasks.task(type_key="scratch_deploy", dependencies=Dependency(every_option, 2, mode="a", n=1))
+    async def inherits() -> None: ...
+
+    master = JobMaster(dsn, schema=schema_name, registry=tasks, retention=timedelta(hours=5))
+    try:
+        await master.deploy()
+        pool = await master.store.pool()
+        rows = {
+            r["task_key"]: r
+            for r in await pool.fetch(f"SELECT t.* FROM {quote_identifier(schema_name)}.tasks AS t ORDER BY task_key")
+        }
+        assert set(rows) == {"every_option", "inherits"}  # only its registry's, not the process's
+        row = rows["every_option"]
+        assert (row["process_units"], row["process_limit"], row["retries"], row["rescues"]) == (2, 3, 4, 5)
+        assert (row["timeout"], row["executor"], row["write_all"]) == (1.5, "process", ["mode"])
+        assert row["retention"] == timedelta(days=2, seconds=3, microseconds=4)
+        assert row["description"] == "Uses every option."
+        assert row["parameters"] == [
+            {"name": "mode", "type": "string", "required": True, "nullable": False, "options": ["a", "b"]},
+            {"name": "n", "type": "integer", "required": False, "nullable": False, "default": 1, "help": "a number"},
+        ]
+        assert rows["inherits"]["executor"] == "async" and rows["inherits"]["retention"] == timedelta(hours=5)
+        assert rows["inherits"]["dependencies"] == [
+            {
+                "type_key": "scratch_deploy",
+                "task_key": "every_option",
+                "hours": 2.0,
+                "arguments": {"mode": {"value": "a"}, "n": {"value": 1}},
+            }
+        ]
+        assert rows["every_option"]["is_dependency"] and not rows["inherits"]["is_dependency"]
+    finally:
+        await master.close()
+        await drop_schema(dsn, schema_name)
+
+
+async def test_a_registry_of_ones_own_deploys_and_runs_only_its_tasks(dsn: str, schema_name: str) -> None:
+    """JobMaster(registry=...): deploy stores its tasks only; the worker claims only them."""
+    from jobmaster_async import Registry
+    from tests import tasks_for_tests
+
+    everything = JobMaster(dsn, schema=schema_name)  # the global registry: every imported task
+    own = JobMaster(dsn, schema=schema_name, registry=Registry(tasks_for_tests.add))
+    try:
+        await own.deploy()
+        pool = await own.store.pool()
+        keys = await pool.fetch(f"SELECT type_key, task_key FROM {quote_identifier(schema_name)}.tasks")
+        assert [tuple(k) for k in keys] == [("tasks_for_tests", "add")]
+        await everything.deploy()
+        await own.insert_job("tasks_for_tests", "explode", 0, {"reason": "not mine"})
+        added = await own.insert_job("tasks_for_tests", "add", 0, {"a": 1})
+        assert await own.run() == 1
+        done = await own.get_job(added)
+        assert done is not None and done.status == "complete"
+        assert [job.task_key for job in await own.jobs(status="waiting")] == ["explode"]
+    finally:
+        await own.close()
+        await everything.close()
+        await drop_schema(dsn, schema_name)

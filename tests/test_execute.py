@@ -318,3 +318,29 @@ async def test_pop_job_rescues_jobs_of_lost_workers(jm: JobMaster, dsn: str, con
         "claimed",
         "completed",
     ]
+
+
+def test_a_sync_job_is_a_job_brought_up_to_date_by_execute(dsn: str, schema_name: str) -> None:
+    """The blocking facade's pop_job: a Job (typed, the same fields) whose execute() blocks and
+    then shows the outcome, as PoppedJob's does."""
+    import asyncio
+
+    from jobmaster_async import Job
+    from jobmaster_async.sync import JobMaster as SyncJobMaster
+    from jobmaster_async.sync import SyncJob
+
+    try:
+        with SyncJobMaster(dsn, schema=schema_name) as blocking:
+            blocking.deploy()
+            job_id = blocking.insert_job("tasks_for_tests", "add", 0, {"a": 2})
+            job = blocking.pop_job()
+            assert isinstance(job, SyncJob) and isinstance(job, Job)
+            assert (job.job_id, job.status, job.attempts, job.arguments) == (job_id, "running", 1, {"a": 2, "b": 1})
+            job.execute()
+            assert (job.status, job.result) == ("complete", 3)
+            stored = blocking.get_job(job_id)
+            assert stored is not None and (stored.status, stored.result) == ("complete", 3)
+            with pytest.raises(RuntimeError, match="already executed"):
+                job.execute()
+    finally:
+        asyncio.run(drop_schema(dsn, schema_name))

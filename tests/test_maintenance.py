@@ -8,7 +8,7 @@ import asyncpg
 
 from jobmaster_async import JobMaster
 from jobmaster_async.db.sql import quote_identifier
-from jobmaster_async.settings import Settings
+from jobmaster_async.settings import JobMasterSettings
 from jobmaster_async.worker.maintenance import Maintenance
 from jobmaster_async.worker.outage import Outage
 from jobmaster_async.worker.signals import Signal
@@ -20,7 +20,7 @@ async def test_a_lost_workers_job_is_rescued_by_the_rescue_loop(jm: JobMaster, c
     assert await jm.pop_job() is not None  # held by jm, whose heartbeat then lapses
     await conn.execute(f"UPDATE {quote_identifier(jm.schema)}.workers SET heartbeat_at = now() - interval '1 hour'")
     maintenance = Maintenance(
-        Settings(rescue_interval=0.05),
+        JobMasterSettings(rescue_interval=0.05),
         beat=jm.worker.beat,
         rescue=jm.store.rescue_jobs,
         last_beat=lambda: 0.0,  # this process never beat: nothing of its own to protect
@@ -46,7 +46,7 @@ async def test_rescue_if_due_runs_once_per_interval_and_never_with_a_lapsed_own_
     async def beat() -> None: ...
 
     last_beat = 0.0
-    maintenance = Maintenance(Settings(rescue_interval=3600), beat, rescue, lambda: last_beat)
+    maintenance = Maintenance(JobMasterSettings(rescue_interval=3600), beat, rescue, lambda: last_beat)
     assert await maintenance.rescue_if_due() == 0 and calls == 1
     assert await maintenance.rescue_if_due() == 0 and calls == 1  # not due again for an hour
     last_beat = 1.0  # beat long ago (monotonic time 1): our own heartbeat lapsed
@@ -62,7 +62,7 @@ async def test_the_heartbeat_loop_beats_every_interval() -> None:
     async def rescue() -> int:
         return 0
 
-    maintenance = Maintenance(Settings(heartbeat_interval=0.01), beat, rescue, lambda: 0.0)
+    maintenance = Maintenance(JobMasterSettings(heartbeat_interval=0.01), beat, rescue, lambda: 0.0)
     running = asyncio.create_task(maintenance.heartbeat_loop(Outage(Signal(), Signal())))
     try:
         await within(beats.wait_for(3), "three heartbeats")
@@ -87,7 +87,7 @@ async def test_the_rescue_loop_rescues_only_while_the_worker_may() -> None:
 
     async def beat() -> None: ...
 
-    maintenance = Maintenance(Settings(rescue_interval=0.01), beat, rescue, lambda: 0.0)
+    maintenance = Maintenance(JobMasterSettings(rescue_interval=0.01), beat, rescue, lambda: 0.0)
     running = asyncio.create_task(maintenance.rescue_loop(Outage(Signal(), Signal()), may_rescue))
     try:
         await within(asked.wait_for(3), "the loop to ask three times")

@@ -9,7 +9,7 @@ from contextlib import asynccontextmanager
 import asyncpg
 import pytest
 
-from jobmaster_async.db.connection import create_pool
+from jobmaster_async.db.connection import opener
 from jobmaster_async.db.faults import database_fault
 from jobmaster_async.db.pool import Pool
 from tests.polling import until
@@ -18,7 +18,7 @@ from tests.proxy import Proxy
 
 @asynccontextmanager
 async def opened_pool(dsn: str, max_size: int) -> AsyncIterator[Pool]:
-    pool = create_pool(dsn, max_size=max_size)
+    pool = Pool(opener(dsn, None, None), max_size)
     try:
         yield pool
     finally:
@@ -66,7 +66,7 @@ async def test_never_more_connections_than_max_size(dsn: str) -> None:
 
 
 async def test_a_closed_pool_refuses_statements(dsn: str) -> None:
-    pool = create_pool(dsn, max_size=1)
+    pool = Pool(opener(dsn, None, None), 1)
     await pool.fetchval("SELECT 1")
     await pool.close()
     with pytest.raises(asyncpg.InterfaceError, match="closed"):

@@ -57,7 +57,7 @@ async def test_a_server_back_ends_the_backoff_at_once() -> None:
     server.up = True
     assert await asyncio.wait_for(running, 60) == "done"  # not an hour
     assert tries == 2
-    assert outage.answered.count == 1 and not outage.active
+    assert outage.answered.count == 1 and outage.since is None
 
 
 async def test_a_server_that_answers_but_fails_statements_keeps_the_backoff() -> None:

@@ -38,6 +38,7 @@ from jobmaster_async.db.sql import quote_identifier
 from jobmaster_async.errors import InvalidArguments, NotRetryable, TaskNotFound
 from tests.conftest import worker
 from tests.polling import until
+from tests.statements import claim_statements, plain_claims
 
 # -- the library's SQL -------------------------------------------------------------------------
 
@@ -673,8 +674,9 @@ async def workload(
         return [i for i in await claimable() if i in unlimited]
 
     monkeypatch.setattr(fast.worker, "claimable_task_ids", only_unlimited)
+    statements = claim_statements(fast, monkeypatch)
     assert await fast.run() > 20
-    assert fast.store.claimer.plain_claims > 0
+    assert plain_claims(statements) > 0
     assert await status(flaky) == "failed" and await status(exploded) == "failed"
     assert await status(broken_top) == "failed"
     assert await status(in_every_colour) == "complete"

@@ -9,6 +9,7 @@ import pytest
 from jobmaster_async import Dependency, TaskDefinitionError, same, task
 from jobmaster_async.examples import nice_tasks
 from jobmaster_async.tasks import check_cycles, check_definitions, definition_of, registry
+from tests import tasks_for_tests
 
 
 @pytest.fixture
@@ -156,3 +157,32 @@ def test_a_set_of_definitions_is_checked_without_a_database() -> None:
         check_definitions([bar], {("nice_tasks", "foo"): foo_elsewhere})
     with pytest.raises(TaskDefinitionError, match=r"nice_tasks\.bar: .*unknown dependency nice_tasks\.foo"):
         check_definitions([bar], {})
+
+
+def test_a_registry_of_ones_own_holds_only_its_tasks() -> None:
+    """``@tasks.task`` registers into that registry alone; ``Registry(f)`` takes a function
+    decorated elsewhere; the global registry (``@task``) is the default of JobMaster."""
+    from jobmaster_async import Registry
+
+    tasks = Registry()
+
+    @tasks.task(type_key="scratch_own", retries=1)
+    def mine(a: int) -> None: ...
+
+    @tasks.task
+    def bare() -> None: ...
+
+    assert [d.key for d in tasks] == ["scratch_own.mine", "test_tasks.bare"]
+    assert registry.get("scratch_own", "mine") is None and registry.get("test_tasks", "bare") is None
+    assert definition_of(mine).retries == 1
+    other = Registry(mine, tasks_for_tests.add)
+    assert [d.key for d in other] == ["scratch_own.mine", "tasks_for_tests.add"]
+    assert registry.get("tasks_for_tests", "add") is definition_of(tasks_for_tests.add)
+    with pytest.raises(TaskDefinitionError, match="not a task"):
+        Registry(lambda: None)
+    with pytest.raises(TypeError, match="'retires'"):
+        tasks.task(retires=2)  # type: ignore[call-overload]
+    with pytest.raises(TaskDefinitionError, match="duplicate key"):
+
+        @tasks.task(type_key="scratch_own", task_key="mine")
+        def again() -> None: ...

@@ -53,14 +53,9 @@ class Claimer:
         #: jobs than asked for saw it (None: none waiting); unknown after any other claim
         self.due_in: float | None = None
         self.due_in_known = False
-        #: claims made by the plain statement (the others went through claim_jobs())
-        self.plain_claims = 0
         #: when (time.monotonic()) the earliest scheduled job of the last plain claim's tasks falls
         #: due, as that claim said (None: none, or unknown)
         self._scheduled_due: float | None = None
-        #: promote_due_jobs() calls made, and the jobs they promoted
-        self.promotions = 0
-        self.promoted = 0
 
     async def claim(self, worker_id: uuid.UUID, task_ids: list[int], limit: int, units: int) -> list[asyncpg.Record]:
         """Rows of claimed jobs (job_id, task_id, priority, arguments, attempts, max_attempts,
@@ -94,7 +89,6 @@ class Claimer:
         self._scheduled_due = None if scheduled_in is None else time.monotonic() + scheduled_in
         if marker["slow"]:
             return None
-        self.plain_claims += 1
         if len(rows) < limit:
             self.due_in, self.due_in_known = marker["due_in"], True
         return rows
@@ -102,9 +96,7 @@ class Claimer:
     async def _promote(self) -> None:
         """Makes the scheduled jobs that fell due claimable (and wakes the workers)."""
         self._scheduled_due = None  # the next plain claim says when the next one falls due
-        promoted: int = await self._run("fetchval", "promote_due_jobs")
-        self.promotions += 1
-        self.promoted += promoted
+        await self._run("fetchval", "promote_due_jobs")
 
     async def _run(self, method: str, name: str, *args: object) -> Any:
         """A statement on the claim connection (with the claim's session settings)."""

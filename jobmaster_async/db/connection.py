@@ -17,7 +17,7 @@ import asyncpg.exceptions as pgexc
 from ..errors import ConfigurationError
 from ..storable import decode_jsonb
 from ..times import decode_timestamptz, encode_timestamptz
-from .pool import Connect, Pool
+from .pool import Connect
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import URL, Engine
@@ -26,7 +26,6 @@ if TYPE_CHECKING:
 __all__ = (
     "DatabaseTarget",
     "connect",
-    "create_pool",
     "database_hosts",
     "dsn_from",
     "host_list",
@@ -343,10 +342,3 @@ def opener(dsn: str, connect_kwargs: dict[str, Any] | None = None, timeout: floa
         raise (errors or failures)[-1]
 
     return open_first_that_fits
-
-
-def create_pool(
-    dsn: str, connect_kwargs: dict[str, Any] | None = None, max_size: int = 10, timeout: float | None = None
-) -> Pool:
-    """The pool a JobMaster runs its statements on (connections are opened on first use)."""
-    return Pool(opener(dsn, connect_kwargs, timeout), max_size)

@@ -24,8 +24,8 @@ class TaskRows(Protocol):
     def rows_to_deploy(
         self, deployed: Mapping[tuple[str, str], Mapping[str, Any]], retention: timedelta | None
     ) -> list[dict[str, Any]]:
-        """The tasks-table rows, once checked against the tasks already deployed (by key);
-        ``retention`` is the JobMaster's, for tasks that set none."""
+        """The tasks-table rows as JSON values by column name, once checked against the tasks
+        already deployed (by key); ``retention`` is the JobMaster's, for tasks that set none."""
         ...
 
     def schedules_to_deploy(self) -> list[dict[str, Any]]:
@@ -68,27 +68,7 @@ async def deploy_schema(
         deployed = {(r["type_key"], r["task_key"]): r for r in await conn.fetch(sql["deployed_tasks"])}
         rows = definitions.rows_to_deploy(deployed, retention)
         if rows:
-            await conn.executemany(
-                sql["upsert_task"],
-                [
-                    (
-                        r["type_key"],
-                        r["task_key"],
-                        r["parameters"],
-                        r["write_all"],
-                        r["dependencies"],
-                        r["process_units"],
-                        r["process_limit"],
-                        r["retries"],
-                        r["timeout"],
-                        r["executor"],
-                        r["description"],
-                        r["rescues"],
-                        r["retention"],
-                    )
-                    for r in rows
-                ],
-            )
+            await conn.execute(sql["upsert_task"], json.dumps(rows))
         if prune:
             pruned = await conn.fetch(sql["prune_tasks"], [r["type_key"] for r in rows], [r["task_key"] for r in rows])
             for row in pruned:

@@ -246,17 +246,28 @@ SELECT {schema}.promote_due_jobs()
 SELECT type_key, task_key, parameters, dependencies FROM {schema}.tasks
 
 -- name: upsert_task
-INSERT INTO {schema}.tasks AS t (type_key, task_key, parameters, write_all, dependencies,
-                                 process_units, process_limit, retries, timeout, executor,
-                                 description, rescues, retention)
-VALUES ($1, $2, $3::text::jsonb, $4, $5::text::jsonb, $6, $7, $8, $9, $10, $11, $12, $13)
+-- $1: the task definitions deploy() writes, as a JSON array of rows whose fields are named after
+-- the columns (definitions/task.py TaskDefinition.to_row); the columns listed are the fields
+-- TaskDefinition marks as columns (tests/test_deploy.py checks that they are the same)
+WITH
+-- the rows, each field read into the column of its name and type
+given AS (
+    SELECT r.* FROM pg_catalog.jsonb_populate_recordset(NULL::{schema}.tasks, $1::text::jsonb) AS r
+)
+INSERT INTO {schema}.tasks AS t (
+       type_key, task_key, parameters, dependencies, process_units, process_limit, write_all,
+       retries, rescues, timeout, executor, retention, description)
+SELECT type_key, task_key, parameters, dependencies, process_units, process_limit, write_all,
+       retries, rescues, timeout, executor, retention, description
+  FROM given
 ON CONFLICT (type_key, task_key) DO UPDATE
-   SET parameters = excluded.parameters, write_all = excluded.write_all,
-       dependencies = excluded.dependencies, process_units = excluded.process_units,
-       process_limit = excluded.process_limit, retries = excluded.retries,
-       timeout = excluded.timeout, executor = excluded.executor,
-       description = excluded.description, rescues = excluded.rescues,
-       retention = excluded.retention, updated_at = pg_catalog.now()
+   SET (type_key, task_key, parameters, dependencies, process_units, process_limit, write_all,
+       retries, rescues, timeout, executor, retention, description) =
+       ROW(excluded.type_key, excluded.task_key, excluded.parameters, excluded.dependencies,
+           excluded.process_units, excluded.process_limit, excluded.write_all, excluded.retries,
+           excluded.rescues, excluded.timeout, excluded.executor, excluded.retention,
+           excluded.description),
+       updated_at = pg_catalog.now()
 
 -- name: mark_dependency_targets
 WITH

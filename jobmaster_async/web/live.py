@@ -143,8 +143,6 @@ class Broadcaster:
         self.idle = idle
         #: fired for each snapshot published (tests await it)
         self.published = Signal()
-        #: how many reads of the cheap state ran (tests and benchmarks read it)
-        self.polls = 0
         self._latest: Snapshot | None = None
         self._latest_at = 0.0  # monotonic time of the read
         self._conn: asyncpg.Connection | None = None
@@ -324,7 +322,6 @@ class Broadcaster:
         started = time.monotonic()
         overview = await self.insights.overview(conn)
         self._poll_cost = time.monotonic() - started
-        self.polls += 1
         await self._read_chart(conn, overview.history_mark)
         await self._read_schedules()
         version = self._latest.version + 1 if self._latest is not None else 1

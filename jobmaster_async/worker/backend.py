@@ -19,8 +19,8 @@ import asyncpg
 from .. import tracing
 from ..db.store import Store
 from ..jobs import Job, JobStatus, PoppedJob
-from ..settings import Settings
-from ..tasks import TaskDefinition, registry
+from ..settings import JobMasterSettings
+from ..tasks import Registry, TaskDefinition
 from .executors import DaemonThreadPool, Outcome, OutcomeLimits, run_task
 from .maintenance import Maintenance
 from .outage import Outage
@@ -36,8 +36,12 @@ logger = logging.getLogger(__name__)
 class WorkerBackend:
     """The database side of this process's worker (one worker id, one heartbeat row)."""
 
-    def __init__(self, store: Store, settings: Settings, outages: Signal, recoveries: Signal) -> None:
+    def __init__(
+        self, store: Store, settings: JobMasterSettings, outages: Signal, recoveries: Signal, registry: Registry
+    ) -> None:
         self.store = store
+        #: the tasks this worker runs (JobMaster(registry=...))
+        self.registry = registry
         self.settings = settings
         self.worker_id = uuid.uuid4()
         self.node = socket.gethostname()
@@ -78,10 +82,10 @@ class WorkerBackend:
             rows = await self.store.task_ids()
             found: dict[int, TaskDefinition] = {}
             for row in rows:
-                definition = registry.get(row["type_key"], row["task_key"])
+                definition = self.registry.get(row["type_key"], row["task_key"])
                 if definition is not None:
                     found[row["task_id"]] = definition
-            missing = {d.key for d in registry} - {d.key for d in found.values()}
+            missing = {d.key for d in self.registry} - {d.key for d in found.values()}
             if missing:
                 logger.warning("tasks registered but not deployed (call deploy()): %s", ", ".join(sorted(missing)))
             self._definitions = found

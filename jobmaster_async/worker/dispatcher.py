@@ -39,7 +39,7 @@ import asyncpg
 from .. import tracing
 from ..db.faults import database_fault
 from ..db.store import Store
-from ..settings import Settings
+from ..settings import JobMasterSettings
 from .executors import DaemonThreadPool, Outcome, run_task
 from .listener import CancelJob, Listener, Notification, SchedulesChanged
 from .maintenance import Maintenance
@@ -72,7 +72,7 @@ class Backend(Protocol):
     """What the dispatcher needs of the worker's database side (worker.backend.WorkerBackend)."""
 
     store: Store
-    settings: Settings
+    settings: JobMasterSettings
     worker_id: uuid.UUID
     threads: DaemonThreadPool
     maintenance: Maintenance
@@ -91,7 +91,7 @@ class Backend(Protocol):
 
 @dataclass(frozen=True)
 class RunOptions:
-    """The arguments of one run_forever call (the rest is the JobMaster's Settings)."""
+    """The arguments of one run_forever call (the rest is the JobMaster's JobMasterSettings)."""
 
     concurrency: int
     grace_period: float

@@ -34,7 +34,7 @@ logger = logging.getLogger(__name__)
 
 class _CancelFlag:
     """Set when a sync task's job is cancelled or times out (a threading.Event would do, at the
-    price of a lock and a condition per job: about 2 us each on the drain's hot path)."""
+    price of a lock and a condition per job on the drain's hot path)."""
 
     __slots__ = ("_set",)
 
@@ -220,7 +220,7 @@ async def settle(definition: TaskDefinition, result: Any, limits: OutcomeLimits)
 
 async def failure_of(exc: BaseException, limits: OutcomeLimits, *, final: bool = False) -> Outcome:
     """The outcome of an exception caught on the event loop: formatted there when it is plainly
-    small, else in a thread (a message of 50 MB takes seconds to format)."""
+    small, else in a thread (formatting a huge message would stall the loop)."""
     if formats_quickly(exc):
         return Outcome.failure(exc, final=final, limits=limits)
     return await anyio.to_thread.run_sync(functools.partial(Outcome.failure, exc, final=final, limits=limits))

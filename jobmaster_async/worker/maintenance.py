@@ -17,7 +17,7 @@ import random
 import time
 from collections.abc import Awaitable, Callable
 
-from ..settings import Settings
+from ..settings import JobMasterSettings
 from .outage import Outage, Service
 from .signals import Signal
 
@@ -33,7 +33,7 @@ class Maintenance:
 
     def __init__(
         self,
-        settings: Settings,
+        settings: JobMasterSettings,
         beat: Callable[[], Awaitable[None]],
         rescue: Callable[[], Awaitable[int]],
         last_beat: Callable[[], float],

@@ -86,10 +86,6 @@ class Outage:
         self._prober: asyncio.Task[None] | None = None
         self._probe_failed = False
 
-    @property
-    def active(self) -> bool:
-        return self.since is not None
-
     def failed(self, service: str, exc: BaseException) -> None:
         if self.since is None:
             self.since = time.monotonic()
@@ -129,7 +125,7 @@ class Outage:
         answer = self._answer
         waits = [asyncio.ensure_future(event.wait()) for event in (answer, *until)]
         self._pausing += 1
-        if self.probe is not None and self.active and (self._prober is None or self._prober.done()):
+        if self.probe is not None and self.since is not None and (self._prober is None or self._prober.done()):
             self._prober = asyncio.ensure_future(self._probe_while_paused(self.probe))
         try:
             await asyncio.wait(waits, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
@@ -145,7 +141,7 @@ class Outage:
         """Probes every PROBE_INTERVAL while the server fails to answer, and more and more slowly
         while it answers (its statements are what fails: the backoff is for them)."""
         answering = Backoff(first=PROBE_INTERVAL, cap=10.0)
-        while self.active:
+        while self.since is not None:
             try:
                 await probe()
             except Exception as exc:

@@ -38,7 +38,7 @@ $$;
 
 
 -- Does a value fit its parameter (JSON type, nullability, options)? Plain SQL, so the bulk insert
--- checks whole batches in one statement; _check_value says what is wrong when it does not.
+-- checks whole batches in one statement; _value_refusal says what is wrong when it does not.
 CREATE OR REPLACE FUNCTION {schema}._value_ok(p_param jsonb, p_value jsonb)
 RETURNS boolean LANGUAGE sql IMMUTABLE AS $$
     SELECT CASE

@@ -8,12 +8,11 @@ import graphlib
 import json
 import logging
 from collections.abc import Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from .errors import TaskDefinitionError
-
-if TYPE_CHECKING:
-    from .tasks import Dependency, TaskDefinition
+from ..errors import TaskDefinitionError
+from .dependencies import Dependency
+from .task import TaskDefinition
 
 __all__ = ("check_cycles", "check_definitions", "check_dependency_arguments")
 
@@ -70,30 +69,21 @@ def check_definitions(
     check_cycles(edges)
 
 
-#: The examples' known cases already explained in this process (each is said once).
-_explained: set[tuple[str, str, str]] = set()
-
-#: Modules whose tasks show such cases on purpose: the original README's examples.
-_EXAMPLE_MODULES = "jobmaster_async.examples."
-
-
 def _unknowable_argument(definition: TaskDefinition, dep: Dependency, name: str, target: str) -> None:
     """A dependency that cannot be created when missing: a required argument of it is neither
-    given by the Dependency nor an argument of the dependent. A warning for a user's task (likely
-    a mistake); for the original README's examples, which show it on purpose (``baz``), an INFO
-    explanation, once per process."""
-    message = (
-        f"task {definition.key}: {dep!r} cannot be created when missing: its required argument {name!r} is "
-        f"neither given by the Dependency nor an argument of {definition.key}; so a {definition.key} job is "
-        f"inserted as failed when no fresh or active {target} job matches it"
+    given by the Dependency nor an argument of the dependent. Likely a mistake, so a warning at
+    each deploy (the original README's ``baz`` shows it on purpose: README "Tasks")."""
+    logger.warning(
+        "task %s: %r cannot be created when missing: its required argument %r is neither given by the "
+        "Dependency nor an argument of %s; so a %s job is inserted as failed when no fresh or active %s "
+        "job matches it",
+        definition.key,
+        dep,
+        name,
+        definition.key,
+        definition.key,
+        target,
     )
-    if getattr(definition.func, "__module__", "").startswith(_EXAMPLE_MODULES):
-        case = (definition.key, target, name)
-        if case not in _explained:
-            _explained.add(case)
-            logger.info("%s (the example shows this on purpose)", message)
-        return
-    logger.warning("%s", message)
 
 
 def check_cycles(edges: Mapping[tuple[str, str], Iterable[tuple[str, str]]]) -> None:
