@@ -40,7 +40,7 @@ async def test_concurrent_deploys(dsn: str, schema_name: str) -> None:
     masters = [JobMaster(dsn, schema=schema_name) for _ in range(5)]
     try:
         await asyncio.gather(*(m.deploy() for m in masters))
-        versions = await (await masters[0].store.pool()).fetch(
+        versions = await (await masters[0]._store.pool()).fetch(
             f"SELECT version FROM {quote_identifier(schema_name)}.schema_version"
         )
         migrations = Catalogue(schema_name).migrations
@@ -52,7 +52,7 @@ async def test_concurrent_deploys(dsn: str, schema_name: str) -> None:
 
 
 async def test_refuses_a_newer_schema(jm: JobMaster) -> None:
-    pool = await jm.store.pool()
+    pool = await jm._store.pool()
     await pool.execute(f"INSERT INTO {quote_identifier(jm.schema)}.schema_version VALUES (9999, 'future')")
     with pytest.raises(SchemaVersionError, match="9999"):
         await jm.deploy()

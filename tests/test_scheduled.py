@@ -168,7 +168,7 @@ async def test_pop_job_and_run_do_not_wait_for_future_jobs(jm: JobMaster, conn: 
     # once due, pop_job promotes and takes it (a cron script that only pops runs scheduled jobs)
     soon = await jm.insert_job(T, "add", 1, {"a": 3}, run_at=timedelta(seconds=0.3))
     assert await jm.pop_job() is None
-    claimer = jm.store.claimer
+    claimer = jm._store.claimer
     assert claimer.promotions == 0  # no round trip for the future jobs while none is due
     await asyncio.sleep(0.4)
     popped = await jm.pop_job()
@@ -183,10 +183,10 @@ async def test_a_due_job_is_claimed_before_a_backlog_by_its_priority(jm: JobMast
     many jobs as it asked for: a due job does not wait for the backlog to drain."""
     urgent = await jm.insert_job(T, "add", 9, {"a": -1}, run_at=timedelta(seconds=0.2))
     await jm.insert_jobs(T, "add", 0, [{"a": i} for i in range(10)])
-    first = await jm.worker.claim(2, 100)
+    first = await jm._worker.claim(2, 100)
     assert urgent not in [c.job_id for c in first]
     await asyncio.sleep(0.3)
-    second = await jm.worker.claim(2, 100)
+    second = await jm._worker.claim(2, 100)
     assert urgent in [c.job_id for c in second]
 
 
