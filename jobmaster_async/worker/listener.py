@@ -27,7 +27,7 @@ from collections.abc import Awaitable, Callable
 import asyncpg
 
 from ..db.notifications import CancelJob, Notification, SchedulesChanged, Wake, parse_notification
-from ..db.store import Store
+from ..db.ports import ListeningStore
 from .outage import Backoff, Outage, Service
 from .signals import Signal
 
@@ -47,7 +47,7 @@ class Listener:
 
     def __init__(
         self,
-        store: Store,
+        store: ListeningStore,
         outage: Outage,
         on_notification: Callable[[Notification], None],
         ping_interval: float,
