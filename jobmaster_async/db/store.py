@@ -188,9 +188,12 @@ class Store:
         rows: list[asyncpg.Record] = await pool.fetch(self.sql["task_ids"], timeout=self.timeout)
         return rows
 
-    async def heartbeat(self, worker_id: uuid.UUID, node: str, pid: int, lapse: float) -> None:
-        pool = await self.pool()
-        await pool.execute(self.sql["heartbeat"], worker_id, node, pid, lapse, timeout=self.timeout)
+    async def heartbeat(
+        self, worker_id: uuid.UUID, node: str, pid: int, lapse: float, conn: asyncpg.Connection | None = None
+    ) -> None:
+        """Records a worker's heartbeat, on ``conn`` (the LISTEN connection) or the pool's."""
+        runner = conn if conn is not None else await self.pool()
+        await runner.execute(self.sql["heartbeat"], worker_id, node, pid, lapse, timeout=self.timeout)
 
     async def remove_worker(self, worker_id: uuid.UUID) -> None:
         """Forgets a worker's row (at shutdown). On a read-only server (a standby, reached after

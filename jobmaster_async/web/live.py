@@ -29,10 +29,10 @@ from typing import TYPE_CHECKING, Any
 import asyncpg
 
 from ..db.faults import database_fault
-from ..db.insights import TaskDepth
 from ..db.notifications import Notification, SchedulesChanged
 from ..db.waiting import Backoff, Signal
 from ..db.watch import Watch
+from ..inspection import TaskDepth
 
 if TYPE_CHECKING:
     from ..app import JobMaster
