@@ -260,7 +260,7 @@ async def test_the_list_and_the_history_reads_use_their_indexes(jm: JobMaster, c
         assert "job_events_at_idx" in chart and "Seq Scan on job_events" not in chart, chart
     window = await plan(
         statements["metrics_window"],
-        await jm._store.insights.clock(timedelta(seconds=30)),
+        await jm.clock(timedelta(seconds=30)),
         timedelta(0),
         mode="force_custom_plan",
     )
