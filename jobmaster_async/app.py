@@ -331,7 +331,7 @@ class JobMaster(Inspection):
             logger.info("pruned %d finished jobs", total)
         return total
 
-    # -- inspecting and managing -----------------------------------------------------------------
+    # -- managing (the reads: inspection.py) -----------------------------------------------------
 
     async def cancel(self, job_id: uuid.UUID | str) -> bool:
         """Cancels a waiting, blocked or running job (its blocked dependents fail). Returns
