@@ -149,7 +149,7 @@ async def claim_times(dsn: str, future: int, claimable: int = 2000, empty_claims
             await conn.execute(f"VACUUM ANALYZE {q}.jobs")
             task_ids = [await conn.fetchval(f"SELECT task_id FROM {q}.tasks WHERE task_key = 'noop_async'")]
             worker = uuid.uuid4()
-            await jm.worker.beat()
+            await jm._worker.beat()
             claimer = await asyncpg.connect(dsn)
             try:
                 await claimer.execute(jm.sql.claim_session_settings)

@@ -42,8 +42,8 @@ class Stats:
             "counts": dict(COUNTS),
             "claimed": self.jm.claimed.count,
             "recorded": self.jm.finished.count,
-            "pruned": self.jm.worker.pruner.pruned.count,
-            "prunings": [[p.started, p.ended, p.deleted, p.batches] for p in self.jm.worker.pruner.prunings],
+            "pruned": self.jm._worker.pruner.pruned.count,
+            "prunings": [[p.started, p.ended, p.deleted, p.batches] for p in self.jm._worker.pruner.prunings],
         }
         temporary = self.path.with_suffix(".tmp")
         temporary.write_text(json.dumps(data))

@@ -8,7 +8,7 @@ import logging
 import os
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from types import TracebackType
 from typing import Any, ParamSpec
 
@@ -27,10 +27,9 @@ from .errors import (
     ConfigurationError,
     InvalidArguments,
     JobNotFound,
-    TaskDefinitionError,
 )
-from .jobs import ACTIVE_STATUSES, Job, JobStatus, PoppedJob, as_job_id
-from .schedules import Cron
+from .inspection import Inspection
+from .jobs import ACTIVE_STATUSES, PoppedJob, as_job_id
 from .settings import JobMasterSettings
 from .worker.backend import WorkerBackend
 from .worker.dispatcher import Dispatcher, RunOptions
@@ -57,11 +56,12 @@ def _checked_retention(value: object, what: str = "retention") -> timedelta:
     return value
 
 
-class JobMaster:
+class JobMaster(Inspection):
     """A job queue in one PostgreSQL schema.
 
     ``db_engine`` is a SQLAlchemy ``AsyncEngine`` or ``Engine`` (any PostgreSQL driver: its URL is
     reused with asyncpg) or a DSN string; without it, the ``JOBMASTER_DSN`` environment variable.
+    Its reads (jobs, the queue's depth, workers, schedules, charts) are in inspection.py.
     """
 
     def __init__(
@@ -122,14 +122,15 @@ class JobMaster:
         #: whether a connection to a read-write server ever opened: before, errors are fatal
         #: (connect() waits for one); after, a worker survives them
         self.connected = False
-        self.store = Store(self.sql, self.open_connection, settings.pool_size, settings.connection_timeout)
+        self._store = Store(self.sql, self.open_connection, settings.pool_size, settings.connection_timeout)
         #: fired when run_forever loses the database (or the network) and when it recovered
         self.outages = Signal()
         self.recoveries = Signal()
-        #: the database side of this process's worker (claims, heartbeat, outcomes, pop_job)
-        self.worker = WorkerBackend(self.store, settings, self.outages, self.recoveries, self.registry)
+        #: the database side of this process's worker (claims, heartbeat, outcomes, pop_job): private,
+        #: as the store; the dashboard and the CLI read through the public methods
+        self._worker = WorkerBackend(self._store, settings, self.outages, self.recoveries, self.registry)
         #: this process's worker, as heartbeats, claims and the history name it
-        self.worker_id = self.worker.worker_id
+        self.worker_id = self._worker.worker_id
         self._dispatcher: Dispatcher | None = None
         self._stop_requested = False
         self._exit_requested = False
@@ -158,14 +159,14 @@ class JobMaster:
             return
         wait = self.settings.wait_for_database if wait is None else wait
         hosts = host_probes(self.dsn, self.connect_kwargs, self.settings.connection_timeout)
-        await wait_for_server(self.store.probe, wait, hosts)
+        await wait_for_server(self._store.probe, wait, hosts)
         self.connected = True
 
     async def close(self) -> None:
         """Closes the connections (and forgets this worker's heartbeat row)."""
-        await self.worker.stop_heartbeat()
-        await self.store.close(self.worker_id if self.worker.registered and self.worker.popped == 0 else None)
-        self.worker.registered = False
+        await self._worker.stop_heartbeat()
+        await self._store.close(self.worker_id if self._worker.registered and self._worker.popped == 0 else None)
+        self._worker.registered = False
 
     async def __aenter__(self) -> JobMaster:
         return self
@@ -181,10 +182,10 @@ class JobMaster:
         """Creates or migrates the schema and writes this process's task definitions. Idempotent
         and safe to run from several processes at once. ``_reset=True`` drops every job first;
         ``prune=True`` removes task definitions no longer registered here (and idle)."""
-        await self.store.deploy(self.registry, reset=_reset, prune=prune, retention=self.retention)
-        self.worker.forget_definitions()
+        await self._store.deploy(self.registry, reset=_reset, prune=prune, retention=self.retention)
+        self._worker.forget_definitions()
         if _reset:
-            self.worker.registered = False
+            self._worker.registered = False
 
     # -- inserting -------------------------------------------------------------------------------
 
@@ -207,12 +208,12 @@ class JobMaster:
         arguments_json, (at, delay) = as_json(label, arguments), when(label, run_at)
         traceparent, tracestate = tracing.current_context()
         # the common case in one plain statement; dependencies, "ALL", twins and refusals: in full
-        job_id = await self.store.insert_job_fast(
+        job_id = await self._store.insert_job_fast(
             type_key, task_key, priority, arguments_json, at, delay, traceparent, tracestate
         )
         if job_id is None:
             with refusals_as_errors():
-                job_id = await self.store.insert_job(
+                job_id = await self._store.insert_job(
                     type_key, task_key, priority, arguments_json, at, delay, traceparent, tracestate
                 )
         return job_id
@@ -238,7 +239,9 @@ class JobMaster:
         batch = as_json_array(f"{type_key}.{task_key}", list(arguments))
         traceparent, tracestate = tracing.current_context()
         with refusals_as_errors():
-            return await self.store.insert_jobs(type_key, task_key, priority, batch, at, delay, traceparent, tracestate)
+            return await self._store.insert_jobs(
+                type_key, task_key, priority, batch, at, delay, traceparent, tracestate
+            )
 
     async def enqueue(self, task: Callable[P, Any], /, *args: P.args, **kwargs: P.kwargs) -> uuid.UUID:
         """Queues a job of ``task`` (a function decorated with ``@task``), its arguments checked
@@ -258,7 +261,7 @@ class JobMaster:
         this process; ``await job.execute()`` runs it. The worker heartbeats until then. Every
         ``rescue_interval`` it first puts back the jobs of workers whose heartbeat lapsed, so that
         deployments that only pop (a cron script) recover lost jobs too."""
-        return await self.worker.pop_job()
+        return await self._worker.pop_job()
 
     async def run_forever(
         self,
@@ -276,9 +279,8 @@ class JobMaster:
         if self._dispatcher is not None:
             raise RuntimeError("run_forever is already running on this JobMaster")
         options = RunOptions(concurrency=concurrency, grace_period=grace_period, handle_signals=handle_signals)
-        if self.worker.threads.max_workers < concurrency:
-            self.worker.threads.max_workers = concurrency
-        self._dispatcher = Dispatcher(self.worker, options, self.claimed, self.finished, self.outages, self.recoveries)
+        self._worker.threads.grow_to(concurrency)
+        self._dispatcher = Dispatcher(self._worker, options, self.claimed, self.finished, self.outages, self.recoveries)
         if self._stop_requested:
             self._dispatcher.stop(exiting=self._exit_requested)
         try:
@@ -304,6 +306,11 @@ class JobMaster:
             self._stop_requested = True
             self._exit_requested = self._exit_requested or exiting
 
+    async def worker_tasks(self) -> list[str]:
+        """The tasks this process's worker runs (registered here and deployed), as
+        ``type_key.task_key``."""
+        return [definition.key for definition in (await self._worker.definitions()).values()]
+
     async def run(self) -> int:
         """Pops and executes jobs one at a time until none is runnable now; returns how many ran."""
         count = 0
@@ -322,10 +329,10 @@ class JobMaster:
         if older_than is not None:
             older_than = _checked_retention(older_than, "older_than")
         if dry_run:
-            return await self.store.count_prunable_jobs(older_than)
+            return await self._store.count_prunable_jobs(older_than)
         total = 0
         while True:
-            deleted = await self.store.prune_jobs(older_than, PRUNE_BATCH)
+            deleted = await self._store.prune_jobs(older_than, PRUNE_BATCH)
             total += deleted
             if deleted < PRUNE_BATCH:
                 break
@@ -333,65 +340,12 @@ class JobMaster:
             logger.info("pruned %d finished jobs", total)
         return total
 
-    # -- inspecting and managing -----------------------------------------------------------------
-
-    async def get_job(self, job_id: uuid.UUID | str) -> Job | None:
-        """The job with that id, or None. A value Python cannot hold shows raw (``Job``)."""
-        row = await self.store.get_job(as_job_id(job_id))
-        return Job.from_row(row) if row is not None else None
-
-    async def jobs(
-        self,
-        status: str | None = None,
-        type_key: str | None = None,
-        task_key: str | None = None,
-        limit: int = 100,
-    ) -> list[Job]:
-        """Jobs, newest first, optionally of one status and task. A row with a value Python
-        cannot hold is listed all the same, that value raw (``Job``)."""
-        if status is not None and status not in JobStatus.__members__.values():
-            raise ValueError(f"unknown status {status!r}; one of {', '.join(JobStatus)}")
-        rows = await self.store.list_jobs(status, type_key, task_key, limit)
-        return [Job.from_row(row) for row in rows]
-
-    async def counts(self) -> dict[str, int]:
-        """How many jobs there are of each status that has any. Exact for waiting, blocked and
-        running (read from indexes); for complete, failed and cancelled exact below 100,000
-        jobs in the table, else PostgreSQL's estimate (an exact count would read them all)."""
-        return await self.store.status_counts()
-
-    async def active_counts(self) -> dict[str, int]:
-        """How many jobs are waiting, blocked and running: the queue's depth, read from indexes, so
-        it stays cheap however many finished jobs the table keeps (``counts()`` reads them all)."""
-        return await self.store.active_counts()
-
-    async def history(self, job_id: uuid.UUID | str) -> list[dict[str, Any]]:
-        """Every status change of a job: status, reason, at, worker_id, node, pid, message."""
-        return await self.store.job_events(as_job_id(job_id))
-
-    async def dependencies(self, job_id: uuid.UUID | str) -> list[dict[str, Any]]:
-        """The jobs a job waits (or waited) for: job_id, type_key, task_key, status."""
-        return await self.store.job_dependencies(as_job_id(job_id))
-
-    async def schedules(self) -> list[dict[str, Any]]:
-        """The periodic tasks' schedules as deployed: type_key, task_key, expression, timezone,
-        arguments, priority, created_at, last_tick (the last tick fired), last_job_id and
-        last_job_status (the job it created or deduped into), and next_tick (computed here)."""
-        now = datetime.now(UTC)
-        found = await self.store.list_schedules()
-        for schedule in found:
-            try:
-                cron = Cron(schedule["expression"], schedule["arguments"], schedule["priority"], schedule["timezone"])
-            except TaskDefinitionError:
-                schedule["next_tick"] = None
-            else:
-                schedule["next_tick"] = cron.next_tick(now)
-        return found
+    # -- managing (the reads: inspection.py) -----------------------------------------------------
 
     async def cancel(self, job_id: uuid.UUID | str) -> bool:
         """Cancels a waiting, blocked or running job (its blocked dependents fail). Returns
         False when the job had already finished."""
-        before = await self.store.cancel_job(as_job_id(job_id))
+        before = await self._store.cancel_job(as_job_id(job_id))
         if before is None:
             raise JobNotFound(f"no job {job_id}")
         return before in ACTIVE_STATUSES
@@ -400,7 +354,7 @@ class JobMaster:
         """Queues a failed or cancelled job again; returns its id, or the id of an identical job
         that is already active."""
         with refusals_as_errors():
-            new_id = await self.store.retry_job(as_job_id(job_id))
+            new_id = await self._store.retry_job(as_job_id(job_id))
         if new_id is None:
             raise JobNotFound(f"no job {job_id}")
         return new_id
@@ -410,7 +364,7 @@ class JobMaster:
         """A pooled asyncpg connection (with the jsonb codec, and a timestamptz codec that gives
         a ``times.UndecodableTime`` for a time ``datetime`` cannot hold), for your own queries;
         its session state is reset when you are done with it."""
-        async with self.store.acquire() as conn:
+        async with self._store.acquire() as conn:
             try:
                 yield conn
             finally:

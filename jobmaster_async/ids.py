@@ -1,5 +1,5 @@
 """Job ids as people type them: the full id, or any unique prefix or suffix of its hex digits,
-with or without dashes. One rule for every tool that takes ids from people (the CLI and the
+with or without dashes. One rule for every tool that takes ids from people (the CLI, the
 dashboard).
 
 Job ids are time-ordered (DESIGN: 48 bits of milliseconds first), so the first digits are the
@@ -12,14 +12,11 @@ import re
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from .errors import InvalidJobId, JobMasterError, JobNotFound
 
-if TYPE_CHECKING:
-    from .app import JobMaster
-
-__all__ = ("SHORT_ID_DIGITS", "AmbiguousJobId", "Candidate", "find_jobs", "resolve_job_id", "short_id")
+__all__ = ("SHORT_ID_DIGITS", "AmbiguousJobId", "Candidate", "id_range", "resolve_job_id", "short_id")
 
 #: How many hex digits of an id listings show: the last ones, which are random.
 SHORT_ID_DIGITS = 12
@@ -30,19 +27,6 @@ MAX_CANDIDATES = 10
 _HEX = re.compile(r"[0-9a-f]{1,32}")
 # the hex positions before which the text form of a uuid has a dash
 _DASHES = (8, 12, 16, 20)
-
-# The jobs whose id starts with the digits (a range of the primary key: the index serves it) or
-# ends with them (the text form, without index: a scan, fine for a command a person types).
-_FIND = """
-SELECT j.job_id, t.type_key, t.task_key, j.status, j.created_at
-  FROM {schema}.jobs AS j JOIN {schema}.tasks AS t ON t.task_id = j.task_id
- WHERE j.job_id IN ((SELECT p.job_id FROM {schema}.jobs AS p
-                      WHERE p.job_id >= $1::uuid AND p.job_id <= $2::uuid ORDER BY p.job_id LIMIT $4)
-                    UNION ALL
-                    (SELECT s.job_id FROM {schema}.jobs AS s WHERE s.job_id::text LIKE $3 LIMIT $4))
- ORDER BY j.created_at DESC, j.job_id
- LIMIT $4
-"""
 
 
 def short_id(job_id: uuid.UUID) -> str:
@@ -100,22 +84,20 @@ def _dashed_suffix(digits: str) -> str:
     return "".join(out)
 
 
-async def find_jobs(jm: JobMaster, text: str, limit: int = MAX_CANDIDATES + 1) -> list[Candidate]:
-    """The jobs (at most ``limit``, newest first) whose id starts or ends with the hex digits of
-    ``text``."""
+def id_range(text: str) -> tuple[uuid.UUID, uuid.UUID, str]:
+    """What ids ``text`` names: those from the first to the last of the range its hex digits
+    start, and those whose text form is LIKE the pattern (ending with the digits)."""
     digits = digits_of(text)
-    low = uuid.UUID(digits.ljust(32, "0"))
-    high = uuid.UUID(digits.ljust(32, "f"))
-    pattern = "%" + _dashed_suffix(digits)
-    async with jm.connection() as conn:
-        rows = await conn.fetch(jm.sql.render(_FIND), low, high, pattern, limit)
-    found: dict[uuid.UUID, Candidate] = {}
-    for row in rows:
-        found.setdefault(row["job_id"], Candidate(**dict(row)))
-    return list(found.values())
+    return uuid.UUID(digits.ljust(32, "0")), uuid.UUID(digits.ljust(32, "f")), "%" + _dashed_suffix(digits)
 
 
-async def resolve_job_id(jm: JobMaster, text: str | uuid.UUID) -> uuid.UUID:
+class JobFinder(Protocol):
+    """What finds the jobs a part of an id names (``JobMaster.find_jobs``)."""
+
+    async def find_jobs(self, text: str, limit: int = ...) -> list[Candidate]: ...
+
+
+async def resolve_job_id(jm: JobFinder, text: str | uuid.UUID) -> uuid.UUID:
     """The id of the one job ``text`` names: a full id as it is (whether a job has it or not:
     the caller says "no job"), else the one job whose id starts or ends with its digits.
     Raises InvalidJobId (not hex digits), JobNotFound (no job matches) or AmbiguousJobId."""
@@ -124,7 +106,7 @@ async def resolve_job_id(jm: JobMaster, text: str | uuid.UUID) -> uuid.UUID:
     digits = digits_of(text)
     if len(digits) == 32:
         return uuid.UUID(digits)
-    candidates = await find_jobs(jm, text)
+    candidates = await jm.find_jobs(text)
     if not candidates:
         raise JobNotFound(f"no job id starts or ends with {text.strip()!r}")
     if len(candidates) > 1:

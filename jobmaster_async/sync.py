@@ -12,13 +12,18 @@ import uuid
 import weakref
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from types import TracebackType
 from typing import Any, ParamSpec, TypeVar
+
+import asyncpg
 
 from . import app
 from .arguments import RunAt
 from .db.connection import DatabaseTarget
 from .enqueue import EnqueueOptions
+from .ids import MAX_CANDIDATES, Candidate
+from .inspection import ScanEnd, TaskDepth
 from .jobs import Job, PoppedJob, job_fields
 
 __all__ = ("JobMaster", "SyncJob")
@@ -100,6 +105,9 @@ class JobMaster:
             raise RuntimeError("this JobMaster is closed")
         return self._runner.call(coro)
 
+    def connect(self, wait: float | None = None) -> None:
+        self._call(self.aio.connect(wait))
+
     def deploy(self, _reset: bool = False, *, prune: bool = False) -> None:
         self._call(self.aio.deploy(_reset, prune=prune))
 
@@ -164,6 +172,12 @@ class JobMaster:
     def stop(self) -> None:
         self._call(self.aio.stop())
 
+    def worker_tasks(self) -> list[str]:
+        return self._call(self.aio.worker_tasks())
+
+    def prune(self, older_than: timedelta | None = None, *, dry_run: bool = False) -> int:
+        return self._call(self.aio.prune(older_than, dry_run=dry_run))
+
     def get_job(self, job_id: uuid.UUID | str) -> Job | None:
         return self._call(self.aio.get_job(job_id))
 
@@ -177,6 +191,45 @@ class JobMaster:
 
     def dependencies(self, job_id: uuid.UUID | str) -> list[dict[str, Any]]:
         return self._call(self.aio.dependencies(job_id))
+
+    def find_jobs(self, text: str, limit: int = MAX_CANDIDATES + 1) -> list[Candidate]:
+        return self._call(self.aio.find_jobs(text, limit))
+
+    def dependency_tree(
+        self, job_id: uuid.UUID | str, depth: int = 8, rows: int = 300
+    ) -> tuple[list[asyncpg.Record], list[asyncpg.Record]]:
+        return self._call(self.aio.dependency_tree(job_id, depth, rows))
+
+    def job_worker(self, job_id: uuid.UUID | str, worker_id: uuid.UUID) -> dict[str, Any]:
+        return self._call(self.aio.job_worker(job_id, worker_id))
+
+    def jobs_page(self, **filters: Any) -> list[asyncpg.Record]:
+        """``jobmaster_async.JobMaster.jobs_page``, blocking (the same keyword arguments)."""
+        return self._call(self.aio.jobs_page(**filters))
+
+    def scan_end(self, before: uuid.UUID | None, scan: int) -> ScanEnd:
+        return self._call(self.aio.scan_end(before, scan))
+
+    def queue_depth(self) -> list[TaskDepth]:
+        return self._call(self.aio.queue_depth())
+
+    def workers(self) -> list[dict[str, Any]]:
+        return self._call(self.aio.workers())
+
+    def deployed_tasks(self) -> list[dict[str, Any]]:
+        return self._call(self.aio.deployed_tasks())
+
+    def schema_version(self) -> int | None:
+        return self._call(self.aio.schema_version())
+
+    def clock(self, less: timedelta = timedelta(0)) -> datetime:
+        return self._call(self.aio.clock(less))
+
+    def events_per_minute(self, whole: bool = True) -> tuple[list[asyncpg.Record], datetime]:
+        return self._call(self.aio.events_per_minute(whole))
+
+    def history_window(self, since: datetime, lag: timedelta) -> list[asyncpg.Record]:
+        return self._call(self.aio.history_window(since, lag))
 
     def counts(self) -> dict[str, int]:
         return self._call(self.aio.counts())

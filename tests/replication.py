@@ -270,7 +270,7 @@ async def run_failover(
             await eventually(drained, "the drain to end on the new primary")
             seconds = time.time() - began
             died = sum(1 for w in workers if w.poll() is not None)
-            present = await jm.store.pool()
+            present = await jm._store.pool()
             ids = list(acknowledged.values())
             kept = await present.fetchval("SELECT count(*) FROM failover.jobs WHERE job_id = ANY ($1::uuid[])", ids)
             for process in (*workers, late):

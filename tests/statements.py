@@ -30,7 +30,7 @@ def claim_statements(jm: JobMaster, monkeypatch: pytest.MonkeyPatch) -> list[str
     ``claim_jobs_fast`` (the plain statement), ``claim_jobs`` (the function, for limits),
     ``promote_due_jobs``."""
     names: list[str] = []
-    claimer = jm.store.claimer
+    claimer = jm._store.claimer
     monkeypatch.setattr(claimer, "sql", _Recording(claimer.sql, names))
     return names
 

@@ -43,10 +43,10 @@ async def claim_all(dsn: str, schema: str, claimers: int, batch: int) -> list[li
     start = asyncio.Event()
 
     async def drain(master: JobMaster) -> list[uuid.UUID]:
-        await master.worker.claimable_task_ids()
+        await master._worker.claimable_task_ids()
         await start.wait()
         got: list[uuid.UUID] = []
-        while claims := await master.worker.claim(batch, 10_000):
+        while claims := await master._worker.claim(batch, 10_000):
             got.extend(c.job_id for c in claims)
         return got
 
@@ -80,7 +80,7 @@ async def test_process_limit_is_never_exceeded(jm: JobMaster, dsn: str, conn: as
     async def work(master: JobMaster) -> None:
         nonlocal peak, done
         while True:
-            claims = await master.worker.claim(3, 10_000)
+            claims = await master._worker.claim(3, 10_000)
             if not claims:
                 if done >= 60:
                     return
@@ -94,7 +94,7 @@ async def test_process_limit_is_never_exceeded(jm: JobMaster, dsn: str, conn: as
             assert len(claims) <= 2
             from jobmaster_async.worker.executors import Outcome
 
-            await master.worker.record([(c, Outcome(ok=True, result=None)) for c in claims])
+            await master._worker.record([(c, Outcome(ok=True, result=None)) for c in claims])
             done += len(claims)
 
     try:
@@ -106,9 +106,9 @@ async def test_process_limit_is_never_exceeded(jm: JobMaster, dsn: str, conn: as
     assert 1 <= peak <= 2
     # and exact even in one claim: never more than the limit at once
     await jm.insert_jobs("tasks_for_tests", "limited", 1, [{"n": 100 + i} for i in range(5)])
-    claims = await jm.worker.claim(10, 10_000)
+    claims = await jm._worker.claim(10, 10_000)
     assert len(claims) == 2
-    assert await jm.worker.claim(10, 10_000) == []
+    assert await jm._worker.claim(10, 10_000) == []
 
 
 async def test_process_units_budget(dsn: str, schema_name: str) -> None:
@@ -162,11 +162,11 @@ async def test_a_limit_deployed_elsewhere_is_respected_by_a_running_worker(
     await lift_limits(jm, conn)
     await jm.insert_job("tasks_for_tests", "add", 1, {"a": 0})
     statements = claim_statements(jm, monkeypatch)
-    assert len(await jm.worker.claim(5, 100)) == 1
+    assert len(await jm._worker.claim(5, 100)) == 1
     assert plain_claims(statements) == 1
     await conn.execute(f"UPDATE {quote_identifier(jm.schema)}.tasks SET process_limit = 2 WHERE task_key = 'add'")
     await jm.insert_jobs("tasks_for_tests", "add", 1, [{"a": 1}, {"a": 2}])
-    assert len(await jm.worker.claim(5, 100)) == 1  # one running already: one more
+    assert len(await jm._worker.claim(5, 100)) == 1  # one running already: one more
     assert plain_claims(statements) == 1 and statements[-1] == "claim_jobs"  # claim_jobs() did
     assert await jm.counts() == {"running": 2, "waiting": 1}
 
@@ -174,16 +174,16 @@ async def test_a_limit_deployed_elsewhere_is_respected_by_a_running_worker(
 async def test_a_claim_tells_when_the_next_job_falls_due(jm: JobMaster, conn: asyncpg.Connection) -> None:
     await lift_limits(jm, conn)
     job_id = await jm.insert_job("tasks_for_tests", "add", 1, {"a": 1}, run_at=timedelta(hours=1))
-    assert await jm.worker.claim(5, 100) == []
-    assert jm.store.claimer.due_in_known
-    assert jm.store.claimer.due_in is not None and 3000 < jm.store.claimer.due_in <= 3600
+    assert await jm._worker.claim(5, 100) == []
+    assert jm._store.claimer.due_in_known
+    assert jm._store.claimer.due_in is not None and 3000 < jm._store.claimer.due_in <= 3600
     # the jobs a claim takes are not waiting any more: nothing else is due
     await conn.execute(
         f"UPDATE {quote_identifier(jm.schema)}.jobs SET run_after = now(), scheduled = false WHERE job_id = $1",
         job_id,
     )
-    assert len(await jm.worker.claim(5, 100)) == 1
-    assert jm.store.claimer.due_in_known and jm.store.claimer.due_in is None
+    assert len(await jm._worker.claim(5, 100)) == 1
+    assert jm._store.claimer.due_in_known and jm._store.claimer.due_in is None
 
 
 async def test_concurrent_pops_in_one_process_take_different_jobs(jm: JobMaster, conn: asyncpg.Connection) -> None:
@@ -225,7 +225,7 @@ async def test_outcomes_are_recorded_through_the_primary_key(jm: JobMaster, conn
     await jm.insert_jobs("tasks_for_tests", "add", 1, [{"a": i} for i in range(3000)])
     await conn.execute(f"ANALYZE {schema}.jobs")
     worker = uuid.uuid4()
-    task_ids = await jm.worker.claimable_task_ids()
+    task_ids = await jm._worker.claimable_task_ids()
     claim = f"SELECT job_id, attempts FROM {schema}.claim_jobs($1, $2, 300, 10000)"
     claimed = await conn.fetch(claim, worker, task_ids)
     assert len(claimed) == 300

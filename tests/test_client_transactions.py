@@ -154,7 +154,7 @@ async def test_a_worker_runs_on_while_a_client_holds_a_link_to_its_running_job(
                 await within(jm.finished.wait_for(1001), "1,000 jobs and the dependency to finish", DEADLINE)
 
                 assert conn.is_in_transaction()
-                pool = await jm.store.pool()
+                pool = await jm._store.pool()
                 done = await pool.fetchval(
                     f"SELECT count(*) FROM {q(jm)}.jobs WHERE job_id = ANY ($1::uuid[]) AND status = 'complete'",
                     unrelated,

@@ -254,7 +254,7 @@ async def test_dependents_never_run_before_their_dependencies(
 
     async def work(master: JobMaster) -> None:
         nonlocal checked
-        pool = await master.store.pool()
+        pool = await master._store.pool()
         while (await pool.fetchval(f"SELECT count(*) FROM {q(jm)}.jobs WHERE status <> 'complete'")) > 0:
             job = await master.pop_job()
             if job is None:

@@ -40,7 +40,7 @@ async def test_concurrent_deploys(dsn: str, schema_name: str) -> None:
     masters = [JobMaster(dsn, schema=schema_name) for _ in range(5)]
     try:
         await asyncio.gather(*(m.deploy() for m in masters))
-        versions = await (await masters[0].store.pool()).fetch(
+        versions = await (await masters[0]._store.pool()).fetch(
             f"SELECT version FROM {quote_identifier(schema_name)}.schema_version"
         )
         migrations = Catalogue(schema_name).migrations
@@ -52,7 +52,7 @@ async def test_concurrent_deploys(dsn: str, schema_name: str) -> None:
 
 
 async def test_refuses_a_newer_schema(jm: JobMaster) -> None:
-    pool = await jm.store.pool()
+    pool = await jm._store.pool()
     await pool.execute(f"INSERT INTO {quote_identifier(jm.schema)}.schema_version VALUES (9999, 'future')")
     with pytest.raises(SchemaVersionError, match="9999"):
         await jm.deploy()
@@ -254,7 +254,7 @@ async def test_deploy_writes_each_option_into_its_column(dsn: str, schema_name: 
     master = JobMaster(dsn, schema=schema_name, registry=tasks, retention=timedelta(hours=5))
     try:
         await master.deploy()
-        pool = await master.store.pool()
+        pool = await master._store.pool()
         rows = {
             r["task_key"]: r
             for r in await pool.fetch(f"SELECT t.* FROM {quote_identifier(schema_name)}.tasks AS t ORDER BY task_key")
@@ -293,7 +293,7 @@ async def test_a_registry_of_ones_own_deploys_and_runs_only_its_tasks(dsn: str, 
     own = JobMaster(dsn, schema=schema_name, registry=Registry(tasks_for_tests.add))
     try:
         await own.deploy()
-        pool = await own.store.pool()
+        pool = await own._store.pool()
         keys = await pool.fetch(f"SELECT type_key, task_key FROM {quote_identifier(schema_name)}.tasks")
         assert [tuple(k) for k in keys] == [("tasks_for_tests", "add")]
         await everything.deploy()

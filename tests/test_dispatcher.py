@@ -55,7 +55,7 @@ async def test_a_trigger_in_another_schema_wakes_an_idle_worker(idle_jm: JobMast
 async def test_never_more_than_concurrency(idle_jm: JobMaster) -> None:
     running = 0
     peak = 0
-    original = idle_jm.worker.claim
+    original = idle_jm._worker.claim
 
     async def counting_claim(limit: int, units: int) -> list:  # type: ignore[type-arg]
         nonlocal running, peak
@@ -64,15 +64,15 @@ async def test_never_more_than_concurrency(idle_jm: JobMaster) -> None:
         peak = max(peak, running)
         return claims
 
-    idle_jm.worker.claim = counting_claim  # type: ignore[method-assign]
-    original_record = idle_jm.worker.record
+    idle_jm._worker.claim = counting_claim  # type: ignore[method-assign]
+    original_record = idle_jm._worker.record
 
     async def counting_record(outcomes: list) -> set:  # type: ignore[type-arg]
         nonlocal running
         running -= len(outcomes)
         return await original_record(outcomes)
 
-    idle_jm.worker.record = counting_record  # type: ignore[method-assign,assignment]
+    idle_jm._worker.record = counting_record  # type: ignore[method-assign,assignment]
     await idle_jm.insert_jobs(
         "tasks_for_tests", "sleepy", 1, [{"seconds": (i % 5) / 100 + i / 100_000} for i in range(40)]
     )

@@ -224,10 +224,10 @@ async def test_no_delete_is_tried_on_a_read_only_server(
         same_hosts = urlsplit(dsn).netloc.rpartition("@")[2]  # a TCP server's or none (a socket's)
         async with JobMaster(with_hosts(dsn, same_hosts, user=role), schema=jm.schema) as master:
             with caplog.at_level(logging.DEBUG):
-                await master.store.remove_worker(jm.worker_id)
+                await master._store.remove_worker(jm.worker_id)
     assert "server is read-only (a standby?): this worker's row is not removed; it lapses" in caplog.text
     assert "cannot execute DELETE" not in caplog.text
     workers = f"SELECT count(*) FROM {quote_identifier(jm.schema)}.workers WHERE worker_id = $1"
     assert await conn.fetchval(workers, jm.worker_id) == 1
-    await jm.store.remove_worker(jm.worker_id)  # a read-write server: removed
+    await jm._store.remove_worker(jm.worker_id)  # a read-write server: removed
     assert await conn.fetchval(workers, jm.worker_id) == 0

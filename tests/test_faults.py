@@ -130,7 +130,7 @@ async def test_a_claim_whose_answer_was_lost_is_put_back_after_the_outage(
     worker is cut off.)"""
     async with through_proxy(dsn, schema_name, heartbeat_lapse=4, poll_interval=3600) as (proxy, jm, _):
         async with worker(jm):
-            task_ids = await jm.worker.claimable_task_ids()
+            task_ids = await jm._worker.claimable_task_ids()
             proxy.blackhole()
             await within(jm.outages.wait_for(1), "the outage to be noticed")
             job_id = await add_job(conn, jm.schema, "add", {"a": 1})
@@ -150,7 +150,7 @@ async def test_a_bug_of_ours_ends_run_forever_with_its_traceback(
     async def broken(limit: int, units: int) -> list[Any]:
         raise ZeroDivisionError("a bug")
 
-    jm.worker.claim = broken  # type: ignore[method-assign]
+    jm._worker.claim = broken  # type: ignore[method-assign]
     with pytest.raises(ZeroDivisionError):
         await asyncio.wait_for(jm.run_forever(2), 30)
     [record] = [r for r in caplog.records if r.levelno == logging.CRITICAL]

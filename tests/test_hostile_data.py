@@ -185,10 +185,10 @@ async def test_a_value_postgresql_refuses_anyway_fails_only_its_job(jm: JobMaste
     from jobmaster_async.worker.outcomes import record_outcomes
 
     await jm.insert_jobs("tasks_for_tests", "add", 0, [{"a": i} for i in range(5)])
-    claims = await jm.worker.claim(5, 100)
+    claims = await jm._worker.claim(5, 100)
     outcomes = [(c, Outcome(ok=True, result=1, result_json="1")) for c in claims]
     outcomes[2] = (claims[2], Outcome(ok=True, result=None, result_json="1e1000000"))
-    assert await record_outcomes(jm.store, jm.worker_id, outcomes, 0.0) == {c.job_id for c in claims}
+    assert await record_outcomes(jm._store, jm.worker_id, outcomes, 0.0) == {c.job_id for c in claims}
     statuses = [(await jm.get_job(c.job_id)).status for c in claims]  # type: ignore[union-attr]
     assert statuses == ["complete", "complete", "failed", "complete", "complete"]
     refused = await jm.get_job(claims[2].job_id)

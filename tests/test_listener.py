@@ -30,7 +30,7 @@ async def test_notifications_arrive_and_listening_survives_a_killed_connection(
 ) -> None:
     received: asyncio.Queue[Notification] = asyncio.Queue()
     outage = Outage(Signal(), Signal())
-    listener = Listener(jm.store, outage, received.put_nowait, ping_interval=1.0)
+    listener = Listener(jm._store, outage, received.put_nowait, ping_interval=1.0)
     running = asyncio.create_task(listener.run())
     try:
         await within(listener.listening.wait_for(1), "LISTEN")
@@ -64,10 +64,10 @@ async def test_the_worker_heartbeats_on_the_listen_connection_while_its_pool_is_
     async with deployed(dsn, schema_name, **lapse) as master, worker(master, concurrency=2):
         job_id = await master.insert_job("tasks_for_tests", "sleepy", 1, {"seconds": 60})
         await within(master.claimed.wait_for(1), "the job to start")
-        async with master.store.acquire():  # the pool is empty now
-            beats = master.worker.beats.count
+        async with master._store.acquire():  # the pool is empty now
+            beats = master._worker.beats.count
             # two lapses' worth of heartbeats (60 intervals), none through the pool
-            await within(master.worker.beats.wait_for(beats + 60), "heartbeats while the pool is starved")
+            await within(master._worker.beats.wait_for(beats + 60), "heartbeats while the pool is starved")
             age = await conn.fetchval(
                 f"SELECT extract(epoch FROM now() - heartbeat_at) FROM {quote_identifier(schema_name)}.workers"
                 " WHERE worker_id = $1",

@@ -21,8 +21,8 @@ async def test_a_lost_workers_job_is_rescued_by_the_rescue_loop(jm: JobMaster, c
     await conn.execute(f"UPDATE {quote_identifier(jm.schema)}.workers SET heartbeat_at = now() - interval '1 hour'")
     maintenance = Maintenance(
         JobMasterSettings(rescue_interval=0.05),
-        beat=jm.worker.beat,
-        rescue=jm.store.rescue_jobs,
+        beat=jm._worker.beat,
+        rescue=jm._store.rescue_jobs,
         last_beat=lambda: 0.0,  # this process never beat: nothing of its own to protect
     )
     running = asyncio.create_task(maintenance.rescue_loop(Outage(Signal(), Signal())))

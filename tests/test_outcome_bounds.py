@@ -140,7 +140,7 @@ async def test_the_event_loop_runs_while_an_async_tasks_exception_is_read(jm: Jo
 async def _claims(jm: JobMaster, count: int) -> list[Claim]:
     """Claims of jobs of a task with retries (steady: 3)."""
     await jm.insert_jobs("tasks_for_tests", "steady", 0, [{"a": i} for i in range(count)])
-    return await jm.worker.claim(count, 100_000)
+    return await jm._worker.claim(count, 100_000)
 
 
 async def test_an_outcome_the_driver_refuses_fails_alone_and_keeps_its_retry(jm: JobMaster) -> None:
@@ -152,7 +152,7 @@ async def test_an_outcome_the_driver_refuses_fails_alone_and_keeps_its_retry(jm:
     outcomes = [(c, Outcome(ok=True, result=1, result_json="1")) for c in claims[:3]]
     outcomes += [(c, Outcome(ok=False, error_type="KeyError", message="k", traceback="t")) for c in claims[3:5]]
     outcomes.append((claims[5], retried))
-    recorded = await record_outcomes(jm.store, jm.worker_id, outcomes, 0.0)
+    recorded = await record_outcomes(jm._store, jm.worker_id, outcomes, 0.0)
     assert recorded == {c.job_id for c in claims}
     statuses = [(await jm.get_job(c.job_id)).status for c in claims]  # type: ignore[union-attr]
     assert statuses == ["complete"] * 3 + ["waiting"] * 3  # failures retried
@@ -173,7 +173,7 @@ async def test_a_batch_that_times_out_is_split_until_the_slow_outcome_is_alone(j
         statements.append(len(outcomes))
         if any(claim is slow and outcome.ok for claim, outcome in outcomes):
             raise TimeoutError
-        return await jm.worker.record(outcomes)
+        return await jm._worker.record(outcomes)
 
     recorder = Recorder(record, Outage(Signal(), Signal()), lambda _claims: None)
     running = asyncio.create_task(recorder.run())
@@ -202,10 +202,10 @@ async def test_outcomes_an_earlier_try_recorded_are_not_reported_dropped(
     longer held. Only the job really fenced out (here: cancelled while it ran) is reported."""
     claims = await _claims(jm, 3)
     outcomes = [(c, Outcome(ok=True, result=1, result_json="1")) for c in claims]
-    await record_outcomes(jm.store, jm.worker_id, outcomes[:2], 0.0)  # the try whose answer was lost
+    await record_outcomes(jm._store, jm.worker_id, outcomes[:2], 0.0)  # the try whose answer was lost
     await jm.cancel(claims[2].job_id)  # fenced out
     with caplog.at_level(logging.WARNING, "jobmaster_async"):
-        recorded = await record_outcomes(jm.store, jm.worker_id, outcomes, 0.0)
+        recorded = await record_outcomes(jm._store, jm.worker_id, outcomes, 0.0)
     assert recorded == {claims[0].job_id, claims[1].job_id}
     dropped = [r.getMessage() for r in caplog.records if "dropped: the job is no longer held" in r.getMessage()]
     assert len(dropped) == 1 and str(claims[2].job_id) in dropped[0]
@@ -274,7 +274,7 @@ async def test_a_large_outcome_is_kept_while_every_statement_times_out(jm: JobMa
         if timeouts:
             timeouts -= 1
             raise TimeoutError
-        return await jm.worker.record(outcomes)
+        return await jm._worker.record(outcomes)
 
     recorder = Recorder(record, Outage(Signal(), Signal()), lambda _claims: None)
     running = asyncio.create_task(recorder.run())

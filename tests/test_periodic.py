@@ -249,7 +249,7 @@ async def test_a_tick_fired_across_an_outage_is_the_latest_one_missed(
 
     clock = _Clock(now - timedelta(hours=3))  # when the fire first failed
     stale = cron.latest_tick(clock.now)
-    ticks = _OutageAtFirstFire(idle_jm.store.ticks, clock, back_at=now)
+    ticks = _OutageAtFirstFire(idle_jm._store.ticks, clock, back_at=now)
     scheduler = _ClockedScheduler(ticks, registered, Outage(Signal(), Signal()))  # type: ignore[arg-type]
     scheduler.clock = clock
     running = asyncio.create_task(scheduler.run())

@@ -106,7 +106,7 @@ async def test_a_lost_worker_that_heartbeats_again_clears_the_suspicion_of_its_j
     s = quote_identifier(jm.schema)
     await conn.execute(f"SELECT {s}.heartbeat($1, 'elsewhere', 1, 30)", uuid.uuid4())
     assert await _suspects(jm, conn) == {i: jm.worker_id for i in ids}  # another worker's beat
-    await jm.worker.beat()  # the lost worker is back
+    await jm._worker.beat()  # the lost worker is back
     assert await _suspects(jm, conn) == {i: None for i in ids}
 
 
@@ -133,9 +133,9 @@ async def test_a_worker_claims_at_most_one_suspect_at_a_time(jm: JobMaster, conn
     worker = uuid.uuid4()
 
     async def claim_fast(limit: int) -> list[asyncpg.Record]:
-        return await jm.store.claim(worker, [add], limit, 100)
+        return await jm._store.claim(worker, [add], limit, 100)
 
-    slow = await conn.fetch(jm.store.sql["claim_jobs_fast"], worker, [add], 3, 100)
+    slow = await conn.fetch(jm._store.sql["claim_jobs_fast"], worker, [add], 3, 100)
     assert len(slow) == 1 and slow[0]["slow"] is True  # a suspect is claimable: claim_jobs() claims
     first = await claim_fast(3)
     assert sorted(r["job_id"] in suspects for r in first) == [False, False, True]  # within the limit
@@ -155,7 +155,7 @@ async def test_a_worker_claims_at_most_one_suspect_at_a_time(jm: JobMaster, conn
     assert [r["job_id"] in suspects for r in rows] == [True]
     assert await conn.fetch(f"SELECT * FROM {s}.claim_jobs($1, $2, 10, 100)", other, [add]) == []
     # no suspect waits: the plain claim claims again
-    marker = (await conn.fetch(jm.store.sql["claim_jobs_fast"], worker, [add], 3, 100))[-1]
+    marker = (await conn.fetch(jm._store.sql["claim_jobs_fast"], worker, [add], 3, 100))[-1]
     assert marker["job_id"] is None and marker["slow"] is False
 
 

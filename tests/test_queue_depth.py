@@ -16,7 +16,7 @@ async def test_active_counts_agree_with_counts(jm: JobMaster) -> None:
     assert await jm.cancel(cancelled)
     await jm.insert_job("tasks_for_tests", "doubled", 1, {"n": 4})  # base(8) waits, doubled is blocked
     await jm.insert_jobs("tasks_for_tests", "add", 1, [{"a": i} for i in range(1, 4)])
-    claimed = await jm.worker.claim(2, 100)
+    claimed = await jm._worker.claim(2, 100)
     assert len(claimed) == 2
 
     depth = await jm.active_counts()

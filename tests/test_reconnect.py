@@ -92,7 +92,7 @@ async def test_a_worker_back_from_an_outage_does_not_wait_out_its_backoff(
     await proxy.__aenter__()
     master = JobMaster(proxy.dsn, schema=jm.schema, heartbeat_interval=0.5, heartbeat_lapse=30)
     refused = Signal()
-    probe = master.store.probe
+    probe = master._store.probe
 
     async def counted_probe() -> None:
         try:
@@ -101,7 +101,7 @@ async def test_a_worker_back_from_an_outage_does_not_wait_out_its_backoff(
             refused.fire()
             raise
 
-    master.store.probe = counted_probe  # type: ignore[method-assign]
+    master._store.probe = counted_probe  # type: ignore[method-assign]
     try:
         async with worker(master, concurrency=2):
             first = await jm.insert_job("tasks_for_tests", "add", 0, {"a": 1, "b": 1})

@@ -20,7 +20,7 @@ from tests.polling import within
 
 async def _claims(jm: JobMaster, count: int) -> list[Claim]:
     await jm.insert_jobs("tasks_for_tests", "add", 1, [{"a": i} for i in range(count)])
-    return await jm.worker.claim(count, 100_000)
+    return await jm._worker.claim(count, 100_000)
 
 
 async def test_outcomes_are_recorded_in_batches_of_at_most_record_batch(jm: JobMaster) -> None:
@@ -29,7 +29,7 @@ async def test_outcomes_are_recorded_in_batches_of_at_most_record_batch(jm: JobM
 
     async def record(outcomes: Sequence[tuple[Claim, Outcome]]) -> set[uuid.UUID]:
         statements.append(len(outcomes))
-        return await jm.worker.record(outcomes)
+        return await jm._worker.record(outcomes)
 
     handed_back: list[Claim] = []
     recorder = Recorder(record, Outage(Signal(), Signal()), handed_back.extend)
@@ -51,7 +51,7 @@ async def test_outcomes_are_kept_while_the_database_fails_and_recorded_after(jm:
         if failures:
             failures -= 1
             raise asyncpg.ConnectionDoesNotExistError("connection was closed in the middle of operation")
-        return await jm.worker.record(outcomes)
+        return await jm._worker.record(outcomes)
 
     outage = Outage(Signal(), Signal())
     recorder = Recorder(record, outage, lambda _claims: None)
@@ -74,7 +74,7 @@ async def test_batches_are_bounded_in_bytes_too(jm: JobMaster) -> None:
 
     async def record(outcomes: Sequence[tuple[Claim, Outcome]]) -> set[uuid.UUID]:
         statements.append(len(outcomes))
-        return await jm.worker.record(outcomes)
+        return await jm._worker.record(outcomes)
 
     recorder = Recorder(record, Outage(Signal(), Signal()), lambda _claims: None)
     text = json.dumps("x" * (3 * 1024 * 1024))

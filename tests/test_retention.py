@@ -199,10 +199,10 @@ async def test_one_worker_prunes_at_a_time(jm: JobMaster, conn: asyncpg.Connecti
     # another worker's batch holds the schema's prune lock: this worker leaves it to that one
     async with conn.transaction():
         await conn.execute("SELECT pg_advisory_xact_lock($1)", jm.sql.prune_lock)
-        assert await jm.store.prune_jobs_if_free(1000) is None
-        assert await jm.worker.pruner.prune() == 0
+        assert await jm._store.prune_jobs_if_free(1000) is None
+        assert await jm._worker.pruner.prune() == 0
         assert await existing(jm, conn, ids) == set(ids)
-    assert await jm.worker.pruner.prune() == 3
+    assert await jm._worker.pruner.prune() == 3
     assert await existing(jm, conn, ids) == set()
 
 
@@ -213,12 +213,12 @@ async def test_two_workers_pruning_at_once_never_overlap(dsn: str, schema_name: 
         second = JobMaster(dsn, schema=schema_name)
         try:
             ids = await first.insert_jobs(T, "add", 0, [{"a": i} for i in range(2500)])
-            await first.store.pool()
+            await first._store.pool()
             async with first.connection() as c:
                 await c.execute(
                     f"UPDATE {q(first)}.jobs SET status = 'complete', finished_at = now() - interval '8 days'"
                 )
-            counts = await asyncio.gather(first.worker.pruner.prune(), second.worker.pruner.prune())
+            counts = await asyncio.gather(first._worker.pruner.prune(), second._worker.pruner.prune())
             assert sum(counts) == len(ids)
             assert await first.prune() == 0
         finally:
@@ -232,7 +232,7 @@ async def test_run_forever_prunes_in_the_background(dsn: str, schema_name: str) 
             await master.finished.wait_for(3)
             async with master.connection() as c:
                 await c.execute(f"UPDATE {q(master)}.jobs SET finished_at = now() - interval '8 days'")
-            await asyncio.wait_for(master.worker.pruner.pruned.wait_for(3), 30)
+            await asyncio.wait_for(master._worker.pruner.pruned.wait_for(3), 30)
         async with master.connection() as c:
             assert await c.fetchval(f"SELECT count(*) FROM {q(master)}.jobs WHERE job_id = ANY ($1)", ids) == 0
 

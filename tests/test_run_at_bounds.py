@@ -137,13 +137,13 @@ async def test_the_fast_insert_statement_inserts_nothing_out_of_range(jm: JobMas
     """The library's one-statement insert: out of range, it leaves the job to insert_job, which
     refuses it (a caller of the store past arguments.when is refused all the same)."""
     far = datetime(9999, 12, 31, 12, tzinfo=UTC)
-    assert await jm.store.insert_job_fast(T, "add", 0, '{"a": 1}', far) is None
-    assert await jm.store.insert_job_fast(T, "add", 0, '{"a": 1}', None, timedelta(days=-30_000)) is None
+    assert await jm._store.insert_job_fast(T, "add", 0, '{"a": 1}', far) is None
+    assert await jm._store.insert_job_fast(T, "add", 0, '{"a": 1}', None, timedelta(days=-30_000)) is None
     with pytest.raises(asyncpg.PostgresError) as refused:
-        await jm.store.insert_job(T, "add", 0, '{"a": 1}', far)
+        await jm._store.insert_job(T, "add", 0, '{"a": 1}', far)
     assert refused.value.sqlstate == "JM400"
     assert await job_count(conn, jm) == 0
-    assert await jm.store.insert_job_fast(T, "add", 0, '{"a": 1}', datetime(2030, 1, 1, tzinfo=UTC)) is not None
+    assert await jm._store.insert_job_fast(T, "add", 0, '{"a": 1}', datetime(2030, 1, 1, tzinfo=UTC)) is not None
 
 
 def test_the_command_refuses_it(dsn: str, schema_name: str) -> None:

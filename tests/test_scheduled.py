@@ -187,10 +187,10 @@ async def test_a_due_job_is_claimed_before_a_backlog_by_its_priority(jm: JobMast
     many jobs as it asked for: a due job does not wait for the backlog to drain."""
     urgent = await jm.insert_job(T, "add", 9, {"a": -1}, run_at=timedelta(seconds=0.2))
     await jm.insert_jobs(T, "add", 0, [{"a": i} for i in range(10)])
-    first = await jm.worker.claim(2, 100)
+    first = await jm._worker.claim(2, 100)
     assert urgent not in [c.job_id for c in first]
     await asyncio.sleep(0.3)
-    second = await jm.worker.claim(2, 100)
+    second = await jm._worker.claim(2, 100)
     assert urgent in [c.job_id for c in second]
 
 

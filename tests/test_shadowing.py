@@ -668,12 +668,12 @@ async def workload(
     fast = JobMaster(jm.dsn, schema=jm.schema, retry_backoff=0.0)
     others.append(fast)
     unlimited = {r["task_id"] for r in await admin.fetch(f"SELECT task_id FROM {s}.tasks WHERE process_limit IS NULL")}
-    claimable = fast.worker.claimable_task_ids
+    claimable = fast._worker.claimable_task_ids
 
     async def only_unlimited() -> list[int]:
         return [i for i in await claimable() if i in unlimited]
 
-    monkeypatch.setattr(fast.worker, "claimable_task_ids", only_unlimited)
+    monkeypatch.setattr(fast._worker, "claimable_task_ids", only_unlimited)
     statements = claim_statements(fast, monkeypatch)
     assert await fast.run() > 20
     assert plain_claims(statements) > 0
@@ -752,11 +752,11 @@ async def workload(
         f"""SELECT task_id, 'k', '0 0 1 1 *', 'UTC', '{{"a": 4000}}', 1 FROM {s}.tasks WHERE task_key = 'add' """
         "RETURNING schedule_id"
     )
-    loaded = await jm.store.ticks.load(await jm.worker.registered_task_ids())
+    loaded = await jm._store.ticks.load(await jm._worker.registered_task_ids())
     assert schedule_id in [row["schedule_id"] for row in loaded]
     tick = datetime.now(UTC)
-    timed.append(await jm.store.ticks.fire(schedule_id, tick))
-    assert await jm.store.ticks.fire(schedule_id, tick) is None
+    timed.append(await jm._store.ticks.fire(schedule_id, tick))
+    assert await jm._store.ticks.fire(schedule_id, tick) is None
     assert timed[-1] in [row["last_job_id"] for row in await jm.schedules()]
     await asyncio.sleep(0.4)
     assert await fast.run() > 0
@@ -776,10 +776,10 @@ async def workload(
     assert await jm.dependencies(bar)
     assert await client.fetch(f"SELECT * FROM {s}.job_list LIMIT 20")
     assert await client.fetchrow(f"SELECT * FROM {s}.active_counts()") is not None
-    assert await jm.store.held_jobs(jm.worker_id) == []
+    assert await jm._store.held_jobs(jm.worker_id) == []
 
     # -- the dashboard's reads (sql/dashboard.sql), as its pages, live view and /metrics run them
-    insights = jm.store.insights
+    insights = jm._store.insights
     overview = await insights.overview()
     assert overview.depth == [] and overview.history_mark is not None
     assert (await insights.chart(True))[0] and (await insights.chart(False))[0]
@@ -795,7 +795,7 @@ async def workload(
     prunable = await jm.prune(dry_run=True)
     assert prunable > 10
     assert await client.fetchval(f"SELECT {s}.prune_jobs(NULL, 5)") == 5
-    assert await jm.store.prune_jobs_if_free(5) == 5
+    assert await jm._store.prune_jobs_if_free(5) == 5
     assert await jm.prune() == prunable - 10
 
 

@@ -329,7 +329,7 @@ async def test_created_dependencies_and_all_children_inherit_the_context(
         fan = await jm.insert_job("tasks_for_tests", "fan", 0, {"i": 1, "key": "k"})
         parent = await jm.insert_job("tasks_for_tests", "paint", 0, {"item": "table", "colour": "ALL", "size": "ALL"})
     expected = {"traceparent": traceparent_of(request)}
-    rows = await (await jm.store.pool()).fetch(
+    rows = await (await jm._store.pool()).fetch(
         f"SELECT t.task_key, j.arguments, j.trace_context FROM {q(jm)}.jobs AS j "
         f"JOIN {q(jm)}.tasks AS t USING (task_id)"
     )
@@ -416,7 +416,7 @@ async def test_a_malformed_context_is_not_stored_and_breaks_nothing(
     async with conn.transaction():
         await conn.execute("SELECT set_config('jobmaster.traceparent', $1, true)", traceparent)
         ids = await sql_inserts(jm, conn, 80)
-    store = jm.store
+    store = jm._store
     fast = await store.insert_job_fast("tasks_for_tests", "add", 0, '{"a": 90}', traceparent=traceparent)
     assert fast is not None  # the plain statement inserted it
     ids.append(fast)
@@ -440,7 +440,7 @@ async def test_a_malformed_tracestate_is_left_out(jm: JobMaster, conn: asyncpg.C
         )
         ids = await sql_inserts(jm, conn, 100)
     ids.append(
-        await jm.store.insert_job("tasks_for_tests", "add", 0, '{"a": 110}', None, None, TRACEPARENT, tracestate)
+        await jm._store.insert_job("tasks_for_tests", "add", 0, '{"a": 110}', None, None, TRACEPARENT, tracestate)
     )
     for job_id in ids:
         assert await stored_context(jm, job_id) == {"traceparent": TRACEPARENT}

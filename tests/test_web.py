@@ -260,7 +260,7 @@ async def test_the_list_and_the_history_reads_use_their_indexes(jm: JobMaster, c
         assert "job_events_at_idx" in chart and "Seq Scan on job_events" not in chart, chart
     window = await plan(
         statements["metrics_window"],
-        await jm.store.insights.clock(timedelta(seconds=30)),
+        await jm.clock(timedelta(seconds=30)),
         timedelta(0),
         mode="force_custom_plan",
     )
@@ -426,7 +426,7 @@ async def test_read_only_with_a_role_that_may_only_read(jm: JobMaster, conn: asy
     try:
         async with client(app) as http:
             assert (await http.get("/")).status_code == 200
-            assert app.broadcaster.insights.mark_readable
+            assert (await app.broadcaster.snapshot()).history_mark is not None  # the mark is readable
             assert (await http.get("/jobs")).status_code == 200
             assert (await http.get("/jobs", params={"q": "flaky"})).status_code == 200
             for job_id in ids.values():

@@ -19,7 +19,6 @@ from ..app import JobMaster
 from ..db.sql import Catalogue
 from ..errors import TaskNotFound
 from ..ids import resolve_job_id
-from ..inspection import deployed_tasks
 from ..jobs import Job, JobStatus
 from .context import Settings, call, pass_settings
 from .rendering import job_json, jobs_table, jobs_tsv, make_console, print_job, schedules_table, to_json_line
@@ -131,7 +130,8 @@ def insert(
         try:
             return await jm.insert_job(type_key, task_key, priority, parsed, run_at=when)
         except TaskNotFound as exc:
-            hint = task_hint(type_key, task_key, await deployed_tasks(jm), jm.schema)
+            deployed = [(task["type_key"], task["task_key"]) for task in await jm.deployed_tasks()]
+            hint = task_hint(type_key, task_key, deployed, jm.schema)
             raise click.ClickException(hint) from exc
 
     click.echo(str(call(settings, run)))

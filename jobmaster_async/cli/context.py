@@ -20,7 +20,6 @@ import click
 from ..app import JobMaster
 from ..db.connection import database_hosts
 from ..errors import InvalidJobId, JobMasterError
-from ..inspection import schema_version
 from . import embedded
 
 __all__ = (
@@ -212,7 +211,7 @@ def _undefined(exc: BaseException) -> bool:
 
 async def check_deployed(jm: JobMaster, hint: str) -> None:
     """Raises a one-line error when the schema was never deployed, or by an older version."""
-    version = await schema_version(jm)
+    version = await jm.schema_version()
     if version is None:
         raise click.ClickException(f'schema "{jm.schema}" is not deployed: run {hint}')
     if version < jm.sql.latest_version:

@@ -23,7 +23,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from ..worker.outage import Backoff
+from ..db.waiting import Backoff
 
 __all__ = ("READY_FD", "SUPERVISOR_PID", "Supervisor", "child_arguments")
 

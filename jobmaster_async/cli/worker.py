@@ -19,7 +19,7 @@ from rich.text import Text
 
 from ..app import JobMaster
 from ..db.faults import database_fault
-from ..inspection import TaskActivity, active_jobs_by_task
+from ..inspection import TaskDepth
 from .context import Settings, call, check_deployed, pass_settings
 from .rendering import make_console
 from .supervisor import READY_FD, SUPERVISOR_PID, Supervisor, child_arguments
@@ -322,15 +322,16 @@ class _View:
     rows: dict[str, TaskRow] = field(default_factory=dict)
     total: TaskRow = field(default_factory=lambda: TaskRow("all tasks"))
 
-    def update(self, activity: list[TaskActivity], now: float) -> None:
-        by_key = {a.key: a for a in activity}
+    def update(self, activity: list[TaskDepth], now: float) -> None:
+        by_key = {a.name: a for a in activity}
         for key in by_key.keys() | self.counter.done.keys() | self.counter.failed.keys() | self.rows.keys():
             row = self.rows.setdefault(key, TaskRow(key))
-            found = by_key.get(key) or TaskActivity("", "", 0, 0, 0)
-            row.waiting, row.blocked, row.running = found.waiting, found.blocked, found.running
+            found = by_key.get(key) or TaskDepth("", "")
+            # waiting: due or scheduled for later
+            row.waiting, row.blocked, row.running = found.waiting + found.scheduled, found.blocked, found.running
             row.done, row.failed = self.counter.done[key], self.counter.failed[key]
             row.rate.add(now, row.done + row.failed)
-        self.total.waiting = sum(a.waiting for a in activity)
+        self.total.waiting = sum(a.waiting + a.scheduled for a in activity)
         self.total.blocked = sum(a.blocked for a in activity)
         self.total.running = sum(a.running for a in activity)
         self.total.done, self.total.failed = sum(self.counter.done.values()), sum(self.counter.failed.values())
@@ -348,13 +349,13 @@ async def _show_progress(
     with OutcomeCounter().attached() as counter:
         view = _View(jm.schema, concurrency, counter)
         with contextlib.suppress(Exception):  # the tasks this worker runs have a row from the start
-            view.rows.update((d.key, TaskRow(d.key)) for d in (await jm.worker.definitions()).values())
+            view.rows.update((key, TaskRow(key)) for key in await jm.worker_tasks())
         with Live(console=console, refresh_per_second=4, transient=False) as live:
             stopping = False
             while True:
                 ended = worker_task.done()  # then one last look, and the table stays as it ends
                 try:
-                    activity = await active_jobs_by_task(jm)
+                    activity = await jm.queue_depth()
                 except Exception as exc:
                     if not database_fault(exc):
                         raise
@@ -367,7 +368,7 @@ async def _show_progress(
                 live.update(view.table(max_rows=max(console.height - 10, 3) if console.is_terminal else None))
                 if ended:
                     break
-                if stop_when_empty and not stopping and not any(a.waiting or a.blocked or a.running for a in activity):
+                if stop_when_empty and not stopping and not any(a.total for a in activity):
                     await jm.stop()
                     stopping = True
                 await asyncio.sleep(0.1 if stopping else 0.5)

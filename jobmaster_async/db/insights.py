@@ -1,8 +1,9 @@
-"""The dashboard's reads: one method per statement of ``sql/dashboard.sql``. Read-only; the
-dashboard's poller passes its own connection, the pages use the pool's.
+"""The reads of the tools for people (the dashboard, the CLI): one method per statement of
+``sql/dashboard.sql``. Read-only; the dashboard's poller passes its own connection (db.watch),
+the pages and the CLI use the pool's.
 
-Reached as ``Store.insights``. What the statements cost with millions of finished jobs is said
-beside each of them in the SQL file."""
+Reached as ``Store.insights``, and by users through JobMaster's read API (inspection.py). What
+the statements cost with millions of finished jobs is said beside each of them in the SQL file."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ import asyncpg
 
 from .sql import Catalogue
 
-__all__ = ("Insights", "Overview", "ScanEnd")
+__all__ = ("Insights", "Overview", "ScanEnd", "TaskDepth")
 
 logger = logging.getLogger(__name__)
 
@@ -29,12 +30,47 @@ _INDEXES_ONLY = "SET LOCAL enable_seqscan = off; SET LOCAL enable_bitmapscan = o
 
 
 @dataclass(frozen=True)
-class Overview:
-    """The cheap state of the queue, read in one snapshot: active jobs per task and status,
-    the workers, and the history's mark (None: unknown)."""
+class TaskDepth:
+    """The active jobs of one task: waiting (due), scheduled (waiting for a later time), blocked
+    and running."""
 
-    depth: list[asyncpg.Record]
-    workers: list[asyncpg.Record]
+    type_key: str
+    task_key: str
+    waiting: int = 0
+    scheduled: int = 0
+    blocked: int = 0
+    running: int = 0
+
+    @property
+    def name(self) -> str:
+        return f"{self.type_key}.{self.task_key}"
+
+    @property
+    def total(self) -> int:
+        return self.waiting + self.scheduled + self.blocked + self.running
+
+
+def _depth(rows: list[asyncpg.Record]) -> list[TaskDepth]:
+    """The rows of sql/dashboard.sql depth (a task's jobs of one status), a TaskDepth per task."""
+    found: dict[tuple[str, str], dict[str, int]] = {}
+    for row in rows:
+        counts = found.setdefault((row["type_key"], row["task_key"]), {})
+        status = "scheduled" if row["status"] == "waiting" and row["scheduled"] else row["status"]
+        counts[status] = counts.get(status, 0) + row["n"]
+    return [TaskDepth(type_key, task_key, **counts) for (type_key, task_key), counts in sorted(found.items())]
+
+
+def _workers(rows: list[asyncpg.Record]) -> list[dict[str, Any]]:
+    return [{**dict(row), "alive": row["heartbeat_age"] <= row["lapse"]} for row in rows]
+
+
+@dataclass(frozen=True)
+class Overview:
+    """The cheap state of the queue, read in one snapshot: active jobs per task, the workers,
+    and the history's mark (None: unknown)."""
+
+    depth: list[TaskDepth]
+    workers: list[dict[str, Any]]
     history_mark: int | None
     now: datetime
 
@@ -75,7 +111,7 @@ class Insights:
                 await c.execute(_INDEXES_ONLY)
                 depth = await c.fetch(self._statements["depth"])
                 workers = await c.fetch(self._statements["workers"])
-        return Overview(depth, workers, mark, now)
+        return Overview(_depth(depth), _workers(workers), mark, now)
 
     async def _history_mark(self, conn: asyncpg.Connection) -> tuple[int | None, datetime]:
         if self.mark_readable:
@@ -94,12 +130,19 @@ class Insights:
         now: datetime = await conn.fetchval(self._statements["clock"], timedelta(0))
         return None, now
 
-    async def depth(self, conn: asyncpg.Connection | None = None) -> list[asyncpg.Record]:
-        """(type_key, task_key, status, scheduled, n) of the active jobs."""
-        async with self._connection(conn) as c, c.transaction(readonly=True):
+    async def depth(self) -> list[TaskDepth]:
+        """The active jobs of each task that has any, by task name."""
+        async with self._connection(None) as c, c.transaction(readonly=True):
             await c.execute(_INDEXES_ONLY)
             rows: list[asyncpg.Record] = await c.fetch(self._statements["depth"])
-        return rows
+        return _depth(rows)
+
+    async def workers(self) -> list[dict[str, Any]]:
+        """The workers that heartbeat: worker_id, node, pid, started_at, heartbeat_at,
+        heartbeat_age and lapse (seconds), running (jobs) and alive (heartbeat_age <= lapse)."""
+        async with self._connection(None) as c:
+            rows: list[asyncpg.Record] = await c.fetch(self._statements["workers"])
+        return _workers(rows)
 
     async def chart(self, whole: bool, conn: asyncpg.Connection | None = None) -> tuple[list[asyncpg.Record], datetime]:
         """(minute, reason, n): history events per minute over the last hour (``whole``), else
@@ -114,6 +157,22 @@ class Insights:
         async with self._connection(None) as c:
             rows: list[asyncpg.Record] = await c.fetch(self._statements["tasks"])
         return rows
+
+    async def find_jobs(self, low: uuid.UUID, high: uuid.UUID, pattern: str, limit: int) -> list[asyncpg.Record]:
+        """(job_id, type_key, task_key, status, created_at) of the jobs, newest first, whose id is
+        in [low, high] or whose text form is LIKE ``pattern``."""
+        async with self._connection(None) as c:
+            rows: list[asyncpg.Record] = await c.fetch(self._statements["find_jobs"], low, high, pattern, limit)
+        return rows
+
+    async def schema_version(self) -> int | None:
+        """The version the schema was last deployed at, or None when it never was."""
+        async with self._connection(None) as c:
+            table = f"{self.sql.quoted_schema}.schema_version"
+            if not await c.fetchval(self._statements["schema_deployed"], table):
+                return None
+            version: int = await c.fetchval(self.sql["current_version"])
+        return version
 
     async def jobs_page(
         self,

@@ -1,7 +1,7 @@
 """The data-access layer: one typed method per statement, and the only code that runs the
-library's SQL. ``JobMaster``, the worker's services and the CLI call these methods; the
-statements themselves are in ``sql/`` (queries.sql for plain statements, the functions for the
-rest), loaded by the Catalogue.
+library's SQL (LISTEN included). ``JobMaster``, the worker's services, and (through JobMaster's
+read API) the dashboard and the CLI call these methods; the statements themselves are in
+``sql/`` (queries.sql for plain statements, the functions for the rest), loaded by the Catalogue.
 
 Every method of the worker's path takes the round-trip deadline (``timeout``) given at
 construction, so that a server gone without a TCP reset cannot hang a worker; the inspecting
@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -23,10 +23,12 @@ from .claimer import Claimer
 from .connection import read_only
 from .deploy import deploy_schema
 from .insights import Insights
+from .notifications import Notification
 from .pool import Connect, Pool
 from .sql import Catalogue
 from .startup import probe
 from .ticks import Ticks
+from .watch import Watch
 
 __all__ = ("Store",)
 
@@ -46,7 +48,7 @@ class Store:
         self.claimer = Claimer(sql, connect, self.pool, timeout)
         #: the scheduler's statements, on their own connection (db.ticks)
         self.ticks = Ticks(sql, connect, timeout)
-        #: the dashboard's reads (db.insights)
+        #: the reads of the dashboard and the CLI (db.insights)
         self.insights = Insights(sql, self.acquire)
 
     # -- connections -----------------------------------------------------------------------------
@@ -60,6 +62,19 @@ class Store:
     async def open_connection(self) -> asyncpg.Connection:
         """A connection of its own (the LISTEN connection)."""
         return await self._connect()
+
+    async def listen(self, conn: asyncpg.Connection, callback: Callable[[Any, int, str, str], None]) -> None:
+        """LISTENs on the schema's channel on ``conn`` (a connection of its own); ``callback`` is
+        asyncpg's (connection, pid, channel, payload)."""
+        await conn.add_listener(self.sql.channel, callback)
+
+    async def ping(self, conn: asyncpg.Connection, deadline: float) -> None:
+        """A round trip on ``conn`` within ``deadline`` seconds: raises if the connection is gone."""
+        await conn.execute("SELECT 1", timeout=deadline)
+
+    async def watch(self, on_notification: Callable[[Notification | None], None], on_lost: Callable[[], None]) -> Watch:
+        """The dashboard's live connection (db.watch), LISTENing."""
+        return await Watch.open(await self._connect(), self.insights, self.sql.channel, on_notification, on_lost)
 
     async def probe(self) -> None:
         """Opens a connection and closes it: raises unless a read-write server answered (a
@@ -173,9 +188,12 @@ class Store:
         rows: list[asyncpg.Record] = await pool.fetch(self.sql["task_ids"], timeout=self.timeout)
         return rows
 
-    async def heartbeat(self, worker_id: uuid.UUID, node: str, pid: int, lapse: float) -> None:
-        pool = await self.pool()
-        await pool.execute(self.sql["heartbeat"], worker_id, node, pid, lapse, timeout=self.timeout)
+    async def heartbeat(
+        self, worker_id: uuid.UUID, node: str, pid: int, lapse: float, conn: asyncpg.Connection | None = None
+    ) -> None:
+        """Records a worker's heartbeat, on ``conn`` (the LISTEN connection) or the pool's."""
+        runner = conn if conn is not None else await self.pool()
+        await runner.execute(self.sql["heartbeat"], worker_id, node, pid, lapse, timeout=self.timeout)
 
     async def remove_worker(self, worker_id: uuid.UUID) -> None:
         """Forgets a worker's row (at shutdown). On a read-only server (a standby, reached after

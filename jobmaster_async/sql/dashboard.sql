@@ -1,4 +1,5 @@
--- What the dashboard reads (jobmaster_async.web, through db/insights.py), as named blocks
+-- What the tools for people read (the dashboard, jobmaster_async.web, and the CLI, through
+-- db/insights.py and JobMaster's read API), as named blocks
 -- ("-- name: <name>"). Read-only statements: a role with SELECT on the tables they name runs them
 -- all (README "Dashboard"). {schema} is the quoted schema name; parameters are $n only; built-ins
 -- are pg_catalog-qualified, as in queries.sql (these are plain statements run with the
@@ -62,6 +63,23 @@ SELECT pg_catalog.date_trunc('minute', pg_catalog.now() - interval '1 minute'), 
 
 -- name: tasks
 SELECT t.task_id, t.type_key, t.task_key FROM {schema}.tasks AS t ORDER BY t.type_key, t.task_key
+
+-- name: find_jobs
+-- The jobs whose id a person typed a part of (ids.py): those whose id starts with the digits (a
+-- range of the primary key, $1 to $2: the index serves it) or ends with them ($3, a LIKE pattern
+-- of the text form, without index: a scan, fine for a command a person types); $4 at most.
+SELECT j.job_id, t.type_key, t.task_key, j.status, j.created_at
+  FROM {schema}.jobs AS j JOIN {schema}.tasks AS t ON t.task_id = j.task_id
+ WHERE j.job_id IN ((SELECT p.job_id FROM {schema}.jobs AS p
+                      WHERE p.job_id >= $1::uuid AND p.job_id <= $2::uuid ORDER BY p.job_id LIMIT $4)
+                    UNION ALL
+                    (SELECT s.job_id FROM {schema}.jobs AS s WHERE s.job_id::text LIKE $3 LIMIT $4))
+ ORDER BY j.created_at DESC, j.job_id
+ LIMIT $4
+
+-- name: schema_deployed
+-- Whether the schema was ever deployed: its table of versions exists ($1: its qualified name).
+SELECT pg_catalog.to_regclass($1) IS NOT NULL
 
 -- name: jobs_page
 -- A page of the job list, newest first, after the job $1 (NULL: from the newest). Keyset paging

@@ -91,7 +91,7 @@ def create_app(
     env.filters.update(FILTERS)
     templates = Jinja2Templates(env=env)
     broadcaster = Broadcaster(jm)
-    metrics = JobMetrics(jm.store.insights)
+    metrics = JobMetrics(jm)
     pages = Pages(jm, guard, broadcaster, metrics, templates)
 
     @asynccontextmanager

@@ -29,9 +29,10 @@ from typing import TYPE_CHECKING, Any
 import asyncpg
 
 from ..db.faults import database_fault
-from ..worker.listener import SchedulesChanged, parse_notification
-from ..worker.outage import Backoff
-from ..worker.signals import Signal
+from ..db.notifications import Notification, SchedulesChanged
+from ..db.waiting import Backoff, Signal
+from ..db.watch import Watch
+from ..inspection import TaskDepth
 
 if TYPE_CHECKING:
     from ..app import JobMaster
@@ -49,27 +50,6 @@ CHART_BLIND_INTERVAL = 15.0
 SCHEDULES_EVERY = 30.0
 #: A read runs at most once per this many times its own duration.
 COST_FACTOR = 10.0
-
-
-@dataclass(frozen=True)
-class TaskDepth:
-    """The active jobs of one task: waiting (due), scheduled (waiting for a later time), blocked
-    and running."""
-
-    type_key: str
-    task_key: str
-    waiting: int = 0
-    scheduled: int = 0
-    blocked: int = 0
-    running: int = 0
-
-    @property
-    def name(self) -> str:
-        return f"{self.type_key}.{self.task_key}"
-
-    @property
-    def total(self) -> int:
-        return self.waiting + self.scheduled + self.blocked + self.running
 
 
 @dataclass(frozen=True)
@@ -101,28 +81,6 @@ def _minute(at: datetime) -> datetime:
     return at.replace(second=0, microsecond=0)
 
 
-async def _close(conn: asyncpg.Connection) -> None:
-    if conn.is_closed():
-        return
-    try:
-        await asyncio.wait_for(conn.close(), 2)
-    except Exception:
-        conn.terminate()
-
-
-def _depth(rows: list[asyncpg.Record]) -> tuple[TaskDepth, ...]:
-    found: dict[tuple[str, str], dict[str, int]] = {}
-    for row in rows:
-        counts = found.setdefault((row["type_key"], row["task_key"]), {})
-        status = "scheduled" if row["status"] == "waiting" and row["scheduled"] else row["status"]
-        counts[status] = counts.get(status, 0) + row["n"]
-    return tuple(TaskDepth(type_key, task_key, **counts) for (type_key, task_key), counts in sorted(found.items()))
-
-
-def _workers(rows: list[asyncpg.Record]) -> tuple[Mapping[str, Any], ...]:
-    return tuple({**dict(row), "alive": row["heartbeat_age"] <= row["lapse"]} for row in rows)
-
-
 class Broadcaster:
     """The live state of one schema, read by one poller and handed to every subscriber."""
 
@@ -136,7 +94,6 @@ class Broadcaster:
         idle: float = 60.0,
     ) -> None:
         self.jm = jm
-        self.insights = jm.store.insights
         self.interval = interval
         self.quiet_period = quiet_period
         self.keepalive = keepalive
@@ -145,7 +102,7 @@ class Broadcaster:
         self.published = Signal()
         self._latest: Snapshot | None = None
         self._latest_at = 0.0  # monotonic time of the read
-        self._conn: asyncpg.Connection | None = None
+        self._conn: Watch | None = None
         self._lock = asyncio.Lock()
         self._newer = asyncio.Event()
         self._wake = asyncio.Event()
@@ -238,7 +195,7 @@ class Broadcaster:
 
     async def _run(self) -> None:
         backoff = Backoff(first=0.5, cap=10.0)
-        idle: asyncpg.Connection | None = None
+        idle: Watch | None = None
         try:
             while not self._closed:
                 if self._subscribers:
@@ -270,33 +227,26 @@ class Broadcaster:
                     await asyncio.wait_for(self._wake.wait(), timeout)
         finally:
             if idle is not None:
-                await _close(idle)
+                await idle.close()
 
     def _pace(self) -> float:
         """Seconds between two reads at least."""
         return max(self.interval, COST_FACTOR * self._poll_cost)
 
-    async def _connection(self) -> asyncpg.Connection:
+    async def _connection(self) -> Watch:
         if self._closed:
             raise RuntimeError("the dashboard was closed (Dashboard.aclose)")
         if self._conn is None or self._conn.is_closed():
-            conn = await self.jm.store.open_connection()
-            try:
-                await conn.add_listener(self.jm.sql.channel, self._on_notify)
-            except BaseException:
-                conn.terminate()
-                raise
-            conn.add_termination_listener(lambda _c: self._wake.set())
-            self._conn = conn
+            self._conn = await self.jm.watch(self._on_notification, self._wake.set)
         return self._conn
 
     async def _disconnect(self) -> None:
         conn, self._conn = self._conn, None
         if conn is not None:
-            await _close(conn)
+            await conn.close()
 
-    def _on_notify(self, _conn: object, _pid: int, _channel: str, payload: str) -> None:
-        if isinstance(parse_notification(payload), SchedulesChanged):
+    def _on_notification(self, notification: Notification | None) -> None:
+        if isinstance(notification, SchedulesChanged):
             self._schedules_read_at = None
         self._wake.set()
 
@@ -320,12 +270,12 @@ class Broadcaster:
         snapshot if anything a viewer sees changed. Call it holding the lock."""
         conn = await self._connection()
         started = time.monotonic()
-        overview = await self.insights.overview(conn)
+        overview = await conn.overview()
         self._poll_cost = time.monotonic() - started
         await self._read_chart(conn, overview.history_mark)
         await self._read_schedules()
         version = self._latest.version + 1 if self._latest is not None else 1
-        depth = _depth(overview.depth)
+        depth = tuple(overview.depth)
         totals = {
             status: sum(getattr(task, status) for task in depth)
             for status in ("waiting", "scheduled", "blocked", "running")
@@ -334,7 +284,7 @@ class Broadcaster:
             version=version,
             now=overview.now,
             depth=depth,
-            workers=_workers(overview.workers),
+            workers=tuple(overview.workers),
             chart=self._chart(overview.now),
             schedules=self._schedules,
             history_mark=overview.history_mark,
@@ -362,7 +312,7 @@ class Broadcaster:
 
     # -- charts and schedules --------------------------------------------------------------------
 
-    async def _read_chart(self, conn: asyncpg.Connection, mark: int | None) -> None:
+    async def _read_chart(self, conn: Watch, mark: int | None) -> None:
         now = time.monotonic()
         last = self._chart_read_at
         if last is not None:
@@ -374,7 +324,7 @@ class Broadcaster:
         # the whole hour at first, or when the last read is too old to build on; else the last
         # few minutes, whose buckets the read replaces
         whole = last is None or now - last > (CHART_RECENT - timedelta(minutes=1)).total_seconds()
-        rows, since = await self.insights.chart(whole, conn)
+        rows, since = await conn.chart(whole)
         self._chart_cost = time.monotonic() - now
         self._buckets = {} if whole else {m: c for m, c in self._buckets.items() if m < since}
         for row in rows:

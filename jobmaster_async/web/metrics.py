@@ -31,13 +31,16 @@ import asyncio
 import bisect
 from collections.abc import Iterable, Iterator
 from datetime import datetime, timedelta
+from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from ..db.insights import Insights
 from ..jobs import ACTIVE_STATUSES, JobStatus
+
+if TYPE_CHECKING:
+    from ..app import JobMaster
 
 __all__ = ("CONTENT_TYPE", "DELAY_BUCKETS", "OUTCOMES", "RUN_BUCKETS", "JobMetrics")
 
@@ -84,8 +87,8 @@ class JobMetrics(Collector):
     """The dashboard's metrics: ``await refresh()`` reads the database, ``exposition()`` writes
     them out. One per app; scrapes are read one at a time."""
 
-    def __init__(self, insights: Insights, lag: timedelta = LAG) -> None:
-        self.insights = insights
+    def __init__(self, jm: JobMaster, lag: timedelta = LAG) -> None:
+        self.jm = jm
         self.lag = lag
         self.registry = CollectorRegistry(auto_describe=False)
         self._lock = asyncio.Lock()
@@ -100,22 +103,25 @@ class JobMetrics(Collector):
     async def refresh(self) -> None:
         """Reads the active jobs, and the history since the last scrape."""
         async with self._lock:
-            tasks = await self.insights.tasks()
+            tasks = await self.jm.deployed_tasks()
             self._tasks = {row["task_id"]: (row["type_key"], row["task_key"]) for row in tasks}
             jobs: dict[tuple[str, str, str], int] = {
                 (type_key, task_key, status): 0 for type_key, task_key in self._tasks.values() for status in ACTIVE
             }
-            for row in await self.insights.depth():
-                key = (row["type_key"], row["task_key"], row["status"])
-                jobs[key] = jobs.get(key, 0) + row["n"]
+            for depth in await self.jm.queue_depth():  # scheduled jobs count as waiting
+                waiting = depth.waiting + depth.scheduled
+                for status, n in (("waiting", waiting), ("blocked", depth.blocked), ("running", depth.running)):
+                    key = (depth.type_key, depth.task_key, status)
+                    if n or key in jobs:
+                        jobs[key] = jobs.get(key, 0) + n
             self._jobs = jobs
             for type_key, task_key in self._tasks.values():
                 for outcome in OUTCOMES:
                     self._outcomes.setdefault((type_key, task_key, outcome), 0)
             if self._since is None:
-                self._since = await self.insights.clock(self.lag)
+                self._since = await self.jm.clock(self.lag)
                 return
-            for row in await self.insights.metrics_window(self._since, self.lag):
+            for row in await self.jm.history_window(self._since, self.lag):
                 if row["kind"] == "window":
                     self._since = row["upto"]
                     continue

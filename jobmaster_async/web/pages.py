@@ -235,13 +235,13 @@ class Pages:
             found = await self._find(text)
             if found is not None:
                 return RedirectResponse(f"{self.base(request)}/jobs/{found}", 302)
-        tasks = await self.jm.store.insights.tasks()
+        tasks = await self.jm.deployed_tasks()
         task_id = None
         if task is not None:
             task_id = next((row["task_id"] for row in tasks if f"{row['type_key']}.{row['task_key']}" == task), -1)
         pattern = None if text is None else "%" + re.sub(r"([\\%_])", r"\\\1", text) + "%"
         scan = SCAN if pattern is None else min(SCAN, TEXT_SCAN)
-        rows = await self.jm.store.insights.jobs_page(
+        rows = await self.jm.jobs_page(
             before=before, status=status, task_id=task_id, pattern=pattern, limit=PAGE + 1, scan=scan, cut=CUT
         )
         older, searched_to = None, None
@@ -250,10 +250,10 @@ class Pages:
             rows = rows[:PAGE]
             older = rows[-1]["job_id"]
         elif filtered and status not in ACTIVE_STATUSES:
-            end = await self.jm.store.insights.scan_end(before, scan)
+            end = await self.jm.scan_end(before, scan)
             if end.more:
                 older = searched_to = end.last_id
-        now = await self.jm.store.insights.clock()
+        now = await self.jm.clock()
         params = {k: v for k, v in (("status", status), ("task", task), ("q", text)) if v}
         context = {
             "page": "jobs",
@@ -301,9 +301,9 @@ class Pages:
         if job is None:
             return self.problem(request, 404, "No such job", f"no job {job_id}")
         history = await self.jm.history(job_id)
-        up, down = await self.jm.store.insights.dependency_tree(job_id, TREE_DEPTH, TREE_ROWS)
-        worker = await self.jm.store.insights.worker_of(job_id, job.worker_id) if job.worker_id else None
-        now = await self.jm.store.insights.clock()
+        up, down = await self.jm.dependency_tree(job_id, TREE_DEPTH, TREE_ROWS)
+        worker = await self.jm.job_worker(job_id, job.worker_id) if job.worker_id else None
+        now = await self.jm.clock()
         done = request.query_params.get("done")
         notice = _NOTICES.get(done or "")
         twin = request.query_params.get("twin")

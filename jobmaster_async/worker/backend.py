@@ -124,9 +124,7 @@ class WorkerBackend:
         LISTEN connection), within the round trip's deadline."""
         lapse = self.settings.heartbeat_lapse
         sent = time.monotonic()
-        await conn.execute(
-            self.store.sql["heartbeat"], self.worker_id, self.node, os.getpid(), lapse, timeout=self.store.timeout
-        )
+        await self.store.heartbeat(self.worker_id, self.node, os.getpid(), lapse, conn)
         self._beaten(sent)
 
     def _beaten(self, sent: float) -> None:

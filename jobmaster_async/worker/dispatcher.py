@@ -38,7 +38,7 @@ import asyncpg
 
 from .. import tracing
 from ..db.faults import database_fault
-from ..db.store import Store
+from ..db.ports import WorkerStore
 from ..settings import JobMasterSettings
 from .executors import DaemonThreadPool, Outcome, run_task
 from .listener import CancelJob, Listener, Notification, SchedulesChanged
@@ -71,7 +71,6 @@ CONTENDED = 0.005
 class Backend(Protocol):
     """What the dispatcher needs of the worker's database side (worker.backend.WorkerBackend)."""
 
-    store: Store
     settings: JobMasterSettings
     worker_id: uuid.UUID
     threads: DaemonThreadPool
@@ -81,6 +80,9 @@ class Backend(Protocol):
     last_beat: float
     beats: Signal
     beats_elsewhere: bool
+
+    @property
+    def store(self) -> WorkerStore: ...
 
     async def beat_on(self, conn: asyncpg.Connection) -> None: ...
     async def claim(self, limit: int, units: int) -> list[Claim]: ...

@@ -122,6 +122,11 @@ class DaemonThreadPool:
         self._idle = 0
         self._lock = threading.Lock()
 
+    def grow_to(self, max_workers: int) -> None:
+        """Allows at least ``max_workers`` threads (run_forever's concurrency)."""
+        with self._lock:
+            self.max_workers = max(self.max_workers, max_workers)
+
     def submit(self, fn: Callable[[], Any], loop: asyncio.AbstractEventLoop) -> asyncio.Future[Any]:
         """Runs ``fn`` in a thread; the future, of the running ``loop``, gets its result."""
         future: asyncio.Future[Any] = loop.create_future()

@@ -3,7 +3,7 @@
 The database says three things on that channel (sql/ triggers and functions, deploy): ``wake``
 (jobs became runnable, or a process_limit slot freed), ``cancel:<job id>`` (a running job was
 cancelled) and ``schedules`` (a deploy changed the periodic tasks' schedules).
-Payloads are parsed into typed notifications here; nothing else looks at their text.
+Payloads are parsed into typed notifications by db.notifications; nothing else looks at their text.
 
 A lost connection is reopened with backoff (an outage of the worker, reported once). An idle one
 is pinged, so that a connection cut without a TCP reset is noticed within the deadline; after an
@@ -22,54 +22,18 @@ import asyncio
 import contextlib
 import logging
 import time
-import uuid
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 
 import asyncpg
 
-from ..db.store import Store
+from ..db.notifications import CancelJob, Notification, SchedulesChanged, Wake, parse_notification
+from ..db.ports import ListeningStore
 from .outage import Backoff, Outage, Service
 from .signals import Signal
 
 __all__ = ("CancelJob", "Listener", "Notification", "SchedulesChanged", "Wake", "parse_notification")
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True, slots=True)
-class Wake:
-    """Jobs may be claimable: claim now."""
-
-
-@dataclass(frozen=True, slots=True)
-class CancelJob:
-    """A running job was cancelled: stop it if it runs here."""
-
-    job_id: uuid.UUID
-
-
-@dataclass(frozen=True, slots=True)
-class SchedulesChanged:
-    """A deploy changed the schedules: the scheduler reads them again."""
-
-
-Notification = Wake | CancelJob | SchedulesChanged
-
-_CANCEL = "cancel:"
-
-
-def parse_notification(payload: str) -> Notification | None:
-    """The notification a payload says, or None for one this version does not know."""
-    if payload == "wake":
-        return Wake()
-    if payload == "schedules":
-        return SchedulesChanged()
-    if payload.startswith(_CANCEL):
-        with contextlib.suppress(ValueError):
-            return CancelJob(uuid.UUID(payload[len(_CANCEL) :]))
-    logger.debug("unknown notification %r ignored", payload)
-    return None
 
 
 #: Sends the worker's heartbeat on the given connection.
@@ -83,7 +47,7 @@ class Listener:
 
     def __init__(
         self,
-        store: Store,
+        store: ListeningStore,
         outage: Outage,
         on_notification: Callable[[Notification], None],
         ping_interval: float,
@@ -120,7 +84,7 @@ class Listener:
                 await self.beat(conn)  # first of all: the worker claims only once it heartbeats
             next_beat = time.monotonic() + self.beat_interval
             async with asyncio.timeout(deadline):  # add_listener takes no timeout
-                await conn.add_listener(self.store.sql.channel, self._on_notify)
+                await self.store.listen(conn, self._on_notify)
             service.ok()
             self.listening.fire()
             self.on_notification(Wake())  # catch up on anything notified while we were not listening
@@ -136,7 +100,7 @@ class Listener:
                     await self.beat(conn)
                     next_beat = time.monotonic() + self.beat_interval
                 else:
-                    await conn.execute("SELECT 1", timeout=deadline)
+                    await self.store.ping(conn, deadline)
         finally:
             conn.terminate()
 

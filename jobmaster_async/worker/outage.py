@@ -23,6 +23,7 @@ from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 from ..db.faults import database_fault, fault_name
+from ..db.waiting import Backoff
 from .signals import Signal
 
 __all__ = ("PROBE_INTERVAL", "Backoff", "Outage", "Service")
@@ -36,23 +37,6 @@ PROBE_INTERVAL = 0.5
 
 #: Opens a connection to a read-write server and closes it, or raises (db.store.Store.probe).
 Probe = Callable[[], Awaitable[None]]
-
-
-class Backoff:
-    """Delays that double from ``first`` up to ``cap`` seconds, jittered by ±20 % so that the
-    workers of a fleet do not retry in step."""
-
-    def __init__(self, first: float = 0.1, cap: float = 10.0) -> None:
-        self.first = first
-        self.cap = cap
-        self._next = first
-
-    def delay(self) -> float:
-        delay, self._next = self._next, min(self._next * 2, self.cap)
-        return delay * random.uniform(0.8, 1.2)
-
-    def reset(self) -> None:
-        self._next = self.first
 
 
 class Outage:
