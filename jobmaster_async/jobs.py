@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import enum
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -10,19 +9,9 @@ from datetime import datetime
 from typing import Any
 
 from .errors import InvalidJobId
+from .lifecycle import JobStatus
 
 __all__ = ("ACTIVE_STATUSES", "Job", "JobStatus", "PoppedJob", "as_job_id")
-
-
-class JobStatus(enum.StrEnum):
-    """A job's status; a plain string everywhere (``job.status == "complete"``)."""
-
-    WAITING = "waiting"
-    BLOCKED = "blocked"
-    RUNNING = "running"
-    COMPLETE = "complete"
-    FAILED = "failed"
-    CANCELLED = "cancelled"
 
 
 ACTIVE_STATUSES = frozenset({JobStatus.WAITING, JobStatus.BLOCKED, JobStatus.RUNNING})

@@ -233,17 +233,17 @@ BEGIN
         -- meanwhile is skipped (the next statement links to that job).
         created AS (
             INSERT INTO {schema}.jobs AS j (task_id, priority, arguments, args_hash, status,
-                                            is_dependency, max_attempts, trace_context)
+                                            is_dependency, trace_context)
             SELECT n.task_id, max(n.priority), n.arguments, n.args_hash,
                    CASE WHEN EXISTS (SELECT 1 FROM steps AS c
                                       WHERE c.parent_task = n.task_id AND c.parent_hash = n.args_hash)
                         THEN 'blocked' ELSE 'waiting' END,
-                   t.is_dependency, t.retries + 1, p_trace_context
+                   t.is_dependency, p_trace_context
               FROM steps AS n
               JOIN {schema}.tasks AS t ON t.task_id = n.task_id
              WHERE n.kind = 'new'
                AND NOT (n.task_id, n.args_hash) IN (SELECT * FROM unnest(v_tasks, v_hashes))
-             GROUP BY n.task_id, n.args_hash, n.arguments, t.is_dependency, t.retries
+             GROUP BY n.task_id, n.args_hash, n.arguments, t.is_dependency
             {fragment:unless_active_twin}
             RETURNING j.job_id, j.task_id, j.args_hash
         )
