@@ -23,7 +23,7 @@
 -- what is recorded; a role without rights on the tables (the web role, granted add_job) cannot
 -- write the column; a role that can write the tables can already write anything, history
 -- included. The test costs the trigger one join of its transition tables, no index probe per row
--- (benchmarks/README.md, "Transitions write their own history").
+-- (benchmarks/README.md, "Hot-path statements write their own history").
 -- A statement that is to write its own history sets jobs.reason as the transitions do, or leaves
 -- it to triggers.
 
