@@ -2,22 +2,23 @@
 policy, each written once.
 
 The transitions themselves are SQL functions (``sql/functions/``), each given the next status and
-reason and writing its own history row (the contract at the top of ``sql/functions/triggers.sql``):
+reason and writing its own history row (the contract at the top of ``sql/functions/triggers.sql``;
+a client's plain SQL is recorded by the triggers, with a reason read from the statuses):
 
 ==========  =====================  ==========================================================
 reason      status afterwards      written by
 ==========  =====================  ==========================================================
 inserted    waiting, blocked, ...  the inserts (``insert_job_fast``; the others by trigger)
 claimed     running                the claim (``claim_jobs_fast``, ``claim_jobs()``)
-completed   complete               ``complete_jobs``
+completed   complete               ``complete_jobs``; ``_settle`` (an "ALL" parent)
 retried     waiting                ``fail_jobs``, when :func:`retry_delay` gave a delay
 failed      failed                 ``fail_jobs`` (no delay), ``rescue_jobs`` (rescues used up),
-                                   a dependency that failed, ``retry_job`` (a dependency
-                                   it needs cannot be had)
+                                   ``_settle`` (a dependency failed), ``retry_job`` (a
+                                   dependency it needs cannot be had)
 released    waiting                ``release_jobs`` (a worker shutting down)
 rescued     waiting                ``rescue_jobs`` (its worker was lost)
 cancelled   cancelled              ``cancel_job``
-unblocked   waiting                its dependencies finished
+unblocked   waiting                ``_settle``: its dependencies completed
 requeued    waiting, blocked       ``retry_job``
 ==========  =====================  ==========================================================
 

@@ -302,9 +302,12 @@ END $$;
 -- Moves the dependents of jobs that just reached a final status: a dependency failed or was
 -- cancelled -> failed (final, transitively); all dependencies complete -> waiting (scheduled if
 -- its run_at is still ahead), or complete for an "ALL" parent (whose own dependents are then
--- settled in the next round).
+-- settled in the next round). Writes their history (reasons failed, completed, unblocked) and
+-- wakes the workers when jobs became runnable.
 CREATE OR REPLACE FUNCTION {schema}._settle(p_finished uuid[])
 RETURNS void LANGUAGE plpgsql AS $$
+DECLARE
+    v_wake boolean;
 BEGIN
     WHILE cardinality(p_finished) > 0 LOOP
         -- the common case, cheaply: nothing waits for these jobs
@@ -330,12 +333,15 @@ BEGIN
               JOIN {schema}.tasks AS t ON t.task_id = x.task_id
              GROUP BY dep.job_id
         ),
-        -- the dependents that can move, moved
-        moved AS (
+        -- the dependents that can move, moved (a transition: the reason is given)
+        changed AS (
             UPDATE {schema}.jobs AS j
                SET status = CASE WHEN v.failed_dependency IS NOT NULL THEN 'failed'
                                  WHEN j.is_parent THEN 'complete'
                                  ELSE 'waiting' END,
+                   reason = CASE WHEN v.failed_dependency IS NOT NULL THEN 'failed'
+                                 WHEN j.is_parent THEN 'completed'
+                                 ELSE 'unblocked' END,
                    finished_at = CASE WHEN v.failed_dependency IS NOT NULL OR j.is_parent
                                       THEN now() END,
                    message = CASE WHEN v.failed_dependency IS NOT NULL
@@ -346,9 +352,17 @@ BEGIN
               FROM verdicts AS v
              WHERE j.job_id = v.job_id AND j.status = 'blocked'
                AND (v.failed_dependency IS NOT NULL OR v.all_complete)
-            RETURNING j.job_id, j.status
+            RETURNING j.job_id, j.status, j.reason, j.worker_id, j.message
+        ),
+        -- the history: an event per dependent moved
+        logged AS (
+            {fragment:history}
         )
-        SELECT coalesce(array_agg(m.job_id) FILTER (WHERE m.status <> 'waiting'), '{}')
-          INTO p_finished FROM moved AS m;
+        SELECT coalesce(array_agg(m.job_id) FILTER (WHERE m.status <> 'waiting'), '{}'),
+               coalesce(bool_or(m.status = 'waiting'), false)
+          INTO p_finished, v_wake FROM changed AS m;
+        IF v_wake THEN
+            PERFORM pg_notify({channel}, 'wake');  -- jobs became runnable
+        END IF;
     END LOOP;
 END $$;

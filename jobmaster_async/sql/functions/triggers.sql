@@ -10,12 +10,13 @@
 -- themselves, set-based, with the reason they are given: the claim (queries.sql claim_jobs_fast,
 -- claim_jobs()), complete_jobs, fail_jobs (retried or failed: the worker decides, lifecycle.py),
 -- release_jobs, rescue_jobs (rescued or failed: decided here in SQL from the stored task row),
--- cancel_job, retry_job (requeued), and the plain insert (queries.sql insert_job_fast). Each
--- sets jobs.reason to the reason of the history row it writes (fragment history).
+-- cancel_job, retry_job (requeued), the settling of dependents (dependencies.sql _settle:
+-- unblocked, failed, completed) and the plain insert (queries.sql insert_job_fast). Each sets
+-- jobs.reason to the reason of the history row it writes (fragment history).
 -- The statement-level triggers jobs_inserted and jobs_updated below write them for the rest:
 -- the inserts that leave jobs.reason NULL (the library's other inserts, a client's plain
--- INSERT), and a status change that leaves jobs.reason as it was (a client's plain UPDATE, and
--- the library's settling of dependents: dependencies.sql). A transition always changes
+-- INSERT), and a status change that leaves jobs.reason as it was (a client's plain UPDATE; the
+-- library writes none). A transition always changes
 -- jobs.reason (no status is entered twice in a row by the same reason), and the trigger sets it
 -- back to NULL on the rows it wrote the history of (a rare path: plain SQL), so "reason
 -- unchanged" means "written by plain SQL" for every row.
