@@ -82,7 +82,7 @@ BEGIN
             RETURN;
         END IF;
     END LOOP;
-    IF {schema}._arguments_ok(p_dep_task.parameters, creation) THEN
+    IF {schema}._arguments_ok(p_dep_task, creation, false) THEN
         creation := {schema}._canonical_of(p_dep_task.parameters, creation);
     ELSE
         -- "ALL" (a fan-out dependency), or a value that does not fit: say which

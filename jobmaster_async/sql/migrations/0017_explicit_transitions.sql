@@ -30,3 +30,8 @@ ALTER TABLE {schema}.jobs DROP COLUMN IF EXISTS max_attempts;
 -- claim_jobs() returns tries where it returned max_attempts: a function's result columns cannot
 -- be replaced, so it is dropped here and created again by the functions (sql/functions/claim.sql).
 DROP FUNCTION IF EXISTS {schema}.claim_jobs(uuid, int[], int, int);
+
+-- _arguments_ok(parameters, arguments) becomes _arguments_ok(task, arguments, allow_all), the one
+-- decision of the slow paths (sql/functions/validation.sql): the old signature would stay as
+-- another function.
+DROP FUNCTION IF EXISTS {schema}._arguments_ok(jsonb, jsonb);
