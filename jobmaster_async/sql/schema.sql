@@ -56,7 +56,9 @@ CREATE TABLE {schema}.tasks (
 );
 
 -- The parameters as one jsonpath predicate that arguments without unknown keys match when they
--- fit: the same rules as _arguments_ok, run by jsonb_path_match in C (tasks.arguments_path).
+-- fit, run by jsonb_path_match in C (tasks.arguments_path): the one rule of argument validity,
+-- which _value_ok and _arguments_ok (functions/validation.sql) match too. NULL when an option is
+-- an object or an array (a jsonpath compares scalars only).
 CREATE FUNCTION {schema}._arguments_path(p_parameters jsonb)
 RETURNS jsonpath LANGUAGE plpgsql IMMUTABLE AS $$
 DECLARE
