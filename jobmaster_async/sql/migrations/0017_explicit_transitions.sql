@@ -20,12 +20,18 @@ ALTER TABLE {schema}.jobs ADD COLUMN IF NOT EXISTS reason text;
 -- Rows written with max_attempts mean the same with tries: a failure was retried while
 -- attempts < max_attempts, that is while attempts - max_attempts + retries + 1 <= retries. Only
 -- the rows whose tries are not 0 are written (no status changes: the triggers write no history).
-UPDATE {schema}.jobs AS j
-   SET tries = j.attempts - j.max_attempts + t.retries + 1
-  FROM {schema}.tasks AS t
- WHERE t.task_id = j.task_id AND j.attempts - j.max_attempts + t.retries + 1 <> 0;
-
-ALTER TABLE {schema}.jobs DROP COLUMN IF EXISTS max_attempts;
+-- Then max_attempts goes. (A schema whose tables are current already has no max_attempts: the
+-- migration is run again on it only by a deploy that lost its record, and changes nothing.)
+DO $$
+BEGIN
+    UPDATE {schema}.jobs AS j
+       SET tries = j.attempts - j.max_attempts + t.retries + 1
+      FROM {schema}.tasks AS t
+     WHERE t.task_id = j.task_id AND j.attempts - j.max_attempts + t.retries + 1 <> 0;
+    ALTER TABLE {schema}.jobs DROP COLUMN max_attempts;
+EXCEPTION WHEN undefined_column THEN
+    NULL;
+END $$;
 
 -- claim_jobs() returns tries where it returned max_attempts: a function's result columns cannot
 -- be replaced, so it is dropped here and created again by the functions (sql/functions/claim.sql).
