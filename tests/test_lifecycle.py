@@ -202,3 +202,25 @@ async def test_no_setting_silences_the_claim_s_history(jm: JobMaster, conn: asyn
         await conn.execute(f"SET LOCAL jobmaster.history_written = '{setting}'")
         await conn.execute(f"UPDATE {s}.jobs SET status = 'cancelled' WHERE job_id = $1", job_id)
     assert await events(jm, job_id) == [("waiting", "inserted"), ("cancelled", "cancelled")]
+
+
+async def test_a_plain_insert_cannot_skip_its_history(jm: JobMaster, conn: asyncpg.Connection) -> None:
+    """An insert is told by its history row, not by jobs.reason: a plain INSERT that writes the
+    reason a transition would (as a role allowed to insert jobs could) still gets its row, once,
+    and wakes the workers."""
+    s = q(jm)
+    wakes: list[str] = []
+    await conn.add_listener(jm.sql.channel, lambda *args: wakes.append(args[3]))
+    try:
+        job_id = await conn.fetchval(
+            f"INSERT INTO {s}.jobs (task_id, arguments, args_hash, status, reason) "
+            f"SELECT task_id, '{{\"a\": 7, \"b\": 8}}', md5('y')::uuid, 'waiting', 'inserted' FROM {s}.tasks "
+            "WHERE task_key = 'add' RETURNING job_id"
+        )
+        assert await events(jm, job_id) == [("waiting", "inserted")]
+        await conn.fetchval("SELECT 1")  # a NOTIFY is delivered between statements
+        assert "wake" in wakes
+    finally:
+        await conn.reset()
+    fast = await jm.insert_job(T, "add", 1, {"a": 9, "b": 9})  # the plain insert writes its own row
+    assert await events(jm, fast) == [("waiting", "inserted")]

@@ -16,8 +16,8 @@ ON CONFLICT (task_id, args_hash) WHERE status IN ('waiting', 'blocked', 'running
 -- Inserting jobs of a task without dependencies (nor "ALL"): each row of `waiting_jobs`
 -- (task_id, priority, arguments: canonical, args_hash: md5 of their text, is_dependency: the
 -- task's, run_at: the requested time or NULL, trace_context: the inserter's or NULL, reason:
--- 'inserted' when the statement writes the history rows itself, else NULL: the jobs_inserted
--- trigger writes them) becomes a waiting job, unless an
+-- 'inserted' when the statement writes the history rows itself, else NULL; the jobs_inserted
+-- trigger writes those of the jobs whose row it finds missing) becomes a waiting job, unless an
 -- identical job is active or an earlier row is identical; returns job_id and args_hash of the
 -- jobs inserted. A job asked for a future time is scheduled: it may run from then, and is out
 -- of the claim indexes until promoted (functions/claim.sql promote_due_jobs). queries.sql

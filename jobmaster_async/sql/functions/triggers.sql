@@ -14,17 +14,19 @@
 -- unblocked, failed, completed) and the plain insert (queries.sql insert_job_fast). Each sets
 -- jobs.reason to the reason of the history row it writes (fragment history).
 -- The statement-level triggers jobs_inserted and jobs_updated below write them for the rest:
--- the inserts that leave jobs.reason NULL (the library's other inserts, a client's plain
--- INSERT), and a status change that leaves jobs.reason as it was (a client's plain UPDATE; the
--- library writes none). A transition always changes
+-- the jobs inserted without their history row (the library's other inserts, a client's plain
+-- INSERT: whatever it wrote in jobs.reason), and a status change that leaves jobs.reason as it
+-- was (a client's plain UPDATE; the library writes none). A transition always changes
 -- jobs.reason (no status is entered twice in a row by the same reason), and the trigger sets it
 -- back to NULL on the rows it wrote the history of (a rare path: plain SQL), so "reason
 -- unchanged" means "written by plain SQL" for every row.
--- Why a column and not a setting, nor a look-up: no setting, which any client can change, decides
--- what is recorded; a role without rights on the tables (the web role, granted add_job) cannot
--- write the column; a role that can write the tables can already write anything, history
--- included. The test costs the trigger one join of its transition tables, no index probe per row
--- (benchmarks/README.md, "Hot-path statements write their own history").
+-- Why a column and not a setting, nor a look-up, for status changes: no setting, which any client
+-- can change, decides what is recorded; a role without rights on the tables (the web role,
+-- granted add_job) cannot write the column; a role that may update jobs can already write
+-- anything, history included. The test costs the trigger one join of its transition tables, no
+-- index probe per row (benchmarks/README.md, "Hot-path statements write their own history").
+-- Inserts are told by a look-up of their history row instead (a new job has no other), so that a
+-- role allowed to insert jobs, and no more, cannot skip their history by setting the column.
 -- A statement that is to write its own history sets jobs.reason as the transitions do, or leaves
 -- it to triggers.
 
@@ -41,16 +43,29 @@ RETURNS TABLE (node text, pid int) LANGUAGE sql STABLE AS $$
 $$;
 
 
--- History and NOTIFY of inserted jobs, but for those inserted with a reason (by a statement that
--- writes their history itself: queries.sql insert_job_fast; the contract above).
+-- History and NOTIFY of inserted jobs, but for those whose history row the inserting statement
+-- wrote itself (queries.sql insert_job_fast; the contract above). Told by that row, not by
+-- jobs.reason, which a role allowed to insert jobs could set: no insert skips its history. (An
+-- anti-join on job_events_job_idx: a probe per inserted job.)
 CREATE OR REPLACE FUNCTION {schema}._jobs_inserted()
 RETURNS trigger LANGUAGE plpgsql {search_path} AS $$
+DECLARE
+    v_wake boolean;
 BEGIN
-    INSERT INTO {schema}.job_events (job_id, status, reason, node, pid, message)
-    SELECT n.job_id, n.status, 'inserted', w.node, w.pid, n.message
-      FROM new_jobs AS n, {schema}._event_origin(NULL) AS w
-     WHERE n.reason IS NULL;
-    IF EXISTS (SELECT 1 FROM new_jobs WHERE status = 'waiting' AND reason IS NULL) THEN
+    WITH
+    -- the jobs inserted without their history row
+    unrecorded AS (
+        SELECT n.job_id, n.status, n.message FROM new_jobs AS n
+         WHERE NOT EXISTS (SELECT 1 FROM {schema}.job_events AS e WHERE e.job_id = n.job_id)
+    ),
+    -- their history rows
+    logged AS (
+        INSERT INTO {schema}.job_events (job_id, status, reason, node, pid, message)
+        SELECT u.job_id, u.status, 'inserted', w.node, w.pid, u.message
+          FROM unrecorded AS u, {schema}._event_origin(NULL) AS w
+    )
+    SELECT coalesce(bool_or(u.status = 'waiting'), false) INTO v_wake FROM unrecorded AS u;
+    IF v_wake THEN
         PERFORM pg_notify({channel}, 'wake');
     END IF;
     RETURN NULL;
