@@ -8,7 +8,6 @@ with, and the task's definition)."""
 from __future__ import annotations
 
 import dataclasses
-import enum
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -16,19 +15,9 @@ from datetime import datetime
 from typing import Any
 
 from .errors import InvalidJobId
+from .lifecycle import JobStatus
 
 __all__ = ("ACTIVE_STATUSES", "Job", "JobStatus", "PoppedJob", "as_job_id", "job_fields")
-
-
-class JobStatus(enum.StrEnum):
-    """A job's status; a plain string everywhere (``job.status == "complete"``)."""
-
-    WAITING = "waiting"
-    BLOCKED = "blocked"
-    RUNNING = "running"
-    COMPLETE = "complete"
-    FAILED = "failed"
-    CANCELLED = "cancelled"
 
 
 ACTIVE_STATUSES = frozenset({JobStatus.WAITING, JobStatus.BLOCKED, JobStatus.RUNNING})

@@ -282,9 +282,10 @@ async def web_role(jm: JobMaster, dsn: str, conn: asyncpg.Connection) -> AsyncIt
 async def test_the_web_role_cannot_switch_history_or_notify_off(
     jm: JobMaster, dsn: str, conn: asyncpg.Connection, setting: str
 ) -> None:
-    """jobmaster.history_written tells the library's own statements' triggers that the statement
-    wrote its history itself. Whatever a client sets it to, add_job and CALL insert_job write the
-    history of the job and of the dependency they create, and notify the workers."""
+    """jobmaster.history_written once told the library's triggers that a statement wrote its history
+    itself (the transitions now mark their rows instead: functions/triggers.sql). Whatever a client
+    sets it to, add_job and CALL insert_job write the history of the job and of the dependency
+    they create, and notify the workers."""
     async with web_role(jm, dsn, conn) as web, wakes(dsn, jm) as woken:
         await web.execute(f"SET jobmaster.history_written = '{setting}'")
         inserts = {

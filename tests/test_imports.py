@@ -21,6 +21,7 @@ LAYERS: list[tuple[str, ...]] = [
     (
         "errors",
         "storable",
+        "lifecycle",
         "jobs",
         "tasks",
         "parameters",

@@ -4,10 +4,11 @@
 have neither to respect, and for them the PL/pgSQL call is pure overhead. Those run
 ``claim_jobs_fast`` (queries.sql) instead, on a connection whose session settings are the planner
 settings ``claim_jobs()`` sets for itself (``Catalogue.claim_session_settings``, from the one
-source: sql/fragments.sql claim_settings); like ``claim_jobs()``, the statement turns
-synchronous_commit off for itself. It also says when the tasks do have limits (another deploy may
-have added one): then, and while the connection is busy with a concurrent claim, ``claim_jobs()``
-runs through the pool.
+source: db/sql.py CLAIM_SETTINGS); like ``claim_jobs()``, the statement turns
+synchronous_commit off for itself. Its one row holds the jobs claimed (arrays by position) and
+says whether the claim is the slow kind (the tasks have limits, which another deploy may have
+added, or a suspect is claimable): then, and while the connection is busy with a concurrent
+claim, ``claim_jobs()`` runs through the pool.
 
 Scheduled jobs (a future ``run_at``, a retry's backoff) are out of the claim's path until
 ``promote_due_jobs()`` makes them claimable (sql/functions/claim.sql). Each plain claim says when
@@ -31,9 +32,13 @@ from .dedicated import Dedicated
 from .pool import Connect, Pool
 from .sql import Catalogue
 
-__all__ = ("Claimer",)
+__all__ = ("CLAIMED", "Claimed", "Claimer")
 
 logger = logging.getLogger(__name__)
+
+#: A claimed job, as both claims return it: its columns are CLAIMED.
+Claimed = dict[str, Any]
+CLAIMED = ("job_id", "task_id", "priority", "arguments", "attempts", "tries", "trace_context")
 
 
 class Claimer:
@@ -57,9 +62,8 @@ class Claimer:
         #: due, as that claim said (None: none, or unknown)
         self._scheduled_due: float | None = None
 
-    async def claim(self, worker_id: uuid.UUID, task_ids: list[int], limit: int, units: int) -> list[asyncpg.Record]:
-        """Rows of claimed jobs (job_id, task_id, priority, arguments, attempts, max_attempts,
-        trace_context)."""
+    async def claim(self, worker_id: uuid.UUID, task_ids: list[int], limit: int, units: int) -> list[Claimed]:
+        """The claimed jobs (job_id, task_id, priority, arguments, attempts, tries, trace_context)."""
         self.due_in_known = False
         if not self._lock.locked():
             async with self._lock:
@@ -75,23 +79,36 @@ class Claimer:
                 return rows
         pool = await self._pool()
         rows = await pool.fetch(self.sql["claim_jobs"], worker_id, task_ids, limit, units, timeout=self.timeout)
-        return rows
+        return [dict(row) for row in rows]
 
     def _scheduled_is_due(self) -> bool:
         return self._scheduled_due is not None and time.monotonic() >= self._scheduled_due
 
     async def _claim_fast(
         self, worker_id: uuid.UUID, task_ids: list[int], limit: int, units: int
-    ) -> list[asyncpg.Record] | None:
-        rows: list[asyncpg.Record] = await self._run("fetch", "claim_jobs_fast", worker_id, task_ids, limit, units)
-        marker = rows.pop()
-        scheduled_in = marker["scheduled_in"]
+    ) -> list[Claimed] | None:
+        """The jobs claimed by the plain statement, or None when the claim is the slow kind."""
+        row: asyncpg.Record = await self._run("fetchrow", "claim_jobs_fast", worker_id, task_ids, limit, units)
+        scheduled_in = row["scheduled_in"]
         self._scheduled_due = None if scheduled_in is None else time.monotonic() + scheduled_in
-        if marker["slow"]:
+        if row["slow"]:
             return None
-        if len(rows) < limit:
-            self.due_in, self.due_in_known = marker["due_in"], True
-        return rows
+        claimed = [
+            dict(zip(CLAIMED, values, strict=True))
+            for values in zip(
+                row["job_ids"],
+                row["task_ids"],
+                row["priorities"],
+                row["arguments"],
+                row["attempts"],
+                row["tries"],
+                row["trace_contexts"],
+                strict=True,
+            )
+        ]
+        if len(claimed) < limit:
+            self.due_in, self.due_in_known = row["due_in"], True
+        return claimed
 
     async def _promote(self) -> None:
         """Makes the scheduled jobs that fell due claimable (and wakes the workers)."""

@@ -9,13 +9,38 @@ from dataclasses import dataclass
 from functools import cache, cached_property
 from importlib import resources
 
-__all__ = ("FUNCTIONS", "Catalogue", "Migration", "channel_name", "check_schema_name", "quote_identifier")
+__all__ = (
+    "CLAIM_SETTINGS",
+    "FUNCTIONS",
+    "Catalogue",
+    "Migration",
+    "channel_name",
+    "check_schema_name",
+    "quote_identifier",
+)
 
 _BLOCK = re.compile(r"^-- name: (\w+)\s*$", re.MULTILINE)
 _MIGRATION = re.compile(r"^(\d{4})_\w+\.sql$")
 _FRAGMENT = re.compile(r"^-- fragment: (\w+)\s*$", re.MULTILINE)
-_PLACEHOLDER = re.compile(r"\{(?:schema|channel|search_path|entry_point|fragment:\w+)\}|\$\$")
-_SET_CLAUSE = re.compile(r"SET (\w+) = (\w+)")
+_PLACEHOLDER = re.compile(r"\{(?:schema|channel|search_path|entry_point|claim_settings|fragment:\w+)\}|\$\$")
+
+#: The planner settings of every claim: SET clauses of claim_jobs() and promote_due_jobs()
+#: (placeholder ``{claim_settings}``), and the session settings of the claimer's connection, which
+#: runs claim_jobs_fast (``Catalogue.claim_session_settings``); this is their one source. A queue
+#: table's statistics are always stale: with sorts allowed, a plan that reads every waiting job and
+#: sorts them looks cheaper than walking the claim index in order, and is far slower. Before
+#: PostgreSQL 18 a disabled plan node is given a huge cost, which would make JIT compile every
+#: claim: hence jit off. Bitmap scans are off because they never mark the index entries of
+#: finished jobs dead: until vacuum, every count of a task's running jobs would visit the table for
+#: each finished job of the task (migration 0006). Incremental sorts are off with sorts: a probe of
+#: the suspects must go along jobs_suspects_idx, in an order no other index gives in full
+#: (migration 0016).
+CLAIM_SETTINGS = (
+    ("enable_sort", "off"),
+    ("enable_incremental_sort", "off"),
+    ("jit", "off"),
+    ("enable_bitmapscan", "off"),
+)
 
 #: The files of ``sql/functions/``, in the order deploy() runs them: a SQL-language function's body
 #: is checked when it is created, so what it calls comes first.
@@ -127,9 +152,9 @@ class Catalogue:
             "{channel}": f"'{self.channel}'",
             # trigger functions: the pinned settings above
             "{search_path}": pinned,
-            # the SQL entry points: the same; each also says first that the triggers write its
-            # history (fragment history_by_triggers), so no caller can switch history and NOTIFY off
+            # the SQL entry points: the same
             "{entry_point}": pinned,
+            "{claim_settings}": " ".join(f"SET {name} = {value}" for name, value in CLAIM_SETTINGS),
             "$$": _dollar_tag(schema),
         }
         # each fragment rendered once, with the fragments above it in place
@@ -161,13 +186,9 @@ class Catalogue:
 
     @cached_property
     def claim_session_settings(self) -> str:
-        """claim_jobs()'s planner settings (fragment claim_settings, their one source) as the
-        statements that make them the session settings of the connection that runs claim_jobs_fast."""
-        clauses = self._values["{fragment:claim_settings}"]
-        settings = [f"SET {name} = {value}" for name, value in _SET_CLAUSE.findall(clauses)]
-        if " ".join(settings) != " ".join(clauses.split()):
-            raise ValueError(f"fragment claim_settings holds more than SET clauses: {clauses!r}")
-        return "; ".join(settings)
+        """The claim's planner settings (CLAIM_SETTINGS, their one source) as the statements that make
+        them the session settings of the connection that runs claim_jobs_fast."""
+        return "; ".join(f"SET {name} = {value}" for name, value in CLAIM_SETTINGS)
 
     @cached_property
     def queries(self) -> dict[str, str]:

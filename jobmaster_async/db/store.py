@@ -19,7 +19,7 @@ from typing import Any
 
 import asyncpg
 
-from .claimer import Claimer
+from .claimer import Claimed, Claimer
 from .connection import read_only
 from .deploy import deploy_schema
 from .insights import Insights
@@ -205,9 +205,9 @@ class Store:
                 return
             await conn.execute(self.sql["remove_worker"], worker_id, timeout=self.timeout)
 
-    async def claim(self, worker_id: uuid.UUID, task_ids: list[int], limit: int, units: int) -> list[asyncpg.Record]:
-        """Rows of claimed jobs (job_id, task_id, priority, arguments, attempts, max_attempts,
-        trace_context)."""
+    async def claim(self, worker_id: uuid.UUID, task_ids: list[int], limit: int, units: int) -> list[Claimed]:
+        """The claimed jobs (db/claimer.py CLAIMED: job_id, task_id, priority, arguments, attempts,
+        tries, trace_context)."""
         return await self.claimer.claim(worker_id, task_ids, limit, units)
 
     async def seconds_to_next_run(self, task_ids: list[int]) -> float | None:

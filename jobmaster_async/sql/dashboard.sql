@@ -90,9 +90,9 @@ SELECT pg_catalog.to_regclass($1) IS NOT NULL
 -- page only. Columns cut: arguments and message at $6 characters (the list shows the start).
 -- "After $1" is one condition on the key (no "$1 IS NULL OR ..."), so that the plan the server
 -- caches for these parameters, whatever they are, starts the walk at $1.
-SELECT p.job_id, t.type_key, t.task_key, p.status, p.priority, p.attempts, p.max_attempts,
+SELECT p.job_id, t.type_key, t.task_key, p.status, p.priority, p.attempts, p.attempts - p.tries + t.retries + 1 AS max_attempts,
        p.created_at, p.started_at, p.finished_at, p.run_at, p.run_after, p.arguments, p.message
-  FROM (SELECT j.job_id, j.task_id, j.status, j.priority, j.attempts, j.max_attempts, j.created_at,
+  FROM (SELECT j.job_id, j.task_id, j.status, j.priority, j.attempts, j.tries, j.created_at,
                j.started_at, j.finished_at, j.run_at, j.run_after,
                pg_catalog.left(j.arguments::text, $6) AS arguments, pg_catalog.left(j.message, $6) AS message
           FROM (SELECT s.* FROM {schema}.jobs AS s
@@ -115,9 +115,9 @@ SELECT p.job_id, t.type_key, t.task_key, p.status, p.priority, p.attempts, p.max
 -- finished jobs, so they are found through the partial indexes of the active statuses (the
 -- first condition lets even a generic plan use them) and every one is looked at (no scan
 -- bound). $1: after this job; $3: task; $4: text; $5: cut; $6: how many (as jobs_page).
-SELECT p.job_id, t.type_key, t.task_key, p.status, p.priority, p.attempts, p.max_attempts,
+SELECT p.job_id, t.type_key, t.task_key, p.status, p.priority, p.attempts, p.attempts - p.tries + t.retries + 1 AS max_attempts,
        p.created_at, p.started_at, p.finished_at, p.run_at, p.run_after, p.arguments, p.message
-  FROM (SELECT j.job_id, j.task_id, j.status, j.priority, j.attempts, j.max_attempts, j.created_at,
+  FROM (SELECT j.job_id, j.task_id, j.status, j.priority, j.attempts, j.tries, j.created_at,
                j.started_at, j.finished_at, j.run_at, j.run_after,
                pg_catalog.left(j.arguments::text, $5) AS arguments, pg_catalog.left(j.message, $5) AS message
           FROM {schema}.jobs AS j

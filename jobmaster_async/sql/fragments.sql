@@ -14,45 +14,51 @@ ON CONFLICT (task_id, args_hash) WHERE status IN ('waiting', 'blocked', 'running
 
 -- fragment: insert_waiting
 -- Inserting jobs of a task without dependencies (nor "ALL"): each row of `waiting_jobs`
--- (task_id, priority, arguments: canonical, args_hash: md5 of their text, is_dependency and
--- retries: the task's, run_at: the requested time or NULL, trace_context: the inserter's or
--- NULL) becomes a waiting job, unless an
+-- (task_id, priority, arguments: canonical, args_hash: md5 of their text, is_dependency: the
+-- task's, run_at: the requested time or NULL, trace_context: the inserter's or NULL, reason:
+-- 'inserted' when the statement writes the history rows itself, else NULL; the jobs_inserted
+-- trigger writes those of the jobs whose row it finds missing) becomes a waiting job, unless an
 -- identical job is active or an earlier row is identical; returns job_id and args_hash of the
 -- jobs inserted. A job asked for a future time is scheduled: it may run from then, and is out
 -- of the claim indexes until promoted (functions/claim.sql promote_due_jobs). queries.sql
 -- insert_job_fast and _insert_waiting (functions/insert.sql) are its two users.
-INSERT INTO {schema}.jobs AS j (task_id, priority, arguments, args_hash, status, is_dependency, max_attempts,
-                                run_at, run_after, scheduled, trace_context)
-SELECT w.task_id, w.priority, w.arguments, w.args_hash, 'waiting', w.is_dependency, w.retries + 1,
+INSERT INTO {schema}.jobs AS j (task_id, priority, arguments, args_hash, status, is_dependency,
+                                run_at, run_after, scheduled, trace_context, reason)
+SELECT w.task_id, w.priority, w.arguments, w.args_hash, 'waiting', w.is_dependency,
        w.run_at, greatest(pg_catalog.now(), w.run_at), coalesce(w.run_at > pg_catalog.now(), false),
-       w.trace_context
+       w.trace_context, w.reason
   FROM waiting_jobs AS w
 {fragment:unless_active_twin}
 RETURNING j.job_id, j.args_hash
 
+-- fragment: claimable
+-- A job of jobs AS j that a claim may take now: waiting, not scheduled (in the claim indexes:
+-- their predicate), due. Every claim and every "is one claimable?" says it with this.
+j.status = 'waiting' AND NOT j.scheduled AND j.run_after <= pg_catalog.now()
+
+-- fragment: limits_apply
+-- Is this claim the slow kind: must it respect a process_limit, or could its jobs exceed its
+-- units budget? Asked of the claim's request, a row `r` (task_ids int[], lim int: how many jobs,
+-- units int: the free process units). Then claim_jobs() takes the way that respects them;
+-- queries.sql claim_jobs_fast claims nothing and says so.
+EXISTS (SELECT 1 FROM {schema}.tasks AS t
+         WHERE t.task_id = ANY (r.task_ids)
+           AND (t.process_limit IS NOT NULL OR t.process_units * r.lim > r.units))
+
 -- fragment: claim
 -- The claim: the jobs of `to_claim` (job_id, worker_id), which the statement has locked, run for
--- that worker; attempts counts the start (it never decreases: fencing relies on it). Returns
--- what claim_jobs() returns (trace_context: the worker's span of the run is a child of it). queries.sql claim_jobs_fast and both ways of claim_jobs() use it.
+-- that worker; attempts counts the start (it never decreases: fencing relies on it), and so do
+-- tries (the starts that count against the task's retries: lifecycle.py). Returns what
+-- claim_jobs() returns (trace_context: the worker's span of the run is a child of it), and the
+-- columns of the history (fragment history), which the statement writes itself.
+-- queries.sql claim_jobs_fast and both ways of claim_jobs() use it.
 UPDATE {schema}.jobs AS j
-   SET status = 'running', worker_id = c.worker_id, attempts = j.attempts + 1,
-       started_at = pg_catalog.now(), message = NULL
+   SET status = 'running', worker_id = c.worker_id, attempts = j.attempts + 1, tries = j.tries + 1,
+       started_at = pg_catalog.now(), message = NULL, reason = 'claimed'
   FROM to_claim AS c
  WHERE j.job_id = c.job_id
-RETURNING j.job_id, j.task_id, j.priority, j.arguments, j.attempts, j.max_attempts, j.trace_context
-
--- fragment: claim_settings
--- The planner settings of every claim, as SET clauses of claim_jobs(); the claimer's connection,
--- which runs claim_jobs_fast, takes the same as its session settings
--- (Catalogue.claim_session_settings): this is their one source. A queue table's statistics are
--- always stale: with sorts allowed, a plan that reads every waiting job and sorts them looks
--- cheaper than walking the claim index in order, and is far slower. Before PostgreSQL 18 a
--- disabled plan node is given a huge cost, which would make JIT compile every claim: hence
--- jit off. Bitmap scans are off because they never mark the index entries of finished jobs
--- dead: until vacuum, every count of a task's running jobs would visit the table for each
--- finished job of the task (migration 0006). Incremental sorts are off with sorts: a probe of the
--- suspects must go along jobs_suspects_idx, in an order no other index gives in full (migration 0016).
-SET enable_sort = off SET enable_incremental_sort = off SET jit = off SET enable_bitmapscan = off
+RETURNING j.job_id, j.task_id, j.priority, j.arguments, j.attempts, j.tries, j.trace_context,
+          j.status, j.reason, j.worker_id, j.message
 
 -- fragment: runs_no_suspect
 -- Does worker p_worker run no suspect (suspects run one per worker: DESIGN 9 "Lost workers")? In
@@ -91,19 +97,12 @@ j.job_id = ANY (p_ids)
    AND j.status IS NOT DISTINCT FROM 'running' AND j.worker_id IS NOT DISTINCT FROM p_worker
    AND j.attempts = p_attempts[pg_catalog.array_position(p_ids, j.job_id)]
 
--- fragment: own_history
--- Said by a statement that writes its own history rows, in an expression it evaluates before it
--- writes (the contract: functions/triggers.sql).
-pg_catalog.set_config('jobmaster.history_written', 'on', true)
-
--- fragment: history_by_triggers
--- Said first by every entry point (whatever a caller set, the triggers write the history of what
--- the function does), and after a statement that wrote its own history when the transaction goes
--- on (complete_jobs): the triggers write the history of what follows. A call in the body, not a
--- SET clause on the function: CREATE FUNCTION ... SET of a custom setting needs a privilege on
--- the parameter that the schema's owner does not have (PostgreSQL 15+).
-pg_catalog.set_config('jobmaster.history_written', 'off', true)
-
--- fragment: history_written
--- Asked by the history triggers: did the statement write its own history rows?
-pg_catalog.current_setting('jobmaster.history_written', true) = 'on'
+-- fragment: history
+-- The history of a transition (the contract: functions/triggers.sql): a job_events row for each
+-- row of `changed` (job_id, status, reason, worker_id, message: a transition function's UPDATE
+-- ... RETURNING, which set jobs.reason to the same reason), with the worker's node and pid (else
+-- the client's). The body of a CTE.
+INSERT INTO {schema}.job_events (job_id, status, reason, worker_id, node, pid, message)
+SELECT c.job_id, c.status, c.reason, c.worker_id, w.node, w.pid, c.message
+  FROM changed AS c
+ CROSS JOIN LATERAL {schema}._event_origin(c.worker_id) AS w

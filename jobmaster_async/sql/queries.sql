@@ -25,13 +25,13 @@ task AS (
        AND pg_catalog.jsonb_array_length(t.dependencies) = 0 AND pg_catalog.cardinality(t.write_all) = 0
 ),
 -- the job to insert, if its arguments fit (canonical); this statement writes its own history
--- (logged), so the jobs_inserted trigger skips it (the contract: functions/triggers.sql)
+-- (logged), so it gives the reason, and the jobs_inserted trigger skips the job (the contract:
+-- functions/triggers.sql)
 waiting_jobs AS (
     SELECT t.task_id, coalesce($3, 0) AS priority, c.args AS arguments,
-           pg_catalog.md5(c.args::text)::uuid AS args_hash, t.is_dependency, t.retries,
+           pg_catalog.md5(c.args::text)::uuid AS args_hash, t.is_dependency,
            coalesce($5::timestamptz, pg_catalog.now() + $6::interval) AS run_at,
-           {schema}._trace_context($7, $8) AS trace_context,
-           {fragment:own_history} AS own_history
+           {schema}._trace_context($7, $8) AS trace_context, 'inserted' AS reason
       FROM task AS t
      -- OFFSET 0 keeps the subquery whole, so the arguments are made canonical once, not once for
      -- each use of c.args below
@@ -60,49 +60,51 @@ SELECT {schema}._insert_jobs($1, $2, $3, ARRAY(SELECT e.a FROM pg_catalog.jsonb_
                              {schema}._trace_context($7, $8))
 
 -- name: claim_jobs
-SELECT job_id, task_id, priority, arguments, attempts, max_attempts, trace_context
+SELECT job_id, task_id, priority, arguments, attempts, tries, trace_context
   FROM {schema}.claim_jobs($1, $2, $3, $4)
 
 -- name: claim_jobs_fast
 -- The common claim as one plain statement (db/claimer.py): when none of the tasks $2 has a
 -- process_limit, the units budget $4 cannot be exceeded by $3 jobs, and no suspect of these tasks
--- is claimable. Otherwise nothing is claimed and the last row says slow: claim_jobs() must be
--- used (it takes suspects one per worker). The last row (job_id NULL) also
--- says in how many seconds the earliest scheduled job of these tasks falls due (scheduled_in;
--- NULL: none; at most 0 when one is due, which the claimer then promotes: promote_due_jobs), and
--- in how many a job of theirs may be claimable (due_in: 0 when one this claim skipped is, else
--- scheduled_in; only computed when fewer than $3 were claimed, for the dispatcher's idle wait).
+-- is claimable. Returns one row: the jobs claimed, as arrays by position (job_ids, task_ids,
+-- priorities, arguments, attempts, tries, trace_contexts: empty when none); slow: nothing was
+-- claimed because claim_jobs() must do it (limits, or a claimable suspect: it takes suspects one
+-- per worker); scheduled_in: in how many seconds the earliest scheduled job of these tasks falls
+-- due (NULL: none; at most 0 when one is due, which the claimer then promotes: promote_due_jobs);
+-- due_in: in how many a job of theirs may be claimable (0 when one this claim skipped is, else
+-- scheduled_in; only computed when fewer than $3 were claimed, for the dispatcher's idle wait;
+-- NULL otherwise).
 WITH
+-- the claim's request, as fragment limits_apply asks it
+request AS (
+    SELECT $2::int[] AS task_ids, $3::int AS lim, $4::int AS units
+),
 -- must this claim respect limits, or is a suspect of these tasks claimable (suspects run one per
 -- worker: DESIGN 9 "Lost workers")? Then claim_jobs() does it and this claims nothing. The second
 -- is a probe of jobs_suspects_idx, empty while no worker is lost: the claim costs the same
 -- then, and claims take the slower way only while suspects wait. (In that index's order, which
 -- no other index gives: not an EXISTS, which would drop the order; why: migration 0016.)
 mode AS (
-    SELECT EXISTS (SELECT 1 FROM {schema}.tasks AS t
-                    WHERE t.task_id = ANY ($2::int[])
-                      AND (t.process_limit IS NOT NULL OR t.process_units * $3 > $4))
+    SELECT (SELECT {fragment:limits_apply} FROM request AS r)
            OR (SELECT true FROM {schema}.jobs AS j
                 WHERE j.status = 'waiting' AND NOT j.scheduled AND j.suspect_of IS NOT NULL
                   AND j.task_id = ANY ($2::int[])
                 ORDER BY j.status, j.priority DESC, j.seq, j.suspect_of
                 LIMIT 1) IS NOT NULL AS slow,
-           -- this statement writes its own history (logged): the jobs_updated trigger skips it
-           {fragment:own_history} AS own_history,
            {fragment:claim_commit} AS claim_commit
 ),
 -- the next runnable jobs, locked; rows other claimers hold are skipped (no suspect: while one
 -- is claimable this claims nothing, above; the test is a filter on rows read anyway)
 to_claim AS (
     SELECT j.job_id, $1::uuid AS worker_id FROM {schema}.jobs AS j
-     WHERE j.status = 'waiting' AND NOT j.scheduled AND j.run_after <= pg_catalog.now()
+     WHERE {fragment:claimable}
        AND j.task_id = ANY ($2::int[]) AND j.suspect_of IS NULL AND NOT (SELECT m.slow FROM mode AS m)
      ORDER BY j.priority DESC, j.seq
      LIMIT $3
        FOR NO KEY UPDATE SKIP LOCKED
 ),
 -- the jobs, running for this worker
-claimed AS (
+changed AS (
 {fragment:claim}
 ),
 -- the earliest scheduled job of these tasks: the first entry of jobs_scheduled_idx, in time order
@@ -114,34 +116,35 @@ next_scheduled AS (
 ),
 -- the history: a 'running' event per job
 logged AS (
-    INSERT INTO {schema}.job_events (job_id, status, reason, worker_id, node, pid)
-    SELECT c.job_id, 'running', 'claimed', $1, w.node, w.pid
-      FROM claimed AS c, {schema}._event_origin($1) AS w
+{fragment:history}
 )
-SELECT c.job_id, c.task_id, c.priority, c.arguments, c.attempts, c.max_attempts, c.trace_context,
-       NULL::float8 AS due_in, NULL::float8 AS scheduled_in, NULL::boolean AS slow
-  FROM claimed AS c
-UNION ALL
-SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL,
+SELECT coalesce(pg_catalog.array_agg(c.job_id), '{}') AS job_ids,
+       coalesce(pg_catalog.array_agg(c.task_id), '{}') AS task_ids,
+       coalesce(pg_catalog.array_agg(c.priority), '{}') AS priorities,
+       coalesce(pg_catalog.array_agg(c.arguments), '{}') AS arguments,
+       coalesce(pg_catalog.array_agg(c.attempts), '{}') AS attempts,
+       coalesce(pg_catalog.array_agg(c.tries), '{}') AS tries,
+       coalesce(pg_catalog.array_agg(c.trace_context), '{}') AS trace_contexts,
+       (SELECT m.slow FROM mode AS m) AS slow,
+       (SELECT pg_catalog.date_part('epoch', s.run_after) - pg_catalog.date_part('epoch', pg_catalog.clock_timestamp())
+          FROM next_scheduled AS s) AS scheduled_in,
        (SELECT pg_catalog.date_part('epoch', least(
                    -- a claimable job this claim did not take (another claimer holds it), found
                    -- along the claim index as to_claim is: an EXISTS would let statistics that
                    -- are stale (as a queue's always are) pick a scan of the whole table
                    (SELECT pg_catalog.now() FROM {schema}.jobs AS j
-                     WHERE j.status = 'waiting' AND NOT j.scheduled AND j.task_id = ANY ($2::int[])
+                     WHERE {fragment:claimable} AND j.task_id = ANY ($2::int[])
                        -- not a suspect: one may be what this worker may not take now (it runs
                        -- one), which would make it claim again at once until that one ends
                        AND j.suspect_of IS NULL
                        -- this statement's snapshot still sees the jobs it claimed as waiting
-                       AND NOT EXISTS (SELECT 1 FROM claimed AS c WHERE c.job_id = j.job_id)
+                       AND NOT EXISTS (SELECT 1 FROM changed AS c WHERE c.job_id = j.job_id)
                      ORDER BY j.priority DESC, j.seq
                      LIMIT 1),
                    n.run_after)) - pg_catalog.date_part('epoch', pg_catalog.clock_timestamp())
           FROM (SELECT (SELECT s.run_after FROM next_scheduled AS s) AS run_after) AS n
-         WHERE (SELECT pg_catalog.count(*) FROM claimed) < $3 AND NOT (SELECT m.slow FROM mode AS m)),
-       (SELECT pg_catalog.date_part('epoch', s.run_after) - pg_catalog.date_part('epoch', pg_catalog.clock_timestamp())
-          FROM next_scheduled AS s),
-       (SELECT m.slow FROM mode AS m)
+         WHERE (SELECT pg_catalog.count(*) FROM changed) < $3 AND NOT (SELECT m.slow FROM mode AS m)) AS due_in
+  FROM changed AS c
 
 -- name: complete_jobs
 SELECT {schema}.complete_jobs($1, $2, $3, $4::text[]::jsonb[])
@@ -187,7 +190,7 @@ SELECT task_id, type_key, task_key FROM {schema}.tasks
 
 -- name: get_job
 SELECT j.job_id, t.type_key, t.task_key, j.priority, j.arguments, j.status, j.attempts,
-       j.max_attempts, j.result, j.message, j.error_type, j.traceback, j.is_parent,
+       j.attempts - j.tries + t.retries + 1 AS max_attempts, j.result, j.message, j.error_type, j.traceback, j.is_parent,
        j.created_at, j.started_at, j.finished_at, j.run_after, j.worker_id, j.rescues, j.run_at,
        j.trace_context
   FROM {schema}.jobs AS j JOIN {schema}.tasks AS t ON t.task_id = j.task_id
@@ -195,7 +198,7 @@ SELECT j.job_id, t.type_key, t.task_key, j.priority, j.arguments, j.status, j.at
 
 -- name: list_jobs
 SELECT j.job_id, t.type_key, t.task_key, j.priority, j.arguments, j.status, j.attempts,
-       j.max_attempts, j.result, j.message, j.error_type, j.traceback, j.is_parent,
+       j.attempts - j.tries + t.retries + 1 AS max_attempts, j.result, j.message, j.error_type, j.traceback, j.is_parent,
        j.created_at, j.started_at, j.finished_at, j.run_after, j.worker_id, j.rescues, j.run_at,
        j.trace_context
   FROM {schema}.jobs AS j JOIN {schema}.tasks AS t ON t.task_id = j.task_id

@@ -56,7 +56,9 @@ CREATE TABLE {schema}.tasks (
 );
 
 -- The parameters as one jsonpath predicate that arguments without unknown keys match when they
--- fit: the same rules as _arguments_ok, run by jsonb_path_match in C (tasks.arguments_path).
+-- fit, run by jsonb_path_match in C (tasks.arguments_path): the one rule of argument validity,
+-- which _value_ok and _arguments_ok (functions/validation.sql) match too. NULL when an option is
+-- an object or an array (a jsonpath compares scalars only).
 CREATE FUNCTION {schema}._arguments_path(p_parameters jsonb)
 RETURNS jsonpath LANGUAGE plpgsql IMMUTABLE AS $$
 DECLARE
@@ -194,9 +196,8 @@ CREATE TABLE {schema}.jobs (
     is_parent      boolean NOT NULL DEFAULT false,
     is_dependency  boolean NOT NULL DEFAULT false,
     abandoned      boolean NOT NULL DEFAULT false,
-    -- starts so far (rescues included; never decreases: fencing), and how many it may have
+    -- starts so far (releases and rescues included; never decreases: fencing)
     attempts       int NOT NULL DEFAULT 0,
-    max_attempts   int NOT NULL DEFAULT 1,
     -- when: runnable from; inserted; started (this attempt); finished
     run_after      timestamptz NOT NULL DEFAULT now(),
     created_at     timestamptz NOT NULL DEFAULT now(),
@@ -218,7 +219,13 @@ CREATE TABLE {schema}.jobs (
     -- the W3C trace context it was inserted in: {"traceparent": ..., "tracestate": ...} (NULL: none)
     trace_context  jsonb,
     -- a suspect: put back from a lost worker (this one), it may have killed it (NULL: not one)
-    suspect_of     uuid
+    suspect_of     uuid,
+    -- the starts that count against the task's retries since the job was (re)queued: a claim
+    -- adds one, a release or a rescue gives it back, a requeue starts again at 0 (migration 0017)
+    tries          int NOT NULL DEFAULT 0,
+    -- the reason the last transition function gave for the status (NULL: plain SQL wrote it):
+    -- how the history trigger tells a client's plain SQL (functions/triggers.sql)
+    reason         text
 ) WITH (
     -- autovacuum fit for a queue: the reasons are in migrations/0014_retention.sql
     autovacuum_vacuum_scale_factor = 0.01,

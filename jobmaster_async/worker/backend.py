@@ -16,7 +16,7 @@ from collections.abc import Sequence
 
 import asyncpg
 
-from .. import tracing
+from .. import lifecycle, tracing
 from ..db.store import Store
 from ..jobs import Job, JobStatus, PoppedJob
 from ..settings import JobMasterSettings
@@ -24,7 +24,7 @@ from ..tasks import Registry, TaskDefinition
 from .executors import DaemonThreadPool, Outcome, OutcomeLimits, run_task
 from .maintenance import Maintenance
 from .outage import Outage
-from .outcomes import Claim, log_outcome, outcome_name, record_outcomes
+from .outcomes import Claim, log_outcome, outcome_name, record_outcomes, retry_delay
 from .pruner import Pruner
 from .signals import Signal
 
@@ -153,7 +153,7 @@ class WorkerBackend:
                 priority=row["priority"],
                 arguments=row["arguments"],
                 attempts=row["attempts"],
-                max_attempts=row["max_attempts"],
+                tries=row["tries"],
                 trace_context=row["trace_context"],
             )
             for row in rows
@@ -177,7 +177,7 @@ class WorkerBackend:
             arguments=claim.arguments,
             status=JobStatus.RUNNING,
             attempts=claim.attempts,
-            max_attempts=claim.max_attempts,
+            max_attempts=lifecycle.max_attempts(claim.attempts, claim.tries, claim.definition.retries),
             worker_id=self.worker_id,
             trace_context=claim.trace_context,
             _executor=lambda j: self._execute_popped(j, claim),
@@ -215,7 +215,7 @@ class WorkerBackend:
         if outcome.ok:
             job.status, job.result = JobStatus.COMPLETE, outcome.result
         else:
-            retrying = not outcome.final and claim.attempts < claim.max_attempts
+            retrying = retry_delay(claim, outcome, self.settings.retry_backoff) is not None
             job.status = JobStatus.WAITING if retrying else JobStatus.FAILED
             job.error_type, job.message, job.traceback = outcome.error_type, outcome.message, outcome.traceback
 

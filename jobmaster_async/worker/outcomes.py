@@ -8,6 +8,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from .. import lifecycle
 from ..db.faults import refused_statement
 from ..db.store import Store
 from ..tasks import TaskDefinition
@@ -26,8 +27,6 @@ __all__ = (
 
 logger = logging.getLogger(__name__)
 
-MAX_RETRY_DELAY = 3600.0
-
 
 @dataclass(frozen=True, slots=True)
 class Claim:
@@ -38,24 +37,16 @@ class Claim:
     priority: int
     arguments: dict[str, Any]
     attempts: int
-    max_attempts: int
+    #: the starts that count against the task's retries, this one included (lifecycle.py)
+    tries: int
     #: the W3C trace context it was inserted in (a dict of the headers), or None (tracing.py)
     trace_context: Any = None
 
 
 def retry_delay(claim: Claim, outcome: Outcome, backoff: float) -> float | None:
-    """Seconds until the next attempt (exponential), or None when attempts are used up or the
-    failure is final."""
-    if outcome.final or claim.attempts >= claim.max_attempts:
-        return None
-    return float(min(backoff * 2.0 ** (retry_number(claim) - 1), MAX_RETRY_DELAY))
-
-
-def retry_number(claim: Claim) -> int:
-    """Which retry of its task's ``retries`` the next attempt is (1 for the first). Starts given
-    back (rescues, releases) and a requeue by ``retry(id)`` raise ``max_attempts`` instead of
-    using retries, so the count is taken from the end."""
-    return claim.attempts - (claim.max_attempts - claim.definition.retries - 1)
+    """Seconds until the next attempt, or None when the failure is final (the retry policy:
+    lifecycle.retry_delay, from the task's definition)."""
+    return lifecycle.retry_delay(claim.definition.retries, claim.tries, outcome.final, backoff)
 
 
 def outcome_name(claim: Claim, outcome: Outcome, backoff: float) -> str:
@@ -82,7 +73,7 @@ def log_outcome(claim: Claim, outcome: Outcome, seconds: float, backoff: float) 
         return
     error = f"{outcome.error_type}: {outcome.message}"
     if delay is not None:
-        retries, retry = claim.definition.retries, retry_number(claim)
+        retries, retry = claim.definition.retries, claim.tries
         logger.warning(
             "job %s (%s) failed in %.3fs: %s; retry %d of %d in %gs",
             job,

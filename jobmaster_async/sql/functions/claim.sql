@@ -15,11 +15,10 @@
 CREATE OR REPLACE FUNCTION {schema}.promote_due_jobs(p_max int DEFAULT 1000)
 RETURNS int
 -- the planner settings of every claim (why: the fragment)
-LANGUAGE plpgsql {entry_point} {fragment:claim_settings} AS $$
+LANGUAGE plpgsql {entry_point} {claim_settings} AS $$
 DECLARE
     v_due uuid[];
 BEGIN
-    PERFORM {fragment:history_by_triggers};
     -- lost in a crash, a promotion is made again by the next one
     PERFORM {fragment:claim_commit};
     SELECT array_agg(d.job_id) INTO v_due
@@ -31,7 +30,7 @@ BEGIN
     IF v_due IS NULL THEN
         RETURN 0;
     END IF;
-    -- no status changes: the history trigger writes nothing, so the wake-up is said here
+    -- no status changes (no history), but jobs became claimable: the workers are woken
     UPDATE {schema}.jobs SET scheduled = false WHERE job_id = ANY (v_due);
     PERFORM pg_notify({channel}, 'wake');
     RETURN cardinality(v_due);
@@ -43,12 +42,11 @@ END $$;
 CREATE OR REPLACE FUNCTION {schema}.claim_jobs(
     p_worker uuid, p_task_ids int[], p_limit int, p_units int)
 RETURNS TABLE (job_id uuid, task_id int, priority int, arguments jsonb, attempts int,
-               max_attempts int, trace_context jsonb)
+               tries int, trace_context jsonb)
 -- the planner settings of every claim (why: the fragment)
-LANGUAGE plpgsql {entry_point} {fragment:claim_settings} AS $$
+LANGUAGE plpgsql {entry_point} {claim_settings} AS $$
 DECLARE
     v_limited   int[];
-    v_max_units int;
     v_eligible  int[];
     v_caps      int[];
     v_ids       uuid[] := '{}';
@@ -58,15 +56,12 @@ DECLARE
     -- suspects run one per worker: may this claim take one? (NULL: not asked yet)
     v_suspect   boolean;
 BEGIN
-    PERFORM {fragment:history_by_triggers};
     PERFORM {fragment:claim_commit};
     -- scheduled jobs that fell due become claimable first (an index probe when none did)
     PERFORM {schema}.promote_due_jobs();
-    SELECT array_agg(t.task_id) FILTER (WHERE t.process_limit IS NOT NULL), max(t.process_units)
-      INTO v_limited, v_max_units
-      FROM {schema}.tasks AS t WHERE t.task_id = ANY (p_task_ids);
 
-    IF v_limited IS NULL AND v_max_units * p_limit <= p_units THEN
+    IF NOT (SELECT {fragment:limits_apply}
+              FROM (SELECT p_task_ids AS task_ids, p_limit AS lim, p_units AS units) AS r) THEN
         -- fast path: no limits to respect, the units budget cannot be exceeded
         RETURN QUERY
         WITH
@@ -74,8 +69,7 @@ BEGIN
         -- (DESIGN 9 "Lost workers"; claim_jobs_fast sends claims here while one is claimable)
         suspect AS (
             SELECT j.job_id, p_worker AS worker_id FROM {schema}.jobs AS j
-             WHERE j.status = 'waiting' AND NOT j.scheduled AND j.suspect_of IS NOT NULL
-               AND j.run_after <= now() AND j.task_id = ANY (p_task_ids)
+             WHERE {fragment:claimable} AND j.suspect_of IS NOT NULL AND j.task_id = ANY (p_task_ids)
                AND {fragment:runs_no_suspect}
              ORDER BY j.status, j.priority DESC, j.seq, j.suspect_of
              LIMIT 1
@@ -84,8 +78,7 @@ BEGIN
         -- the next runnable ordinary jobs, locked; rows other claimers hold are skipped
         ordinary AS (
             SELECT j.job_id, p_worker AS worker_id FROM {schema}.jobs AS j
-             WHERE j.status = 'waiting' AND NOT j.scheduled AND j.run_after <= now() AND j.task_id = ANY (p_task_ids)
-               AND j.suspect_of IS NULL
+             WHERE {fragment:claimable} AND j.task_id = ANY (p_task_ids) AND j.suspect_of IS NULL
              ORDER BY j.priority DESC, j.seq
              LIMIT p_limit
              FOR NO KEY UPDATE SKIP LOCKED
@@ -101,11 +94,22 @@ BEGIN
                     SELECT o.job_id, o.worker_id, 1 FROM ordinary AS o) AS u
              ORDER BY u.rank
              LIMIT p_limit
+        ),
+        -- the jobs, running for this worker
+        changed AS (
+            {fragment:claim}
+        ),
+        -- the history: a 'running' event per job
+        logged AS (
+            {fragment:history}
         )
-        {fragment:claim};
+        SELECT c.job_id, c.task_id, c.priority, c.arguments, c.attempts, c.tries, c.trace_context
+          FROM changed AS c;
         RETURN;
     END IF;
 
+    SELECT array_agg(t.task_id) FILTER (WHERE t.process_limit IS NOT NULL) INTO v_limited
+      FROM {schema}.tasks AS t WHERE t.task_id = ANY (p_task_ids);
     -- Limited tasks: lock their rows (those another claimer holds are skipped this round), then
     -- count their running jobs in a later statement, whose snapshot sees every committed claim.
     SELECT coalesce(array_agg(t.task_id), '{}') INTO v_limited
@@ -144,7 +148,7 @@ BEGIN
          CROSS JOIN LATERAL (
                SELECT j.job_id, j.task_id, j.priority, j.seq, t.process_units, j.suspect_of IS NOT NULL AS suspect
                  FROM {schema}.jobs AS j JOIN {schema}.tasks AS t ON t.task_id = j.task_id
-                WHERE j.task_id = e.task_id AND j.status = 'waiting' AND NOT j.scheduled AND j.run_after <= now()
+                WHERE j.task_id = e.task_id AND {fragment:claimable}
                   AND (v_suspect OR j.suspect_of IS NULL)
                 ORDER BY j.priority DESC, j.seq
                 LIMIT greatest(e.cap, 0)
@@ -167,6 +171,15 @@ BEGIN
     to_claim AS (
         SELECT j.job_id, p_worker AS worker_id FROM {schema}.jobs AS j
          WHERE j.job_id = ANY (v_ids)
+    ),
+    -- the jobs, running for this worker
+    changed AS (
+        {fragment:claim}
+    ),
+    -- the history: a 'running' event per job
+    logged AS (
+        {fragment:history}
     )
-    {fragment:claim};
+    SELECT c.job_id, c.task_id, c.priority, c.arguments, c.attempts, c.tries, c.trace_context
+      FROM changed AS c;
 END $$;

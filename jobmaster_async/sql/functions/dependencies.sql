@@ -82,7 +82,7 @@ BEGIN
             RETURN;
         END IF;
     END LOOP;
-    IF {schema}._arguments_ok(p_dep_task.parameters, creation) THEN
+    IF {schema}._arguments_ok(p_dep_task, creation, false) THEN
         creation := {schema}._canonical_of(p_dep_task.parameters, creation);
     ELSE
         -- "ALL" (a fan-out dependency), or a value that does not fit: say which
@@ -233,17 +233,17 @@ BEGIN
         -- meanwhile is skipped (the next statement links to that job).
         created AS (
             INSERT INTO {schema}.jobs AS j (task_id, priority, arguments, args_hash, status,
-                                            is_dependency, max_attempts, trace_context)
+                                            is_dependency, trace_context)
             SELECT n.task_id, max(n.priority), n.arguments, n.args_hash,
                    CASE WHEN EXISTS (SELECT 1 FROM steps AS c
                                       WHERE c.parent_task = n.task_id AND c.parent_hash = n.args_hash)
                         THEN 'blocked' ELSE 'waiting' END,
-                   t.is_dependency, t.retries + 1, p_trace_context
+                   t.is_dependency, p_trace_context
               FROM steps AS n
               JOIN {schema}.tasks AS t ON t.task_id = n.task_id
              WHERE n.kind = 'new'
                AND NOT (n.task_id, n.args_hash) IN (SELECT * FROM unnest(v_tasks, v_hashes))
-             GROUP BY n.task_id, n.args_hash, n.arguments, t.is_dependency, t.retries
+             GROUP BY n.task_id, n.args_hash, n.arguments, t.is_dependency
             {fragment:unless_active_twin}
             RETURNING j.job_id, j.task_id, j.args_hash
         )
@@ -302,9 +302,12 @@ END $$;
 -- Moves the dependents of jobs that just reached a final status: a dependency failed or was
 -- cancelled -> failed (final, transitively); all dependencies complete -> waiting (scheduled if
 -- its run_at is still ahead), or complete for an "ALL" parent (whose own dependents are then
--- settled in the next round).
+-- settled in the next round). Writes their history (reasons failed, completed, unblocked) and
+-- wakes the workers when jobs became runnable.
 CREATE OR REPLACE FUNCTION {schema}._settle(p_finished uuid[])
 RETURNS void LANGUAGE plpgsql AS $$
+DECLARE
+    v_wake boolean;
 BEGIN
     WHILE cardinality(p_finished) > 0 LOOP
         -- the common case, cheaply: nothing waits for these jobs
@@ -330,12 +333,15 @@ BEGIN
               JOIN {schema}.tasks AS t ON t.task_id = x.task_id
              GROUP BY dep.job_id
         ),
-        -- the dependents that can move, moved
-        moved AS (
+        -- the dependents that can move, moved (a transition: the reason is given)
+        changed AS (
             UPDATE {schema}.jobs AS j
                SET status = CASE WHEN v.failed_dependency IS NOT NULL THEN 'failed'
                                  WHEN j.is_parent THEN 'complete'
                                  ELSE 'waiting' END,
+                   reason = CASE WHEN v.failed_dependency IS NOT NULL THEN 'failed'
+                                 WHEN j.is_parent THEN 'completed'
+                                 ELSE 'unblocked' END,
                    finished_at = CASE WHEN v.failed_dependency IS NOT NULL OR j.is_parent
                                       THEN now() END,
                    message = CASE WHEN v.failed_dependency IS NOT NULL
@@ -346,9 +352,17 @@ BEGIN
               FROM verdicts AS v
              WHERE j.job_id = v.job_id AND j.status = 'blocked'
                AND (v.failed_dependency IS NOT NULL OR v.all_complete)
-            RETURNING j.job_id, j.status
+            RETURNING j.job_id, j.status, j.reason, j.worker_id, j.message
+        ),
+        -- the history: an event per dependent moved
+        logged AS (
+            {fragment:history}
         )
-        SELECT coalesce(array_agg(m.job_id) FILTER (WHERE m.status <> 'waiting'), '{}')
-          INTO p_finished FROM moved AS m;
+        SELECT coalesce(array_agg(m.job_id) FILTER (WHERE m.status <> 'waiting'), '{}'),
+               coalesce(bool_or(m.status = 'waiting'), false)
+          INTO p_finished, v_wake FROM changed AS m;
+        IF v_wake THEN
+            PERFORM pg_notify({channel}, 'wake');  -- jobs became runnable
+        END IF;
     END LOOP;
 END $$;

@@ -109,10 +109,10 @@ BEGIN
     -- the requested jobs that have no active twin, once each
     inserted AS (
         INSERT INTO {schema}.jobs AS j (task_id, priority, arguments, args_hash, status,
-                                        is_dependency, max_attempts, message, finished_at,
+                                        is_dependency, message, finished_at,
                                         run_at, run_after, scheduled, trace_context)
         SELECT DISTINCT ON (v.args_hash) p_task.task_id, p_priority, p_arguments[v.root],
-               v.args_hash, v.status, p_task.is_dependency, p_task.retries + 1, v.failure,
+               v.args_hash, v.status, p_task.is_dependency, v.failure,
                CASE WHEN v.status = 'failed' THEN now() END,
                p_run_at, greatest(now(), p_run_at), v.status = 'waiting' AND coalesce(p_run_at > now(), false),
                p_trace_context
@@ -170,7 +170,8 @@ BEGIN
     -- the jobs to insert, as the fragment takes them
     waiting_jobs AS (
         SELECT p_task.task_id, p_priority AS priority, b.args AS arguments, b.args_hash,
-               p_task.is_dependency, p_task.retries, p_run_at AS run_at, p_trace_context AS trace_context
+               p_task.is_dependency, p_run_at AS run_at, p_trace_context AS trace_context,
+               NULL::text AS reason  -- the jobs_inserted trigger writes the history
           FROM batch AS b
     ),
     -- the jobs; an element identical to an active job, or to an earlier element, is skipped
@@ -216,7 +217,6 @@ DECLARE
     v_checked record;
     v_args    jsonb;
 BEGIN
-    PERFORM {fragment:history_by_triggers};
     SELECT * INTO v_task FROM {schema}.tasks WHERE type_key = p_type_key AND task_key = p_task_key;
     IF NOT FOUND THEN
         RAISE EXCEPTION USING ERRCODE = 'JM400', DETAIL = 'unknown_task',
@@ -261,9 +261,9 @@ DECLARE
 BEGIN
     LOOP
         INSERT INTO {schema}.jobs AS j (task_id, priority, arguments, args_hash, status, is_parent,
-                                        is_dependency, max_attempts, run_at, trace_context)
+                                        is_dependency, run_at, trace_context)
         VALUES (p_task.task_id, p_priority, p_arguments, v_hash, 'blocked', true,
-                p_task.is_dependency, 1, p_run_at, p_trace_context)
+                p_task.is_dependency, p_run_at, p_trace_context)
         {fragment:unless_active_twin}
         RETURNING j.job_id INTO v_parent;
         EXIT WHEN v_parent IS NOT NULL;
@@ -382,7 +382,6 @@ DECLARE
     v_ids       uuid[] := '{}';
     v_args      jsonb;
 BEGIN
-    PERFORM {fragment:history_by_triggers};
     v_task := {schema}._task(p_type_key, p_task_key);
     IF NOT {schema}._run_at_ok(p_run_at) THEN
         RAISE EXCEPTION USING ERRCODE = 'JM400', DETAIL = 'invalid_run_at',

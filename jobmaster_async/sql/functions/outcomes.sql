@@ -5,7 +5,8 @@
 
 -- Records successes. Fenced: only jobs still running for this worker and attempt are touched,
 -- so the late result of a rescued job is dropped. A suspect that completes is no longer one
--- (workers.sql rescue_jobs). Returns the ids recorded.
+-- (workers.sql rescue_jobs). Writes the history (the contract: triggers.sql). Returns the ids
+-- recorded.
 CREATE OR REPLACE FUNCTION {schema}.complete_jobs(
     p_worker uuid, p_ids uuid[], p_attempts int[], p_results jsonb[])
 RETURNS uuid[] LANGUAGE plpgsql {entry_point} AS $$
@@ -13,28 +14,22 @@ DECLARE
     v_done  uuid[];
     v_freed boolean;
 BEGIN
-    -- This statement writes its own history rows, and the jobs_updated trigger skips it (the
-    -- contract: triggers.sql): the trigger's work on claims and completions is much of a drain's.
-    PERFORM {fragment:own_history};
     WITH
     -- the batch's jobs this worker still holds (fencing: the fragment), completed
-    done AS (
+    changed AS (
         UPDATE {schema}.jobs AS j
            SET status = 'complete', result = p_results[array_position(p_ids, j.job_id)],
-               finished_at = now(), suspect_of = NULL
+               finished_at = now(), suspect_of = NULL, reason = 'completed'
          WHERE {fragment:held}
-        RETURNING j.job_id, j.task_id, j.message
+        RETURNING j.job_id, j.task_id, j.status, j.reason, j.worker_id, j.message
     ),
     -- the history: a 'complete' event per job
     logged AS (
-        INSERT INTO {schema}.job_events (job_id, status, reason, worker_id, node, pid, message)
-        SELECT d.job_id, 'complete', 'completed', p_worker, w.node, w.pid, d.message
-          FROM done AS d, {schema}._event_origin(p_worker) AS w
+        {fragment:history}
     )
-    SELECT coalesce(array_agg(d.job_id), '{}'), coalesce(bool_or(t.process_limit IS NOT NULL), false)
+    SELECT coalesce(array_agg(c.job_id), '{}'), coalesce(bool_or(t.process_limit IS NOT NULL), false)
       INTO v_done, v_freed
-      FROM done AS d LEFT JOIN {schema}.tasks AS t ON t.task_id = d.task_id;
-    PERFORM {fragment:history_by_triggers};
+      FROM changed AS c LEFT JOIN {schema}.tasks AS t ON t.task_id = c.task_id;
     IF v_freed THEN
         PERFORM pg_notify({channel}, 'wake');  -- a process_limit slot freed
     END IF;
@@ -44,9 +39,11 @@ BEGIN
 END $$;
 
 
--- Records failures (fenced like complete_jobs). A job with attempts left and a retry delay goes
--- back to waiting after that delay (scheduled: out of the claim indexes until then); otherwise it
--- fails for good and fails its dependents.
+-- Records failures (fenced like complete_jobs). The worker decided each one (lifecycle.py, from
+-- its task's definition): a retry delay says the job goes back to waiting after that delay
+-- (reason retried; scheduled: out of the claim indexes until then), NULL that it fails for good
+-- (reason failed) and fails its dependents. Writes the history; wakes the workers when a job
+-- waits again or a process_limit slot freed.
 CREATE OR REPLACE FUNCTION {schema}.fail_jobs(
     p_worker uuid, p_ids uuid[], p_attempts int[], p_error_types text[], p_messages text[],
     p_tracebacks text[], p_retry_delays double precision[])
@@ -54,21 +51,21 @@ RETURNS uuid[] LANGUAGE plpgsql {entry_point} AS $$
 DECLARE
     v_final uuid[];
     v_all   uuid[];
+    v_wake  boolean;
 BEGIN
-    PERFORM {fragment:history_by_triggers};
     WITH
     -- the batch's jobs this worker still holds (fencing), positioned
     batch AS (
         SELECT j.job_id, array_position(p_ids, j.job_id) AS i,
-               j.attempts < j.max_attempts
-                   AND p_retry_delays[array_position(p_ids, j.job_id)] IS NOT NULL AS retry
+               p_retry_delays[array_position(p_ids, j.job_id)] IS NOT NULL AS retry
           FROM {schema}.jobs AS j
          WHERE {fragment:held}
     ),
     -- each of them back to waiting after its retry delay, or failed for good
-    failed AS (
+    changed AS (
         UPDATE {schema}.jobs AS j
            SET status = CASE WHEN b.retry THEN 'waiting' ELSE 'failed' END,
+               reason = CASE WHEN b.retry THEN 'retried' ELSE 'failed' END,
                run_after = now() + coalesce(p_retry_delays[b.i], 0) * interval '1 second',
                scheduled = b.retry AND coalesce(p_retry_delays[b.i], 0) > 0,
                finished_at = CASE WHEN b.retry THEN NULL ELSE now() END,
@@ -79,30 +76,50 @@ BEGIN
                suspect_of = NULL
           FROM batch AS b
          WHERE j.job_id = b.job_id
-        RETURNING j.job_id, j.status
+        RETURNING j.job_id, j.task_id, j.status, j.reason, p_worker AS worker_id, j.message
+    ),
+    -- the history: a 'waiting' (retried) or 'failed' event per job
+    logged AS (
+        {fragment:history}
     )
-    SELECT coalesce(array_agg(f.job_id) FILTER (WHERE f.status = 'failed'), '{}'),
-           coalesce(array_agg(f.job_id), '{}')
-      INTO v_final, v_all FROM failed AS f;
+    SELECT coalesce(array_agg(c.job_id) FILTER (WHERE c.status = 'failed'), '{}'),
+           coalesce(array_agg(c.job_id), '{}'),
+           coalesce(bool_or(c.status = 'waiting' OR t.process_limit IS NOT NULL), false)
+      INTO v_final, v_all, v_wake
+      FROM changed AS c LEFT JOIN {schema}.tasks AS t ON t.task_id = c.task_id;
+    IF v_wake THEN
+        PERFORM pg_notify({channel}, 'wake');
+    END IF;
     PERFORM {schema}._settle(v_final);
     RETURN v_all;
 END $$;
 
 
 -- Puts running jobs of a worker back to waiting (graceful shutdown). The start stays counted in
--- attempts (it never decreases: fencing) and is given back through max_attempts, so a release
--- uses up no retry. A suspect stays one: it did not finish.
+-- attempts (it never decreases: fencing) and is given back in tries, so a release uses up no
+-- retry. A suspect stays one: it did not finish. Writes the history (reason released) and wakes
+-- the workers.
 CREATE OR REPLACE FUNCTION {schema}.release_jobs(p_worker uuid, p_ids uuid[], p_attempts int[])
-RETURNS int LANGUAGE sql {entry_point} AS $$
-    SELECT {fragment:history_by_triggers};
+RETURNS int LANGUAGE plpgsql {entry_point} AS $$
+DECLARE
+    v_count int;
+BEGIN
     WITH
     -- the batch's jobs this worker still holds (fencing), waiting again
-    released AS (
+    changed AS (
         UPDATE {schema}.jobs AS j
-           SET status = 'waiting', worker_id = NULL, max_attempts = j.max_attempts + 1, started_at = NULL,
-               run_after = now(), message = 'released by a worker shutting down'
+           SET status = 'waiting', worker_id = NULL, tries = j.tries - 1, started_at = NULL,
+               run_after = now(), message = 'released by a worker shutting down', reason = 'released'
          WHERE {fragment:held}
-        RETURNING 1
+        RETURNING j.job_id, j.status, j.reason, p_worker AS worker_id, j.message
+    ),
+    -- the history: a 'waiting' event per job
+    logged AS (
+        {fragment:history}
     )
-    SELECT count(*)::int FROM released;
-$$;
+    SELECT count(*)::int INTO v_count FROM changed;
+    IF v_count > 0 THEN
+        PERFORM pg_notify({channel}, 'wake');
+    END IF;
+    RETURN v_count;
+END $$;

@@ -73,7 +73,6 @@ DECLARE
     v_candidates uuid[];
     v_ids        uuid[];
 BEGIN
-    PERFORM {fragment:history_by_triggers};
     v_candidates := ARRAY(SELECT p.job_id FROM {schema}._prunable_jobs(older_than, v_limit) AS p LIMIT v_limit);
     -- locked, and finished still (a retry may have put a failed job back since it was read)
     v_ids := ARRAY(SELECT j.job_id FROM {schema}.jobs AS j

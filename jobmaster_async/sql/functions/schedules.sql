@@ -19,7 +19,6 @@ DECLARE
     v_task     {schema}.tasks;
     v_job      uuid;
 BEGIN
-    PERFORM {fragment:history_by_triggers};
     UPDATE {schema}.schedules AS s SET last_tick = p_tick
      WHERE s.schedule_id = p_schedule AND p_tick > coalesce(s.last_tick, s.created_at)
     RETURNING s.* INTO v_schedule;

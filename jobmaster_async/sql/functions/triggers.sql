@@ -5,27 +5,30 @@
 --
 -- WHO WRITES THE HISTORY (the one contract; DESIGN 9.1 "Counting starts")
 -- Every status change of a job is one job_events row saying why (reason), and a statement that
--- makes jobs runnable, or ends a running job of a process_limit task, wakes the workers
--- (NOTIFY). The statement-level triggers jobs_inserted and jobs_updated below do both for every
--- statement on jobs, except exactly these three, which write their own rows set-based (the
--- triggers' work is much of the hot path's):
---   queries.sql insert_job_fast   its 'inserted' rows and its NOTIFY
---   queries.sql claim_jobs_fast   its 'claimed' rows (a claim makes nothing runnable)
---   complete_jobs()               its 'completed' rows, and its NOTIFY when a slot freed
--- Each says so before it writes, by setting jobmaster.history_written on for the transaction
--- (fragment own_history); the triggers skip a statement that finds it on
--- (fragment history_written). complete_jobs sets it off again right after its statement
--- (fragment history_by_triggers): the triggers record the rest of its transaction (dependents
--- settled). The two plain statements run alone in their transaction on the library's own
--- connections, so the setting ends with them. Nothing else may set it on.
--- A client cannot suppress history with it: every entry point, any function a client or the
--- library calls by name (or the plpgsql function that a SQL-language one hands its work to),
--- first sets it off for the rest of the transaction (fragment history_by_triggers, a call in the
--- body: a SET clause on the function would need a privilege the schema's owner lacks), so
--- whatever a caller set before calling add_job, insert_job or any other function, its statements
--- are recorded; so does the check at commit of a client's links (_check_link), which runs after
--- add_job returned; and the documented grants give no right on the tables.
--- A statement that is to write its own history joins the list above, or leaves it to triggers.
+-- makes jobs runnable, or ends a running job of a process_limit task, wakes the workers (NOTIFY).
+-- The transition functions (and the library's plain statements that do their work) write both
+-- themselves, set-based, with the reason they are given: the claim (queries.sql claim_jobs_fast,
+-- claim_jobs()), complete_jobs, fail_jobs (retried or failed: the worker decides, lifecycle.py),
+-- release_jobs, rescue_jobs (rescued or failed: decided here in SQL from the stored task row),
+-- cancel_job, retry_job (requeued), the settling of dependents (dependencies.sql _settle:
+-- unblocked, failed, completed) and the plain insert (queries.sql insert_job_fast). Each sets
+-- jobs.reason to the reason of the history row it writes (fragment history).
+-- The statement-level triggers jobs_inserted and jobs_updated below write them for the rest:
+-- the jobs inserted without their history row (the library's other inserts, a client's plain
+-- INSERT: whatever it wrote in jobs.reason), and a status change that leaves jobs.reason as it
+-- was (a client's plain UPDATE; the library writes none). A transition always changes
+-- jobs.reason (no status is entered twice in a row by the same reason), and the trigger sets it
+-- back to NULL on the rows it wrote the history of (a rare path: plain SQL), so "reason
+-- unchanged" means "written by plain SQL" for every row.
+-- Why a column and not a setting, nor a look-up, for status changes: no setting, which any client
+-- can change, decides what is recorded; a role without rights on the tables (the web role,
+-- granted add_job) cannot write the column; a role that may update jobs can already write
+-- anything, history included. The test costs the trigger one join of its transition tables, no
+-- index probe per row (benchmarks/README.md, "Hot-path statements write their own history").
+-- Inserts are told by a look-up of their history row instead (a new job has no other), so that a
+-- role allowed to insert jobs, and no more, cannot skip their history by setting the column.
+-- A statement that is to write its own history sets jobs.reason as the transitions do, or leaves
+-- it to triggers.
 
 
 -- Where a history event comes from: the worker's node and pid, else the client's. (A set-returning
@@ -40,57 +43,61 @@ RETURNS TABLE (node text, pid int) LANGUAGE sql STABLE AS $$
 $$;
 
 
--- History and NOTIFY of inserted jobs (but for the statements that write their own: above).
+-- History and NOTIFY of inserted jobs, but for those whose history row the inserting statement
+-- wrote itself (queries.sql insert_job_fast; the contract above). Told by that row, not by
+-- jobs.reason, which a role allowed to insert jobs could set: no insert skips its history. (An
+-- anti-join on job_events_job_idx: a probe per inserted job.)
 CREATE OR REPLACE FUNCTION {schema}._jobs_inserted()
 RETURNS trigger LANGUAGE plpgsql {search_path} AS $$
+DECLARE
+    v_wake boolean;
 BEGIN
-    -- the statement wrote its own history and NOTIFY (queries.sql insert_job_fast)
-    IF {fragment:history_written} THEN
-        RETURN NULL;
-    END IF;
-    INSERT INTO {schema}.job_events (job_id, status, reason, node, pid, message)
-    SELECT n.job_id, n.status, 'inserted', w.node, w.pid, n.message
-      FROM new_jobs AS n, {schema}._event_origin(NULL) AS w;
-    IF EXISTS (SELECT 1 FROM new_jobs WHERE status = 'waiting') THEN
+    WITH
+    -- the jobs inserted without their history row
+    unrecorded AS (
+        SELECT n.job_id, n.status, n.message FROM new_jobs AS n
+         WHERE NOT EXISTS (SELECT 1 FROM {schema}.job_events AS e WHERE e.job_id = n.job_id)
+    ),
+    -- their history rows
+    logged AS (
+        INSERT INTO {schema}.job_events (job_id, status, reason, node, pid, message)
+        SELECT u.job_id, u.status, 'inserted', w.node, w.pid, u.message
+          FROM unrecorded AS u, {schema}._event_origin(NULL) AS w
+    )
+    SELECT coalesce(bool_or(u.status = 'waiting'), false) INTO v_wake FROM unrecorded AS u;
+    IF v_wake THEN
         PERFORM pg_notify({channel}, 'wake');
     END IF;
     RETURN NULL;
 END $$;
 
 
--- History and NOTIFY of status changes (but for the statements that write their own: above).
+-- History and NOTIFY of the status changes written by plain SQL: those that left jobs.reason as
+-- it was (the contract above).
 CREATE OR REPLACE FUNCTION {schema}._jobs_updated()
 RETURNS trigger LANGUAGE plpgsql {search_path} AS $$
 DECLARE
     v_wake      boolean;
+    v_plain     uuid[];
     v_cancelled uuid[];
     v_job_id    uuid;
 BEGIN
-    -- the statement wrote its own history (queries.sql claim_jobs_fast, complete_jobs)
-    IF {fragment:history_written} THEN
-        RETURN NULL;
-    END IF;
     WITH
-    -- rows whose status changed in this statement, and why (told apart by what else changed:
-    -- a rescue keeps the lost worker, of which the job is now a suspect, and may count a rescue
-    -- (workers.sql rescue_jobs; a retry and a release clear worker_id), a release gives the
-    -- start back through max_attempts)
+    -- rows whose status changed in this statement by plain SQL, and why (as plain SQL says it:
+    -- from the statuses)
     changes AS (
         SELECT n.job_id, n.task_id, n.status, o.status AS old_status,
-               coalesce(n.worker_id, o.worker_id) AS worker_id, n.message,
+               coalesce(n.worker_id, o.worker_id) AS worker_id, n.message, n.reason AS kept,
                CASE WHEN n.status = 'running' THEN 'claimed'
                     WHEN n.status = 'complete' THEN 'completed'
                     WHEN n.status = 'cancelled' THEN 'cancelled'
                     WHEN n.status = 'failed' THEN 'failed'
-                    WHEN o.status = 'running' AND (n.rescues > o.rescues OR n.worker_id = n.suspect_of)
-                         THEN 'rescued'
-                    WHEN o.status = 'running' AND n.max_attempts > o.max_attempts THEN 'released'
                     WHEN o.status = 'running' THEN 'retried'
                     WHEN o.status = 'blocked' THEN 'unblocked'
                     WHEN o.status IN ('failed', 'cancelled') THEN 'requeued'
                     ELSE n.status END AS reason
           FROM new_jobs AS n JOIN old_jobs AS o ON o.job_id = n.job_id
-         WHERE n.status <> o.status
+         WHERE n.status <> o.status AND n.reason IS NOT DISTINCT FROM o.reason
     ),
     -- each change in the history, with the worker's node and pid (else the client's)
     logged AS (
@@ -102,10 +109,16 @@ BEGIN
     -- wake workers when jobs became runnable, or a running job of a process_limit task ended
     -- (a slot freed); tell the workers of cancelled running jobs
     SELECT coalesce(bool_or(c.status = 'waiting' OR t.process_limit IS NOT NULL), false),
+           array_agg(c.job_id) FILTER (WHERE c.kept IS NOT NULL),
            array_agg(c.job_id) FILTER (WHERE c.old_status = 'running' AND c.status = 'cancelled')
-      INTO v_wake, v_cancelled
+      INTO v_wake, v_plain, v_cancelled
       FROM changes AS c
       LEFT JOIN {schema}.tasks AS t ON c.old_status = 'running' AND t.task_id = c.task_id;
+    IF v_plain IS NOT NULL THEN
+        -- their status was written by plain SQL: reason NULL says so, so that the next transition
+        -- changes it (this statement changes no status: the trigger it fires writes nothing)
+        UPDATE {schema}.jobs SET reason = NULL WHERE job_id = ANY (v_plain);
+    END IF;
     IF v_wake THEN
         PERFORM pg_notify({channel}, 'wake');
     END IF;
@@ -135,15 +148,12 @@ CREATE TRIGGER jobs_updated AFTER UPDATE ON {schema}.jobs
 -- still waiting or blocked, and if it finished already, the dependent is settled now.
 -- It runs at COMMIT, after add_job returned: in the client's role and with the client's
 -- settings. So it is SECURITY DEFINER (before PostgreSQL 18 a deferred trigger runs as the role
--- current at commit: the insert-only web role, which may not touch jobs) and an {entry_point}
--- (a client's jobmaster.history_written = on must not silence the history and NOTIFY of the
--- dependent it settles).
+-- current at commit: the insert-only web role, which may not touch jobs) and an {entry_point}.
 CREATE OR REPLACE FUNCTION {schema}._check_link()
 RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER {entry_point} AS $$
 DECLARE
     v_status text;
 BEGIN
-    PERFORM {fragment:history_by_triggers};
     SELECT j.status INTO v_status FROM {schema}.jobs AS j WHERE j.job_id = NEW.depends_on FOR NO KEY UPDATE;
     IF v_status IN ('waiting', 'blocked') THEN
         UPDATE {schema}.jobs AS j

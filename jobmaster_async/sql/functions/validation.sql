@@ -37,22 +37,24 @@ RETURNS text LANGUAGE sql STABLE AS $$
 $$;
 
 
--- Does a value fit its parameter (JSON type, nullability, options)? Plain SQL, so the bulk insert
--- checks whole batches in one statement; _value_refusal says what is wrong when it does not.
+-- Does a value fit its parameter (JSON type, nullability, options)? The rule is written once, as
+-- the jsonpath that schema.sql _arguments_path builds from parameters (tasks.arguments_path, which
+-- the fast path matches whole arguments against): here, the path of this one parameter, matched
+-- against this one value. Only what a jsonpath cannot say is said here: a value among options
+-- that are objects or arrays (jsonpath compares scalars only; _arguments_path gives no path
+-- then), checked for its type by the path of the parameter without its options. Used where the
+-- task's path does not decide (_arguments_ok) and to say what is wrong (_value_refusal).
 CREATE OR REPLACE FUNCTION {schema}._value_ok(p_param jsonb, p_value jsonb)
 RETURNS boolean LANGUAGE sql IMMUTABLE AS $$
     SELECT CASE
-        WHEN jsonb_typeof(p_value) = 'null' THEN coalesce((p_param->>'nullable')::boolean, false)
-        ELSE CASE p_param->>'type'
-                 WHEN 'any' THEN true
-                 WHEN 'integer' THEN jsonb_typeof(p_value) = 'number'
-                                     AND p_value::numeric = trunc(p_value::numeric)
-                 ELSE jsonb_typeof(p_value) = p_param->>'type'
-             END
-             AND (NOT p_param ? 'options'
-                  OR EXISTS (SELECT 1 FROM jsonb_array_elements(p_param->'options') AS o
-                              WHERE o.value = p_value))
+        WHEN x.path IS NOT NULL THEN coalesce(jsonb_path_match(x.arguments, x.path, '{}', true), false)
+        ELSE coalesce(jsonb_path_match(x.arguments, {schema}._arguments_path(jsonb_build_array(p_param - 'default' - 'options')),
+                                       '{}', true), false)
+             AND (jsonb_typeof(p_value) = 'null'
+                  OR EXISTS (SELECT 1 FROM jsonb_array_elements(p_param->'options') AS o WHERE o.value = p_value))
     END
+      FROM (SELECT jsonb_build_object(p_param->>'name', p_value) AS arguments,
+                   {schema}._arguments_path(jsonb_build_array(p_param - 'default')) AS path) AS x
 $$;
 
 
@@ -66,18 +68,27 @@ RETURNS jsonb LANGUAGE sql IMMUTABLE AS $$
 $$;
 
 
--- Do a job's arguments fit the parameters (an object, no unknown key, nothing required
--- missing, every value fitting)?
-CREATE OR REPLACE FUNCTION {schema}._arguments_ok(p_parameters jsonb, p_arguments jsonb)
+-- Do a job's arguments fit its task: an object, no unknown key, every value fitting its parameter
+-- (_value_ok's rule: the task's jsonpath), nothing required missing; with p_allow_all, "ALL" for
+-- a write_all parameter? The one decision of the slow paths (the fast path, _fast_canonical,
+-- matches the same jsonpath). The task's path decides when there is one and no "ALL" to allow;
+-- otherwise each parameter is asked by _value_ok.
+CREATE OR REPLACE FUNCTION {schema}._arguments_ok(p_task {schema}.tasks, p_arguments jsonb, p_allow_all boolean)
 RETURNS boolean LANGUAGE sql IMMUTABLE AS $$
-    SELECT jsonb_typeof(p_arguments) = 'object'
-       AND NOT EXISTS (SELECT 1 FROM jsonb_object_keys(p_arguments) AS k
-                        WHERE NOT EXISTS (SELECT 1 FROM jsonb_array_elements(p_parameters) AS p
-                                           WHERE p.value->>'name' = k))
-       AND NOT EXISTS (SELECT 1 FROM jsonb_array_elements(p_parameters) AS p
-                        WHERE CASE WHEN p_arguments ? (p.value->>'name')
-                                   THEN NOT {schema}._value_ok(p.value, p_arguments->(p.value->>'name'))
-                                   ELSE NOT p.value ? 'default' END)
+    SELECT CASE
+        WHEN jsonb_typeof(p_arguments) IS DISTINCT FROM 'object' THEN false
+        WHEN p_arguments - p_task.parameter_names <> '{}' THEN false
+        WHEN p_task.arguments_path IS NOT NULL
+             AND NOT (p_allow_all AND EXISTS (SELECT 1 FROM unnest(p_task.write_all) AS w(name)
+                                                WHERE p_arguments->w.name = '"ALL"'))
+            THEN coalesce(jsonb_path_match(p_arguments, p_task.arguments_path, '{}', true), false)
+        ELSE NOT EXISTS (SELECT 1 FROM jsonb_array_elements(p_task.parameters) AS p
+                          WHERE CASE WHEN p_arguments ? (p.value->>'name')
+                                     THEN NOT ({schema}._value_ok(p.value, p_arguments->(p.value->>'name'))
+                                               OR (p_allow_all AND p_arguments->(p.value->>'name') = '"ALL"'
+                                                   AND p.value->>'name' = ANY (p_task.write_all)))
+                                     ELSE NOT p.value ? 'default' END)
+    END
 $$;
 
 
@@ -185,10 +196,10 @@ BEGIN
          ORDER BY a.key LIMIT 1;
         RETURN ARRAY['out_of_bounds', format('%s: argument "%s" %s', v_label, v_name, v_failure)];
     END IF;
-    IF {schema}._arguments_ok(p_task.parameters, p_arguments) THEN
+    IF {schema}._arguments_ok(p_task, p_arguments, p_allow_all) THEN
         RETURN NULL;
     END IF;
-    -- something does not fit ("ALL", or a mistake): find out what
+    -- they do not fit (_arguments_ok decided): say why
     IF jsonb_typeof(p_arguments) <> 'object' THEN
         RETURN ARRAY['invalid_arguments',
                      format('%s: arguments must be a JSON object, got %s', v_label, p_arguments)];
@@ -217,7 +228,8 @@ BEGIN
             RETURN ARRAY['missing_argument', format('%s: missing required argument "%s"', v_label, v_name)];
         END IF;
     END LOOP;
-    RETURN NULL;
+    -- _arguments_ok and _value_ok state one rule (the task's jsonpath): not reached
+    RETURN ARRAY['invalid_arguments', format('%s: arguments %s do not fit', v_label, p_arguments)];
 END $$;
 
 

@@ -16,7 +16,6 @@ CREATE OR REPLACE FUNCTION {schema}.heartbeat(
 -- with them: why, migration 0016 and rescue_jobs below)
 RETURNS void LANGUAGE plpgsql {entry_point} SET enable_sort = off SET enable_incremental_sort = off SET jit = off AS $$
 BEGIN
-    PERFORM {fragment:history_by_triggers};
     INSERT INTO {schema}.workers AS w (worker_id, node, pid, lapse)
     VALUES (p_worker, p_node, p_pid, p_lapse * interval '1 second')
     ON CONFLICT (worker_id) DO UPDATE SET heartbeat_at = now(), lapse = excluded.lapse;
@@ -45,15 +44,15 @@ END $$;
 -- suspect, its only job. The others are put back uncharged, so the job that kills its worker
 -- does not spend its neighbours' rescues: each of them then runs as the one suspect of a worker,
 -- and the next loss of that worker is charged to it alone. A rescue keeps the lost worker in
--- worker_id (a retry or a release clears it): the history trigger tells a rescue by that.
+-- worker_id (a retry or a release clears it). Writes the history (reason rescued, or failed).
 CREATE OR REPLACE FUNCTION {schema}.rescue_jobs()
 RETURNS int LANGUAGE plpgsql {entry_point} SET enable_bitmapscan = off SET jit = off AS $$
 DECLARE
     v_dead  uuid[];
     v_count int;
     v_final uuid[];
+    v_wake  boolean;
 BEGIN
-    PERFORM {fragment:history_by_triggers};
     SELECT coalesce(array_agg(w.worker_id), '{}') INTO v_dead
       FROM (SELECT w.worker_id FROM {schema}.workers AS w
              WHERE w.heartbeat_at < now() - w.lapse
@@ -86,14 +85,15 @@ BEGIN
          WHERE l.worker_id IN (SELECT h.worker_id FROM whole AS h)
         WINDOW w AS (PARTITION BY l.worker_id)
     ),
-    -- put back as suspects of the lost worker, without using up retries (the lost start gets an
-    -- attempt of its own); a charged one up to the task's rescues, after which it fails (a
-    -- poison job stops there)
-    rescued AS (
+    -- put back as suspects of the lost worker, without using up retries (the lost start is given
+    -- back in tries; attempts keeps it); a charged one up to the task's rescues, after which it
+    -- fails (a poison job stops there)
+    changed AS (
         UPDATE {schema}.jobs AS j
            SET status = CASE WHEN NOT g.charged OR j.rescues < t.rescues THEN 'waiting' ELSE 'failed' END,
+               reason = CASE WHEN NOT g.charged OR j.rescues < t.rescues THEN 'rescued' ELSE 'failed' END,
                finished_at = CASE WHEN NOT g.charged OR j.rescues < t.rescues THEN NULL ELSE now() END,
-               max_attempts = j.max_attempts + CASE WHEN NOT g.charged OR j.rescues < t.rescues THEN 1 ELSE 0 END,
+               tries = j.tries - CASE WHEN NOT g.charged OR j.rescues < t.rescues THEN 1 ELSE 0 END,
                rescues = j.rescues + g.charged::int,
                suspect_of = CASE WHEN NOT g.charged OR j.rescues < t.rescues THEN j.worker_id END,
                run_after = now(),
@@ -107,10 +107,18 @@ BEGIN
                                           j.worker_id, j.attempts, j.rescues + 1, t.rescues) END
           FROM judged AS g, {schema}.tasks AS t
          WHERE j.job_id = g.job_id AND t.task_id = j.task_id
-        RETURNING j.job_id, j.status
+        RETURNING j.job_id, j.status, j.reason, j.worker_id, j.message, t.process_limit
+    ),
+    -- the history: a 'waiting' (rescued) or 'failed' event per job, by the lost worker
+    logged AS (
+        {fragment:history}
     )
-    SELECT count(*)::int, coalesce(array_agg(r.job_id) FILTER (WHERE r.status = 'failed'), '{}')
-      INTO v_count, v_final FROM rescued AS r;
+    SELECT count(*)::int, coalesce(array_agg(r.job_id) FILTER (WHERE r.status = 'failed'), '{}'),
+           coalesce(bool_or(r.status = 'waiting' OR r.process_limit IS NOT NULL), false)
+      INTO v_count, v_final, v_wake FROM changed AS r;
+    IF v_wake THEN
+        PERFORM pg_notify({channel}, 'wake');
+    END IF;
     UPDATE {schema}.jobs SET abandoned = false WHERE abandoned AND worker_id = ANY (v_dead);
     -- forgotten once none of its jobs is left running (one held elsewhere keeps it for the next rescue)
     DELETE FROM {schema}.workers AS w
