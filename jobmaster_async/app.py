@@ -33,7 +33,7 @@ from .settings import Settings
 from .tasks import registry, retention_refusal
 from .worker.backend import WorkerBackend
 from .worker.dispatcher import Dispatcher, RunOptions
-from .worker.signals import Signal
+from .worker.events import Events
 
 __all__ = ("JobMaster",)
 
@@ -118,19 +118,16 @@ class JobMaster:
         #: (connect() waits for one); after, a worker survives them
         self.connected = False
         self.store = Store(self.sql, self.open_connection, settings.pool_size, settings.connection_timeout)
-        #: fired when run_forever loses the database (or the network) and when it recovered
-        self.outages = Signal()
-        self.recoveries = Signal()
+        #: the worker's typed events (worker.events: jobs claimed and finished, outages,
+        #: recoveries, rescues...), for subscribers and tests (``await jm.events.wait_for(...)``)
+        self.events = Events()
         #: the database side of this process's worker (claims, heartbeat, outcomes, pop_job)
-        self.worker = WorkerBackend(self.store, settings, self.outages, self.recoveries)
+        self.worker = WorkerBackend(self.store, settings, self.events)
         #: this process's worker, as heartbeats, claims and the history name it
         self.worker_id = self.worker.worker_id
         self._dispatcher: Dispatcher | None = None
         self._stop_requested = False
         self._exit_requested = False
-        #: fired with the number of jobs claimed / whose outcome was recorded by run_forever
-        self.claimed = Signal()
-        self.finished = Signal()
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -273,7 +270,7 @@ class JobMaster:
         options = RunOptions(concurrency=concurrency, grace_period=grace_period, handle_signals=handle_signals)
         if self.worker.threads.max_workers < concurrency:
             self.worker.threads.max_workers = concurrency
-        self._dispatcher = Dispatcher(self.worker, options, self.claimed, self.finished, self.outages, self.recoveries)
+        self._dispatcher = Dispatcher(self.worker, options)
         if self._stop_requested:
             self._dispatcher.stop(exiting=self._exit_requested)
         try:

@@ -30,8 +30,7 @@ import asyncpg
 
 from ..db.faults import database_fault
 from ..worker.listener import SchedulesChanged, parse_notification
-from ..worker.outage import Backoff
-from ..worker.signals import Signal
+from ..worker.outage import ReconnectDelay
 
 if TYPE_CHECKING:
     from ..app import JobMaster
@@ -141,8 +140,6 @@ class Broadcaster:
         self.quiet_period = quiet_period
         self.keepalive = keepalive
         self.idle = idle
-        #: fired for each snapshot published (tests await it)
-        self.published = Signal()
         #: how many reads of the cheap state ran (tests and benchmarks read it)
         self.polls = 0
         self._latest: Snapshot | None = None
@@ -239,7 +236,7 @@ class Broadcaster:
             self._task = asyncio.get_running_loop().create_task(self._run(), name="jobmaster dashboard poller")
 
     async def _run(self) -> None:
-        backoff = Backoff(first=0.5, cap=10.0)
+        backoff = ReconnectDelay(first=0.5, cap=10.0)
         idle: asyncpg.Connection | None = None
         try:
             while not self._closed:
@@ -361,7 +358,6 @@ class Broadcaster:
         self._latest = snapshot
         newer, self._newer = self._newer, asyncio.Event()
         newer.set()
-        self.published.fire()
 
     # -- charts and schedules --------------------------------------------------------------------
 

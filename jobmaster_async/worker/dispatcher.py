@@ -5,6 +5,11 @@ gracefully on stop, cancellation and SIGTERM. Its services run beside it: the li
 (worker.maintenance), the scheduler of periodic tasks (worker.scheduler) and background
 retention (worker.pruner).
 
+Every service has the one shape of worker.services (``run(*, task_status)``, in the dispatcher's
+task group) and says what happened through the JobMaster's events (worker.events), to which the
+dispatcher subscribes while it runs: notifications (wake, cancel, schedules), outcomes recorded
+(their slots free), an outage begun or ended.
+
 It never dies of the database: every service retries database faults (db.faults) with backoff,
 and the worker reports an outage once (worker.outage). Only a bug of ours ends it, with its
 traceback.
@@ -24,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import random
 import signal
@@ -34,21 +40,23 @@ from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 import anyio
+import anyio.abc
 import asyncpg
 
 from .. import tracing
 from ..db.faults import database_fault
 from ..db.store import Store
 from ..settings import Settings
+from .events import Cancelled, Claimed, Events, HeartbeatRecorded, JobFinished, OutageBegan, Recovered
 from .executors import DaemonThreadPool, Outcome, run_task
-from .listener import CancelJob, Listener, Notification, SchedulesChanged
-from .maintenance import Maintenance
-from .outage import Outage, Service
+from .listener import CancelJob, Listener, SchedulesChanged, Wake
+from .maintenance import Maintenance, Rescuer
+from .outage import Outage, Retrier
 from .outcomes import Claim, log_outcome, outcome_name
 from .pruner import Pruner
 from .recorder import Recorder
 from .scheduler import Scheduler
-from .signals import Signal
+from .services import Spawned, spawn, start
 
 __all__ = ("Backend", "Dispatcher", "RunOptions")
 
@@ -77,9 +85,10 @@ class Backend(Protocol):
     threads: DaemonThreadPool
     maintenance: Maintenance
     pruner: Pruner
+    events: Events
+    outage: Outage
     registered: bool
     last_beat: float
-    beats: Signal
     beats_elsewhere: bool
 
     async def beat_on(self, conn: asyncpg.Connection) -> None: ...
@@ -112,38 +121,24 @@ def _in_thread(claim: Claim) -> bool:
 class Dispatcher:
     """One ``run_forever`` call."""
 
-    def __init__(
-        self,
-        backend: Backend,
-        options: RunOptions,
-        claimed: Signal,
-        finished: Signal,
-        outages: Signal,
-        recoveries: Signal,
-    ) -> None:
+    def __init__(self, backend: Backend, options: RunOptions) -> None:
         self.backend = backend
         self.options = options
         self.settings = backend.settings
-        self.claimed = claimed
-        self.finished = finished
+        self.events = backend.events
         self._wake = asyncio.Event()  # set: claim now (NOTIFY, a slot freed, an outage ended)
-        self.outage = Outage(
-            outages,
-            recoveries,
-            on_begin=self._suspect_connections,
-            on_end=self._outage_ended,
-            probe=backend.store.probe,
-        )
+        self.outage = backend.outage
         self.listener = Listener(
             backend.store,
             self.outage,
-            self._on_notification,
+            self.events,
             self.settings.connection_timeout / 2,
             beat=self._beat,
             beat_interval=self.settings.heartbeat_interval,
         )
-        self.recorder = Recorder(backend.record, self.outage, self._on_recorded)
+        self.recorder = Recorder(backend.record, self.outage, self.settings.retry_backoff)
         self.scheduler = Scheduler(backend.store.ticks, backend.registered_task_ids, self.outage)
+        self.rescuer = Rescuer(backend.maintenance, self.outage, self._may_rescue)
         self._stopping = False
         self._stop_requested = asyncio.Event()
         self._exiting = asyncio.Event()  # the process ends after this run: threads cannot be waited for
@@ -152,13 +147,14 @@ class Dispatcher:
         self._user_cancelled: set[uuid.UUID] = set()
         self._held_slots = 0  # slots of abandoned threads still running
         self._held_units = 0
-        self._reconciled = recoveries.count  # outages reconciled after
+        self._reconciled = self.events.count(Recovered)  # outages reconciled after
         self._started = 0.0  # monotonic time run() began
         self._cut_off = False  # no heartbeat for heartbeat_lapse / 2: no claims, jobs stopped
         self._back_since: float | None = None  # monotonic time it heartbeat again after a cut-off
         self._stopped: dict[uuid.UUID, Claim] = {}  # stopped when cut off, not yet put back
-        self._putting_back: set[asyncio.Future[None]] = set()
-        self._background: set[asyncio.Future[None]] = set()
+        self._putting_back: set[Spawned] = set()
+        self._background: set[Spawned] = set()  # abandoned threads' marks
+        self._group: anyio.abc.TaskGroup  # where those run, from run() on
         self._loop: asyncio.AbstractEventLoop  # the running loop, from run() on
 
     # -- control ---------------------------------------------------------------------------------
@@ -173,12 +169,12 @@ class Dispatcher:
         self._stop_requested.set()
         self._wake.set()
 
-    def _outage_ended(self) -> None:
+    def _outage_ended(self, _event: Recovered) -> None:
         """Catch up on what may have been notified meanwhile: claim, and read the schedules."""
         self._wake.set()
         self.scheduler.reload()
 
-    def _suspect_connections(self) -> None:
+    def _suspect_connections(self, _event: OutageBegan) -> None:
         """An outage began: close the idle connections, ping the LISTEN one now, and claim: the
         outage lasts until a claim went through too (a claim on a connection the fault cut may be
         under way, and the LISTEN connection alone comes back at once)."""
@@ -203,39 +199,61 @@ class Dispatcher:
         self._loop = asyncio.get_running_loop()
         self._started = time.monotonic()
         self.backend.beats_elsewhere = True
+        self.outage.reset()
         logger.info(
             "worker %s started (concurrency %d, schema %s)",
             self.backend.worker_id,
             self.options.concurrency,
             self.backend.store.sql.schema,
         )
+        subscriptions = [
+            self.events.subscribe(Wake, self._on_wake),
+            self.events.subscribe(CancelJob, self._on_cancel),
+            self.events.subscribe(SchedulesChanged, self._on_schedules_changed),
+            self.events.subscribe(JobFinished, self._on_finished),
+            self.events.subscribe(OutageBegan, self._suspect_connections),
+            self.events.subscribe(Recovered, self._outage_ended),
+        ]
         with self._signals_handled():
             try:
-                async with anyio.create_task_group() as services:
-                    services.start_soon(self.listener.run)  # and the heartbeat
-                    services.start_soon(self._watch_heartbeat)
-                    services.start_soon(self.backend.maintenance.rescue_loop, self.outage, self._may_rescue)
-                    services.start_soon(self.recorder.run)
-                    services.start_soon(self.scheduler.run)
-                    services.start_soon(self.backend.pruner.run, self.outage)
-                    await self._dispatch_loop()
-                    services.cancel_scope.cancel()
-            except Exception as exc:
-                error = _sole(exc)
-                logger.critical(
-                    "worker %s failed on an error that is not a database fault (a bug?)",
-                    self.backend.worker_id,
-                    exc_info=error,
-                )
-                raise error from None
+                # the group of the work the dispatcher starts and may end alone (jobs put back,
+                # abandoned threads' marks): it outlives the services, to the end of the shutdown
+                async with anyio.create_task_group() as self._group:
+                    try:
+                        await self._serve()
+                    finally:
+                        with anyio.CancelScope(shield=True):
+                            try:
+                                await self._shutdown()
+                            finally:
+                                for spawned in self._putting_back | self._background:
+                                    spawned.cancel()
             finally:
-                with anyio.CancelScope(shield=True):
-                    await self._shutdown()
+                for unsubscribe in subscriptions:
+                    unsubscribe()
                 self.backend.beats_elsewhere = False
                 logger.info("worker %s stopped", self.backend.worker_id)
 
+    async def _serve(self) -> None:
+        """The services and the dispatch loop, until stopped (or cancelled)."""
+        try:
+            async with anyio.create_task_group() as services:
+                # the listener heartbeats too
+                await start(services, self.listener, self.rescuer, self.recorder, self.scheduler, self.backend.pruner)
+                services.start_soon(self._watch_heartbeat)
+                await self._dispatch_loop()
+                services.cancel_scope.cancel()
+        except Exception as exc:
+            error = _sole(exc)
+            logger.critical(
+                "worker %s failed on an error that is not a database fault (a bug?)",
+                self.backend.worker_id,
+                exc_info=error,
+            )
+            raise error from None
+
     async def _dispatch_loop(self) -> None:
-        claiming = Service(self.outage, CLAIMING)
+        claiming = Retrier(self.outage, CLAIMING)
         while not self._stopping:
             self._wake.clear()
             try:
@@ -253,7 +271,7 @@ class Dispatcher:
         at once, there may be more; None: until a slot frees)."""
         if not self._heartbeating():
             return None  # woken by the next heartbeat
-        if self._reconciled != self.outage.ended.count:
+        if self._reconciled != self.events.count(Recovered):
             await self._reconcile()
         slots, units = self._free_slots()
         if slots <= 0:
@@ -266,8 +284,8 @@ class Dispatcher:
             self._start(claim)
         if self._cut_off:  # while the claim was on its way
             self._stop_jobs(claims)
-        if claims:
-            self.claimed.fire(len(claims))
+        for claim in claims:
+            self.events.emit(Claimed(claim.job_id, claim.definition.key))
         if len(claims) == slots:
             return 0
         return await self._idle_timeout()
@@ -296,7 +314,7 @@ class Dispatcher:
         deadline passed), and a crashed server may have lost a recorded outcome (when commits do
         not wait for the WAL flush); either would leave its job running for good, held by a worker
         that heartbeats. The dispatcher is the only claimer, and it is here, not claiming."""
-        count = self.outage.ended.count
+        count = self.events.count(Recovered)
         held = await self.backend.store.held_jobs(self.backend.worker_id)
         unknown = [(job_id, attempts) for job_id, attempts in held if job_id not in self._held]
         if unknown:
@@ -338,9 +356,7 @@ class Dispatcher:
             self._user_cancelled.discard(claim.job_id)
             logger.info("job %s (%s) cancelled", claim.job_id, claim.definition.key)
             self._running.pop(claim.job_id, None)
-            self._held.pop(claim.job_id, None)
-            self.finished.fire()
-            self._wake.set()
+            self.events.emit(Cancelled(claim.job_id, claim.definition.key))  # its slot frees
             return
         backoff = self.backend.settings.retry_backoff
         if span is not None:
@@ -363,18 +379,18 @@ class Dispatcher:
             self._wake.set()
 
         future.add_done_callback(released)
-        self._spawn(self._mark_abandoned(claim, future))
+        # shielded: the shutdown waits for these marks (until the process is about to end)
+        marking = spawn(self._group, lambda: self._mark_abandoned(claim, future, marking), shield=True)
+        self._background.add(marking)
 
-    async def _mark_abandoned(self, claim: Claim, thread: asyncio.Future[Any]) -> None:
-        marking = Service(self.outage, "marking abandoned threads")
-        await marking.run(lambda: self.backend.store.set_abandoned(claim.job_id, True))
-        await asyncio.wait([thread])
-        await marking.run(lambda: self.backend.store.set_abandoned(claim.job_id, False))
-
-    def _spawn(self, coro: Awaitable[None]) -> None:
-        task = asyncio.ensure_future(coro)
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
+    async def _mark_abandoned(self, claim: Claim, thread: asyncio.Future[Any], marking: Spawned) -> None:
+        try:
+            retrier = Retrier(self.outage, "marking abandoned threads")
+            await retrier.run(lambda: self.backend.store.set_abandoned(claim.job_id, True))
+            await asyncio.wait([thread])
+            await retrier.run(lambda: self.backend.store.set_abandoned(claim.job_id, False))
+        finally:
+            self._background.discard(marking)
 
     # -- the heartbeat -------------------------------------------------------------------------
 
@@ -417,10 +433,9 @@ class Dispatcher:
         """Stops the jobs that can be stopped once no heartbeat was recorded for half the lapse
         (since the last one, or since the start)."""
         half = self.settings.heartbeat_lapse / 2
-        beats = self.backend.beats
         while True:
             if self._cut_off:
-                await beats.wait_for(beats.count + 1)
+                await self.events.next(HeartbeatRecorded)
                 continue
             since = max(self.backend.last_beat, self._started)
             left = since + half - time.monotonic()
@@ -455,14 +470,19 @@ class Dispatcher:
                 running[0].cancel()
                 stopping.append(running)
         if stopping:
-            task = asyncio.ensure_future(self._put_back(stopping))
-            self._putting_back.add(task)
-            task.add_done_callback(self._putting_back.discard)
+            putting_back = spawn(self._group, lambda: self._put_back(stopping, putting_back))
+            self._putting_back.add(putting_back)
 
-    async def _put_back(self, stopping: list[tuple[asyncio.Task[None], Claim]]) -> None:
+    async def _put_back(self, stopping: list[tuple[asyncio.Task[None], Claim]], putting_back: Spawned) -> None:
         """Once the jobs stopped, puts those that ended without an outcome back to waiting, retried
         until the database answers (a job rescued meanwhile is no longer this worker's: fencing
         leaves it alone). Their slots stay taken until then."""
+        try:
+            await self._put_back_stopped(stopping)
+        finally:
+            self._putting_back.discard(putting_back)
+
+    async def _put_back_stopped(self, stopping: list[tuple[asyncio.Task[None], Claim]]) -> None:
         await asyncio.wait([task for task, _ in stopping])
         stopped = [claim for task, claim in stopping if task.cancelled()]
         for claim in stopped:
@@ -470,27 +490,26 @@ class Dispatcher:
             self._stopped[claim.job_id] = claim
         if stopped:
             ids, attempts = [c.job_id for c in stopped], [c.attempts for c in stopped]
-            await Service(self.outage, "putting stopped jobs back").run(lambda: self._release(ids, attempts))
+            await Retrier(self.outage, "putting stopped jobs back").run(lambda: self._release(ids, attempts))
             logger.info("%d jobs stopped while this worker could not heartbeat are back to waiting", len(stopped))
 
     # -- notifications and recorded outcomes ---------------------------------------------------
 
-    def _on_notification(self, notification: Notification) -> None:
-        if isinstance(notification, CancelJob):
-            running = self._running.get(notification.job_id)
-            if running is not None:
-                self._user_cancelled.add(notification.job_id)
-                running[0].cancel()
-        elif isinstance(notification, SchedulesChanged):
-            self.scheduler.reload()
-        else:
-            self._wake.set()
+    def _on_wake(self, _event: Wake) -> None:
+        self._wake.set()
 
-    def _on_recorded(self, claims: list[Claim]) -> None:
-        for claim in claims:
-            self._held.pop(claim.job_id, None)
-        self.finished.fire(len(claims))
-        self._wake.set()  # their slots are free
+    def _on_cancel(self, event: CancelJob) -> None:
+        running = self._running.get(event.job_id)
+        if running is not None:
+            self._user_cancelled.add(event.job_id)
+            running[0].cancel()
+
+    def _on_schedules_changed(self, _event: SchedulesChanged) -> None:
+        self.scheduler.reload()
+
+    def _on_finished(self, event: JobFinished) -> None:
+        self._held.pop(event.job_id, None)
+        self._wake.set()  # its slot is free
 
     # -- signals ---------------------------------------------------------------------------------
 
@@ -527,19 +546,17 @@ class Dispatcher:
         outcome, and forgets this worker."""
         self._stopping = True
         self._stop_requested.set()
-        for task in self._putting_back:  # their jobs are put back below
-            task.cancel()
-        if self._putting_back:
-            await asyncio.wait(self._putting_back)
+        for spawned in list(self._putting_back):  # their jobs are put back below
+            spawned.cancel()
+            await spawned.wait()
         async with anyio.create_task_group() as keepalive:
-            keepalive.start_soon(self.listener.run)  # and the heartbeat
-            keepalive.start_soon(self.recorder.run)
+            await start(keepalive, self.listener, self.recorder)  # the listener heartbeats too
             await self._finish_running_jobs()
-            await self._until_exiting(self._background)  # abandoned threads: their marks
+            await self._until_exiting([m.wait for m in self._background])  # abandoned threads: their marks
             await self._retry_or_give_up("recording outcomes", self.recorder.flush)
             keepalive.cancel_scope.cancel()
-        for task in self._background:
-            task.cancel()
+        for spawned in list(self._background):
+            spawned.cancel()
         try:
             await self.backend.store.remove_worker(self.backend.worker_id)
         except Exception as exc:
@@ -559,7 +576,7 @@ class Dispatcher:
                 "heartbeats) until their threads return",
                 len(threads),
             )
-            await self._until_exiting(threads)
+            await self._until_exiting([functools.partial(asyncio.wait, [thread]) for thread in threads])
         leftover = [task for task, _ in self._running.values()]
         for task in leftover:
             task.cancel()
@@ -572,16 +589,21 @@ class Dispatcher:
             ids, attempts = [c.job_id for c in unfinished], [c.attempts for c in unfinished]
             await self._retry_or_give_up("putting jobs back", lambda: self._release(ids, attempts))
 
-    async def _until_exiting(self, tasks: Iterable[asyncio.Future[Any]]) -> None:
-        """Waits for ``tasks``, or until a signal says the process is about to end."""
-        pending = {task for task in tasks if not task.done()}
-        exiting: asyncio.Future[Any] = asyncio.ensure_future(self._exiting.wait())
-        try:
-            while pending and not exiting.done():
-                _, pending = await asyncio.wait(pending | {exiting}, return_when=asyncio.FIRST_COMPLETED)
-                pending.discard(exiting)
-        finally:
-            exiting.cancel()
+    async def _until_exiting(self, waits: Iterable[Callable[[], Awaitable[object]]]) -> None:
+        """Awaits each of ``waits``, or until a signal says the process is about to end."""
+        async with anyio.create_task_group() as group:
+
+            async def all_done() -> None:
+                for wait in waits:
+                    await wait()
+                group.cancel_scope.cancel()
+
+            async def exiting() -> None:
+                await self._exiting.wait()
+                group.cancel_scope.cancel()
+
+            group.start_soon(all_done)
+            group.start_soon(exiting)
 
     async def _release(self, job_ids: list[uuid.UUID], attempts: list[int]) -> None:
         """Puts jobs held by this worker back to waiting, their start not counted."""
@@ -596,7 +618,7 @@ class Dispatcher:
         so: the jobs concerned are put back by another once its heartbeat lapsed."""
         deadline = time.monotonic() + SHUTDOWN_RETRY_SECONDS
         try:
-            await Service(self.outage, what).run(operation, deadline=deadline)
+            await Retrier(self.outage, what).run(operation, deadline=deadline)
         except Exception as exc:
             if not database_fault(exc):
                 raise
