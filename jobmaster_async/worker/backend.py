@@ -49,7 +49,7 @@ class WorkerBackend:
         self.node = socket.gethostname()
         self.threads = DaemonThreadPool(32, OutcomeLimits(max_result_bytes=settings.max_result_bytes))
         #: the database faults of this worker (run_forever starts it afresh: Outage.reset)
-        self.outage = Outage(events, probe=store.probe)
+        self.outage = Outage(events, probe=lambda: self.store.probe())  # looked up at each probe
         self.maintenance = Maintenance(
             settings, beat=self.beat, rescue=store.rescue_jobs, last_beat=lambda: self.last_beat, events=events
         )
