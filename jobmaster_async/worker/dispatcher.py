@@ -22,50 +22,39 @@ could not heartbeat for half its ``heartbeat_lapse`` stops claiming, cancels its
 kills its process jobs and puts them back as soon as it can: others may rescue them once the
 lapse passed, and none of them may be running here then. Thread jobs cannot be stopped: they run
 on, and may run twice if the worker stays cut off past the lapse. It claims again once a
-heartbeat is recorded.
+heartbeat is recorded. That side is in worker.cutoff; signals and the shutdown in worker.shutdown.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
 import random
-import signal
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterable, Sequence
-from dataclasses import dataclass, replace
-from typing import Any, Protocol
+from typing import Any
 
 import anyio
 import anyio.abc
-import asyncpg
 
 from .. import tracing
-from ..db.faults import database_fault
-from ..db.store import Store
-from ..settings import Settings
-from .events import Cancelled, Claimed, Events, HeartbeatRecorded, JobFinished, OutageBegan, Recovered
-from .executors import DaemonThreadPool, Outcome, run_task
+from .cutoff import CutOff
+from .events import Cancelled, Claimed, JobFinished, OutageBegan, Recovered
+from .executors import run_task
 from .listener import CancelJob, Listener, SchedulesChanged, Wake
-from .maintenance import Maintenance, Rescuer
-from .outage import Outage, Retrier
+from .maintenance import Rescuer
+from .outage import Retrier
 from .outcomes import Claim, log_outcome, outcome_name
-from .pruner import Pruner
 from .recorder import Recorder
 from .scheduler import Scheduler
 from .services import Spawned, spawn, start
+from .shutdown import Backend, RunOptions
 
 __all__ = ("Backend", "Dispatcher", "RunOptions")
 
 logger = logging.getLogger(__name__)
 
-#: How long a stopping worker keeps trying to record outcomes and put jobs back while the
-#: database is away; past it, the rescuer of another worker puts them back once this one's
-#: heartbeat lapsed.
-SHUTDOWN_RETRY_SECONDS = 10.0
 #: Seconds an idle dispatcher sleeps past the earliest due time it knows of (timers may fire a
 #: hair early; too early costs one more claim, no correctness).
 DUE_MARGIN = 0.001
@@ -76,37 +65,6 @@ CLAIMING = "claiming jobs"
 CONTENDED = 0.005
 
 
-class Backend(Protocol):
-    """What the dispatcher needs of the worker's database side (worker.backend.WorkerBackend)."""
-
-    store: Store
-    settings: Settings
-    worker_id: uuid.UUID
-    threads: DaemonThreadPool
-    maintenance: Maintenance
-    pruner: Pruner
-    events: Events
-    outage: Outage
-    registered: bool
-    last_beat: float
-    beats_elsewhere: bool
-
-    async def beat_on(self, conn: asyncpg.Connection) -> None: ...
-    async def claim(self, limit: int, units: int) -> list[Claim]: ...
-    async def record(self, outcomes: Sequence[tuple[Claim, Outcome]]) -> set[uuid.UUID]: ...
-    async def claimable_task_ids(self) -> list[int]: ...
-    async def registered_task_ids(self) -> list[int]: ...
-
-
-@dataclass(frozen=True)
-class RunOptions:
-    """The arguments of one run_forever call (the rest is the JobMaster's Settings)."""
-
-    concurrency: int
-    grace_period: float
-    handle_signals: bool
-
-
 def _sole(exc: BaseException) -> BaseException:
     """anyio's task groups wrap even a single error in a group; run_forever raises it as it is."""
     while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
@@ -114,12 +72,8 @@ def _sole(exc: BaseException) -> BaseException:
     return exc
 
 
-def _in_thread(claim: Claim) -> bool:
-    return not claim.definition.is_async and claim.definition.executor == "thread"
-
-
-class Dispatcher:
-    """One ``run_forever`` call."""
+class Dispatcher(CutOff):
+    """One ``run_forever`` call (its heartbeat's side: worker.cutoff; its end: worker.shutdown)."""
 
     def __init__(self, backend: Backend, options: RunOptions) -> None:
         self.backend = backend
@@ -392,107 +346,6 @@ class Dispatcher:
         finally:
             self._background.discard(marking)
 
-    # -- the heartbeat -------------------------------------------------------------------------
-
-    def _heartbeating(self) -> bool:
-        """May this worker claim? Only while its last heartbeat is younger than half its lapse:
-        a job it claimed would not be rescued by another before this worker noticed being cut
-        off and stopped it."""
-        age = time.monotonic() - self.backend.last_beat
-        return self.backend.registered and not self._cut_off and age < self.settings.heartbeat_lapse / 2
-
-    def _may_rescue(self) -> bool:
-        """Rescue the jobs of workers whose heartbeat lapsed? Only while this worker heartbeats,
-        and not in the first half lapse after it was cut off: the same fault (a database outage,
-        max_connections filled) most likely cut the others off too, and they get that time to
-        heartbeat again (their reconnection is retried at the heartbeat's pace: worker.listener)
-        before their jobs, some finished and their outcomes not yet recorded, are taken for lost."""
-        if not self._heartbeating():
-            return False
-        return self._back_since is None or time.monotonic() - self._back_since >= self.settings.heartbeat_lapse / 2
-
-    async def _beat(self, conn: asyncpg.Connection) -> None:
-        """The listener's heartbeat, on its connection; a worker cut off claims again."""
-        heartbeating = self._heartbeating()
-        await self.backend.beat_on(conn)
-        # cut off meanwhile (the half lapse passed while this heartbeat was on its way): the
-        # dispatcher waits for a wake-up with no timeout then, so it must be woken below too
-        heartbeating = heartbeating and not self._cut_off
-        if self._cut_off:
-            self._cut_off = False
-            self._back_since = time.monotonic()
-            logger.warning(
-                "worker %s heartbeats again: it claims jobs again (and rescues others' in %gs)",
-                self.backend.worker_id,
-                self.settings.heartbeat_lapse / 2,
-            )
-        if not heartbeating:
-            self._wake.set()
-
-    async def _watch_heartbeat(self) -> None:
-        """Stops the jobs that can be stopped once no heartbeat was recorded for half the lapse
-        (since the last one, or since the start)."""
-        half = self.settings.heartbeat_lapse / 2
-        while True:
-            if self._cut_off:
-                await self.events.next(HeartbeatRecorded)
-                continue
-            since = max(self.backend.last_beat, self._started)
-            left = since + half - time.monotonic()
-            if left > 0:
-                await asyncio.sleep(left)
-                continue
-            self._cut_off = True
-            running = [claim for _, claim in self._running.values()]
-            threads = sum(1 for claim in running if _in_thread(claim))
-            in_async = sum(1 for claim in running if claim.definition.is_async)
-            logger.warning(
-                "worker %s could not heartbeat for %.1fs (half its heartbeat_lapse of %gs): it stops claiming, "
-                "cancels its %d async jobs and kills its %d process jobs, and puts them back as soon as it "
-                "can; %d thread jobs run on (a thread cannot be stopped: they run twice if another worker "
-                "rescues them once the lapse passed)",
-                self.backend.worker_id,
-                time.monotonic() - since,
-                self.settings.heartbeat_lapse,
-                in_async,
-                len(running) - threads - in_async,
-                threads,
-            )
-            self._stop_jobs(running)
-
-    def _stop_jobs(self, claims: list[Claim]) -> None:
-        """Cancels the async jobs among ``claims`` and kills the process ones (a cancelled
-        process job's process is killed: worker.executors), then puts them back."""
-        stopping = []
-        for claim in claims:
-            running = self._running.get(claim.job_id)
-            if running is not None and not _in_thread(claim):
-                running[0].cancel()
-                stopping.append(running)
-        if stopping:
-            putting_back = spawn(self._group, lambda: self._put_back(stopping, putting_back))
-            self._putting_back.add(putting_back)
-
-    async def _put_back(self, stopping: list[tuple[asyncio.Task[None], Claim]], putting_back: Spawned) -> None:
-        """Once the jobs stopped, puts those that ended without an outcome back to waiting, retried
-        until the database answers (a job rescued meanwhile is no longer this worker's: fencing
-        leaves it alone). Their slots stay taken until then."""
-        try:
-            await self._put_back_stopped(stopping)
-        finally:
-            self._putting_back.discard(putting_back)
-
-    async def _put_back_stopped(self, stopping: list[tuple[asyncio.Task[None], Claim]]) -> None:
-        await asyncio.wait([task for task, _ in stopping])
-        stopped = [claim for task, claim in stopping if task.cancelled()]
-        for claim in stopped:
-            self._running.pop(claim.job_id, None)
-            self._stopped[claim.job_id] = claim
-        if stopped:
-            ids, attempts = [c.job_id for c in stopped], [c.attempts for c in stopped]
-            await Retrier(self.outage, "putting stopped jobs back").run(lambda: self._release(ids, attempts))
-            logger.info("%d jobs stopped while this worker could not heartbeat are back to waiting", len(stopped))
-
     # -- notifications and recorded outcomes ---------------------------------------------------
 
     def _on_wake(self, _event: Wake) -> None:
@@ -510,122 +363,3 @@ class Dispatcher:
     def _on_finished(self, event: JobFinished) -> None:
         self._held.pop(event.job_id, None)
         self._wake.set()  # its slot is free
-
-    # -- signals ---------------------------------------------------------------------------------
-
-    @contextlib.contextmanager
-    def _signals_handled(self) -> Any:
-        """SIGTERM and SIGINT, from start to the end of the shutdown, when asked to handle them."""
-        signals = (signal.SIGTERM, signal.SIGINT) if self.options.handle_signals else ()
-        for signum in signals:
-            self._loop.add_signal_handler(signum, self._on_signal, signum)
-        try:
-            yield
-        finally:
-            for signum in signals:
-                self._loop.remove_signal_handler(signum)
-
-    def _on_signal(self, signum: signal.Signals) -> None:
-        """A signal means the process is about to end: threads cannot outlive it, so thread
-        jobs still running after the grace period are put back rather than waited for."""
-        if self._stopping:
-            logger.warning("second %s: shutting down without waiting for running jobs", signum.name)
-            self._exiting.set()
-            self.options = replace(self.options, grace_period=0.0)
-            for task, _ in list(self._running.values()):
-                task.cancel()
-        else:
-            logger.info("%s received: shutting down gracefully", signum.name)
-            self.stop(exiting=True)
-
-    # -- shutdown --------------------------------------------------------------------------------
-
-    async def _shutdown(self) -> None:
-        """Lets running jobs finish within the grace period, holds thread jobs until their threads
-        return (unless the process is about to end), puts the rest back to waiting, records every
-        outcome, and forgets this worker."""
-        self._stopping = True
-        self._stop_requested.set()
-        for spawned in list(self._putting_back):  # their jobs are put back below
-            spawned.cancel()
-            await spawned.wait()
-        async with anyio.create_task_group() as keepalive:
-            await start(keepalive, self.listener, self.recorder)  # the listener heartbeats too
-            await self._finish_running_jobs()
-            await self._until_exiting([m.wait for m in self._background])  # abandoned threads: their marks
-            await self._retry_or_give_up("recording outcomes", self.recorder.flush)
-            keepalive.cancel_scope.cancel()
-        for spawned in list(self._background):
-            spawned.cancel()
-        try:
-            await self.backend.store.remove_worker(self.backend.worker_id)
-        except Exception as exc:
-            if not database_fault(exc):
-                raise
-            logger.warning("could not remove this worker's row (%s); it lapses", exc)
-
-    async def _finish_running_jobs(self) -> None:
-        tasks = [task for task, _ in self._running.values()]
-        if tasks:
-            logger.info("waiting up to %gs for %d running jobs", self.options.grace_period, len(tasks))
-            await asyncio.wait(tasks, timeout=self.options.grace_period)
-        threads = [task for task, claim in self._running.values() if not task.done() and _in_thread(claim)]
-        if threads and not self._exiting.is_set():
-            logger.warning(
-                "%d jobs still run in threads, which cannot be stopped: they stay held (the worker "
-                "heartbeats) until their threads return",
-                len(threads),
-            )
-            await self._until_exiting([functools.partial(asyncio.wait, [thread]) for thread in threads])
-        leftover = [task for task, _ in self._running.values()]
-        for task in leftover:
-            task.cancel()
-        if leftover:
-            await asyncio.wait(leftover)
-        # cancelled: no outcome (and those stopped when cut off, not yet put back)
-        unfinished = [claim for _, claim in self._running.values()] + list(self._stopped.values())
-        if unfinished:
-            logger.warning("putting %d unfinished jobs back to waiting", len(unfinished))
-            ids, attempts = [c.job_id for c in unfinished], [c.attempts for c in unfinished]
-            await self._retry_or_give_up("putting jobs back", lambda: self._release(ids, attempts))
-
-    async def _until_exiting(self, waits: Iterable[Callable[[], Awaitable[object]]]) -> None:
-        """Awaits each of ``waits``, or until a signal says the process is about to end."""
-        async with anyio.create_task_group() as group:
-
-            async def all_done() -> None:
-                for wait in waits:
-                    await wait()
-                group.cancel_scope.cancel()
-
-            async def exiting() -> None:
-                await self._exiting.wait()
-                group.cancel_scope.cancel()
-
-            group.start_soon(all_done)
-            group.start_soon(exiting)
-
-    async def _release(self, job_ids: list[uuid.UUID], attempts: list[int]) -> None:
-        """Puts jobs held by this worker back to waiting, their start not counted."""
-        await self.backend.store.release_jobs(self.backend.worker_id, job_ids, attempts)
-        for job_id in job_ids:
-            self._held.pop(job_id, None)
-            self._stopped.pop(job_id, None)
-        self._wake.set()  # their slots are free
-
-    async def _retry_or_give_up(self, what: str, operation: Callable[[], Awaitable[None]]) -> None:
-        """``operation`` retried for SHUTDOWN_RETRY_SECONDS at most; a worker that gives up says
-        so: the jobs concerned are put back by another once its heartbeat lapsed."""
-        deadline = time.monotonic() + SHUTDOWN_RETRY_SECONDS
-        try:
-            await Retrier(self.outage, what).run(operation, deadline=deadline)
-        except Exception as exc:
-            if not database_fault(exc):
-                raise
-            logger.error(
-                "%s failed for %gs (%s: %s); the jobs concerned are rescued once this worker's heartbeat lapsed",
-                what,
-                SHUTDOWN_RETRY_SECONDS,
-                type(exc).__name__,
-                exc,
-            )
