@@ -182,6 +182,8 @@ class Dispatcher(CutOff):
                             finally:
                                 for spawned in self._putting_back | self._background:
                                     spawned.cancel()
+            except Exception as exc:
+                raise _sole(exc) from None  # the group wrapped the error _serve raised (and logged)
             finally:
                 for unsubscribe in subscriptions:
                     unsubscribe()
