@@ -28,7 +28,7 @@ from ..tasks import TaskDefinition, registry
 from .events import Events, HeartbeatRecorded
 from .executors import DaemonThreadPool, Outcome, OutcomeLimits, run_task
 from .maintenance import Heartbeat, Maintenance
-from .outage import Outage
+from .outage import Outage, log_outages
 from .outcomes import Claim, log_outcome, outcome_name, record_outcomes
 from .pruner import Pruner
 from .services import Detached
@@ -49,6 +49,7 @@ class WorkerBackend:
         self.node = socket.gethostname()
         self.threads = DaemonThreadPool(32, OutcomeLimits(max_result_bytes=settings.max_result_bytes))
         #: the database faults of this worker (run_forever starts it afresh: Outage.reset)
+        log_outages(events)  # first: the log says an outage before anyone reacts to it
         self.outage = Outage(events, probe=lambda: self.store.probe())  # looked up at each probe
         self.maintenance = Maintenance(
             settings, beat=self.beat, rescue=store.rescue_jobs, last_beat=lambda: self.last_beat, events=events

@@ -105,6 +105,8 @@ class OutageBegan(Event):
 
     kind: str
     service: str
+    #: the fault: "<exception type>: <message>"
+    error: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,6 +114,8 @@ class Recovered(Event):
     """Every service that met a fault succeeded since: the outage ended."""
 
     seconds: float
+    #: the kind of the outage that ended (OutageBegan.kind)
+    kind: str = ""
 
 
 @dataclass(frozen=True, slots=True)

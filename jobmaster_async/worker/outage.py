@@ -3,9 +3,9 @@ and the reporting of an outage once for the whole worker (not once per connectio
 
 An outage begins when a service of the worker (claiming, recording, LISTEN, heartbeat, ...) meets
 a database fault (db.faults) and ends when every service that met one has succeeded since: one
-warning at the start, one line at the end, and the events ``OutageBegan`` and ``Recovered``
-(worker.events), to which the dispatcher reacts. Errors that are not database faults are not retried:
-they are bugs, and end the worker with their traceback.
+warning at the start, one line at the end: the events ``OutageBegan`` and ``Recovered``
+(worker.events), which the log (``log_outages``) and the dispatcher consume. Errors that are not
+database faults are not retried: they are bugs, and end the worker with their traceback.
 
 The backoff bounds the retries of a server that keeps failing; it does not delay finding a server
 that is back (a restart, a promoted standby). While services wait out their backoff, the outage
@@ -28,7 +28,7 @@ import anyio
 from ..db.faults import database_fault, fault_name
 from .events import Events, OutageBegan, Recovered, ServerAnswered
 
-__all__ = ("PROBE_INTERVAL", "Outage", "ReconnectDelay", "Retrier")
+__all__ = ("PROBE_INTERVAL", "Outage", "ReconnectDelay", "Retrier", "log_outages")
 
 logger = logging.getLogger(__name__)
 
@@ -61,6 +61,30 @@ class ReconnectDelay:
 async def _cancel_when_set(event: asyncio.Event, scope: anyio.CancelScope) -> None:
     await event.wait()
     scope.cancel()
+
+
+def log_outages(events: Events) -> Callable[[], None]:
+    """Logs the outages said on ``events``: one warning when one begins, one when it ends (the
+    worker's backend subscribes it first, so it logs before anyone reacts). Returns the function
+    that unsubscribes it."""
+
+    def began(event: OutageBegan) -> None:
+        logger.warning("%s (%s: %s); the worker retries with backoff", event.kind, event.service, event.error)
+
+    def recovered(event: Recovered) -> None:
+        ended = {
+            "database unreachable": "database reachable again",
+            "server is read-only (a standby?)": "a read-write server answers again",
+        }.get(event.kind, f"{event.kind} ended")
+        logger.warning("%s: the worker recovered after %.1fs", ended, event.seconds)
+
+    subscriptions = (events.subscribe(OutageBegan, began), events.subscribe(Recovered, recovered))
+
+    def unsubscribe() -> None:
+        for each in subscriptions:
+            each()
+
+    return unsubscribe
 
 
 class Outage:
@@ -99,15 +123,8 @@ class Outage:
         if self.since is None:
             self.since = time.monotonic()
             self.kind = fault_name(exc)
-            logger.warning(
-                "%s (%s: %s: %s); the worker retries with backoff",
-                self.kind,
-                service,
-                type(exc).__name__,
-                exc,
-            )
             self._failing.add(service)
-            self.events.emit(OutageBegan(self.kind, service))
+            self.events.emit(OutageBegan(self.kind, service, f"{type(exc).__name__}: {exc}"))
         else:
             logger.debug("%s failed again (%s): %s: %s", service, fault_name(exc), type(exc).__name__, exc)
             self._failing.add(service)
@@ -117,15 +134,10 @@ class Outage:
             return
         self._failing.discard(service)
         if not self._failing and self.since is not None:
-            ended = {
-                "database unreachable": "database reachable again",
-                "server is read-only (a standby?)": "a read-write server answers again",
-            }.get(self.kind, f"{self.kind} ended")
             seconds = time.monotonic() - self.since
-            logger.warning("%s: the worker recovered after %.1fs", ended, seconds)
             self.since = None
             self._probe_failed = False
-            self.events.emit(Recovered(seconds))
+            self.events.emit(Recovered(seconds, self.kind))
 
     async def pause(self, seconds: float, *until: asyncio.Event) -> None:
         """Waits ``seconds`` (a backoff), or until one of ``until`` is set, or until the server
