@@ -23,6 +23,7 @@ from typing import Any
 
 from benchmarks.soak_tasks import COUNTS, RETENTION
 from jobmaster_async import JobMaster
+from jobmaster_async.events import Claimed, JobFinished, Pruned
 
 #: seconds between two background prunings (the library waits 0.5 to 1 times this)
 PRUNE_INTERVAL = 15.0
@@ -35,14 +36,19 @@ class Stats:
         self.jm = jm
         self.path = path
         #: [first batch's start, last batch's end, jobs deleted, batches], wall clock
+        self.pruned = 0
+        jm.events.subscribe(Pruned, self._pruned)
+
+    def _pruned(self, event: Pruned) -> None:
+        self.pruned += event.deleted
 
     def write(self) -> None:
         data: dict[str, Any] = {
             "pid": os.getpid(),
             "counts": dict(COUNTS),
-            "claimed": self.jm.claimed.count,
-            "recorded": self.jm.finished.count,
-            "pruned": self.jm._worker.pruner.pruned.count,
+            "claimed": self.jm.events.count(Claimed),
+            "recorded": self.jm.events.count(JobFinished),
+            "pruned": self.pruned,
             "prunings": [[p.started, p.ended, p.deleted, p.batches] for p in self.jm._worker.pruner.prunings],
         }
         temporary = self.path.with_suffix(".tmp")

@@ -28,12 +28,12 @@ from .errors import (
     InvalidArguments,
     JobNotFound,
 )
+from .events import Events
 from .inspection import Inspection
 from .jobs import ACTIVE_STATUSES, PoppedJob, as_job_id
 from .settings import JobMasterSettings
 from .worker.backend import WorkerBackend
 from .worker.dispatcher import Dispatcher, RunOptions
-from .worker.signals import Signal
 
 __all__ = ("JobMaster",)
 
@@ -123,20 +123,17 @@ class JobMaster(Inspection):
         #: (connect() waits for one); after, a worker survives them
         self.connected = False
         self._store = Store(self.sql, self.open_connection, settings.pool_size, settings.connection_timeout)
-        #: fired when run_forever loses the database (or the network) and when it recovered
-        self.outages = Signal()
-        self.recoveries = Signal()
+        #: the worker's typed events (events.py: jobs claimed and finished, outages, recoveries,
+        #: rescues...), for subscribers and tests (``await jm.events.wait_for(...)``)
+        self.events = Events()
         #: the database side of this process's worker (claims, heartbeat, outcomes, pop_job): private,
         #: as the store; the dashboard and the CLI read through the public methods
-        self._worker = WorkerBackend(self._store, settings, self.outages, self.recoveries, self.registry)
+        self._worker = WorkerBackend(self._store, settings, self.events, self.registry)
         #: this process's worker, as heartbeats, claims and the history name it
         self.worker_id = self._worker.worker_id
         self._dispatcher: Dispatcher | None = None
         self._stop_requested = False
         self._exit_requested = False
-        #: fired with the number of jobs claimed / whose outcome was recorded by run_forever
-        self.claimed = Signal()
-        self.finished = Signal()
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -280,7 +277,7 @@ class JobMaster(Inspection):
             raise RuntimeError("run_forever is already running on this JobMaster")
         options = RunOptions(concurrency=concurrency, grace_period=grace_period, handle_signals=handle_signals)
         self._worker.threads.grow_to(concurrency)
-        self._dispatcher = Dispatcher(self._worker, options, self.claimed, self.finished, self.outages, self.recoveries)
+        self._dispatcher = Dispatcher(self._worker, options)
         if self._stop_requested:
             self._dispatcher.stop(exiting=self._exit_requested)
         try:

@@ -18,7 +18,7 @@ async def until(check: Callable[[], Awaitable[bool]], what: str, seconds: float 
 
 
 async def within(event: Awaitable[None], what: str, seconds: float = 60) -> None:
-    """Awaits an event of ours (a Signal's wait_for), failing after `seconds`: a worker that died
+    """Awaits an event of ours (an events hub's wait_for), failing after `seconds`: a worker that died
     must fail the test, not hang it."""
     try:
         await asyncio.wait_for(event, seconds)

@@ -18,7 +18,7 @@ import contextlib
 from types import TracebackType
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-from jobmaster_async.worker.signals import Signal
+from jobmaster_async.events import Count
 
 __all__ = ("Proxy",)
 
@@ -60,8 +60,8 @@ class Proxy:
         self.hold_closes = False
         self.port = port  # 0: any free one
         #: connections accepted, and connections the server closed
-        self.accepted = Signal()
-        self.closed_by_server = Signal()
+        self.accepted = Count()
+        self.closed_by_server = Count()
 
     @property
     def dsn(self) -> str:
@@ -106,7 +106,7 @@ class Proxy:
         self._open.set()
 
     async def _accept(self, client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter) -> None:
-        self.accepted.fire()
+        self.accepted.add()
         self._writers.add(client_writer)
         try:
             if isinstance(self._upstream, str):
@@ -133,7 +133,7 @@ class Proxy:
         pipe.ended = True
         pipe.gave_up = not self._open.is_set()
         if pipe.from_server:
-            self.closed_by_server.fire()
+            self.closed_by_server.add()
         pipe.changed.set()
 
     async def _write(self, pipe: _Pipe) -> None:

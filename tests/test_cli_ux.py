@@ -28,6 +28,7 @@ from jobmaster_async.cli.context import database_location, run
 from jobmaster_async.cli.rendering import cut, jobs_table
 from jobmaster_async.cli.worker import OutcomeCounter, RecentRate
 from jobmaster_async.errors import InvalidJobId
+from jobmaster_async.events import Claimed, Completed, Events, Failed, Retried
 from jobmaster_async.examples import nice_tasks
 from jobmaster_async.ids import _dashed_suffix, digits_of, short_id
 from jobmaster_async.jobs import Job
@@ -189,14 +190,14 @@ def test_rates_are_over_a_recent_window() -> None:
     assert rate.per_second() == pytest.approx(2.0, rel=0.11)
 
 
-def test_outcome_counter_counts_per_task(monkeypatch: pytest.MonkeyPatch) -> None:
-    logger = logging.getLogger("jobmaster_async.worker.outcomes")
-    monkeypatch.setattr(logger, "level", logging.INFO)
-    with OutcomeCounter().attached() as counter:
-        logger.info("done", extra={"job_id": "x", "task": "t.a", "outcome": "completed"})
-        logger.warning("failed", extra={"job_id": "y", "task": "t.a", "outcome": "retried"})
-        logger.error("failed", extra={"job_id": "z", "task": "t.b", "outcome": "failed"})
-        logger.info("something else %s %s", "a", "b")
+def test_outcome_counter_counts_per_task() -> None:
+    events = Events()
+    with OutcomeCounter().attached(events) as counter:
+        events.emit(Completed(uuid.uuid4(), "t.a"))
+        events.emit(Retried(uuid.uuid4(), "t.a", "ValueError"))
+        events.emit(Failed(uuid.uuid4(), "t.b", "ValueError"))
+        events.emit(Claimed(uuid.uuid4(), "t.a"))
+    events.emit(Completed(uuid.uuid4(), "t.a"))  # detached: not counted
     assert counter.done == {"t.a": 1} and counter.retried == {"t.a": 1} and counter.failed == {"t.b": 1}
 
 

@@ -23,6 +23,7 @@ import pytest
 
 from jobmaster_async import JobMaster, PoppedJob
 from jobmaster_async.db.sql import quote_identifier
+from jobmaster_async.events import JobFinished
 from tests.conftest import worker
 from tests.polling import within
 from tests.tasks_for_tests import GATES, Gate
@@ -151,7 +152,7 @@ async def test_a_worker_runs_on_while_a_client_holds_a_link_to_its_running_job(
 
                 unrelated = await jm.insert_jobs("tasks_for_tests", "add", 0, [{"a": i} for i in range(1000)])
                 held.opened.set()  # the dependency finishes while the link is open, amid the others
-                await within(jm.finished.wait_for(1001), "1,000 jobs and the dependency to finish", DEADLINE)
+                await within(jm.events.wait_for(JobFinished, 1001), "1,000 jobs and the dependency to finish", DEADLINE)
 
                 assert conn.is_in_transaction()
                 pool = await jm._store.pool()
@@ -164,7 +165,7 @@ async def test_a_worker_runs_on_while_a_client_holds_a_link_to_its_running_job(
                 assert await jm.get_job(dependent_id) is None  # not committed yet
                 await conn.execute("COMMIT")
 
-            await within(jm.finished.wait_for(1002), "the dependent to run", DEADLINE)
+            await within(jm.events.wait_for(JobFinished, 1002), "the dependent to run", DEADLINE)
     dependent, dependency = await get(jm, dependent_id), await get(jm, dependency_id)
     assert dependent.status == "complete" and dependent.result == 0
     assert dependent.started_at >= dependency.finished_at
@@ -181,13 +182,13 @@ async def test_a_waiting_dependency_linked_by_an_open_transaction_is_claimed_and
         # linking touched nothing: the priority is raised at commit (if still waiting then)
         assert (await get(jm, dependency_id)).priority == 0
         async with worker(jm, concurrency=2):
-            await within(jm.finished.wait_for(1), "the linked dependency to be claimed and run", DEADLINE)
+            await within(jm.events.wait_for(JobFinished, 1), "the linked dependency to be claimed and run", DEADLINE)
             assert conn.is_in_transaction()
             dependency = await get(jm, dependency_id)
             assert dependency.status == "complete" and dependency.priority == 0
             assert await statuses(jm, dependency_id) == ["waiting", "running", "complete"]
             await conn.execute("COMMIT")
-            await within(jm.finished.wait_for(2), "the dependent to run", DEADLINE)
+            await within(jm.events.wait_for(JobFinished, 2), "the dependent to run", DEADLINE)
     dependent = await get(jm, dependent_id)
     assert dependent.status == "complete" and dependent.started_at >= dependency.finished_at
 
@@ -228,9 +229,9 @@ async def test_a_rollback_leaves_no_dependent_and_the_dependency_as_it_was(
         dependent_id = await add_job(conn, jm, "after_gate", 50, key="rolled back")
         assert await links(conn, jm, dependent_id) == [dependency_id]
         async with worker(jm, concurrency=2):
-            await within(jm.finished.wait_for(1), "the linked dependency to run", DEADLINE)
+            await within(jm.events.wait_for(JobFinished, 1), "the linked dependency to run", DEADLINE)
             await conn.execute("ROLLBACK")
-        assert jm.finished.count == 1
+        assert jm.events.count(JobFinished) == 1
 
     assert await jm.get_job(dependent_id) is None
     assert await jm.jobs(task_key="after_gate") == []

@@ -15,6 +15,7 @@ import sqlalchemy
 
 from jobmaster_async import JobMaster, JobNotFound, NotRetryable
 from jobmaster_async.db.sql import quote_identifier
+from jobmaster_async.events import JobFinished
 from tests.conftest import drop_schema
 
 
@@ -252,7 +253,7 @@ def test_sync_facade_run_forever_and_stop(dsn: str, schema_name: str) -> None:
         import asyncio
 
         # the async counter of recorded outcomes, awaited on the facade's loop
-        asyncio.run_coroutine_threadsafe(master.aio.finished.wait_for(1), master._runner.loop).result(30)
+        asyncio.run_coroutine_threadsafe(master.aio.events.wait_for(JobFinished, 1), master._runner.loop).result(30)
         master.stop()
         runner.join(30)
         assert not runner.is_alive()

@@ -24,8 +24,8 @@ from jobmaster_async import JobMaster
 from jobmaster_async.db.faults import database_fault, read_only_server
 from jobmaster_async.db.sql import quote_identifier
 from jobmaster_async.errors import DatabaseUnavailable
-from jobmaster_async.worker.outage import Outage
-from jobmaster_async.worker.signals import Signal
+from jobmaster_async.events import Events
+from jobmaster_async.worker.outage import Outage, log_outages
 from tests.polling import until
 from tests.processes import worker_process
 from tests.proxy import Proxy
@@ -206,7 +206,9 @@ def test_a_read_only_server_is_named_as_such(caplog: pytest.LogCaptureFixture) -
     assert read_only_server(refused) and read_only_server(not_matched)
     assert database_fault(refused) and database_fault(not_matched)
     assert not read_only_server(ConnectionRefusedError(111, "Connection refused"))
-    outage = Outage(Signal(), Signal())
+    events = Events()
+    log_outages(events)
+    outage = Outage(events)
     with caplog.at_level(logging.WARNING, "jobmaster_async"):
         outage.failed("claiming jobs", refused)
     [record] = caplog.records

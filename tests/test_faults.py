@@ -22,6 +22,7 @@ import pytest
 from jobmaster_async import JobMaster
 from jobmaster_async.db.sql import quote_identifier
 from jobmaster_async.errors import DatabaseUnavailable
+from jobmaster_async.events import Claimed, JobFinished, OutageBegan, Recovered
 from tests.conftest import deployed, drop_schema, worker
 from tests.polling import until, within
 from tests.proxy import Proxy
@@ -73,20 +74,20 @@ async def test_terminated_backends_whose_end_arrives_late_are_one_outage(
         worker(jm),
     ):
         await jm.insert_job("tasks_for_tests", "add", 1, {"a": 1})
-        await within(jm.finished.wait_for(1), "the first job")
+        await within(jm.events.wait_for(JobFinished, 1), "the first job")
         proxy.hold_closes = True
         closed = proxy.closed_by_server.count
         killed = await conn.fetchval(TERMINATE, name)
         assert killed >= 3  # LISTEN, claims, and the pool's
         await within(proxy.closed_by_server.wait_for(closed + killed), "the backends to end")
         proxy.hold_closes = False
-        await within(jm.outages.wait_for(1), "the outage to be noticed")  # LISTEN ping, heartbeat
+        await within(jm.events.wait_for(OutageBegan, 1), "the outage to be noticed")  # LISTEN ping, heartbeat
         job_id = await add_job(conn, jm.schema, "add", {"a": 2})
-        await within(jm.finished.wait_for(2), "the job inserted after")
-        await within(jm.recoveries.wait_for(1), "the recovery")
+        await within(jm.events.wait_for(JobFinished, 2), "the job inserted after")
+        await within(jm.events.wait_for(Recovered, 1), "the recovery")
         job = await jm.get_job(job_id)
         assert job is not None and job.status == "complete"
-    assert jm.outages.count == 1
+    assert jm.events.count(OutageBegan) == 1
     assert warnings_saying(caplog, "database unreachable") == 1
     assert warnings_saying(caplog, "recovered after") == 1
 
@@ -105,13 +106,13 @@ async def test_a_black_holed_network_is_noticed_and_survived(
         arguments = [{"path": str(out), "key": i, "seconds": 0.5} for i in range(8)]
         await jm.insert_jobs("tasks_for_tests", "record_after", 1, arguments)
         async with worker(jm, concurrency=4):
-            await within(jm.claimed.wait_for(4), "four jobs to start")
+            await within(jm.events.wait_for(Claimed, 4), "four jobs to start")
             proxy.blackhole()
-            await within(jm.outages.wait_for(1), "the outage to be noticed")
+            await within(jm.events.wait_for(OutageBegan, 1), "the outage to be noticed")
             for key in range(8, 12):
                 await add_job(conn, jm.schema, "record_after", {"path": str(out), "key": key, "seconds": 0.0})
             getattr(proxy, back)()
-            await within(jm.recoveries.wait_for(1), "the recovery")
+            await within(jm.events.wait_for(Recovered, 1), "the recovery")
             await until(lambda: finished(conn, jm.schema, 12), "every job to finish")
     assert Counter(out.read_text().split()) == Counter(str(key) for key in range(12))
 
@@ -132,7 +133,7 @@ async def test_a_claim_whose_answer_was_lost_is_put_back_after_the_outage(
         async with worker(jm):
             task_ids = await jm._worker.claimable_task_ids()
             proxy.blackhole()
-            await within(jm.outages.wait_for(1), "the outage to be noticed")
+            await within(jm.events.wait_for(OutageBegan, 1), "the outage to be noticed")
             job_id = await add_job(conn, jm.schema, "add", {"a": 1})
             claim = f"SELECT job_id FROM {quote_identifier(jm.schema)}.claim_jobs($1, $2, 1, 100)"
             claimed = await conn.fetch(claim, jm.worker_id, task_ids)
@@ -209,7 +210,7 @@ async def test_stop_keeps_thread_jobs_held_until_their_threads_return(
         arguments = [{"path": str(out), "key": i, "gate": str(gate)} for i in range(4)]
         ids = await first.insert_jobs("tasks_for_tests", "record_when_gate_opens", 1, arguments)
         running = asyncio.create_task(first.run_forever(4, grace_period=0.1))
-        await within(first.claimed.wait_for(4), "four jobs to start")
+        await within(first.events.wait_for(Claimed, 4), "four jobs to start")
         async with worker(second):
             await first.stop()
             await until(lambda: _logged(caplog, "they stay held"), "the grace period to pass")

@@ -22,6 +22,7 @@ LAYERS: list[tuple[str, ...]] = [
         "errors",
         "storable",
         "lifecycle",
+        "events",
         "jobs",
         "tasks",
         "parameters",

@@ -10,9 +10,16 @@ import pytest
 
 from jobmaster_async import JobMaster
 from jobmaster_async.db.sql import quote_identifier
-from jobmaster_async.worker.listener import CancelJob, Listener, Notification, Wake, parse_notification
+from jobmaster_async.events import Claimed, Events, HeartbeatRecorded, Listening, OutageBegan, Recovered
+from jobmaster_async.worker.listener import (
+    CancelJob,
+    Listener,
+    Notification,
+    SchedulesChanged,
+    Wake,
+    parse_notification,
+)
 from jobmaster_async.worker.outage import Outage
-from jobmaster_async.worker.signals import Signal
 from tests.conftest import deployed, worker
 from tests.polling import within
 
@@ -29,11 +36,15 @@ async def test_notifications_arrive_and_listening_survives_a_killed_connection(
     jm: JobMaster, conn: asyncpg.Connection
 ) -> None:
     received: asyncio.Queue[Notification] = asyncio.Queue()
-    outage = Outage(Signal(), Signal())
-    listener = Listener(jm._store, outage, received.put_nowait, ping_interval=1.0)
+    events = Events()
+    events.subscribe(Wake, received.put_nowait)
+    events.subscribe(CancelJob, received.put_nowait)
+    events.subscribe(SchedulesChanged, received.put_nowait)
+    outage = Outage(events)
+    listener = Listener(jm._store, outage, events, ping_interval=1.0)
     running = asyncio.create_task(listener.run())
     try:
-        await within(listener.listening.wait_for(1), "LISTEN")
+        await within(events.wait_for(Listening, 1), "LISTEN")
         assert await received.get() == Wake()  # the catch-up wake-up
         job_id = uuid.uuid4()
         await conn.execute("SELECT pg_notify($1, $2)", jm.sql.channel, f"cancel:{job_id}")
@@ -43,9 +54,9 @@ async def test_notifications_arrive_and_listening_survives_a_killed_connection(
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
             " WHERE pid <> pg_backend_pid() AND application_name LIKE 'jobmaster_async:%'"
         )
-        await within(listener.listening.wait_for(2), "LISTEN again after the connection was killed")
-        await within(outage.ended.wait_for(1), "the outage to end")
-        assert outage.began.count == 1
+        await within(events.wait_for(Listening, 2), "LISTEN again after the connection was killed")
+        await within(events.wait_for(Recovered, 1), "the outage to end")
+        assert events.count(OutageBegan) == 1
         while not received.empty():
             received.get_nowait()
         await conn.execute("SELECT pg_notify($1, 'wake')", jm.sql.channel)
@@ -63,11 +74,11 @@ async def test_the_worker_heartbeats_on_the_listen_connection_while_its_pool_is_
     lapse = {"heartbeat_interval": 0.1, "heartbeat_lapse": 3.0, "poll_interval": 3600, "pool_size": 1}
     async with deployed(dsn, schema_name, **lapse) as master, worker(master, concurrency=2):
         job_id = await master.insert_job("tasks_for_tests", "sleepy", 1, {"seconds": 60})
-        await within(master.claimed.wait_for(1), "the job to start")
+        await within(master.events.wait_for(Claimed, 1), "the job to start")
         async with master._store.acquire():  # the pool is empty now
-            beats = master._worker.beats.count
+            beats = master.events.count(HeartbeatRecorded)
             # two lapses' worth of heartbeats (60 intervals), none through the pool
-            await within(master._worker.beats.wait_for(beats + 60), "heartbeats while the pool is starved")
+            await within(master.events.wait_for(HeartbeatRecorded, beats + 60), "heartbeats while the pool is starved")
             age = await conn.fetchval(
                 f"SELECT extract(epoch FROM now() - heartbeat_at) FROM {quote_identifier(schema_name)}.workers"
                 " WHERE worker_id = $1",

@@ -8,10 +8,10 @@ import asyncpg
 
 from jobmaster_async import JobMaster
 from jobmaster_async.db.sql import quote_identifier
+from jobmaster_async.events import Count, Events, Rescued
 from jobmaster_async.settings import JobMasterSettings
-from jobmaster_async.worker.maintenance import Maintenance
+from jobmaster_async.worker.maintenance import Heartbeat, Maintenance, Rescuer
 from jobmaster_async.worker.outage import Outage
-from jobmaster_async.worker.signals import Signal
 from tests.polling import within
 
 
@@ -25,9 +25,9 @@ async def test_a_lost_workers_job_is_rescued_by_the_rescue_loop(jm: JobMaster, c
         rescue=jm._store.rescue_jobs,
         last_beat=lambda: 0.0,  # this process never beat: nothing of its own to protect
     )
-    running = asyncio.create_task(maintenance.rescue_loop(Outage(Signal(), Signal())))
+    running = asyncio.create_task(Rescuer(maintenance, Outage(Events())).run())
     try:
-        await within(maintenance.rescued.wait_for(1), "the rescue")
+        await within(maintenance.events.wait_for(Rescued, 1), "the rescue")
     finally:
         running.cancel()
         await asyncio.gather(running, return_exceptions=True)
@@ -54,16 +54,16 @@ async def test_rescue_if_due_runs_once_per_interval_and_never_with_a_lapsed_own_
 
 
 async def test_the_heartbeat_loop_beats_every_interval() -> None:
-    beats = Signal()
+    beats = Count()
 
     async def beat() -> None:
-        beats.fire()
+        beats.add()
 
     async def rescue() -> int:
         return 0
 
     maintenance = Maintenance(JobMasterSettings(heartbeat_interval=0.01), beat, rescue, lambda: 0.0)
-    running = asyncio.create_task(maintenance.heartbeat_loop(Outage(Signal(), Signal())))
+    running = asyncio.create_task(Heartbeat(maintenance, Outage(Events())).run())
     try:
         await within(beats.wait_for(3), "three heartbeats")
     finally:
@@ -74,21 +74,21 @@ async def test_the_heartbeat_loop_beats_every_interval() -> None:
 async def test_the_rescue_loop_rescues_only_while_the_worker_may() -> None:
     """run_forever's rescue loop asks first: not while its own heartbeat is stale, nor in the half
     lapse after it was cut off (worker.dispatcher)."""
-    asked, rescues = Signal(), Signal()
+    asked, rescues = Count(), Count()
     allowed = False
 
     def may_rescue() -> bool:
-        asked.fire()
+        asked.add()
         return allowed
 
     async def rescue() -> int:
-        rescues.fire()
+        rescues.add()
         return 0
 
     async def beat() -> None: ...
 
     maintenance = Maintenance(JobMasterSettings(rescue_interval=0.01), beat, rescue, lambda: 0.0)
-    running = asyncio.create_task(maintenance.rescue_loop(Outage(Signal(), Signal()), may_rescue))
+    running = asyncio.create_task(Rescuer(maintenance, Outage(Events()), may_rescue).run())
     try:
         await within(asked.wait_for(3), "the loop to ask three times")
         assert rescues.count == 0

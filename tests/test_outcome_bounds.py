@@ -20,13 +20,13 @@ import tests.outcome_tasks  # noqa: F401  (registers the tasks the jm fixture de
 from jobmaster_async import JobMaster
 from jobmaster_async.db.sql import quote_identifier
 from jobmaster_async.errors import ConfigurationError
+from jobmaster_async.events import Events, JobFinished, OutageBegan, Recovered
 from jobmaster_async.worker import executors
 from jobmaster_async.worker.bounds import MAX_MESSAGE_BYTES, MAX_TRACEBACK_BYTES, truncated
 from jobmaster_async.worker.executors import Outcome
 from jobmaster_async.worker.outage import Outage
 from jobmaster_async.worker.outcomes import Claim, record_outcomes
 from jobmaster_async.worker.recorder import SLOW_OUTCOME_BYTES, Recorder
-from jobmaster_async.worker.signals import Signal
 from tests.conftest import deployed, worker
 from tests.polling import until, within
 from tests.processes import worker_process
@@ -68,7 +68,7 @@ async def test_a_result_over_max_result_bytes_fails_its_job_for_good(small_limit
     fits = await jm.insert_job("outcome_tasks", task_key, 0, {"size": LIMIT - 2})  # its JSON: 1,000 bytes
     others = await jm.insert_jobs("tasks_for_tests", "add", 0, [{"a": i} for i in range(5)])
     async with worker(jm, concurrency=4):
-        await within(jm.finished.wait_for(7), "the jobs to finish")
+        await within(jm.events.wait_for(JobFinished, 7), "the jobs to finish")
     job = await jm.get_job(big)
     assert job is not None and (job.status, job.attempts, job.error_type) == ("failed", 1, "ResultTooLarge")
     assert f"a result of 5,002 bytes of JSON, over the limit of {LIMIT:,} bytes" in (job.message or "")
@@ -92,7 +92,7 @@ async def test_a_huge_error_message_is_cut_with_a_note_and_the_job_retried(jm: J
     lines = 2_000_000  # 50 MB
     job_id = await jm.insert_job("outcome_tasks", task_key, 0, {"lines": lines})
     async with worker(jm, concurrency=2):
-        await within(jm.finished.wait_for(2), "both attempts")  # retries=1: retried as usual
+        await within(jm.events.wait_for(JobFinished, 2), "both attempts")  # retries=1: retried as usual
     job = await jm.get_job(job_id)
     assert job is not None and (job.status, job.attempts, job.error_type) == ("failed", 2, "ValueError")
     size = len("a line of a huge message\n") * lines
@@ -119,7 +119,7 @@ async def test_an_async_tasks_huge_exception_is_formatted_off_the_event_loop(
     huge = await jm.insert_job("outcome_tasks", "huge_message", 0, {"lines": 2_000_000})
     small = await jm.insert_job("tasks_for_tests", "raises_dirty", 0, {"text": "x"})  # retries=2
     async with worker(jm, concurrency=2):
-        await within(jm.finished.wait_for(5), "the attempts")
+        await within(jm.events.wait_for(JobFinished, 5), "the attempts")
     assert sorted(formatted_in) == [(False, 50_000_000)] * 2 + [(True, len("bad\x00x\ud800"))] * 3
     assert [(await jm.get_job(i)).status for i in (huge, small)] == ["failed", "failed"]  # type: ignore[union-attr]
 
@@ -129,7 +129,7 @@ async def test_the_event_loop_runs_while_an_async_tasks_exception_is_read(jm: Jo
     would wait in vain and say so."""
     job_id = await jm.insert_job("outcome_tasks", "slow_to_read", 0, {"patience": 20})
     async with worker(jm, concurrency=1):
-        await within(jm.finished.wait_for(1), "the job")
+        await within(jm.events.wait_for(JobFinished, 1), "the job")
     job = await jm.get_job(job_id)
     assert job is not None and job.status == "failed" and job.message == "read while the event loop ran"
 
@@ -175,14 +175,14 @@ async def test_a_batch_that_times_out_is_split_until_the_slow_outcome_is_alone(j
             raise TimeoutError
         return await jm._worker.record(outcomes)
 
-    recorder = Recorder(record, Outage(Signal(), Signal()), lambda _claims: None)
+    recorder = Recorder(record, Outage(Events()))
     running = asyncio.create_task(recorder.run())
     try:
         big = "x" * (SLOW_OUTCOME_BYTES + 1)
         for claim in claims:
             text = json.dumps(big) if claim is slow else "1"
             recorder.add(claim, Outcome(ok=True, result=None, result_json=text))
-        await within(recorder.recorded.wait_for(9), "the outcomes to be recorded")
+        await within(recorder.events.wait_for(JobFinished, 9), "the outcomes to be recorded")
     finally:
         running.cancel()
         await asyncio.gather(running, return_exceptions=True)
@@ -230,9 +230,9 @@ async def test_statement_and_lock_timeouts_are_named_as_such(
             async with conn.transaction():
                 await conn.execute(f"LOCK TABLE {quote_identifier(jm.schema)}.jobs IN SHARE MODE")
                 gate.opened.set()
-                await within(timed.outages.wait_for(1), "the timeouts")
-            await within(timed.finished.wait_for(1), "the outcome")
-            await within(timed.recoveries.wait_for(1), "the recovery")
+                await within(timed.events.wait_for(OutageBegan, 1), "the timeouts")
+            await within(timed.events.wait_for(JobFinished, 1), "the outcome")
+            await within(timed.events.wait_for(Recovered, 1), "the recovery")
     finally:
         del GATES[key]
         await timed.close()
@@ -276,13 +276,13 @@ async def test_a_large_outcome_is_kept_while_every_statement_times_out(jm: JobMa
             raise TimeoutError
         return await jm._worker.record(outcomes)
 
-    recorder = Recorder(record, Outage(Signal(), Signal()), lambda _claims: None)
+    recorder = Recorder(record, Outage(Events()))
     running = asyncio.create_task(recorder.run())
     try:
         big = json.dumps("x" * (SLOW_OUTCOME_BYTES + 1))
         recorder.add(claims[0], Outcome(ok=True, result=None, result_json=big))
         recorder.add(claims[1], Outcome(ok=True, result=None, result_json="1"))
-        await within(recorder.recorded.wait_for(2), "the outcomes to be recorded")
+        await within(recorder.events.wait_for(JobFinished, 2), "the outcomes to be recorded")
     finally:
         running.cancel()
         await asyncio.gather(running, return_exceptions=True)

@@ -22,10 +22,10 @@ import pytest
 from jobmaster_async import Cron, JobMaster, TaskDefinitionError, task
 from jobmaster_async.db.sql import quote_identifier
 from jobmaster_async.db.ticks import Ticks
+from jobmaster_async.events import Events, TickFired
 from jobmaster_async.tasks import registry
 from jobmaster_async.worker.outage import Outage
 from jobmaster_async.worker.scheduler import Scheduler
-from jobmaster_async.worker.signals import Signal
 from tests.conftest import deployed, worker
 from tests.polling import until, within
 from tests.processes import worker_process
@@ -250,11 +250,11 @@ async def test_a_tick_fired_across_an_outage_is_the_latest_one_missed(
     clock = _Clock(now - timedelta(hours=3))  # when the fire first failed
     stale = cron.latest_tick(clock.now)
     ticks = _OutageAtFirstFire(idle_jm._store.ticks, clock, back_at=now)
-    scheduler = _ClockedScheduler(ticks, registered, Outage(Signal(), Signal()))  # type: ignore[arg-type]
+    scheduler = _ClockedScheduler(ticks, registered, Outage(Events()))  # type: ignore[arg-type]
     scheduler.clock = clock
     running = asyncio.create_task(scheduler.run())
     try:
-        await within(scheduler.fired.wait_for(1), "the tick fired once the database is back")
+        await within(scheduler.outage.events.wait_for(TickFired, 1), "the tick fired once the database is back")
     finally:
         running.cancel()
         with contextlib.suppress(asyncio.CancelledError):

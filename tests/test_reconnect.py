@@ -12,9 +12,9 @@ import asyncpg
 import pytest
 
 from jobmaster_async import JobMaster
+from jobmaster_async.events import Count, Events, OutageBegan, Recovered
 from jobmaster_async.worker import outage as outage_module
-from jobmaster_async.worker.outage import Backoff, Outage, Service
-from jobmaster_async.worker.signals import Signal
+from jobmaster_async.worker.outage import Outage, ReconnectDelay, Retrier
 from tests.conftest import worker
 from tests.polling import until, within
 from tests.proxy import Proxy
@@ -27,21 +27,21 @@ class Server:
 
     def __init__(self) -> None:
         self.up = False
-        self.probed = Signal()  # failed probes
-        self.answered = Signal()
+        self.probed = Count()  # failed probes
+        self.answered = Count()
 
     async def probe(self) -> None:
         if not self.up:
-            self.probed.fire()
+            self.probed.add()
             raise ConnectionRefusedError(111, "Connection refused")
-        self.answered.fire()
+        self.answered.add()
 
 
 async def test_a_server_back_ends_the_backoff_at_once() -> None:
     server = Server()
-    outage = Outage(Signal(), Signal(), probe=server.probe)
-    service = Service(outage, "claiming jobs")
-    service.backoff = Backoff(first=HOUR, cap=HOUR)
+    outage = Outage(Events(), probe=server.probe)
+    service = Retrier(outage, "claiming jobs")
+    service.delays = ReconnectDelay(first=HOUR, cap=HOUR)
     tries = 0
 
     async def operation() -> str:
@@ -57,23 +57,23 @@ async def test_a_server_back_ends_the_backoff_at_once() -> None:
     server.up = True
     assert await asyncio.wait_for(running, 60) == "done"  # not an hour
     assert tries == 2
-    assert outage.answered.count == 1 and outage.since is None
+    assert outage.answers == 1 and not outage.active
 
 
 async def test_a_server_that_answers_but_fails_statements_keeps_the_backoff() -> None:
     """The probe connects, the statements fail: only the backoff says when to try again."""
     server = Server()
     server.up = True
-    outage = Outage(Signal(), Signal(), probe=server.probe)
-    service = Service(outage, "recording outcomes")
-    service.backoff = Backoff(first=HOUR, cap=HOUR)
+    outage = Outage(Events(), probe=server.probe)
+    service = Retrier(outage, "recording outcomes")
+    service.delays = ReconnectDelay(first=HOUR, cap=HOUR)
 
     async def operation() -> None:
         raise asyncpg.TooManyConnectionsError("sorry, too many clients already")
 
     running = asyncio.create_task(service.run(operation))
     await within(server.answered.wait_for(2), "two probes answered")
-    assert not running.done() and outage.answered.count == 0
+    assert not running.done() and outage.answers == 0
     running.cancel()
     with pytest.raises(asyncio.CancelledError):
         await running
@@ -84,21 +84,21 @@ async def test_a_worker_back_from_an_outage_does_not_wait_out_its_backoff(
 ) -> None:
     """The server goes away (connections refused) long enough for every service to back off for
     an hour, then comes back: the worker runs a job inserted meanwhile."""
-    monkeypatch.setattr(outage_module, "Backoff", functools.partial(Backoff, first=HOUR, cap=HOUR))
+    monkeypatch.setattr(outage_module, "ReconnectDelay", functools.partial(ReconnectDelay, first=HOUR, cap=HOUR))
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     proxy = Proxy(dsn, port)
     await proxy.__aenter__()
     master = JobMaster(proxy.dsn, schema=jm.schema, heartbeat_interval=0.5, heartbeat_lapse=30)
-    refused = Signal()
+    refused = Count()
     probe = master._store.probe
 
     async def counted_probe() -> None:
         try:
             await probe()
         except OSError:
-            refused.fire()
+            refused.add()
             raise
 
     master._store.probe = counted_probe  # type: ignore[method-assign]
@@ -107,13 +107,13 @@ async def test_a_worker_back_from_an_outage_does_not_wait_out_its_backoff(
             first = await jm.insert_job("tasks_for_tests", "add", 0, {"a": 1, "b": 1})
             await until(lambda: _complete(jm, first), "a job before the outage")
             await proxy.close()  # the server is gone: connections cut, new ones refused
-            await within(master.outages.wait_for(1), "the outage")
+            await within(master.events.wait_for(OutageBegan, 1), "the outage")
             await within(refused.wait_for(1), "a refused probe")
             second = await jm.insert_job("tasks_for_tests", "add", 0, {"a": 2, "b": 2})
             proxy = Proxy(dsn, port)
             await proxy.__aenter__()  # back, at the same address
             await until(lambda: _complete(jm, second), "the job inserted during the outage")
-            assert master.recoveries.count >= 1
+            assert master.events.count(Recovered) >= 1
     finally:
         await master.close()
         await proxy.close()

@@ -10,11 +10,11 @@ from collections.abc import Sequence
 import asyncpg
 
 from jobmaster_async import JobMaster
+from jobmaster_async.events import Events, JobFinished, OutageBegan, Recovered
 from jobmaster_async.worker.executors import Outcome
 from jobmaster_async.worker.outage import Outage
 from jobmaster_async.worker.outcomes import Claim
 from jobmaster_async.worker.recorder import RECORD_BATCH, RECORD_BATCH_BYTES, Recorder
-from jobmaster_async.worker.signals import Signal
 from tests.polling import within
 
 
@@ -31,14 +31,15 @@ async def test_outcomes_are_recorded_in_batches_of_at_most_record_batch(jm: JobM
         statements.append(len(outcomes))
         return await jm._worker.record(outcomes)
 
-    handed_back: list[Claim] = []
-    recorder = Recorder(record, Outage(Signal(), Signal()), handed_back.extend)
+    handed_back: list[JobFinished] = []
+    recorder = Recorder(record, Outage(Events()))
+    recorder.events.subscribe(JobFinished, handed_back.append)
     for claim in claims:
         recorder.add(claim, Outcome(ok=True, result=claim.arguments["a"], result_json=str(claim.arguments["a"])))
     await recorder.flush()
     assert statements == [RECORD_BATCH, RECORD_BATCH, 50]
-    assert recorder.recorded.count == len(claims) and recorder.pending == 0
-    assert {c.job_id for c in handed_back} == {c.job_id for c in claims}
+    assert recorder.events.count(JobFinished) == len(claims) and recorder.pending == 0
+    assert {e.job_id for e in handed_back} == {c.job_id for c in claims}
     assert await jm.counts() == {"complete": len(claims)}
 
 
@@ -53,17 +54,17 @@ async def test_outcomes_are_kept_while_the_database_fails_and_recorded_after(jm:
             raise asyncpg.ConnectionDoesNotExistError("connection was closed in the middle of operation")
         return await jm._worker.record(outcomes)
 
-    outage = Outage(Signal(), Signal())
-    recorder = Recorder(record, outage, lambda _claims: None)
+    outage = Outage(Events())
+    recorder = Recorder(record, outage)
     running = asyncio.create_task(recorder.run())
     try:
         for claim in claims:
             recorder.add(claim, Outcome(ok=True, result=None, result_json="null"))
-        await within(recorder.recorded.wait_for(3), "the outcomes to be recorded")
+        await within(recorder.events.wait_for(JobFinished, 3), "the outcomes to be recorded")
     finally:
         running.cancel()
         await asyncio.gather(running, return_exceptions=True)
-    assert (outage.began.count, outage.ended.count) == (1, 1)
+    assert (outage.events.count(OutageBegan), outage.events.count(Recovered)) == (1, 1)
     assert await jm.counts() == {"complete": 3}
 
 
@@ -76,7 +77,7 @@ async def test_batches_are_bounded_in_bytes_too(jm: JobMaster) -> None:
         statements.append(len(outcomes))
         return await jm._worker.record(outcomes)
 
-    recorder = Recorder(record, Outage(Signal(), Signal()), lambda _claims: None)
+    recorder = Recorder(record, Outage(Events()))
     text = json.dumps("x" * (3 * 1024 * 1024))
     for claim in claims:
         recorder.add(claim, Outcome(ok=True, result=None, result_json=text))

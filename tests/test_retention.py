@@ -18,6 +18,7 @@ from jobmaster_async import JobMaster
 from jobmaster_async.cli import main
 from jobmaster_async.db.sql import quote_identifier
 from jobmaster_async.errors import ConfigurationError, TaskDefinitionError
+from jobmaster_async.events import JobFinished, Pruned
 from jobmaster_async.tasks import task
 from tests.conftest import deployed, worker
 
@@ -229,10 +230,10 @@ async def test_run_forever_prunes_in_the_background(dsn: str, schema_name: str) 
     async with deployed(dsn, schema_name, prune_interval=0.2) as master:
         ids = await master.insert_jobs(T, "add", 0, [{"a": i} for i in range(3)])
         async with worker(master):
-            await master.finished.wait_for(3)
+            await master.events.wait_for(JobFinished, 3)
             async with master.connection() as c:
                 await c.execute(f"UPDATE {q(master)}.jobs SET finished_at = now() - interval '8 days'")
-            await asyncio.wait_for(master._worker.pruner.pruned.wait_for(3), 30)
+            await master.events.wait_for(Pruned, 1, 30)  # one pruning deletes all 3 (one UPDATE made them due)
         async with master.connection() as c:
             assert await c.fetchval(f"SELECT count(*) FROM {q(master)}.jobs WHERE job_id = ANY ($1)", ids) == 0
 

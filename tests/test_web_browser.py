@@ -21,6 +21,7 @@ import pytest
 
 from jobmaster_async import JobMaster
 from jobmaster_async.db.sql import quote_identifier
+from jobmaster_async.events import Claimed
 from jobmaster_async.web import Dashboard, create_app
 from tests.conftest import worker
 from tests.polling import within
@@ -259,7 +260,7 @@ async def test_screenshots(jm: JobMaster, dash: Dashboard, browser: BrowserConte
         broken["job_id"],
     )
     async with served(dash) as url, worker(jm, 2, grace_period=0.1):
-        await within(jm.claimed.wait_for(2), "the worker to claim the two sleepy jobs")
+        await within(jm.events.wait_for(Claimed, 2), "the worker to claim the two sleepy jobs")
         tab = await watched(browser)
         await tab.page.goto(f"{url}/")
         await tab.live()

@@ -23,7 +23,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from ..db.waiting import Backoff
+from ..db.waiting import ReconnectDelay
 
 __all__ = ("READY_FD", "SUPERVISOR_PID", "Supervisor", "child_arguments")
 
@@ -73,7 +73,7 @@ class Supervisor:
         self.processes = processes
         self.restart = restart
         self.children: dict[int, _Child] = {}
-        self.backoffs = {slot: Backoff(first=0.5, cap=30.0) for slot in range(processes)}
+        self.backoffs = {slot: ReconnectDelay(first=0.5, cap=30.0) for slot in range(processes)}
         self.due: dict[int, float] = {}  # slot -> when to start its next child
         self.signals: list[int] = []  # received, in order
         self.forwarded = 0

@@ -19,6 +19,7 @@ from rich.text import Text
 
 from ..app import JobMaster
 from ..db.faults import database_fault
+from ..events import Completed, Events, Failed, JobFinished, Retried
 from ..inspection import TaskDepth
 from .context import Settings, call, check_deployed, pass_settings
 from .rendering import make_console
@@ -28,9 +29,6 @@ __all__ = ("ConsoleHandler", "OutcomeCounter", "RecentRate", "progress_table", "
 
 #: Seconds over which the live view's rates are measured.
 RATE_WINDOW = 10.0
-
-#: The logger of the worker's one line per finished job (its second argument is the task's key).
-OUTCOME_LOGGER = "jobmaster_async.worker.outcomes"
 
 
 @click.command()
@@ -244,33 +242,27 @@ class RecentRate:
         return (last - first) / (end - start) if end > start else 0.0
 
 
-class OutcomeCounter(logging.Handler):
-    """Counts this worker's finished jobs per task from its one log record per job, whose
-    ``task`` and ``outcome`` attributes say which and how (worker.outcomes.log_outcome). The
-    worker's own counter (``jm.finished``) has no task."""
+class OutcomeCounter:
+    """Counts this worker's finished jobs per task from its events (events.py: ``Completed``,
+    ``Retried``, ``Failed``, each recorded outcome's)."""
 
     def __init__(self) -> None:
-        super().__init__(logging.DEBUG)
         self.done: Counter[str] = Counter()
         self.retried: Counter[str] = Counter()
         self.failed: Counter[str] = Counter()
 
-    def emit(self, record: logging.LogRecord) -> None:
-        task, outcome = getattr(record, "task", None), getattr(record, "outcome", None)
-        if task is None:
-            return
-        counter = {"completed": self.done, "retried": self.retried, "failed": self.failed}.get(str(outcome))
+    def count(self, event: JobFinished) -> None:
+        counter = {Completed: self.done, Retried: self.retried, Failed: self.failed}.get(type(event))
         if counter is not None:
-            counter[str(task)] += 1
+            counter[event.task] += 1
 
     @contextlib.contextmanager
-    def attached(self) -> Iterator[OutcomeCounter]:
-        logger = logging.getLogger(OUTCOME_LOGGER)
-        logger.addHandler(self)
+    def attached(self, events: Events) -> Iterator[OutcomeCounter]:
+        unsubscribe = events.subscribe(JobFinished, self.count)
         try:
             yield self
         finally:
-            logger.removeHandler(self)
+            unsubscribe()
 
 
 @dataclass
@@ -346,7 +338,7 @@ async def _show_progress(
 ) -> None:
     from rich.live import Live
 
-    with OutcomeCounter().attached() as counter:
+    with OutcomeCounter().attached(jm.events) as counter:
         view = _View(jm.schema, concurrency, counter)
         with contextlib.suppress(Exception):  # the tasks this worker runs have a row from the start
             view.rows.update((key, TaskRow(key)) for key in await jm.worker_tasks())

@@ -1,37 +1,14 @@
-"""Two small helpers for waiting, below both the worker's services and the dashboard, which use
-them: a counter whose growth can be awaited (``Signal``) and the delays between retries
-(``Backoff``)."""
+"""The delays between retries of a connection (``ReconnectDelay``), below both the worker's
+services and the dashboard, which use them."""
 
 from __future__ import annotations
 
-import asyncio
 import random
 
-__all__ = ("Backoff", "Signal")
+__all__ = ("ReconnectDelay",)
 
 
-class Signal:
-    """A counter whose growth can be awaited."""
-
-    def __init__(self) -> None:
-        self.count = 0
-        self._changed: asyncio.Event | None = None
-
-    def fire(self, n: int = 1) -> None:
-        self.count += n
-        if self._changed is not None:
-            self._changed.set()
-            self._changed = None
-
-    async def wait_for(self, count: int) -> None:
-        """Returns once ``count`` has been reached."""
-        while self.count < count:
-            if self._changed is None:
-                self._changed = asyncio.Event()
-            await self._changed.wait()
-
-
-class Backoff:
+class ReconnectDelay:
     """Delays that double from ``first`` up to ``cap`` seconds, jittered by ±20 % so that the
     workers of a fleet do not retry in step."""
 

@@ -12,7 +12,12 @@ times its own duration, so a slow database is not swamped. Each subscriber is ha
 snapshot (one that falls behind skips to the newest). Pages that render the overview take the
 latest snapshot, read afresh when it is older than ``interval``, so a page load costs the
 database nothing more while the live view runs. The connection is closed after ``idle`` seconds
-without use.
+without use (a timer).
+
+The poller has no task of its own: the subscribers read (whichever finds a read due; the others
+are handed its snapshot), so it starts with the first subscriber and stops when the last one
+leaves or the app closes (``close``), whether the app is served alone or mounted in another one
+(which gets no lifespan events).
 """
 
 from __future__ import annotations
@@ -30,7 +35,7 @@ import asyncpg
 
 from ..db.faults import database_fault
 from ..db.notifications import Notification, SchedulesChanged
-from ..db.waiting import Backoff, Signal
+from ..db.waiting import ReconnectDelay
 from ..db.watch import Watch
 from ..inspection import TaskDepth
 
@@ -98,15 +103,15 @@ class Broadcaster:
         self.quiet_period = quiet_period
         self.keepalive = keepalive
         self.idle = idle
-        #: fired for each snapshot published (tests await it)
-        self.published = Signal()
         self._latest: Snapshot | None = None
         self._latest_at = 0.0  # monotonic time of the read
         self._conn: Watch | None = None
         self._lock = asyncio.Lock()
-        self._newer = asyncio.Event()
-        self._wake = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
+        self._changed = asyncio.Event()  # set (and replaced) by _poke
+        self._wake = asyncio.Event()  # set: a wake-up arrived, read at the next pace
+        self._idle_timer: asyncio.TimerHandle | None = None
+        self._backoff = ReconnectDelay(first=0.5, cap=10.0)
+        self._retry_at: float | None = None  # after a failed read: when to try again
         self._subscribers = 0
         self._last_used = 0.0
         self._closed = False
@@ -148,7 +153,10 @@ class Broadcaster:
 
     async def subscribe(self) -> AsyncIterator[Snapshot | None]:
         """The latest snapshot now, then each newer one (None every ``keepalive`` seconds
-        without one), until closed."""
+        without one), until closed. The subscribers are the poller: whichever finds a read due
+        does it (one at a time), the others are handed its snapshot. So the poller starts with
+        the first subscriber and stops when the last one leaves, with no task of its own (a
+        dashboard mounted in another app gets no lifespan events to start or stop one)."""
         self._subscribers += 1
         self._use()
         self._wake.set()
@@ -156,78 +164,85 @@ class Broadcaster:
             latest = await self.snapshot()
             yield latest
             seen = latest.version
+            keepalive_at = time.monotonic() + self.keepalive
             while not self._closed:
-                newer = self._newer
-                if self._latest is None or self._latest.version == seen:
-                    try:
-                        await asyncio.wait_for(newer.wait(), self.keepalive)
-                    except TimeoutError:
-                        yield None
-                        continue
-                if self._closed or self._latest is None:
-                    break
-                latest = self._latest
-                seen = latest.version
-                yield latest
+                if self._latest is not None and self._latest.version != seen:
+                    latest = self._latest
+                    seen = latest.version
+                    yield latest
+                    keepalive_at = time.monotonic() + self.keepalive
+                    continue
+                now = time.monotonic()
+                if now >= keepalive_at:
+                    yield None
+                    keepalive_at = now + self.keepalive
+                    continue
+                due = self._read_due()
+                if due <= now and not self._lock.locked():
+                    await self._read()
+                    continue
+                # until a snapshot, a wake-up, a read's end (another subscriber's), or a due time
+                changed = self._changed
+                until = keepalive_at if due <= now else min(due, keepalive_at)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(changed.wait(), until - now)
         finally:
             self._subscribers -= 1
             self._use()
 
     async def close(self) -> None:
-        """Ends the poller and every subscription, and closes the connection."""
+        """Ends every subscription and closes the connection."""
         self._closed = True
-        self._newer.set()
-        task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        self._poke()
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+            self._idle_timer = None
         await self._disconnect()
 
-    # -- the poller ------------------------------------------------------------------------------
+    # -- the poller: the subscribers' reads ------------------------------------------------------
+
+    def _poke(self) -> None:
+        """Subscribers look again (a snapshot, a wake-up, a read ended, closed)."""
+        changed, self._changed = self._changed, asyncio.Event()
+        changed.set()
+
+    def _read_due(self) -> float:
+        """When the next read is due (monotonic): after a failed read, its backoff; after a
+        wake-up, ``_pace()`` after the last read; else the longer of the two waits."""
+        if self._retry_at is not None:
+            return self._retry_at
+        wait = self._pace() if self._wake.is_set() else max(self._period, self._pace())
+        return self._latest_at + wait
+
+    async def _read(self) -> None:
+        async with self._lock:
+            self._wake.clear()
+            try:
+                await self._poll()
+            except Exception as exc:
+                self._fault(exc)
+                self._retry_at = time.monotonic() + self._backoff.delay()
+            else:
+                self._backoff.reset()
+                self._retry_at = None
+            finally:
+                self._poke()
 
     def _use(self) -> None:
+        """Keeps the connection for ``idle`` seconds more (a timer, no task, closes it unused)."""
         self._last_used = time.monotonic()
-        if self._closed:
-            return
-        if self._task is None or self._task.done():
-            self._task = asyncio.get_running_loop().create_task(self._run(), name="jobmaster dashboard poller")
+        if self._idle_timer is None and not self._closed:
+            self._idle_timer = asyncio.get_running_loop().call_later(self.idle, self._close_if_idle)
 
-    async def _run(self) -> None:
-        backoff = Backoff(first=0.5, cap=10.0)
-        idle: Watch | None = None
-        try:
-            while not self._closed:
-                if self._subscribers:
-                    wait = self._latest_at + self._pace() - time.monotonic()
-                    if wait > 0:
-                        await asyncio.sleep(wait)
-                    self._wake.clear()
-                    async with self._lock:
-                        try:
-                            await self._poll()
-                        except Exception as exc:
-                            self._fault(exc)
-                            await asyncio.sleep(backoff.delay())
-                            continue
-                    backoff.reset()
-                    timeout = self._period
-                else:
-                    timeout = self._last_used + self.idle - time.monotonic()
-                    if timeout <= 0:
-                        async with self._lock:
-                            # unused for `idle` seconds: this task ends, and its connection is
-                            # closed (the next use opens another, in a new task)
-                            if not self._subscribers and self._last_used + self.idle <= time.monotonic():
-                                idle, self._conn = self._conn, None
-                                self._task = None
-                                break
-                        continue
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), timeout)
-        finally:
-            if idle is not None:
-                await idle.close()
+    def _close_if_idle(self) -> None:
+        self._idle_timer = None
+        left = self._last_used + self.idle - time.monotonic()
+        if self._subscribers or self._lock.locked() or left > 0:
+            self._idle_timer = asyncio.get_running_loop().call_later(max(left, self.idle / 10), self._close_if_idle)
+            return
+        conn, self._conn = self._conn, None  # unused for `idle` seconds: the next use opens another
+        if conn is not None:
+            conn.terminate()
 
     def _pace(self) -> float:
         """Seconds between two reads at least."""
@@ -237,7 +252,7 @@ class Broadcaster:
         if self._closed:
             raise RuntimeError("the dashboard was closed (Dashboard.aclose)")
         if self._conn is None or self._conn.is_closed():
-            self._conn = await self.jm.watch(self._on_notification, self._wake.set)
+            self._conn = await self.jm.watch(self._on_notification, self._woken)
         return self._conn
 
     async def _disconnect(self) -> None:
@@ -248,7 +263,11 @@ class Broadcaster:
     def _on_notification(self, notification: Notification | None) -> None:
         if isinstance(notification, SchedulesChanged):
             self._schedules_read_at = None
+        self._woken()
+
+    def _woken(self) -> None:
         self._wake.set()
+        self._poke()
 
     def _fault(self, exc: Exception) -> None:
         """A read failed: the connection is dropped, subscribers are told, the log says it once."""
@@ -306,9 +325,7 @@ class Broadcaster:
 
     def _publish(self, snapshot: Snapshot) -> None:
         self._latest = snapshot
-        newer, self._newer = self._newer, asyncio.Event()
-        newer.set()
-        self.published.fire()
+        self._poke()
 
     # -- charts and schedules --------------------------------------------------------------------
 

@@ -1,6 +1,10 @@
 """What a worker of this process does with the database: find its tasks, heartbeat, claim, record
 outcomes, and the pop_job path. Shared by run_forever (worker.dispatcher) and JobMaster.pop_job;
 JobMaster keeps only the public API.
+
+Its events (events.py: heartbeats, outages, rescues...) go to the JobMaster's hub. pop_job's
+heartbeat runs from the first job popped until the last one executed: no caller's task group
+lives that long, so it runs in a task group of its own (worker.services.Detached).
 """
 
 from __future__ import annotations
@@ -18,15 +22,16 @@ import asyncpg
 
 from .. import lifecycle, tracing
 from ..db.store import Store
+from ..events import Events, HeartbeatRecorded
 from ..jobs import Job, JobStatus, PoppedJob
 from ..settings import JobMasterSettings
 from ..tasks import Registry, TaskDefinition
 from .executors import DaemonThreadPool, Outcome, OutcomeLimits, run_task
-from .maintenance import Maintenance
-from .outage import Outage
+from .maintenance import Heartbeat, Maintenance
+from .outage import Outage, log_outages
 from .outcomes import Claim, log_outcome, outcome_name, record_outcomes, retry_delay
 from .pruner import Pruner
-from .signals import Signal
+from .services import Detached
 
 __all__ = ("WorkerBackend",)
 
@@ -36,33 +41,31 @@ logger = logging.getLogger(__name__)
 class WorkerBackend:
     """The database side of this process's worker (one worker id, one heartbeat row)."""
 
-    def __init__(
-        self, store: Store, settings: JobMasterSettings, outages: Signal, recoveries: Signal, registry: Registry
-    ) -> None:
-        self.store = store
+    def __init__(self, store: Store, settings: JobMasterSettings, events: Events, registry: Registry) -> None:
         #: the tasks this worker runs (JobMaster(registry=...))
         self.registry = registry
+        self.store = store
         self.settings = settings
+        self.events = events
         self.worker_id = uuid.uuid4()
         self.node = socket.gethostname()
         self.threads = DaemonThreadPool(32, OutcomeLimits(max_result_bytes=settings.max_result_bytes))
+        #: the database faults of this worker (run_forever starts it afresh: Outage.reset)
+        log_outages(events)  # first: the log says an outage before anyone reacts to it
+        self.outage = Outage(events, probe=lambda: self.store.probe())  # looked up at each probe
         self.maintenance = Maintenance(
-            settings, beat=self.beat, rescue=store.rescue_jobs, last_beat=lambda: self.last_beat
+            settings, beat=self.beat, rescue=store.rescue_jobs, last_beat=lambda: self.last_beat, events=events
         )
         #: run_forever's background retention (one worker of a schema at a time)
-        self.pruner = Pruner(settings.prune_interval, store.prune_jobs_if_free)
-        self._outages = outages
-        self._recoveries = recoveries
+        self.pruner = Pruner(settings.prune_interval, store.prune_jobs_if_free, self.outage)
         self._definitions: dict[int, TaskDefinition] | None = None  # task_id -> definition
         self.registered = False
-        self.last_beat = 0.0  # monotonic time of the last heartbeat recorded
-        #: heartbeats recorded
-        self.beats = Signal()
+        self.last_beat = 0.0  # monotonic time of the last heartbeat recorded (HeartbeatRecorded)
         #: run_forever heartbeats on its LISTEN connection (worker.listener): claims do not beat
         self.beats_elsewhere = False
         self._units_in_use = 0
         self.popped = 0  # jobs popped and not yet executed
-        self._heartbeat: asyncio.Task[None] | None = None
+        self._heartbeat = Detached(Heartbeat(self.maintenance, self.outage), "jobmaster-heartbeat")
         self._too_large_logged: set[str] = set()
 
     def forget_definitions(self) -> None:
@@ -70,11 +73,7 @@ class WorkerBackend:
         self._definitions = None
 
     async def stop_heartbeat(self) -> None:
-        if self._heartbeat is not None:
-            self._heartbeat.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._heartbeat
-            self._heartbeat = None
+        await self._heartbeat.stop()
 
     async def definitions(self) -> dict[int, TaskDefinition]:
         """task_id -> definition, for the tasks registered here and deployed."""
@@ -134,7 +133,7 @@ class WorkerBackend:
         lapse past another worker's rescue)."""
         self.registered = True
         self.last_beat = sent
-        self.beats.fire()
+        self.events.emit(HeartbeatRecorded())
 
     async def claim(self, limit: int, units: int) -> list[Claim]:
         """Claims up to ``limit`` runnable jobs within ``units`` free process units."""
@@ -168,7 +167,7 @@ class WorkerBackend:
         claim = claims[0]
         self._units_in_use += claim.definition.process_units
         self.popped += 1
-        self._start_heartbeat()
+        self._heartbeat.start()
         job = PoppedJob(
             job_id=claim.job_id,
             type_key=claim.definition.type_key,
@@ -207,9 +206,8 @@ class WorkerBackend:
             if not recorded:  # cancelled: hand the job back rather than leave it running
                 with contextlib.suppress(Exception):
                     await asyncio.shield(self.store.release_jobs(self.worker_id, [claim.job_id], [claim.attempts]))
-            if self.popped == 0 and self._heartbeat is not None:
+            if self.popped == 0:
                 self._heartbeat.cancel()
-                self._heartbeat = None
 
     def _apply(self, job: Job, claim: Claim, outcome: Outcome) -> None:
         if outcome.ok:
@@ -222,8 +220,3 @@ class WorkerBackend:
     async def record(self, outcomes: Sequence[tuple[Claim, Outcome]]) -> set[uuid.UUID]:
         """Records outcomes of claimed jobs; returns the ids recorded (fencing drops the others)."""
         return await record_outcomes(self.store, self.worker_id, outcomes, self.settings.retry_backoff)
-
-    def _start_heartbeat(self) -> None:
-        if self._heartbeat is None:
-            outage = Outage(self._outages, self._recoveries)
-            self._heartbeat = asyncio.create_task(self.maintenance.heartbeat_loop(outage), name="jobmaster-heartbeat")

@@ -5,6 +5,11 @@ gracefully on stop, cancellation and SIGTERM. Its services run beside it: the li
 (worker.maintenance), the scheduler of periodic tasks (worker.scheduler) and background
 retention (worker.pruner).
 
+Every service has the one shape of worker.services (``run(*, task_status)``, in the dispatcher's
+task group) and says what happened through the JobMaster's events (events.py), to which the
+dispatcher subscribes while it runs: notifications (wake, cancel, schedules), outcomes recorded
+(their slots free), an outage begun or ended.
+
 It never dies of the database: every service retries database faults (db.faults) with backoff,
 and the worker reports an outage once (worker.outage). Only a bug of ours ends it, with its
 traceback.
@@ -17,7 +22,7 @@ could not heartbeat for half its ``heartbeat_lapse`` stops claiming, cancels its
 kills its process jobs and puts them back as soon as it can: others may rescue them once the
 lapse passed, and none of them may be running here then. Thread jobs cannot be stopped: they run
 on, and may run twice if the worker stays cut off past the lapse. It claims again once a
-heartbeat is recorded.
+heartbeat is recorded. That side is in worker.cutoff; signals and the shutdown in worker.shutdown.
 """
 
 from __future__ import annotations
@@ -26,38 +31,30 @@ import asyncio
 import contextlib
 import logging
 import random
-import signal
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterable, Sequence
-from dataclasses import dataclass, replace
-from typing import Any, Protocol
+from typing import Any
 
 import anyio
-import asyncpg
+import anyio.abc
 
 from .. import tracing
-from ..db.faults import database_fault
-from ..db.ports import WorkerStore
-from ..settings import JobMasterSettings
-from .executors import DaemonThreadPool, Outcome, run_task
-from .listener import CancelJob, Listener, Notification, SchedulesChanged
-from .maintenance import Maintenance
-from .outage import Outage, Service
+from ..events import Cancelled, Claimed, JobFinished, OutageBegan, Recovered
+from .cutoff import CutOff
+from .executors import run_task
+from .listener import CancelJob, Listener, SchedulesChanged, Wake
+from .maintenance import Rescuer
+from .outage import Retrier
 from .outcomes import Claim, log_outcome, outcome_name
-from .pruner import Pruner
 from .recorder import Recorder
 from .scheduler import Scheduler
-from .signals import Signal
+from .services import Spawned, spawn, start
+from .shutdown import Backend, RunOptions
 
 __all__ = ("Backend", "Dispatcher", "RunOptions")
 
 logger = logging.getLogger(__name__)
 
-#: How long a stopping worker keeps trying to record outcomes and put jobs back while the
-#: database is away; past it, the rescuer of another worker puts them back once this one's
-#: heartbeat lapsed.
-SHUTDOWN_RETRY_SECONDS = 10.0
 #: Seconds an idle dispatcher sleeps past the earliest due time it knows of (timers may fire a
 #: hair early; too early costs one more claim, no correctness).
 DUE_MARGIN = 0.001
@@ -68,38 +65,6 @@ CLAIMING = "claiming jobs"
 CONTENDED = 0.005
 
 
-class Backend(Protocol):
-    """What the dispatcher needs of the worker's database side (worker.backend.WorkerBackend)."""
-
-    settings: JobMasterSettings
-    worker_id: uuid.UUID
-    threads: DaemonThreadPool
-    maintenance: Maintenance
-    pruner: Pruner
-    registered: bool
-    last_beat: float
-    beats: Signal
-    beats_elsewhere: bool
-
-    @property
-    def store(self) -> WorkerStore: ...
-
-    async def beat_on(self, conn: asyncpg.Connection) -> None: ...
-    async def claim(self, limit: int, units: int) -> list[Claim]: ...
-    async def record(self, outcomes: Sequence[tuple[Claim, Outcome]]) -> set[uuid.UUID]: ...
-    async def claimable_task_ids(self) -> list[int]: ...
-    async def registered_task_ids(self) -> list[int]: ...
-
-
-@dataclass(frozen=True)
-class RunOptions:
-    """The arguments of one run_forever call (the rest is the JobMaster's JobMasterSettings)."""
-
-    concurrency: int
-    grace_period: float
-    handle_signals: bool
-
-
 def _sole(exc: BaseException) -> BaseException:
     """anyio's task groups wrap even a single error in a group; run_forever raises it as it is."""
     while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
@@ -107,45 +72,27 @@ def _sole(exc: BaseException) -> BaseException:
     return exc
 
 
-def _in_thread(claim: Claim) -> bool:
-    return not claim.definition.is_async and claim.definition.executor == "thread"
+class Dispatcher(CutOff):
+    """One ``run_forever`` call (its heartbeat's side: worker.cutoff; its end: worker.shutdown)."""
 
-
-class Dispatcher:
-    """One ``run_forever`` call."""
-
-    def __init__(
-        self,
-        backend: Backend,
-        options: RunOptions,
-        claimed: Signal,
-        finished: Signal,
-        outages: Signal,
-        recoveries: Signal,
-    ) -> None:
+    def __init__(self, backend: Backend, options: RunOptions) -> None:
         self.backend = backend
         self.options = options
         self.settings = backend.settings
-        self.claimed = claimed
-        self.finished = finished
+        self.events = backend.events
         self._wake = asyncio.Event()  # set: claim now (NOTIFY, a slot freed, an outage ended)
-        self.outage = Outage(
-            outages,
-            recoveries,
-            on_begin=self._suspect_connections,
-            on_end=self._outage_ended,
-            probe=backend.store.probe,
-        )
+        self.outage = backend.outage
         self.listener = Listener(
             backend.store,
             self.outage,
-            self._on_notification,
+            self.events,
             self.settings.connection_timeout / 2,
             beat=self._beat,
             beat_interval=self.settings.heartbeat_interval,
         )
-        self.recorder = Recorder(backend.record, self.outage, self._on_recorded)
+        self.recorder = Recorder(backend.record, self.outage, self.settings.retry_backoff)
         self.scheduler = Scheduler(backend.store.ticks, backend.registered_task_ids, self.outage)
+        self.rescuer = Rescuer(backend.maintenance, self.outage, self._may_rescue)
         self._stopping = False
         self._stop_requested = asyncio.Event()
         self._exiting = asyncio.Event()  # the process ends after this run: threads cannot be waited for
@@ -154,13 +101,14 @@ class Dispatcher:
         self._user_cancelled: set[uuid.UUID] = set()
         self._held_slots = 0  # slots of abandoned threads still running
         self._held_units = 0
-        self._reconciled = recoveries.count  # outages reconciled after
+        self._reconciled = self.events.count(Recovered)  # outages reconciled after
         self._started = 0.0  # monotonic time run() began
         self._cut_off = False  # no heartbeat for heartbeat_lapse / 2: no claims, jobs stopped
         self._back_since: float | None = None  # monotonic time it heartbeat again after a cut-off
         self._stopped: dict[uuid.UUID, Claim] = {}  # stopped when cut off, not yet put back
-        self._putting_back: set[asyncio.Future[None]] = set()
-        self._background: set[asyncio.Future[None]] = set()
+        self._putting_back: set[Spawned] = set()
+        self._background: set[Spawned] = set()  # abandoned threads' marks
+        self._group: anyio.abc.TaskGroup  # where those run, from run() on
         self._loop: asyncio.AbstractEventLoop  # the running loop, from run() on
 
     # -- control ---------------------------------------------------------------------------------
@@ -175,12 +123,12 @@ class Dispatcher:
         self._stop_requested.set()
         self._wake.set()
 
-    def _outage_ended(self) -> None:
+    def _outage_ended(self, _event: Recovered) -> None:
         """Catch up on what may have been notified meanwhile: claim, and read the schedules."""
         self._wake.set()
         self.scheduler.reload()
 
-    def _suspect_connections(self) -> None:
+    def _suspect_connections(self, _event: OutageBegan) -> None:
         """An outage began: close the idle connections, ping the LISTEN one now, and claim: the
         outage lasts until a claim went through too (a claim on a connection the fault cut may be
         under way, and the LISTEN connection alone comes back at once)."""
@@ -205,39 +153,63 @@ class Dispatcher:
         self._loop = asyncio.get_running_loop()
         self._started = time.monotonic()
         self.backend.beats_elsewhere = True
+        self.outage.reset()
         logger.info(
             "worker %s started (concurrency %d, schema %s)",
             self.backend.worker_id,
             self.options.concurrency,
             self.backend.store.sql.schema,
         )
+        subscriptions = [
+            self.events.subscribe(Wake, self._on_wake),
+            self.events.subscribe(CancelJob, self._on_cancel),
+            self.events.subscribe(SchedulesChanged, self._on_schedules_changed),
+            self.events.subscribe(JobFinished, self._on_finished),
+            self.events.subscribe(OutageBegan, self._suspect_connections),
+            self.events.subscribe(Recovered, self._outage_ended),
+        ]
         with self._signals_handled():
             try:
-                async with anyio.create_task_group() as services:
-                    services.start_soon(self.listener.run)  # and the heartbeat
-                    services.start_soon(self._watch_heartbeat)
-                    services.start_soon(self.backend.maintenance.rescue_loop, self.outage, self._may_rescue)
-                    services.start_soon(self.recorder.run)
-                    services.start_soon(self.scheduler.run)
-                    services.start_soon(self.backend.pruner.run, self.outage)
-                    await self._dispatch_loop()
-                    services.cancel_scope.cancel()
+                # the group of the work the dispatcher starts and may end alone (jobs put back,
+                # abandoned threads' marks): it outlives the services, to the end of the shutdown
+                async with anyio.create_task_group() as self._group:
+                    try:
+                        await self._serve()
+                    finally:
+                        with anyio.CancelScope(shield=True):
+                            try:
+                                await self._shutdown()
+                            finally:
+                                for spawned in self._putting_back | self._background:
+                                    spawned.cancel()
             except Exception as exc:
-                error = _sole(exc)
-                logger.critical(
-                    "worker %s failed on an error that is not a database fault (a bug?)",
-                    self.backend.worker_id,
-                    exc_info=error,
-                )
-                raise error from None
+                raise _sole(exc) from None  # the group wrapped the error _serve raised (and logged)
             finally:
-                with anyio.CancelScope(shield=True):
-                    await self._shutdown()
+                for unsubscribe in subscriptions:
+                    unsubscribe()
                 self.backend.beats_elsewhere = False
                 logger.info("worker %s stopped", self.backend.worker_id)
 
+    async def _serve(self) -> None:
+        """The services and the dispatch loop, until stopped (or cancelled)."""
+        try:
+            async with anyio.create_task_group() as services:
+                # the listener heartbeats too
+                await start(services, self.listener, self.rescuer, self.recorder, self.scheduler, self.backend.pruner)
+                services.start_soon(self._watch_heartbeat)
+                await self._dispatch_loop()
+                services.cancel_scope.cancel()
+        except Exception as exc:
+            error = _sole(exc)
+            logger.critical(
+                "worker %s failed on an error that is not a database fault (a bug?)",
+                self.backend.worker_id,
+                exc_info=error,
+            )
+            raise error from None
+
     async def _dispatch_loop(self) -> None:
-        claiming = Service(self.outage, CLAIMING)
+        claiming = Retrier(self.outage, CLAIMING)
         while not self._stopping:
             self._wake.clear()
             try:
@@ -255,7 +227,7 @@ class Dispatcher:
         at once, there may be more; None: until a slot frees)."""
         if not self._heartbeating():
             return None  # woken by the next heartbeat
-        if self._reconciled != self.outage.ended.count:
+        if self._reconciled != self.events.count(Recovered):
             await self._reconcile()
         slots, units = self._free_slots()
         if slots <= 0:
@@ -268,8 +240,8 @@ class Dispatcher:
             self._start(claim)
         if self._cut_off:  # while the claim was on its way
             self._stop_jobs(claims)
-        if claims:
-            self.claimed.fire(len(claims))
+        for claim in claims:
+            self.events.emit(Claimed(claim.job_id, claim.definition.key))
         if len(claims) == slots:
             return 0
         return await self._idle_timeout()
@@ -298,7 +270,7 @@ class Dispatcher:
         deadline passed), and a crashed server may have lost a recorded outcome (when commits do
         not wait for the WAL flush); either would leave its job running for good, held by a worker
         that heartbeats. The dispatcher is the only claimer, and it is here, not claiming."""
-        count = self.outage.ended.count
+        count = self.events.count(Recovered)
         held = await self.backend.store.held_jobs(self.backend.worker_id)
         unknown = [(job_id, attempts) for job_id, attempts in held if job_id not in self._held]
         if unknown:
@@ -340,9 +312,7 @@ class Dispatcher:
             self._user_cancelled.discard(claim.job_id)
             logger.info("job %s (%s) cancelled", claim.job_id, claim.definition.key)
             self._running.pop(claim.job_id, None)
-            self._held.pop(claim.job_id, None)
-            self.finished.fire()
-            self._wake.set()
+            self.events.emit(Cancelled(claim.job_id, claim.definition.key))  # its slot frees
             return
         backoff = self.backend.settings.retry_backoff
         if span is not None:
@@ -365,247 +335,33 @@ class Dispatcher:
             self._wake.set()
 
         future.add_done_callback(released)
-        self._spawn(self._mark_abandoned(claim, future))
+        # shielded: the shutdown waits for these marks (until the process is about to end)
+        marking = spawn(self._group, lambda: self._mark_abandoned(claim, future, marking), shield=True)
+        self._background.add(marking)
 
-    async def _mark_abandoned(self, claim: Claim, thread: asyncio.Future[Any]) -> None:
-        marking = Service(self.outage, "marking abandoned threads")
-        await marking.run(lambda: self.backend.store.set_abandoned(claim.job_id, True))
-        await asyncio.wait([thread])
-        await marking.run(lambda: self.backend.store.set_abandoned(claim.job_id, False))
-
-    def _spawn(self, coro: Awaitable[None]) -> None:
-        task = asyncio.ensure_future(coro)
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
-
-    # -- the heartbeat -------------------------------------------------------------------------
-
-    def _heartbeating(self) -> bool:
-        """May this worker claim? Only while its last heartbeat is younger than half its lapse:
-        a job it claimed would not be rescued by another before this worker noticed being cut
-        off and stopped it."""
-        age = time.monotonic() - self.backend.last_beat
-        return self.backend.registered and not self._cut_off and age < self.settings.heartbeat_lapse / 2
-
-    def _may_rescue(self) -> bool:
-        """Rescue the jobs of workers whose heartbeat lapsed? Only while this worker heartbeats,
-        and not in the first half lapse after it was cut off: the same fault (a database outage,
-        max_connections filled) most likely cut the others off too, and they get that time to
-        heartbeat again (their reconnection is retried at the heartbeat's pace: worker.listener)
-        before their jobs, some finished and their outcomes not yet recorded, are taken for lost."""
-        if not self._heartbeating():
-            return False
-        return self._back_since is None or time.monotonic() - self._back_since >= self.settings.heartbeat_lapse / 2
-
-    async def _beat(self, conn: asyncpg.Connection) -> None:
-        """The listener's heartbeat, on its connection; a worker cut off claims again."""
-        heartbeating = self._heartbeating()
-        await self.backend.beat_on(conn)
-        # cut off meanwhile (the half lapse passed while this heartbeat was on its way): the
-        # dispatcher waits for a wake-up with no timeout then, so it must be woken below too
-        heartbeating = heartbeating and not self._cut_off
-        if self._cut_off:
-            self._cut_off = False
-            self._back_since = time.monotonic()
-            logger.warning(
-                "worker %s heartbeats again: it claims jobs again (and rescues others' in %gs)",
-                self.backend.worker_id,
-                self.settings.heartbeat_lapse / 2,
-            )
-        if not heartbeating:
-            self._wake.set()
-
-    async def _watch_heartbeat(self) -> None:
-        """Stops the jobs that can be stopped once no heartbeat was recorded for half the lapse
-        (since the last one, or since the start)."""
-        half = self.settings.heartbeat_lapse / 2
-        beats = self.backend.beats
-        while True:
-            if self._cut_off:
-                await beats.wait_for(beats.count + 1)
-                continue
-            since = max(self.backend.last_beat, self._started)
-            left = since + half - time.monotonic()
-            if left > 0:
-                await asyncio.sleep(left)
-                continue
-            self._cut_off = True
-            running = [claim for _, claim in self._running.values()]
-            threads = sum(1 for claim in running if _in_thread(claim))
-            in_async = sum(1 for claim in running if claim.definition.is_async)
-            logger.warning(
-                "worker %s could not heartbeat for %.1fs (half its heartbeat_lapse of %gs): it stops claiming, "
-                "cancels its %d async jobs and kills its %d process jobs, and puts them back as soon as it "
-                "can; %d thread jobs run on (a thread cannot be stopped: they run twice if another worker "
-                "rescues them once the lapse passed)",
-                self.backend.worker_id,
-                time.monotonic() - since,
-                self.settings.heartbeat_lapse,
-                in_async,
-                len(running) - threads - in_async,
-                threads,
-            )
-            self._stop_jobs(running)
-
-    def _stop_jobs(self, claims: list[Claim]) -> None:
-        """Cancels the async jobs among ``claims`` and kills the process ones (a cancelled
-        process job's process is killed: worker.executors), then puts them back."""
-        stopping = []
-        for claim in claims:
-            running = self._running.get(claim.job_id)
-            if running is not None and not _in_thread(claim):
-                running[0].cancel()
-                stopping.append(running)
-        if stopping:
-            task = asyncio.ensure_future(self._put_back(stopping))
-            self._putting_back.add(task)
-            task.add_done_callback(self._putting_back.discard)
-
-    async def _put_back(self, stopping: list[tuple[asyncio.Task[None], Claim]]) -> None:
-        """Once the jobs stopped, puts those that ended without an outcome back to waiting, retried
-        until the database answers (a job rescued meanwhile is no longer this worker's: fencing
-        leaves it alone). Their slots stay taken until then."""
-        await asyncio.wait([task for task, _ in stopping])
-        stopped = [claim for task, claim in stopping if task.cancelled()]
-        for claim in stopped:
-            self._running.pop(claim.job_id, None)
-            self._stopped[claim.job_id] = claim
-        if stopped:
-            ids, attempts = [c.job_id for c in stopped], [c.attempts for c in stopped]
-            await Service(self.outage, "putting stopped jobs back").run(lambda: self._release(ids, attempts))
-            logger.info("%d jobs stopped while this worker could not heartbeat are back to waiting", len(stopped))
+    async def _mark_abandoned(self, claim: Claim, thread: asyncio.Future[Any], marking: Spawned) -> None:
+        try:
+            retrier = Retrier(self.outage, "marking abandoned threads")
+            await retrier.run(lambda: self.backend.store.set_abandoned(claim.job_id, True))
+            await asyncio.wait([thread])
+            await retrier.run(lambda: self.backend.store.set_abandoned(claim.job_id, False))
+        finally:
+            self._background.discard(marking)
 
     # -- notifications and recorded outcomes ---------------------------------------------------
 
-    def _on_notification(self, notification: Notification) -> None:
-        if isinstance(notification, CancelJob):
-            running = self._running.get(notification.job_id)
-            if running is not None:
-                self._user_cancelled.add(notification.job_id)
-                running[0].cancel()
-        elif isinstance(notification, SchedulesChanged):
-            self.scheduler.reload()
-        else:
-            self._wake.set()
+    def _on_wake(self, _event: Wake) -> None:
+        self._wake.set()
 
-    def _on_recorded(self, claims: list[Claim]) -> None:
-        for claim in claims:
-            self._held.pop(claim.job_id, None)
-        self.finished.fire(len(claims))
-        self._wake.set()  # their slots are free
+    def _on_cancel(self, event: CancelJob) -> None:
+        running = self._running.get(event.job_id)
+        if running is not None:
+            self._user_cancelled.add(event.job_id)
+            running[0].cancel()
 
-    # -- signals ---------------------------------------------------------------------------------
+    def _on_schedules_changed(self, _event: SchedulesChanged) -> None:
+        self.scheduler.reload()
 
-    @contextlib.contextmanager
-    def _signals_handled(self) -> Any:
-        """SIGTERM and SIGINT, from start to the end of the shutdown, when asked to handle them."""
-        signals = (signal.SIGTERM, signal.SIGINT) if self.options.handle_signals else ()
-        for signum in signals:
-            self._loop.add_signal_handler(signum, self._on_signal, signum)
-        try:
-            yield
-        finally:
-            for signum in signals:
-                self._loop.remove_signal_handler(signum)
-
-    def _on_signal(self, signum: signal.Signals) -> None:
-        """A signal means the process is about to end: threads cannot outlive it, so thread
-        jobs still running after the grace period are put back rather than waited for."""
-        if self._stopping:
-            logger.warning("second %s: shutting down without waiting for running jobs", signum.name)
-            self._exiting.set()
-            self.options = replace(self.options, grace_period=0.0)
-            for task, _ in list(self._running.values()):
-                task.cancel()
-        else:
-            logger.info("%s received: shutting down gracefully", signum.name)
-            self.stop(exiting=True)
-
-    # -- shutdown --------------------------------------------------------------------------------
-
-    async def _shutdown(self) -> None:
-        """Lets running jobs finish within the grace period, holds thread jobs until their threads
-        return (unless the process is about to end), puts the rest back to waiting, records every
-        outcome, and forgets this worker."""
-        self._stopping = True
-        self._stop_requested.set()
-        for task in self._putting_back:  # their jobs are put back below
-            task.cancel()
-        if self._putting_back:
-            await asyncio.wait(self._putting_back)
-        async with anyio.create_task_group() as keepalive:
-            keepalive.start_soon(self.listener.run)  # and the heartbeat
-            keepalive.start_soon(self.recorder.run)
-            await self._finish_running_jobs()
-            await self._until_exiting(self._background)  # abandoned threads: their marks
-            await self._retry_or_give_up("recording outcomes", self.recorder.flush)
-            keepalive.cancel_scope.cancel()
-        for task in self._background:
-            task.cancel()
-        try:
-            await self.backend.store.remove_worker(self.backend.worker_id)
-        except Exception as exc:
-            if not database_fault(exc):
-                raise
-            logger.warning("could not remove this worker's row (%s); it lapses", exc)
-
-    async def _finish_running_jobs(self) -> None:
-        tasks = [task for task, _ in self._running.values()]
-        if tasks:
-            logger.info("waiting up to %gs for %d running jobs", self.options.grace_period, len(tasks))
-            await asyncio.wait(tasks, timeout=self.options.grace_period)
-        threads = [task for task, claim in self._running.values() if not task.done() and _in_thread(claim)]
-        if threads and not self._exiting.is_set():
-            logger.warning(
-                "%d jobs still run in threads, which cannot be stopped: they stay held (the worker "
-                "heartbeats) until their threads return",
-                len(threads),
-            )
-            await self._until_exiting(threads)
-        leftover = [task for task, _ in self._running.values()]
-        for task in leftover:
-            task.cancel()
-        if leftover:
-            await asyncio.wait(leftover)
-        # cancelled: no outcome (and those stopped when cut off, not yet put back)
-        unfinished = [claim for _, claim in self._running.values()] + list(self._stopped.values())
-        if unfinished:
-            logger.warning("putting %d unfinished jobs back to waiting", len(unfinished))
-            ids, attempts = [c.job_id for c in unfinished], [c.attempts for c in unfinished]
-            await self._retry_or_give_up("putting jobs back", lambda: self._release(ids, attempts))
-
-    async def _until_exiting(self, tasks: Iterable[asyncio.Future[Any]]) -> None:
-        """Waits for ``tasks``, or until a signal says the process is about to end."""
-        pending = {task for task in tasks if not task.done()}
-        exiting: asyncio.Future[Any] = asyncio.ensure_future(self._exiting.wait())
-        try:
-            while pending and not exiting.done():
-                _, pending = await asyncio.wait(pending | {exiting}, return_when=asyncio.FIRST_COMPLETED)
-                pending.discard(exiting)
-        finally:
-            exiting.cancel()
-
-    async def _release(self, job_ids: list[uuid.UUID], attempts: list[int]) -> None:
-        """Puts jobs held by this worker back to waiting, their start not counted."""
-        await self.backend.store.release_jobs(self.backend.worker_id, job_ids, attempts)
-        for job_id in job_ids:
-            self._held.pop(job_id, None)
-            self._stopped.pop(job_id, None)
-        self._wake.set()  # their slots are free
-
-    async def _retry_or_give_up(self, what: str, operation: Callable[[], Awaitable[None]]) -> None:
-        """``operation`` retried for SHUTDOWN_RETRY_SECONDS at most; a worker that gives up says
-        so: the jobs concerned are put back by another once its heartbeat lapsed."""
-        deadline = time.monotonic() + SHUTDOWN_RETRY_SECONDS
-        try:
-            await Service(self.outage, what).run(operation, deadline=deadline)
-        except Exception as exc:
-            if not database_fault(exc):
-                raise
-            logger.error(
-                "%s failed for %gs (%s: %s); the jobs concerned are rescued once this worker's heartbeat lapsed",
-                what,
-                SHUTDOWN_RETRY_SECONDS,
-                type(exc).__name__,
-                exc,
-            )
+    def _on_finished(self, event: JobFinished) -> None:
+        self._held.pop(event.job_id, None)
+        self._wake.set()  # its slot is free

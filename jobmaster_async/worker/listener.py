@@ -3,7 +3,8 @@
 The database says three things on that channel (sql/ triggers and functions, deploy): ``wake``
 (jobs became runnable, or a process_limit slot freed), ``cancel:<job id>`` (a running job was
 cancelled) and ``schedules`` (a deploy changed the periodic tasks' schedules).
-Payloads are parsed into typed notifications by db.notifications; nothing else looks at their text.
+Payloads are parsed into typed notifications by db.notifications (events, emitted on the
+worker's hub); nothing else looks at their text.
 
 A lost connection is reopened with backoff (an outage of the worker, reported once). An idle one
 is pinged, so that a connection cut without a TCP reset is noticed within the deadline; after an
@@ -24,12 +25,14 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 
+import anyio
+import anyio.abc
 import asyncpg
 
 from ..db.notifications import CancelJob, Notification, SchedulesChanged, Wake, parse_notification
 from ..db.ports import ListeningStore
-from .outage import Backoff, Outage, Service
-from .signals import Signal
+from ..events import Events, Listening
+from .outage import Outage, ReconnectDelay, Retrier
 
 __all__ = ("CancelJob", "Listener", "Notification", "SchedulesChanged", "Wake", "parse_notification")
 
@@ -41,39 +44,39 @@ Beat = Callable[[asyncpg.Connection], Awaitable[None]]
 
 
 class Listener:
-    """Runs until cancelled; calls ``on_notification`` for each notification (and a ``Wake``
-    each time it starts listening). ``listening`` counts the times it started listening. With
-    ``beat``, it heartbeats on its connection: on connecting, then every ``beat_interval``."""
+    """A service (worker.services) that emits each notification on ``events`` (and, each time it
+    starts listening, ``Listening`` and a ``Wake``). With ``beat``, it heartbeats on its
+    connection: on connecting, then every ``beat_interval``."""
 
     def __init__(
         self,
         store: ListeningStore,
         outage: Outage,
-        on_notification: Callable[[Notification], None],
+        events: Events,
         ping_interval: float,
         beat: Beat | None = None,
         beat_interval: float = 5.0,
     ) -> None:
         self.store = store
         self.outage = outage
-        self.on_notification = on_notification
+        self.events = events
         self.ping_interval = ping_interval
         self.beat = beat
         self.beat_interval = beat_interval
-        self.listening = Signal()
         self._check = asyncio.Event()
 
     def check_now(self) -> None:
         """Pings the connection at once (an outage began: it is suspect)."""
         self._check.set()
 
-    async def run(self) -> None:
-        service = Service(self.outage, "LISTEN connection")
+    async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        retrier = Retrier(self.outage, "LISTEN connection")
         if self.beat is not None:  # the heartbeat waits for the connection: retried at its pace
-            service.backoff = Backoff(cap=max(service.backoff.first, self.beat_interval))
-        await service.run(lambda: self._listen(service))
+            retrier.delays = ReconnectDelay(cap=max(retrier.delays.first, self.beat_interval))
+        task_status.started()
+        await retrier.run(lambda: self._listen(retrier))
 
-    async def _listen(self, service: Service) -> None:
+    async def _listen(self, retrier: Retrier) -> None:
         """LISTENs until the connection fails (it never returns)."""
         deadline = self.ping_interval
         conn = await self.store.open_connection()
@@ -85,9 +88,9 @@ class Listener:
             next_beat = time.monotonic() + self.beat_interval
             async with asyncio.timeout(deadline):  # add_listener takes no timeout
                 await self.store.listen(conn, self._on_notify)
-            service.ok()
-            self.listening.fire()
-            self.on_notification(Wake())  # catch up on anything notified while we were not listening
+            retrier.ok()
+            self.events.emit(Listening())
+            self.events.emit(Wake())  # catch up on anything notified while we were not listening
             while True:
                 lost.clear()
                 wait = deadline
@@ -107,4 +110,4 @@ class Listener:
     def _on_notify(self, _conn: object, _pid: int, _channel: str, payload: str) -> None:
         notification = parse_notification(payload)
         if notification is not None:
-            self.on_notification(notification)
+            self.events.emit(notification)

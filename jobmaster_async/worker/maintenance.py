@@ -3,33 +3,36 @@
 A worker holding jobs heartbeats every ``heartbeat_interval``; a worker whose heartbeat is older
 than its ``heartbeat_lapse`` is lost, and every ``rescue_interval`` (jittered, so that a fleet
 does not rescue in step) a worker puts the jobs of lost workers back (rescue_jobs() in SQL: one
-rescuer per lost worker). ``run_forever`` runs both loops; ``pop_job`` runs the heartbeat while
-it holds jobs and rescues when due before claiming, so that a deployment that only pops recovers
-lost jobs too.
+rescuer per lost worker). Both are services (worker.services): ``Heartbeat`` and ``Rescuer``.
+``run_forever`` runs the rescuer (its heartbeat goes on the LISTEN connection: worker.listener);
+``pop_job`` runs the heartbeat while it holds jobs and rescues when due before claiming, so that
+a deployment that only pops recovers lost jobs too.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import math
 import random
 import time
 from collections.abc import Awaitable, Callable
 
-from ..settings import JobMasterSettings
-from .outage import Outage, Service
-from .signals import Signal
+import anyio
+import anyio.abc
 
-__all__ = ("Maintenance",)
+from ..events import Events, Rescued
+from ..settings import JobMasterSettings
+from .outage import Outage, Retrier
+
+__all__ = ("Heartbeat", "Maintenance", "Rescuer")
 
 logger = logging.getLogger(__name__)
 
 
 class Maintenance:
     """``beat`` records this worker's heartbeat; ``rescue`` puts lost workers' jobs back and says
-    how many; ``last_beat`` is the monotonic time of the last heartbeat recorded. ``rescued``
-    counts the jobs rescued."""
+    how many; ``last_beat`` is the monotonic time of the last heartbeat recorded. Each rescue
+    that put jobs back is emitted on ``events`` (``Rescued``)."""
 
     def __init__(
         self,
@@ -37,36 +40,14 @@ class Maintenance:
         beat: Callable[[], Awaitable[None]],
         rescue: Callable[[], Awaitable[int]],
         last_beat: Callable[[], float],
+        events: Events | None = None,
     ) -> None:
         self.settings = settings
-        self._beat = beat
+        self.beat = beat
         self._rescue = rescue
         self._last_beat = last_beat
         self._last_rescue = -math.inf
-        self.rescued = Signal()
-
-    async def heartbeat_loop(self, outage: Outage) -> None:
-        """Heartbeats until cancelled; database faults are retried with backoff."""
-        service = Service(outage, "heartbeat")
-        while True:
-            await asyncio.sleep(self.settings.heartbeat_interval)
-            await service.run(self._beat)
-
-    async def rescue_loop(self, outage: Outage, heartbeating: Callable[[], bool] = lambda: True) -> None:
-        """Rescues every (jittered) rescue interval until cancelled, when ``heartbeating()`` says
-        this worker's own heartbeat is fresh (run_forever's: it beat, less than half the lapse
-        ago; a worker cut off from its start would take itself for lost)."""
-        service = Service(outage, "rescuer")
-
-        async def rescue_if_heartbeating() -> None:
-            # asked again at every try: a rescue retried across an outage must not run once the
-            # database is back before this worker may rescue again
-            if heartbeating():
-                await self.rescue()
-
-        while True:
-            await asyncio.sleep(self.settings.rescue_interval * random.uniform(0.5, 1.0))
-            await service.run(rescue_if_heartbeating)
+        self.events = events if events is not None else Events()
 
     async def rescue_if_due(self) -> int:
         """Rescues if a rescue interval passed since the last one (pop_job's way)."""
@@ -84,5 +65,48 @@ class Maintenance:
         rescued = await self._rescue()
         if rescued:
             logger.warning("rescued %d jobs of workers whose heartbeat lapsed", rescued)
-            self.rescued.fire(rescued)
+            self.events.emit(Rescued(rescued))
         return rescued
+
+
+class Heartbeat:
+    """A service: heartbeats every ``heartbeat_interval`` until cancelled; database faults are
+    retried with backoff."""
+
+    def __init__(self, maintenance: Maintenance, outage: Outage) -> None:
+        self.maintenance = maintenance
+        self.outage = outage
+
+    async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        retrier = Retrier(self.outage, "heartbeat")
+        task_status.started()
+        while True:
+            await anyio.sleep(self.maintenance.settings.heartbeat_interval)
+            await retrier.run(self.maintenance.beat)
+
+
+class Rescuer:
+    """A service: rescues every (jittered) rescue interval until cancelled, when
+    ``heartbeating()`` says this worker's own heartbeat is fresh (run_forever's: it beat, less
+    than half the lapse ago; a worker cut off from its start would take itself for lost)."""
+
+    def __init__(
+        self, maintenance: Maintenance, outage: Outage, heartbeating: Callable[[], bool] = lambda: True
+    ) -> None:
+        self.maintenance = maintenance
+        self.outage = outage
+        self.heartbeating = heartbeating
+
+    async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        retrier = Retrier(self.outage, "rescuer")
+
+        async def rescue_if_heartbeating() -> None:
+            # asked again at every try: a rescue retried across an outage must not run once the
+            # database is back before this worker may rescue again
+            if self.heartbeating():
+                await self.maintenance.rescue()
+
+        task_status.started()
+        while True:
+            await anyio.sleep(self.maintenance.settings.rescue_interval * random.uniform(0.5, 1.0))
+            await retrier.run(rescue_if_heartbeating)

@@ -23,8 +23,11 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from .outage import Outage, Service
-from .signals import Signal
+import anyio
+import anyio.abc
+
+from ..events import Pruned
+from .outage import Outage, Retrier
 
 __all__ = ("BATCH", "DUTY", "MIN_BATCH", "PAUSE", "TARGET", "Pruner", "Pruning", "next_batch")
 
@@ -62,24 +65,25 @@ class Pruning:
 
 
 class Pruner:
-    """``prune_batch(max_rows)`` deletes one batch if no other worker prunes (else None);
-    ``pruned`` fires with the jobs deleted by each pruning that deleted some, and ``prunings``
-    keeps the last 1,000 of those."""
+    """A service (worker.services). ``prune_batch(max_rows)`` deletes one batch if no other
+    worker prunes (else None); each pruning that deleted jobs is emitted on the outage's events
+    (``Pruned``), and ``prunings`` keeps the last 1,000 of those."""
 
-    def __init__(self, interval: float, prune_batch: Callable[[int], Awaitable[int | None]]) -> None:
+    def __init__(self, interval: float, prune_batch: Callable[[int], Awaitable[int | None]], outage: Outage) -> None:
         self.interval = interval
         self._prune_batch = prune_batch
-        self.pruned = Signal()
+        self.outage = outage
         self.prunings: deque[Pruning] = deque(maxlen=1000)
         #: the size of the next batch (paced: next_batch); a pruning starts where the last ended
         self.batch = BATCH
 
-    async def run(self, outage: Outage) -> None:
+    async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Prunes every (jittered) interval until cancelled; database faults are retried with
         backoff. Does nothing when the interval is 0."""
+        task_status.started()
         if not self.interval:
             return
-        service = Service(outage, "pruner")
+        service = Retrier(self.outage, "pruner")
         while True:
             await asyncio.sleep(self.interval * random.uniform(0.5, 1.0))
             await service.run(self.prune)
@@ -106,5 +110,5 @@ class Pruner:
                 "pruned %d finished jobs past their retention in %d batches, %.1f s", total, batches, ended - started
             )
             self.prunings.append(Pruning(started, ended, total, batches))
-            self.pruned.fire(total)
+            self.outage.events.emit(Pruned(total))
         return total

@@ -16,6 +16,9 @@ others. An outcome of more than ``SLOW_OUTCOME_BYTES`` that times out alone goes
 the buffer; timing out again after others were recorded meanwhile (so the database answers: not a
 lock, not a lost network), it is replaced by a failure saying so (worker.outcomes.unrecordable).
 A refused statement is split by worker.outcomes itself.
+
+Each outcome written (or dropped by fencing) is said on the worker's events (events.py:
+``Completed``, ``Retried`` or ``Failed``): the dispatcher frees its slot then.
 """
 
 from __future__ import annotations
@@ -25,11 +28,14 @@ import logging
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 
+import anyio
+import anyio.abc
+
 from ..db.faults import fault_name, timed_out
+from ..events import Completed, Failed, JobFinished, Retried
 from .executors import Outcome
-from .outage import Outage, Service
-from .outcomes import Claim, outcome_size, unrecordable
-from .signals import Signal
+from .outage import Outage, Retrier
+from .outcomes import Claim, outcome_name, outcome_size, unrecordable
 
 __all__ = ("RECORD_BATCH", "RECORD_BATCH_BYTES", "SLOW_OUTCOME_BYTES", "Recorder")
 
@@ -46,16 +52,25 @@ SLOW_OUTCOME_BYTES = 64 * 1024
 Record = Callable[[Sequence[tuple[Claim, Outcome]]], Awaitable[set[uuid.UUID]]]
 
 
-class Recorder:
-    """``add()`` outcomes; ``run()`` records them until cancelled; ``flush()`` records what is
-    buffered now. ``on_recorded`` gets each batch written (its outcomes, fenced out or not);
-    ``recorded`` counts them."""
+def finished(claim: Claim, outcome: Outcome, backoff: float) -> JobFinished:
+    """The event saying that ``outcome`` was recorded."""
+    key = claim.definition.key
+    name = outcome_name(claim, outcome, backoff)
+    if name == "completed":
+        return Completed(claim.job_id, key)
+    return (Retried if name == "retried" else Failed)(claim.job_id, key, outcome.error_type)
 
-    def __init__(self, record: Record, outage: Outage, on_recorded: Callable[[list[Claim]], None]) -> None:
+
+class Recorder:
+    """A service (worker.services): ``add()`` outcomes; ``run()`` records them until cancelled;
+    ``flush()`` records what is buffered now. Each outcome written (fenced out or not) is emitted
+    on the outage's events (``retry_backoff`` names retries as the outcome's log line does)."""
+
+    def __init__(self, record: Record, outage: Outage, retry_backoff: float = 1.0) -> None:
         self._record = record
         self.outage = outage
-        self.on_recorded = on_recorded
-        self.recorded = Signal()
+        self.events = outage.events
+        self.retry_backoff = retry_backoff
         self._outcomes: list[tuple[Claim, Outcome]] = []
         self._ready = asyncio.Event()
         self._lock = asyncio.Lock()
@@ -76,12 +91,13 @@ class Recorder:
         self._outcomes.append((claim, outcome))
         self._ready.set()
 
-    async def run(self) -> None:
-        service = Service(self.outage, "recording outcomes")
+    async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        retrier = Retrier(self.outage, "recording outcomes")
+        task_status.started()
         while True:
             await self._ready.wait()
             self._ready.clear()
-            await service.run(self.flush)
+            await retrier.run(self.flush)
 
     def _next_batch(self) -> list[tuple[Claim, Outcome]]:
         """The first outcomes buffered, within ``batch_limit`` and RECORD_BATCH_BYTES (one at least)."""
@@ -115,8 +131,8 @@ class Recorder:
                     self._suspects.difference_update(claim.job_id for claim, _ in batch)
                     if not self._suspects:
                         self.batch_limit = min(RECORD_BATCH, 2 * self.batch_limit)
-                self.on_recorded([claim for claim, _ in batch])
-                self.recorded.fire(len(batch))
+                for claim, outcome in batch:
+                    self.events.emit(finished(claim, outcome, self.retry_backoff))
 
     def _timed_out(self, batch: list[tuple[Claim, Outcome]], exc: Exception) -> None:
         """A statement of ``batch`` took too long: smaller batches from now on. A large outcome

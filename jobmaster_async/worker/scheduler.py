@@ -27,13 +27,15 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
+import anyio
+import anyio.abc
 import asyncpg
 
 from ..db.ticks import Ticks
 from ..errors import REFUSAL_SQLSTATE
+from ..events import TickFired
 from ..schedules import Cron
-from .outage import Outage, Service
-from .signals import Signal
+from .outage import Outage, Retrier
 
 __all__ = ("Scheduler",)
 
@@ -55,14 +57,14 @@ class _Schedule:
 
 
 class Scheduler:
-    """``run()`` until cancelled; ``reload()`` when the schedules may have changed. ``fired``
-    counts the ticks this worker fired that created a job or deduped into one."""
+    """A service (worker.services): ``run()`` until cancelled; ``reload()`` when the schedules
+    may have changed. Each tick this worker fired that created a job or deduped into one is
+    emitted on the outage's events (``TickFired``)."""
 
     def __init__(self, ticks: Ticks, task_ids: Callable[[], Awaitable[list[int]]], outage: Outage) -> None:
         self.ticks = ticks
         self.task_ids = task_ids
         self.outage = outage
-        self.fired = Signal()
         self._reload = asyncio.Event()
         self._schedules: list[_Schedule] = []
         self._offset = timedelta(0)  # the server's clock minus ours
@@ -73,9 +75,10 @@ class Scheduler:
     def _now(self) -> datetime:
         return datetime.now(UTC) + self._offset
 
-    async def run(self) -> None:
-        service = Service(self.outage, "scheduler")
+    async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        service = Retrier(self.outage, "scheduler")
         self._reload.set()
+        task_status.started()
         while True:
             if self._reload.is_set():
                 self._reload.clear()
@@ -139,7 +142,7 @@ class Scheduler:
             return True
         if job_id is not None:
             logger.info("%s tick %s (%s): job %s", schedule.task, tick.isoformat(), schedule.cron.expression, job_id)
-            self.fired.fire()
+            self.outage.events.emit(TickFired(schedule.task, tick, job_id))
         return True
 
     async def _sleep(self, retry_at: datetime | None) -> None:
