@@ -30,7 +30,7 @@ from jobmaster_async.cli.dashboard import is_loopback_address
 from jobmaster_async.db.sql import quote_identifier
 from jobmaster_async.tasks import registry
 from jobmaster_async.web import Dashboard, create_app
-from jobmaster_async.web import pages as web_pages
+from jobmaster_async.web import job_pages as web_pages
 from jobmaster_async.web.live import Snapshot
 from jobmaster_async.web.security import CSRF_AGE, fingerprint, host_name, is_loopback_host, parse_origin
 from tests.polling import until
