@@ -32,7 +32,7 @@ from .events import Events
 from .inspection import Inspection
 from .jobs import ACTIVE_STATUSES, PoppedJob, as_job_id
 from .settings import JobMasterSettings
-from .worker.backend import WorkerBackend
+from .worker.backend import Worker
 from .worker.dispatcher import Dispatcher, RunOptions
 
 __all__ = ("JobMaster",)
@@ -128,7 +128,7 @@ class JobMaster(Inspection):
         self.events = Events()
         #: the database side of this process's worker (claims, heartbeat, outcomes, pop_job): private,
         #: as the store; the dashboard and the CLI read through the public methods
-        self._worker = WorkerBackend(self._store, settings, self.events, self.registry)
+        self._worker = Worker(self._store, settings, self.events, self.registry)
         #: this process's worker, as heartbeats, claims and the history name it
         self.worker_id = self._worker.worker_id
         self._dispatcher: Dispatcher | None = None

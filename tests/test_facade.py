@@ -69,7 +69,7 @@ def test_the_import_check_sees_a_worker_import() -> None:
         "from ..worker.listener import parse_notification",
         "from ..worker import outage",
         "import jobmaster_async.worker.outage",
-        "if TYPE_CHECKING:\n    from ..worker.backend import WorkerBackend",
+        "if TYPE_CHECKING:\n    from ..worker.backend import Worker",
     ):
         imported = _imported(path, ast.parse(source))
         assert any(m.startswith("jobmaster_async.worker") for m in imported), source

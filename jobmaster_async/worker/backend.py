@@ -33,13 +33,14 @@ from .outcomes import Claim, log_outcome, outcome_name, record_outcomes, retry_d
 from .pruner import Pruner
 from .services import Detached
 
-__all__ = ("WorkerBackend",)
+__all__ = ("Worker",)
 
 logger = logging.getLogger(__name__)
 
 
-class WorkerBackend:
-    """The database side of this process's worker (one worker id, one heartbeat row)."""
+class Worker:
+    """This process's worker (one worker id, one heartbeat row): finds its tasks, heartbeats,
+    claims, runs what it claimed (run_task) and records the outcomes; the dispatcher drives it."""
 
     def __init__(self, store: Store, settings: JobMasterSettings, events: Events, registry: Registry) -> None:
         #: the tasks this worker runs (JobMaster(registry=...))

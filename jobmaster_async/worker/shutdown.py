@@ -46,7 +46,7 @@ SHUTDOWN_RETRY_SECONDS = 10.0
 
 
 class Backend(Protocol):
-    """What the dispatcher needs of the worker's database side (worker.backend.WorkerBackend)."""
+    """What the dispatcher needs of the worker's database side (worker.backend.Worker)."""
 
     settings: JobMasterSettings
     worker_id: uuid.UUID
