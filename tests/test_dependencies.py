@@ -12,17 +12,13 @@ import asyncpg
 import pytest
 
 from jobmaster_async import JobMaster
-from jobmaster_async.db.sql import quote_identifier
+from tests.conftest import q
 from tests.polling import until
 from tests.tasks_for_tests import CHAIN_DEPTH
 
 
 def read(path: str) -> str:
     return Path(path).read_text()
-
-
-def q(jm: JobMaster) -> str:
-    return quote_identifier(jm.schema)
 
 
 async def test_seed_example(jm: JobMaster, tmp_path: Path) -> None:

@@ -15,13 +15,8 @@ from jobmaster_async.db.sql import Catalogue, quote_identifier
 from jobmaster_async.tasks import registry
 from tests.conftest import drop_schema
 
-
-@pytest.fixture
-def forget() -> object:
-    yield
-    for definition in list(registry):
-        if definition.type_key == "scratch_deploy":
-            registry.remove(definition.type_key, definition.task_key)
+#: the type key of the tasks a test defines (removed afterwards by the ``forget`` fixture)
+SCRATCH = "scratch_deploy"
 
 
 async def test_deploy_twice_keeps_jobs_and_reset_drops_them(jm: JobMaster) -> None:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
-from collections.abc import AsyncIterator
 from datetime import timedelta
 
 import asyncpg
@@ -14,16 +13,15 @@ import pytest
 
 from jobmaster_async import JobMaster
 from jobmaster_async.db.sql import quote_identifier
-from tests.conftest import deployed, orders_table, worker
+from tests.conftest import orders_table, worker
 from tests.pg import PgServer
 from tests.polling import until
 
 
 @pytest.fixture
-async def idle_jm(dsn: str, schema_name: str) -> AsyncIterator[JobMaster]:
-    """A JobMaster whose safety poll is an hour: anything it does promptly, NOTIFY woke it for."""
-    async with deployed(dsn, schema_name, poll_interval=3600, retry_backoff=0.2) as master:
-        yield master
+def retry_backoff() -> float:
+    """idle_jm's (conftest): a retry falls due later, and the dispatcher must wake for it."""
+    return 0.2
 
 
 async def status_of(master: JobMaster, job_id: uuid.UUID) -> str:

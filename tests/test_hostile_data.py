@@ -13,11 +13,7 @@ import pytest
 from jobmaster_async import JobMaster
 from jobmaster_async.db.sql import quote_identifier
 from jobmaster_async.errors import ConfigurationError, InvalidArguments
-from tests.conftest import worker
-
-
-def q(jm: JobMaster) -> str:
-    return quote_identifier(jm.schema)
+from tests.conftest import q, worker
 
 
 async def add_job(conn: asyncpg.Connection, jm: JobMaster, task_key: str, arguments_json: str) -> uuid.UUID:

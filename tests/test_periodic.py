@@ -10,7 +10,7 @@ import contextlib
 import json
 import re
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -20,13 +20,11 @@ import asyncpg
 import pytest
 
 from jobmaster_async import Cron, JobMaster, TaskDefinitionError, task
-from jobmaster_async.db.sql import quote_identifier
 from jobmaster_async.db.ticks import Ticks
-from jobmaster_async.tasks import registry
 from jobmaster_async.worker.outage import Outage
 from jobmaster_async.worker.scheduler import Scheduler
 from jobmaster_async.worker.signals import Signal
-from tests.conftest import deployed, worker
+from tests.conftest import q, worker
 from tests.polling import until, within
 from tests.processes import worker_process
 
@@ -34,7 +32,7 @@ SCRATCH = "scratch_periodic"
 
 
 @pytest.fixture
-def define() -> Iterator[Callable[..., Any]]:
+def define(forget: None) -> Callable[..., Any]:
     """Registers ``periodic(n: int = 0)`` of type key scratch_periodic with the given crons (again
     and again: the same function, so each call replaces the definition), removed afterwards."""
 
@@ -44,20 +42,7 @@ def define() -> Iterator[Callable[..., Any]]:
 
         return task(type_key=SCRATCH, cron=cron)(periodic)
 
-    yield define_
-    for definition in list(registry):
-        if definition.type_key == SCRATCH:
-            registry.remove(definition.type_key, definition.task_key)
-
-
-@pytest.fixture
-async def idle_jm(dsn: str, schema_name: str) -> AsyncIterator[JobMaster]:
-    async with deployed(dsn, schema_name, poll_interval=3600, retry_backoff=0.0) as master:
-        yield master
-
-
-def q(jm: JobMaster) -> str:
-    return quote_identifier(jm.schema)
+    return define_
 
 
 async def rows(conn: asyncpg.Connection, jm: JobMaster) -> list[dict[str, Any]]:

@@ -16,16 +16,11 @@ from click.testing import CliRunner
 
 from jobmaster_async import JobMaster
 from jobmaster_async.cli import main
-from jobmaster_async.db.sql import quote_identifier
 from jobmaster_async.errors import ConfigurationError, TaskDefinitionError
 from jobmaster_async.tasks import task
-from tests.conftest import deployed, worker
+from tests.conftest import deployed, q, worker
 
 T = "tasks_for_tests"
-
-
-def q(jm: JobMaster) -> str:
-    return quote_identifier(jm.schema)
 
 
 async def finish(

@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -17,10 +16,9 @@ import asyncpg
 import pytest
 
 from jobmaster_async import InvalidArguments, JobMaster
-from jobmaster_async.db.sql import quote_identifier
 from jobmaster_async.sync import JobMaster as BlockingJobMaster
 from tests import tasks_for_tests
-from tests.conftest import deployed, inner_plans, worker
+from tests.conftest import deployed, inner_plans, q, worker
 
 T = "tasks_for_tests"
 
@@ -30,16 +28,6 @@ POLL = 3600.0
 #: How late "promptly" may be in these tests: a bound far below the poll, not a speed figure
 #: (benchmarks/scheduled.py measures the delay).
 PROMPTLY = timedelta(seconds=2)
-
-
-@pytest.fixture
-async def idle_jm(dsn: str, schema_name: str) -> AsyncIterator[JobMaster]:
-    async with deployed(dsn, schema_name, poll_interval=POLL, retry_backoff=0.0) as master:
-        yield master
-
-
-def q(jm: JobMaster) -> str:
-    return quote_identifier(jm.schema)
 
 
 async def times(conn: asyncpg.Connection, jm: JobMaster, job_id: uuid.UUID) -> asyncpg.Record:

@@ -36,7 +36,7 @@ import jobmaster_async
 from jobmaster_async import JobMaster
 from jobmaster_async.db.sql import quote_identifier
 from jobmaster_async.errors import InvalidArguments, NotRetryable, TaskNotFound
-from tests.conftest import worker
+from tests.conftest import q, worker
 from tests.polling import until
 
 # -- the library's SQL -------------------------------------------------------------------------
@@ -486,10 +486,6 @@ async def test_the_shadows_are_planted_and_would_run(hostile: Hostile) -> None:
     ]
     assert await hostile.calls() >= 6
     await hostile.clear()
-
-
-def q(jm: JobMaster) -> str:
-    return quote_identifier(jm.schema)
 
 
 async def test_no_shadow_runs_whatever_the_library_does(
