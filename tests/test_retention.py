@@ -19,6 +19,7 @@ from jobmaster_async.cli import main
 from jobmaster_async.errors import ConfigurationError, TaskDefinitionError
 from jobmaster_async.tasks import task
 from tests.conftest import deployed, q, worker
+from tests.polling import within
 
 T = "tasks_for_tests"
 
@@ -224,7 +225,7 @@ async def test_run_forever_prunes_in_the_background(dsn: str, schema_name: str) 
     async with deployed(dsn, schema_name, prune_interval=0.2) as master:
         ids = await master.insert_jobs(T, "add", 0, [{"a": i} for i in range(3)])
         async with worker(master):
-            await master.finished.wait_for(3)
+            await within(master.finished.wait_for(3), "3 jobs to finish")
             async with master.connection() as c:
                 await c.execute(f"UPDATE {q(master)}.jobs SET finished_at = now() - interval '8 days'")
             await asyncio.wait_for(master.worker.pruner.pruned.wait_for(3), 30)

@@ -19,6 +19,7 @@ from jobmaster_async import InvalidArguments, JobMaster
 from jobmaster_async.sync import JobMaster as BlockingJobMaster
 from tests import tasks_for_tests
 from tests.conftest import deployed, inner_plans, q, worker
+from tests.polling import within
 
 T = "tasks_for_tests"
 
@@ -72,7 +73,7 @@ async def test_run_at_from_python_never_early_and_promptly(idle_jm: JobMaster, c
     assert first["run_at"] - first["created_at"] >= timedelta(seconds=1)  # the server's clock
     assert (await idle_jm.get_job(ids[1])).run_at == aware  # type: ignore[union-attr]
     async with worker(idle_jm):
-        await idle_jm.finished.wait_for(len(ids))
+        await within(idle_jm.finished.wait_for(len(ids)), "the jobs to finish")
     for job_id in ids:
         assert_started_on_time(await times(conn, idle_jm, job_id))
 
@@ -108,7 +109,7 @@ async def test_run_at_from_sql_never_early_and_promptly(idle_jm: JobMaster, conn
     ids.append(await conn.fetchval(f"""SELECT {s}.add_job('{T}', 'add', 1, '{{"a": 7}}', now() - interval '1 day')"""))
     assert (await times(conn, idle_jm, ids[-1]))["scheduled"] is False
     async with worker(idle_jm):
-        await idle_jm.finished.wait_for(7)
+        await within(idle_jm.finished.wait_for(7), "7 jobs to finish")
     for job_id in ids[:4]:
         assert_started_on_time(await times(conn, idle_jm, job_id))
     assert {j.status for j in await idle_jm.jobs()} == {"complete"}
@@ -121,7 +122,7 @@ async def test_an_earlier_job_inserted_while_the_worker_sleeps_rearms_it(
     async with worker(idle_jm):
         await asyncio.sleep(0.3)  # asleep until the hour's job (or the poll)
         sooner = await idle_jm.insert_job(T, "add", 1, {"a": 2}, run_at=timedelta(seconds=0.5))
-        await idle_jm.finished.wait_for(1)
+        await within(idle_jm.finished.wait_for(1), "1 job to finish")
     assert_started_on_time(await times(conn, idle_jm, sooner))
     assert (await times(conn, idle_jm, later))["status"] == "waiting"
 
@@ -247,7 +248,7 @@ async def test_a_scheduled_dependent_waits_for_its_dependencies_and_its_time(
     await asyncio.sleep(0.3)
     assert (await times(conn, jm, soon))["status"] == "blocked"
     async with worker(jm):
-        await jm.finished.wait_for(2)  # its dependency, then it
+        await within(jm.finished.wait_for(2), "2 jobs to finish")  # its dependency, then it
     assert (await times(conn, jm, soon))["status"] == "complete"
 
     # and a dependent whose dependency is satisfied at insert (fresh now) waits for its time alone
@@ -258,7 +259,7 @@ async def test_a_scheduled_dependent_waits_for_its_dependencies_and_its_time(
     row = await times(conn, jm, fresh)
     assert row["status"] == "waiting" and row["scheduled"]
     async with worker(jm):
-        await jm.finished.wait_for(3)  # counted since the JobMaster was made
+        await within(jm.finished.wait_for(3), "3 jobs to finish")  # counted since the JobMaster was made
     assert_started_on_time(await times(conn, jm, fresh))
 
 
@@ -294,7 +295,7 @@ async def test_a_retry_with_backoff_is_scheduled_and_runs_when_due(dsn: str, sch
     async with deployed(dsn, schema_name, poll_interval=POLL, retry_backoff=0.3) as jm:
         job_id = await jm.insert_job(T, "flaky", 1, {"key": "k"})  # retries=2
         async with worker(jm):
-            await jm.finished.wait_for(3)
+            await within(jm.finished.wait_for(3), "3 jobs to finish")
         history = await jm.history(job_id)
         assert [h["reason"] for h in history] == [
             "inserted", "claimed", "retried", "claimed", "retried", "claimed", "failed"
