@@ -56,9 +56,16 @@ class _Schedule:
 
 class Scheduler:
     """``run()`` until cancelled; ``reload()`` when the schedules may have changed. ``fired``
-    counts the ticks this worker fired that created a job or deduped into one."""
+    counts the ticks this worker fired that created a job or deduped into one. ``clock`` replaces
+    the server's clock (tests move time on with it)."""
 
-    def __init__(self, ticks: Ticks, task_ids: Callable[[], Awaitable[list[int]]], outage: Outage) -> None:
+    def __init__(
+        self,
+        ticks: Ticks,
+        task_ids: Callable[[], Awaitable[list[int]]],
+        outage: Outage,
+        clock: Callable[[], datetime] | None = None,
+    ) -> None:
         self.ticks = ticks
         self.task_ids = task_ids
         self.outage = outage
@@ -66,11 +73,14 @@ class Scheduler:
         self._reload = asyncio.Event()
         self._schedules: list[_Schedule] = []
         self._offset = timedelta(0)  # the server's clock minus ours
+        self._clock = clock
 
     def reload(self) -> None:
         self._reload.set()
 
     def _now(self) -> datetime:
+        if self._clock is not None:
+            return self._clock()
         return datetime.now(UTC) + self._offset
 
     async def run(self) -> None:
