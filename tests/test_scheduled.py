@@ -1,11 +1,10 @@
-"""Scheduled jobs (DESIGN 9 "Scheduled jobs"): run_at from Python and SQL, never early and promptly
-after (the dispatcher sleeps until the due time, re-armed by NOTIFY: the safety poll here is an
-hour away), naive datetimes refused, dedupe moving a job earlier, scheduled dependents, "ALL",
-retry(), and claims that do not see future jobs."""
+"""Scheduled jobs (DESIGN 9 "Scheduled jobs"): run_at from Python and SQL, never early and woken
+for (the dispatcher sleeps until the due time, re-armed by NOTIFY: the safety poll here is an
+hour away, and every wait is bounded far below it), naive datetimes refused, dedupe moving a job
+earlier, scheduled dependents, "ALL", retry(), and claims that do not see future jobs."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -19,16 +18,14 @@ from jobmaster_async import InvalidArguments, JobMaster
 from jobmaster_async.sync import JobMaster as BlockingJobMaster
 from tests import tasks_for_tests
 from tests.conftest import deployed, inner_plans, q, worker
-from tests.polling import within
+from tests.polling import until, within
 
 T = "tasks_for_tests"
 
-#: The safety poll of the workers here: whatever they do within a few seconds, a timer or a
-#: NOTIFY made them do.
+#: The safety poll of the workers here (idle_jm's too): whatever they do within a bounded wait
+#: (tests/polling.py, a minute), a timer or a NOTIFY made them do. How late after its time a job
+#: starts is a speed figure: benchmarks/scheduled.py measures it.
 POLL = 3600.0
-#: How late "promptly" may be in these tests: a bound far below the poll, not a speed figure
-#: (benchmarks/scheduled.py measures the delay).
-PROMPTLY = timedelta(seconds=2)
 
 
 async def times(conn: asyncpg.Connection, jm: JobMaster, job_id: uuid.UUID) -> asyncpg.Record:
@@ -47,9 +44,21 @@ async def db_now(conn: asyncpg.Connection) -> datetime:
 
 
 def assert_started_on_time(row: asyncpg.Record) -> None:
+    """Run, and not before its time (that it ran within the test's bounded wait, far below the
+    poll, says that its timer or a NOTIFY woke the worker)."""
     assert row["status"] == "complete"
     assert row["started_at"] >= row["run_at"], "started before its run_at"
-    assert row["started_at"] - row["run_at"] < PROMPTLY
+
+
+async def until_due(conn: asyncpg.Connection, jm: JobMaster, job_id: uuid.UUID) -> None:
+    """Until the database's clock has passed the job's run_at: any statement from now on sees it due."""
+
+    async def due() -> bool:
+        return bool(
+            await conn.fetchval(f"SELECT run_at <= clock_timestamp() FROM {q(jm)}.jobs WHERE job_id = $1", job_id)
+        )
+
+    await until(due, "the job's time to come")
 
 
 # -- run_at from Python and SQL ------------------------------------------------------------------
@@ -119,10 +128,13 @@ async def test_an_earlier_job_inserted_while_the_worker_sleeps_rearms_it(
     idle_jm: JobMaster, conn: asyncpg.Connection
 ) -> None:
     later = await idle_jm.insert_job(T, "add", 1, {"a": 1}, run_at=timedelta(hours=1))
+    await idle_jm.insert_job(T, "add", 1, {"a": 0})
     async with worker(idle_jm):
-        await asyncio.sleep(0.3)  # asleep until the hour's job (or the poll)
+        # it claimed (and saw the hour's job) and ran the job due now; then it sleeps until the
+        # hour's job (or the poll)
+        await within(idle_jm.finished.wait_for(1), "the job due now to finish")
         sooner = await idle_jm.insert_job(T, "add", 1, {"a": 2}, run_at=timedelta(seconds=0.5))
-        await within(idle_jm.finished.wait_for(1), "1 job to finish")
+        await within(idle_jm.finished.wait_for(2), "the sooner job to finish")
     assert_started_on_time(await times(conn, idle_jm, sooner))
     assert (await times(conn, idle_jm, later))["status"] == "waiting"
 
@@ -159,7 +171,7 @@ async def test_pop_job_and_run_do_not_wait_for_future_jobs(jm: JobMaster, conn: 
     assert await jm.pop_job() is None
     claimer = jm.store.claimer
     assert claimer.promotions == 0  # no round trip for the future jobs while none is due
-    await asyncio.sleep(0.4)
+    await until_due(conn, jm, soon)
     popped = await jm.pop_job()
     assert popped is not None and popped.job_id == soon
     assert (claimer.promotions, claimer.promoted) == (1, 1)
@@ -167,16 +179,18 @@ async def test_pop_job_and_run_do_not_wait_for_future_jobs(jm: JobMaster, conn: 
     assert_started_on_time(await times(conn, jm, soon))
 
 
-async def test_a_due_job_is_claimed_before_a_backlog_by_its_priority(jm: JobMaster) -> None:
+async def test_a_due_job_is_claimed_before_a_backlog_by_its_priority(jm: JobMaster, conn: asyncpg.Connection) -> None:
     """Every plain claim says when the earliest scheduled job falls due, also one that took as
     many jobs as it asked for: a due job does not wait for the backlog to drain."""
     urgent = await jm.insert_job(T, "add", 9, {"a": -1}, run_at=timedelta(seconds=0.2))
     await jm.insert_jobs(T, "add", 0, [{"a": i} for i in range(10)])
-    first = await jm.worker.claim(2, 100)
-    assert urgent not in [c.job_id for c in first]
-    await asyncio.sleep(0.3)
-    second = await jm.worker.claim(2, 100)
-    assert urgent in [c.job_id for c in second]
+    first = await jm.pop_job()  # one asked for, one taken
+    assert first is not None and first.job_id != urgent
+    await until_due(conn, jm, urgent)
+    second = await jm.pop_job()
+    assert second is not None and second.job_id == urgent
+    await first.execute()
+    await second.execute()
 
 
 # -- dedupe and time -----------------------------------------------------------------------------
@@ -220,7 +234,7 @@ async def test_a_blocked_twin_is_moved_earlier(jm: JobMaster, conn: asyncpg.Conn
     assert again == bar
     row = await times(conn, jm, bar)
     assert row["status"] == "blocked" and row["run_at"] - row["created_at"] < timedelta(seconds=1)
-    await asyncio.sleep(0.4)
+    await until_due(conn, jm, bar)
     assert await jm.run() == 2  # its dependency, then it: its time has come
 
 
@@ -245,7 +259,7 @@ async def test_a_scheduled_dependent_waits_for_its_dependencies_and_its_time(
     # the other way round: its time comes first, then its dependency completes: it runs at once
     other = {"file_path": str(tmp_path / "b"), "number": 2}
     soon = await jm.insert_job("nice_tasks", "bar", 1, other, run_at=timedelta(seconds=0.2))
-    await asyncio.sleep(0.3)
+    await until_due(conn, jm, soon)
     assert (await times(conn, jm, soon))["status"] == "blocked"
     async with worker(jm):
         await within(jm.finished.wait_for(2), "2 jobs to finish")  # its dependency, then it
