@@ -254,7 +254,7 @@ async def test_dependents_never_run_before_their_dependencies(
         while (await pool.fetchval(f"SELECT count(*) FROM {q(jm)}.jobs WHERE status <> 'complete'")) > 0:
             job = await master.pop_job()
             if job is None:
-                await asyncio.sleep(0.005)
+                await asyncio.sleep(0.005)  # polling: another worker's job unblocks it (bounded below)
                 continue
             if job.task_key == "fan":
                 for dep in await master.dependencies(job.job_id):

@@ -183,7 +183,7 @@ def test_a_plain_dsn_does_not_import_sqlalchemy() -> None:
         "JobMaster('postgresql://u@h1,h2:5433/app?target_session_attrs=read-write&connect_timeout=3', schema='s'); "
         "assert 'sqlalchemy' not in sys.modules, 'imported'"
     )
-    subprocess.run([sys.executable, "-c", script], check=True)
+    subprocess.run([sys.executable, "-c", script], check=True, timeout=120)
 
 
 async def test_upgrade_from_version_5_indexes_running_jobs_by_task(jm: JobMaster, conn: asyncpg.Connection) -> None:

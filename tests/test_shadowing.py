@@ -16,7 +16,6 @@ database of its own, dropped afterwards."""
 from __future__ import annotations
 
 import ast
-import asyncio
 import itertools
 import json
 import re
@@ -752,7 +751,7 @@ async def workload(
     timed.append(await jm.store.ticks.fire(schedule_id, tick))
     assert await jm.store.ticks.fire(schedule_id, tick) is None
     assert timed[-1] in [row["last_job_id"] for row in await jm.schedules()]
-    await asyncio.sleep(0.4)
+    await until(lambda: due(jm, client, timed), "the scheduled jobs' time to come")
     assert await fast.run() > 0
     async with worker(jm, concurrency=4):
         await until(lambda: quiet(jm), "the scheduled jobs to run", seconds=30)
@@ -791,6 +790,16 @@ async def workload(
     assert await client.fetchval(f"SELECT {s}.prune_jobs(NULL, 5)") == 5
     assert await jm.store.prune_jobs_if_free(5) == 5
     assert await jm.prune() == prunable - 10
+
+
+async def due(jm: JobMaster, conn: asyncpg.Connection, job_ids: list[uuid.UUID]) -> bool:
+    """Has the database's clock passed the jobs' run_at?"""
+    now = await conn.fetchval("SELECT pg_catalog.clock_timestamp()")
+    for job_id in job_ids:
+        job = await jm.get_job(job_id)
+        if job is not None and job.run_at is not None and job.run_at > now:
+            return False
+    return True
 
 
 async def running(jm: JobMaster, *job_ids: uuid.UUID) -> bool:
