@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import threading
 import time
 from collections.abc import Callable
 from datetime import timedelta
@@ -182,30 +181,6 @@ def process_too_slow(seconds: float) -> None:
 @task(executor="process")
 def in_process(n: int) -> int:
     return n * 2
-
-
-class ThreadGate:
-    """A thread_blocked_too_long(key) job's: ``timed_out`` is set once its thread noticed its
-    timeout; it returns once ``opened`` is set."""
-
-    def __init__(self) -> None:
-        self.timed_out = threading.Event()
-        self.opened = threading.Event()
-
-
-THREAD_GATES: dict[str, ThreadGate] = {}
-
-
-@task(timeout=0.2, retries=1)
-def thread_blocked_too_long(key: str) -> None:
-    """Runs past its timeout (0.2 s), then returns only when the test opens its gate."""
-    gate = THREAD_GATES.get(key)
-    if gate is None:
-        return
-    while not cancel_requested():  # the timeout sets it
-        time.sleep(0.01)
-    gate.timed_out.set()
-    gate.opened.wait(60)
 
 
 @task

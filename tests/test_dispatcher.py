@@ -5,14 +5,15 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
+import time
 import uuid
 
 import asyncpg
 import pytest
 
-from jobmaster_async import JobMaster
+from jobmaster_async import JobMaster, cancel_requested, task
 from jobmaster_async.db.sql import quote_identifier
-from tests import tasks_for_tests
 from tests.conftest import orders_table, worker
 from tests.pg import PgServer
 from tests.polling import until, within
@@ -116,20 +117,41 @@ async def test_executors_and_timeouts(idle_jm: JobMaster) -> None:
         assert events == ["waiting", "running", "waiting", "running", "failed"], key
 
 
+#: the type key of the tasks a test defines (removed afterwards by the ``forget`` fixture)
+SCRATCH = "scratch_dispatcher"
+
+
+class ThreadGate:
+    """A blocked_too_long job's: ``timed_out`` is set once its thread noticed its timeout; it
+    returns once ``opened`` is set."""
+
+    def __init__(self) -> None:
+        self.timed_out = threading.Event()
+        self.opened = threading.Event()
+
+
 async def test_thread_timeout_keeps_its_slot_until_the_thread_returns(
-    idle_jm: JobMaster, conn: asyncpg.Connection
+    idle_jm: JobMaster, conn: asyncpg.Connection, forget: None
 ) -> None:
     """The timed-out attempt keeps its single slot until its thread returns, which is when the
     test lets it: the quick job, which needed that slot, starts only after that (an ordering of
     the database's clock readings, not a duration)."""
-    key = uuid.uuid4().hex
-    tasks_for_tests.THREAD_GATES[key] = gate = tasks_for_tests.ThreadGate()
+    gate = ThreadGate()
+
+    @task(type_key=SCRATCH, timeout=0.2, retries=1)
+    def blocked_too_long() -> None:
+        while not cancel_requested():  # the timeout sets it
+            time.sleep(0.01)
+        gate.timed_out.set()
+        gate.opened.wait(60)
+
+    await idle_jm.deploy()
 
     async def timed_out() -> bool:
         return gate.timed_out.is_set()
 
     try:
-        slow = await idle_jm.insert_job("tasks_for_tests", "thread_blocked_too_long", 1, {"key": key})
+        slow = await idle_jm.insert_job(SCRATCH, "blocked_too_long", 1, {})
         async with worker(idle_jm, concurrency=1):
             await within(idle_jm.claimed.wait_for(1), "the slow job to be claimed")
             quick = await idle_jm.insert_job("tasks_for_tests", "add", 1, {"a": 1})
@@ -139,7 +161,6 @@ async def test_thread_timeout_keeps_its_slot_until_the_thread_returns(
             await within(idle_jm.finished.wait_for(3), "the slow job's two attempts and the quick job")
     finally:
         gate.opened.set()
-        del tasks_for_tests.THREAD_GATES[key]
     quick_job = await idle_jm.get_job(quick)
     assert quick_job is not None and quick_job.status == "complete" and quick_job.started_at is not None
     assert quick_job.started_at >= opened_at
