@@ -20,6 +20,7 @@ import asyncpg
 import pytest
 
 from jobmaster_async import Cron, JobMaster, TaskDefinitionError, task
+from jobmaster_async.db.sql import channel_name
 from jobmaster_async.db.ticks import Ticks
 from jobmaster_async.worker.outage import Outage
 from jobmaster_async.worker.scheduler import Scheduler
@@ -133,7 +134,7 @@ async def test_a_deploy_wakes_running_schedulers(
     define(Cron(far_from_now()))
     await idle_jm.deploy()
     async with worker(idle_jm):
-        await until(lambda: listening(conn), "the worker to LISTEN")
+        await until(lambda: listening(conn, idle_jm), "the worker to LISTEN")
         await until(lambda: logged(caplog, "scheduler: 1 schedules"), "the scheduler to load its schedule")
         define("* * * * * *")
         other = JobMaster(idle_jm.dsn, schema=idle_jm.schema)
@@ -144,9 +145,10 @@ async def test_a_deploy_wakes_running_schedulers(
         await until(lambda: has_jobs(conn, idle_jm, 1), "a tick of the new schedule", seconds=10)
 
 
-async def listening(conn: asyncpg.Connection) -> bool:
-    query = "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'LISTEN%' AND state = 'idle'"
-    return bool(await conn.fetchval(query))
+async def listening(conn: asyncpg.Connection, jm: JobMaster) -> bool:
+    """Is a connection listening on the schema's channel (its LISTEN done)?"""
+    query = "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'LISTEN%' || $1 || '%' AND state = 'idle'"
+    return bool(await conn.fetchval(query, channel_name(jm.schema)))
 
 
 async def logged(caplog: pytest.LogCaptureFixture, message: str) -> bool:
