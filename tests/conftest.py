@@ -6,17 +6,26 @@ import asyncio
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import asyncpg
 import pytest
+from click.testing import CliRunner
 
 import jobmaster_async.examples.my_tasks
 import jobmaster_async.examples.nice_tasks  # noqa: F401
 from jobmaster_async import JobMaster
+from jobmaster_async.cli import main
 from jobmaster_async.db.sql import quote_identifier
+from jobmaster_async.tasks import registry
 from tests import tasks_for_tests  # noqa: F401
 from tests.pg import PgServer, pg_server
+
+if TYPE_CHECKING:
+    from jobmaster_async.web import Dashboard
+
+#: The dashboard's secret in the tests (the ``dash`` fixture's)
+SECRET = "a secret for the tests"
 
 
 @pytest.fixture(scope="session")
@@ -63,6 +72,59 @@ async def jm(dsn: str, schema_name: str) -> AsyncIterator[JobMaster]:
     """A deployed JobMaster in a fresh schema (retries without backoff), dropped afterwards."""
     async with deployed(dsn, schema_name, retry_backoff=0.0) as master:
         yield master
+
+
+@pytest.fixture
+def retry_backoff() -> float:
+    """``idle_jm``'s retry backoff; a test module that needs retries to wait overrides it."""
+    return 0.0
+
+
+@pytest.fixture
+async def idle_jm(dsn: str, schema_name: str, retry_backoff: float) -> AsyncIterator[JobMaster]:
+    """A JobMaster whose safety poll is an hour: anything it does promptly, NOTIFY (or a timer) woke it for."""
+    async with deployed(dsn, schema_name, poll_interval=3600, retry_backoff=retry_backoff) as master:
+        yield master
+
+
+def q(jm: JobMaster) -> str:
+    """The JobMaster's schema, quoted for SQL."""
+    return quote_identifier(jm.schema)
+
+
+@pytest.fixture
+def forget(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Removes the tasks a test registers under its module's ``SCRATCH`` type key: left
+    registered, every later deploy in the session would store them (and their schedules)."""
+    yield
+    type_key = request.module.SCRATCH
+    for definition in list(registry):
+        if definition.type_key == type_key:
+            registry.remove(definition.type_key, definition.task_key)
+
+
+@pytest.fixture
+def cli(dsn: str) -> Iterator[tuple[CliRunner, list[str]]]:
+    """Click's test runner and the ``--dsn``/``--schema`` options of a schema deployed with
+    tests.tasks_for_tests, reset afterwards."""
+    runner = CliRunner()
+    base = ["--dsn", dsn, "--schema", f"cli_{uuid.uuid4().hex[:8]}"]
+    result = runner.invoke(main, [*base, "deploy", "--app", "tests.tasks_for_tests"])
+    assert result.exit_code == 0, result.output
+    yield runner, base
+    runner.invoke(main, [*base, "deploy", "--reset"], input="y\n")
+
+
+@pytest.fixture
+async def dash(jm: JobMaster) -> AsyncIterator[Dashboard]:
+    """The dashboard app of ``jm`` (secret ``SECRET``), closed afterwards."""
+    from jobmaster_async.web import create_app  # the web extra: only the tests that use it need it
+
+    app = create_app(jm, secret=SECRET)
+    try:
+        yield app
+    finally:
+        await app.aclose()
 
 
 @pytest.fixture

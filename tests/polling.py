@@ -17,7 +17,7 @@ async def until(check: Callable[[], Awaitable[bool]], what: str, seconds: float 
         await asyncio.sleep(0.02)
 
 
-async def within(event: Awaitable[None], what: str, seconds: float = 60) -> None:
+async def within(event: Awaitable[object], what: str, seconds: float = 60) -> None:
     """Awaits an event of ours (an events hub's wait_for), failing after `seconds`: a worker that died
     must fail the test, not hang it."""
     try:

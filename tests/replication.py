@@ -233,7 +233,7 @@ async def run_failover(
                     else:
                         acknowledged[key] = job_id
                     key += 1
-                    await asyncio.sleep(0.02)
+                    await asyncio.sleep(0.02)  # the scenario: a trickle of inserts, paced
 
             logs = [stack.enter_context((directory / f"worker-{n}.log").open("wb")) for n in range(3)]
             workers = [
@@ -247,14 +247,14 @@ async def run_failover(
             await eventually(thirty_percent, "30 % of the jobs to run")
             if lag:
                 stream.blackhole()
-                await asyncio.sleep(lag)
+                await asyncio.sleep(lag)  # the scenario: the replica falls behind for `lag` seconds
             await asyncio.to_thread(pair.crash_primary)
             late = stack.enter_context(
                 worker_process(pair.dsn, "failover", *options, "--wait-for-database", "60", log=logs[2])
             )
             await asyncio.sleep(promote_after)  # the failover manager's decision time
             promoted = await asyncio.to_thread(pair.promote)
-            await asyncio.sleep(1.0)
+            await asyncio.sleep(1.0)  # the scenario: inserts go on for a second against the new primary
             trickling = False
             await inserting
 

@@ -29,6 +29,7 @@ def worker_logs(directory: Path) -> str:
     return "\n".join(f"--- {log.name}\n{log.read_text()[-3000:]}" for log in sorted(directory.glob("*.log")))
 
 
+@pytest.mark.timeout(900)  # 2,000 jobs through two worker processes and a fault that lasts up to 10 s
 @pytest.mark.parametrize("scenario", SCENARIOS, ids=lambda s: s.key)
 async def test_chaos(server: TemporaryServer, scenario: Scenario, tmp_path: Path) -> None:
     result = await run_scenario(server, scenario, JOBS, tmp_path)

@@ -12,6 +12,7 @@ import pytest
 from jobmaster_async import JobMaster
 from jobmaster_async.db.sql import quote_identifier
 from tests.conftest import inner_plans
+from tests.polling import within
 from tests.statements import claim_statements, plain_claims
 
 
@@ -41,10 +42,16 @@ async def test_only_registered_tasks_are_claimed(jm: JobMaster, conn: asyncpg.Co
 async def claim_all(dsn: str, schema: str, claimers: int, batch: int) -> list[list[uuid.UUID]]:
     masters = [JobMaster(dsn, schema=schema) for _ in range(claimers)]
     start = asyncio.Event()
+    connected = asyncio.Event()
+    ready = 0
 
     async def drain(master: JobMaster) -> list[uuid.UUID]:
+        nonlocal ready
         await master._worker.claimable_task_ids()
-        await start.wait()
+        ready += 1
+        if ready == claimers:
+            connected.set()
+        await within(start.wait(), "the race to start")
         got: list[uuid.UUID] = []
         while claims := await master._worker.claim(batch, 10_000):
             got.extend(c.job_id for c in claims)
@@ -52,7 +59,7 @@ async def claim_all(dsn: str, schema: str, claimers: int, batch: int) -> list[li
 
     try:
         tasks = [asyncio.create_task(drain(m)) for m in masters]
-        await asyncio.sleep(0.2)  # let every claimer connect before the race starts (not a sync point)
+        await within(connected.wait(), "every claimer to connect")  # before the race starts
         start.set()
         return list(await asyncio.gather(*tasks))
     finally:
@@ -84,7 +91,7 @@ async def test_process_limit_is_never_exceeded(jm: JobMaster, dsn: str, conn: as
             if not claims:
                 if done >= 60:
                     return
-                await asyncio.sleep(0.005)
+                await asyncio.sleep(0.005)  # polling: the others' claims free the slots (bounded below)
                 continue
             running = await conn.fetchval(
                 f"SELECT count(*) FROM {schema}.jobs j JOIN {schema}.tasks t USING (task_id) "

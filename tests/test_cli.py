@@ -9,27 +9,14 @@ import os
 import subprocess
 import sys
 import uuid
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
-import pytest
 from click.testing import CliRunner
 
 from jobmaster_async.cli import main
-
-
-@pytest.fixture
-def cli(dsn: str) -> Iterator[tuple[CliRunner, list[str]]]:
-    schema = f"cli_{uuid.uuid4().hex[:8]}"
-    runner = CliRunner()
-    base = ["--dsn", dsn, "--schema", schema]
-    result = runner.invoke(main, [*base, "deploy", "--app", "tests.tasks_for_tests"])
-    assert result.exit_code == 0, result.output
-    yield runner, base
-    runner.invoke(main, [*base, "deploy", "--reset"], input="y\n")
 
 
 def test_every_command_has_help() -> None:

@@ -15,7 +15,6 @@ import sys
 import tempfile
 import types
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -36,17 +35,6 @@ from jobmaster_async.tasks import check_definitions, definition_of
 from tests.conftest import drop_schema
 
 ROOT = Path(__file__).parent.parent
-
-
-@pytest.fixture
-def cli(dsn: str) -> Iterator[tuple[CliRunner, list[str]]]:
-    schema = f"ux_{uuid.uuid4().hex[:8]}"
-    runner = CliRunner()
-    base = ["--dsn", dsn, "--schema", schema]
-    result = runner.invoke(main, [*base, "deploy", "--app", "tests.tasks_for_tests"])
-    assert result.exit_code == 0, result.output
-    yield runner, base
-    runner.invoke(main, [*base, "deploy", "--reset"], input="y\n")
 
 
 def insert(runner: CliRunner, base: list[str], task: str, arguments: dict[str, object]) -> str:

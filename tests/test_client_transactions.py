@@ -24,7 +24,7 @@ import pytest
 from jobmaster_async import JobMaster, PoppedJob
 from jobmaster_async.db.sql import quote_identifier
 from jobmaster_async.events import JobFinished
-from tests.conftest import worker
+from tests.conftest import q, worker
 from tests.polling import within
 from tests.tasks_for_tests import GATES, Gate
 
@@ -32,10 +32,6 @@ README = (Path(__file__).parent.parent / "README.md").read_text()
 
 #: how long any event of these tests may take before the test fails (generous: a 2-core CI box)
 DEADLINE = 60
-
-
-def q(jm: JobMaster) -> str:
-    return quote_identifier(jm.schema)
 
 
 @contextmanager

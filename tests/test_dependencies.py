@@ -12,17 +12,13 @@ import asyncpg
 import pytest
 
 from jobmaster_async import JobMaster
-from jobmaster_async.db.sql import quote_identifier
+from tests.conftest import q
 from tests.polling import until
 from tests.tasks_for_tests import CHAIN_DEPTH
 
 
 def read(path: str) -> str:
     return Path(path).read_text()
-
-
-def q(jm: JobMaster) -> str:
-    return quote_identifier(jm.schema)
 
 
 async def test_seed_example(jm: JobMaster, tmp_path: Path) -> None:
@@ -258,7 +254,7 @@ async def test_dependents_never_run_before_their_dependencies(
         while (await pool.fetchval(f"SELECT count(*) FROM {q(jm)}.jobs WHERE status <> 'complete'")) > 0:
             job = await master.pop_job()
             if job is None:
-                await asyncio.sleep(0.005)
+                await asyncio.sleep(0.005)  # polling: another worker's job unblocks it (bounded below)
                 continue
             if job.task_key == "fan":
                 for dep in await master.dependencies(job.job_id):

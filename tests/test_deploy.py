@@ -15,13 +15,8 @@ from jobmaster_async.db.sql import Catalogue, quote_identifier
 from jobmaster_async.tasks import registry
 from tests.conftest import drop_schema
 
-
-@pytest.fixture
-def forget() -> object:
-    yield
-    for definition in list(registry):
-        if definition.type_key == "scratch_deploy":
-            registry.remove(definition.type_key, definition.task_key)
+#: the type key of the tasks a test defines (removed afterwards by the ``forget`` fixture)
+SCRATCH = "scratch_deploy"
 
 
 async def test_deploy_twice_keeps_jobs_and_reset_drops_them(jm: JobMaster) -> None:
@@ -185,7 +180,7 @@ def test_a_plain_dsn_does_not_import_sqlalchemy() -> None:
         "JobMaster('postgresql://u@h1,h2:5433/app?target_session_attrs=read-write&connect_timeout=3', schema='s'); "
         "assert 'sqlalchemy' not in sys.modules, 'imported'"
     )
-    subprocess.run([sys.executable, "-c", script], check=True)
+    subprocess.run([sys.executable, "-c", script], check=True, timeout=120)
 
 
 async def test_upgrade_from_version_5_indexes_running_jobs_by_task(jm: JobMaster, conn: asyncpg.Connection) -> None:

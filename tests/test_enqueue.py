@@ -80,6 +80,7 @@ def test_a_type_checker_reports_wrong_arguments(tmp_path: Path) -> None:
         capture_output=True,
         text=True,
         cwd=Path(__file__).parent.parent,
+        timeout=280,  # a cold mypy run (within the test's 300 s)
     )
     out, status = checked.stdout, checked.returncode
     errors = [line for line in out.splitlines() if ": error:" in line]

@@ -10,7 +10,7 @@ import asyncpg
 import pytest
 
 from jobmaster_async import JobMaster
-from jobmaster_async.db.sql import quote_identifier
+from tests.conftest import q
 
 #: tasks_for_tests.every_kind: n int, x float, s str, flag bool, mode "a"|"b"|3, maybe int|None,
 #: anything, obj dict|None
@@ -31,10 +31,6 @@ CANONICAL: list[tuple[dict[str, Any], dict[str, Any]]] = [
     ({"n": 1, "mode": 3.0}, {"n": 1, "mode": 3.0}),
     ({"n": 1, "anything": 2.0}, {"n": 1, "anything": 2.0}),
 ]
-
-
-def q(jm: JobMaster) -> str:
-    return quote_identifier(jm.schema)
 
 
 async def slow_canonical_calls(conn: asyncpg.Connection, jm: JobMaster, statement: str, *args: object) -> int:

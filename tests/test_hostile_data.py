@@ -14,11 +14,8 @@ from jobmaster_async import JobMaster
 from jobmaster_async.db.sql import quote_identifier
 from jobmaster_async.errors import ConfigurationError, InvalidArguments
 from jobmaster_async.events import JobFinished
-from tests.conftest import worker
-
-
-def q(jm: JobMaster) -> str:
-    return quote_identifier(jm.schema)
+from tests.conftest import q, worker
+from tests.polling import within
 
 
 async def add_job(conn: asyncpg.Connection, jm: JobMaster, task_key: str, arguments_json: str) -> uuid.UUID:
@@ -154,7 +151,7 @@ async def test_unstorable_results_fail_their_job_alone_and_for_good(jm: JobMaste
     bad = {kind: await jm.insert_job("tasks_for_tests", task_key, 0, {"kind": kind}) for kind in kinds}
     good = await jm.insert_jobs("tasks_for_tests", "add", 0, [{"a": i} for i in range(10)])
     async with worker(jm, concurrency=16):
-        await jm.events.wait_for(JobFinished, len(bad) + len(good))
+        await within(jm.events.wait_for(JobFinished, len(bad) + len(good)), "the jobs to finish")
     for kind, job_id in bad.items():
         job = await jm.get_job(job_id)
         assert job is not None and job.status == "failed" and job.attempts == 1
@@ -207,7 +204,7 @@ async def test_arguments_python_cannot_read_fail_their_job_alone(jm: JobMaster, 
     listed = {job.job_id: job for job in await jm.jobs()}
     assert "undecodable JSON" in repr(listed[poison].arguments)
     async with worker(jm, concurrency=8):
-        await jm.events.wait_for(JobFinished, 8)
+        await within(jm.events.wait_for(JobFinished, 8), "8 jobs to finish")
     job = await jm.get_job(poison)
     assert job is not None and job.status == "failed" and job.error_type == "UnreadableArguments"
     assert "4300" in (job.message or "")
@@ -223,7 +220,7 @@ async def test_base_exceptions_from_a_task_fail_its_job_and_the_worker_goes_on(j
     ids = {kind: await jm.insert_job("tasks_for_tests", task_key, 1, {"kind": kind}) for kind in kinds}
     after = await jm.insert_job("tasks_for_tests", "add", 0, {"a": 1})
     async with worker(jm, concurrency=1) as running:  # one slot: a wedged job would stop everything
-        await jm.events.wait_for(JobFinished, len(kinds) + 1)
+        await within(jm.events.wait_for(JobFinished, len(kinds) + 1), "the jobs to finish")
         assert not running.done()
     for kind, job_id in ids.items():
         job = await jm.get_job(job_id)

@@ -10,7 +10,7 @@ import contextlib
 import json
 import re
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -20,13 +20,12 @@ import asyncpg
 import pytest
 
 from jobmaster_async import Cron, JobMaster, TaskDefinitionError, task
-from jobmaster_async.db.sql import quote_identifier
+from jobmaster_async.db.sql import channel_name
 from jobmaster_async.db.ticks import Ticks
-from jobmaster_async.events import Events, TickFired
-from jobmaster_async.tasks import registry
+from jobmaster_async.events import Count, Events, TickFired
 from jobmaster_async.worker.outage import Outage
 from jobmaster_async.worker.scheduler import Scheduler
-from tests.conftest import deployed, worker
+from tests.conftest import q, worker
 from tests.polling import until, within
 from tests.processes import worker_process
 
@@ -34,7 +33,7 @@ SCRATCH = "scratch_periodic"
 
 
 @pytest.fixture
-def define() -> Iterator[Callable[..., Any]]:
+def define(forget: None) -> Callable[..., Any]:
     """Registers ``periodic(n: int = 0)`` of type key scratch_periodic with the given crons (again
     and again: the same function, so each call replaces the definition), removed afterwards."""
 
@@ -44,20 +43,7 @@ def define() -> Iterator[Callable[..., Any]]:
 
         return task(type_key=SCRATCH, cron=cron)(periodic)
 
-    yield define_
-    for definition in list(registry):
-        if definition.type_key == SCRATCH:
-            registry.remove(definition.type_key, definition.task_key)
-
-
-@pytest.fixture
-async def idle_jm(dsn: str, schema_name: str) -> AsyncIterator[JobMaster]:
-    async with deployed(dsn, schema_name, poll_interval=3600, retry_backoff=0.0) as master:
-        yield master
-
-
-def q(jm: JobMaster) -> str:
-    return quote_identifier(jm.schema)
+    return define_
 
 
 async def rows(conn: asyncpg.Connection, jm: JobMaster) -> list[dict[str, Any]]:
@@ -140,13 +126,16 @@ async def test_deploy_refuses_a_cron_whose_arguments_the_task_refuses(
 
 
 async def test_a_deploy_wakes_running_schedulers(
-    idle_jm: JobMaster, conn: asyncpg.Connection, define: Callable[..., Any]
+    idle_jm: JobMaster, conn: asyncpg.Connection, define: Callable[..., Any], caplog: pytest.LogCaptureFixture
 ) -> None:
-    """A worker running before a schedule was deployed fires it: deploy() notifies."""
-    define(None)
+    """A worker running before a schedule was deployed fires it: deploy() notifies. (Its
+    scheduler has loaded a schedule half an hour away, and sleeps until then; the worker
+    listens.)"""
+    define(Cron(far_from_now()))
     await idle_jm.deploy()
     async with worker(idle_jm):
-        await asyncio.sleep(0.3)
+        await until(lambda: listening(conn, idle_jm), "the worker to LISTEN")
+        await until(lambda: logged(caplog, "scheduler: 1 schedules"), "the scheduler to load its schedule")
         define("* * * * * *")
         other = JobMaster(idle_jm.dsn, schema=idle_jm.schema)
         try:
@@ -156,6 +145,16 @@ async def test_a_deploy_wakes_running_schedulers(
         await until(lambda: has_jobs(conn, idle_jm, 1), "a tick of the new schedule", seconds=10)
 
 
+async def listening(conn: asyncpg.Connection, jm: JobMaster) -> bool:
+    """Is a connection listening on the schema's channel (its LISTEN done)?"""
+    query = "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'LISTEN%' || $1 || '%' AND state = 'idle'"
+    return bool(await conn.fetchval(query, channel_name(jm.schema)))
+
+
+async def logged(caplog: pytest.LogCaptureFixture, message: str) -> bool:
+    return any(record.getMessage() == message for record in caplog.records)
+
+
 async def has_jobs(conn: asyncpg.Connection, jm: JobMaster, count: int) -> bool:
     return len(await periodic_jobs(conn, jm)) >= count
 
@@ -163,45 +162,102 @@ async def has_jobs(conn: asyncpg.Connection, jm: JobMaster, count: int) -> bool:
 # -- ticks -----------------------------------------------------------------------------------------
 
 
+@dataclass
+class _Clock:
+    """The scheduler's clock, which the test moves on."""
+
+    now: datetime
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+class _Noted:
+    """The scheduler's statements (db.ticks), each load counted and each tick fired noted."""
+
+    def __init__(self, ticks: Ticks) -> None:
+        self.ticks = ticks
+        self.loads = Count()
+        self.tried: list[datetime] = []
+
+    async def load(self, task_ids: list[int]) -> list[asyncpg.Record]:
+        rows = await self.ticks.load(task_ids)
+        self.loads.add()
+        return rows
+
+    async def fire(self, schedule_id: int, tick: datetime) -> uuid.UUID | None:
+        self.tried.append(tick)
+        return await self.ticks.fire(schedule_id, tick)
+
+
+@contextlib.asynccontextmanager
+async def running_scheduler(
+    conn: asyncpg.Connection, jm: JobMaster, ticks: _Noted, clock: _Clock
+) -> AsyncIterator[Scheduler]:
+    """A scheduler of the schema's schedules on the test's clock, run until the block ends.
+
+    Once its ``ticks.loads`` grew, it has also evaluated what it loaded: it does not yield between
+    reading the schedules and firing the due ticks (``ticks.tried`` notes a fire before its
+    statement runs), so nothing fired then means nothing was due."""
+    task_ids = [row["task_id"] for row in await conn.fetch(f"SELECT DISTINCT task_id FROM {q(jm)}.schedules")]
+
+    async def registered() -> list[int]:
+        return task_ids
+
+    scheduler = Scheduler(ticks, registered, Outage(Events()), clock=clock)  # type: ignore[arg-type]
+    run = asyncio.create_task(scheduler.run())
+    try:
+        yield scheduler
+    finally:
+        run.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await run
+
+
 async def test_downtime_gives_one_catch_up_job(
     idle_jm: JobMaster, conn: asyncpg.Connection, define: Callable[..., Any]
 ) -> None:
-    """Five ticks missed while no worker ran: the scheduler inserts the latest one only."""
+    """Five ticks missed while no worker ran: the scheduler inserts the latest one only; then
+    it fires the next tick when its time comes; started again, it fires none of those again."""
     expression = far_from_now()
     cron = Cron(expression)
     define(cron)
     await idle_jm.deploy()
-    latest = cron.latest_tick(datetime.now(UTC))
+    now = datetime.now(UTC)
+    latest = cron.latest_tick(now)
     await conn.execute(
         f"UPDATE {q(idle_jm)}.schedules SET last_tick = $1, created_at = $2",
         latest - timedelta(hours=5),
         latest - timedelta(days=1),
     )
-    async with worker(idle_jm):
-        await until(lambda: has_jobs(conn, idle_jm, 1), "the catch-up job", seconds=10)
-        await asyncio.sleep(0.5)
-    [job] = await periodic_jobs(conn, idle_jm)
+    clock = _Clock(now)
+    ticks = _Noted(idle_jm._store.ticks)
+    async with running_scheduler(conn, idle_jm, ticks, clock) as scheduler:
+        await within(scheduler.outage.events.wait_for(TickFired, 1), "the catch-up job")
+        assert ticks.tried == [latest]
+        [job] = await periodic_jobs(conn, idle_jm)
+        [schedule] = await rows(conn, idle_jm)
+        assert schedule["last_tick"] == latest and schedule["last_job_id"] == job["job_id"]
+        assert job["arguments"] == {"n": 0} and job["priority"] == 0
+        # the time of the next tick comes: it alone is fired (into the same job, still waiting)
+        following = cron.next_tick(now)
+        clock.now = following + timedelta(seconds=1)
+        scheduler.reload()
+        await within(scheduler.outage.events.wait_for(TickFired, 2), "the next tick")
+    assert ticks.tried == [latest, following]
+    # started again: those ticks are fired already; the one after is fired when it comes
+    again = _Noted(idle_jm._store.ticks)
+    async with running_scheduler(conn, idle_jm, again, clock) as scheduler:
+        await within(again.loads.wait_for(1), "the schedules to be loaded")
+        assert again.tried == []
+        after = cron.next_tick(clock.now)
+        clock.now = after + timedelta(seconds=1)
+        scheduler.reload()
+        await within(scheduler.outage.events.wait_for(TickFired, 1), "the tick after")
+    assert again.tried == [after]
+    assert [j["job_id"] for j in await periodic_jobs(conn, idle_jm)] == [job["job_id"]]
     [schedule] = await rows(conn, idle_jm)
-    assert schedule["last_tick"] == latest and schedule["last_job_id"] == job["job_id"]
-    assert job["arguments"] == {"n": 0} and job["priority"] == 0
-    # started again: that tick is fired already
-    async with worker(idle_jm):
-        await asyncio.sleep(0.5)
-    assert len(await periodic_jobs(conn, idle_jm)) == 1
-
-
-@dataclass
-class _Clock:
-    now: datetime
-
-
-class _ClockedScheduler(Scheduler):
-    """A scheduler whose clock the test sets."""
-
-    clock: _Clock
-
-    def _now(self) -> datetime:
-        return self.clock.now
+    assert schedule["last_tick"] == after and schedule["last_job_id"] == job["job_id"]
 
 
 class _OutageAtFirstFire:
@@ -250,8 +306,7 @@ async def test_a_tick_fired_across_an_outage_is_the_latest_one_missed(
     clock = _Clock(now - timedelta(hours=3))  # when the fire first failed
     stale = cron.latest_tick(clock.now)
     ticks = _OutageAtFirstFire(idle_jm._store.ticks, clock, back_at=now)
-    scheduler = _ClockedScheduler(ticks, registered, Outage(Events()))  # type: ignore[arg-type]
-    scheduler.clock = clock
+    scheduler = Scheduler(ticks, registered, Outage(Events()), clock=clock)  # type: ignore[arg-type]
     running = asyncio.create_task(scheduler.run())
     try:
         await within(scheduler.outage.events.wait_for(TickFired, 1), "the tick fired once the database is back")
@@ -269,13 +324,26 @@ async def test_a_tick_fired_across_an_outage_is_the_latest_one_missed(
 async def test_a_new_schedule_starts_at_its_next_tick(
     idle_jm: JobMaster, conn: asyncpg.Connection, define: Callable[..., Any]
 ) -> None:
-    define(Cron(far_from_now()))
+    cron = Cron(far_from_now())
+    define(cron)
     await idle_jm.deploy()  # its latest tick, half an hour ago, is before its creation
-    async with worker(idle_jm):
-        await asyncio.sleep(0.5)
-    assert await periodic_jobs(conn, idle_jm) == []
+    now = datetime.now(UTC)
+    clock = _Clock(now)
+    ticks = _Noted(idle_jm._store.ticks)
+    async with running_scheduler(conn, idle_jm, ticks, clock) as scheduler:
+        await within(ticks.loads.wait_for(1), "the schedule to be loaded")
+        assert ticks.tried == []
+        assert await periodic_jobs(conn, idle_jm) == []
+        [schedule] = await rows(conn, idle_jm)
+        assert schedule["last_tick"] is None
+        following = cron.next_tick(now)
+        clock.now = following + timedelta(seconds=1)
+        scheduler.reload()
+        await within(scheduler.outage.events.wait_for(TickFired, 1), "its next tick")
+    assert ticks.tried == [following]
+    [job] = await periodic_jobs(conn, idle_jm)
     [schedule] = await rows(conn, idle_jm)
-    assert schedule["last_tick"] is None
+    assert schedule["last_tick"] == following and schedule["last_job_id"] == job["job_id"]
 
 
 async def test_a_tick_dedupes_into_its_still_active_previous_job(
@@ -357,7 +425,10 @@ async def test_three_worker_processes_create_one_job_per_tick(
             stack.enter_context(worker_process(dsn, jm.schema, *options, *deploy, log=log))
             if number == 0:
                 await until(lambda: has_jobs_of(conn, jm, "every_second", 1), "the first tick", seconds=30)
-        await asyncio.sleep(5)
+        await until(lambda: all_loaded(logs), "the three schedulers to load the schedule")
+        # all three fire: five more ticks (a scenario's length, not a sync point: awaited in the database)
+        start = await last_tick(conn, jm)
+        await until(lambda: ticked_since(conn, jm, start, 5), "five more ticks")
     for path in logs:
         assert "scheduler: 1 schedules" in path.read_text()
     fired = [TICK.search(line) for path in logs for line in path.read_text().splitlines()]
@@ -374,6 +445,19 @@ async def test_three_worker_processes_create_one_job_per_tick(
 
 #: A worker's log line for a tick it fired (worker/scheduler.py)
 TICK = re.compile(r"cron_tasks\.every_second tick (?P<tick>\S+) \(.*\): job (?P<job>[0-9a-f-]{36})")
+
+
+async def all_loaded(logs: list[Path]) -> bool:
+    return all("scheduler: 1 schedules" in path.read_text() for path in logs)
+
+
+async def last_tick(conn: asyncpg.Connection, jm: JobMaster) -> datetime:
+    tick: datetime = await conn.fetchval(f"SELECT last_tick FROM {q(jm)}.schedules")
+    return tick
+
+
+async def ticked_since(conn: asyncpg.Connection, jm: JobMaster, start: datetime, seconds: int) -> bool:
+    return await last_tick(conn, jm) >= start + timedelta(seconds=seconds)
 
 
 async def has_jobs_of(conn: asyncpg.Connection, jm: JobMaster, task_key: str, count: int) -> bool:

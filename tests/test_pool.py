@@ -12,7 +12,7 @@ import pytest
 from jobmaster_async.db.connection import opener
 from jobmaster_async.db.faults import database_fault
 from jobmaster_async.db.pool import Pool
-from tests.polling import until
+from tests.polling import until, within
 from tests.proxy import Proxy
 
 
@@ -84,7 +84,7 @@ async def test_a_terminated_backend_is_a_connection_fault_and_its_connection_is_
         pid = await pool.fetchval("SELECT pg_backend_pid()")
         proxy.hold_closes = True
         await conn.execute("SELECT pg_terminate_backend($1)", pid)
-        await proxy.closed_by_server.wait_for(1)
+        await within(proxy.closed_by_server.wait_for(1), "the proxy to see the server close")
         with pytest.raises(Exception) as raised:
             await asyncio.wait_for(pool.fetchval("SELECT 1"), 10)
         assert database_fault(raised.value), repr(raised.value)

@@ -16,17 +16,13 @@ from click.testing import CliRunner
 
 from jobmaster_async import JobMaster
 from jobmaster_async.cli import main
-from jobmaster_async.db.sql import quote_identifier
 from jobmaster_async.errors import ConfigurationError, TaskDefinitionError
 from jobmaster_async.events import JobFinished, Pruned
 from jobmaster_async.tasks import task
-from tests.conftest import deployed, worker
+from tests.conftest import deployed, q, worker
+from tests.polling import within
 
 T = "tasks_for_tests"
-
-
-def q(jm: JobMaster) -> str:
-    return quote_identifier(jm.schema)
 
 
 async def finish(
@@ -230,7 +226,7 @@ async def test_run_forever_prunes_in_the_background(dsn: str, schema_name: str) 
     async with deployed(dsn, schema_name, prune_interval=0.2) as master:
         ids = await master.insert_jobs(T, "add", 0, [{"a": i} for i in range(3)])
         async with worker(master):
-            await master.events.wait_for(JobFinished, 3)
+            await within(master.events.wait_for(JobFinished, 3), "3 jobs to finish")
             async with master.connection() as c:
                 await c.execute(f"UPDATE {q(master)}.jobs SET finished_at = now() - interval '8 days'")
             await master.events.wait_for(Pruned, 1, 30)  # one pruning deletes all 3 (one UPDATE made them due)

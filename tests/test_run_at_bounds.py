@@ -19,11 +19,11 @@ from rich.console import Console
 from jobmaster_async import JobMaster
 from jobmaster_async.cli import main
 from jobmaster_async.cli.rendering import jobs_table
-from jobmaster_async.db.sql import quote_identifier
 from jobmaster_async.errors import InvalidArguments
 from jobmaster_async.jobs import Job
 from jobmaster_async.times import UndecodableTime, decode_timestamptz
 from jobmaster_async.web import create_app
+from tests.conftest import q
 from tests.polling import until
 from tests.test_client_transactions import web_role
 from tests.test_web import _samples
@@ -42,10 +42,6 @@ OUT_OF_RANGE = [
 ]
 #: the edges of the range, which it takes
 IN_RANGE = ["1970-01-01 00:00:00+00", "9999-12-30 23:59:59.999999+00"]
-
-
-def q(jm: JobMaster) -> str:
-    return quote_identifier(jm.schema)
 
 
 async def job_count(conn: asyncpg.Connection, jm: JobMaster) -> int:

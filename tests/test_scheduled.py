@@ -1,14 +1,12 @@
-"""Scheduled jobs (DESIGN 9 "Scheduled jobs"): run_at from Python and SQL, never early and promptly
-after (the dispatcher sleeps until the due time, re-armed by NOTIFY: the safety poll here is an
-hour away), naive datetimes refused, dedupe moving a job earlier, scheduled dependents, "ALL",
-retry(), and claims that do not see future jobs."""
+"""Scheduled jobs (DESIGN 9 "Scheduled jobs"): run_at from Python and SQL, never early and woken
+for (the dispatcher sleeps until the due time, re-armed by NOTIFY: the safety poll here is an
+hour away, and every wait is bounded far below it), naive datetimes refused, dedupe moving a job
+earlier, scheduled dependents, "ALL", retry(), and claims that do not see future jobs."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import uuid
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -17,31 +15,19 @@ import asyncpg
 import pytest
 
 from jobmaster_async import InvalidArguments, JobMaster
-from jobmaster_async.db.sql import quote_identifier
 from jobmaster_async.events import JobFinished
 from jobmaster_async.sync import JobMaster as BlockingJobMaster
 from tests import tasks_for_tests
-from tests.conftest import deployed, inner_plans, worker
+from tests.conftest import deployed, inner_plans, q, worker
+from tests.polling import until, within
 from tests.statements import claim_statements
 
 T = "tasks_for_tests"
 
-#: The safety poll of the workers here: whatever they do within a few seconds, a timer or a
-#: NOTIFY made them do.
+#: The safety poll of the workers here (idle_jm's too): whatever they do within a bounded wait
+#: (tests/polling.py, a minute), a timer or a NOTIFY made them do. How late after its time a job
+#: starts is a speed figure: benchmarks/scheduled.py measures it.
 POLL = 3600.0
-#: How late "promptly" may be in these tests: a bound far below the poll, not a speed figure
-#: (benchmarks/scheduled.py measures the delay).
-PROMPTLY = timedelta(seconds=2)
-
-
-@pytest.fixture
-async def idle_jm(dsn: str, schema_name: str) -> AsyncIterator[JobMaster]:
-    async with deployed(dsn, schema_name, poll_interval=POLL, retry_backoff=0.0) as master:
-        yield master
-
-
-def q(jm: JobMaster) -> str:
-    return quote_identifier(jm.schema)
 
 
 async def times(conn: asyncpg.Connection, jm: JobMaster, job_id: uuid.UUID) -> asyncpg.Record:
@@ -60,9 +46,21 @@ async def db_now(conn: asyncpg.Connection) -> datetime:
 
 
 def assert_started_on_time(row: asyncpg.Record) -> None:
+    """Run, and not before its time (that it ran within the test's bounded wait, far below the
+    poll, says that its timer or a NOTIFY woke the worker)."""
     assert row["status"] == "complete"
     assert row["started_at"] >= row["run_at"], "started before its run_at"
-    assert row["started_at"] - row["run_at"] < PROMPTLY
+
+
+async def until_due(conn: asyncpg.Connection, jm: JobMaster, job_id: uuid.UUID) -> None:
+    """Until the database's clock has passed the job's run_at: any statement from now on sees it due."""
+
+    async def due() -> bool:
+        return bool(
+            await conn.fetchval(f"SELECT run_at <= clock_timestamp() FROM {q(jm)}.jobs WHERE job_id = $1", job_id)
+        )
+
+    await until(due, "the job's time to come")
 
 
 # -- run_at from Python and SQL ------------------------------------------------------------------
@@ -86,7 +84,7 @@ async def test_run_at_from_python_never_early_and_promptly(idle_jm: JobMaster, c
     assert first["run_at"] - first["created_at"] >= timedelta(seconds=1)  # the server's clock
     assert (await idle_jm.get_job(ids[1])).run_at == aware  # type: ignore[union-attr]
     async with worker(idle_jm):
-        await idle_jm.events.wait_for(JobFinished, len(ids))
+        await within(idle_jm.events.wait_for(JobFinished, len(ids)), "the jobs to finish")
     for job_id in ids:
         assert_started_on_time(await times(conn, idle_jm, job_id))
 
@@ -122,7 +120,7 @@ async def test_run_at_from_sql_never_early_and_promptly(idle_jm: JobMaster, conn
     ids.append(await conn.fetchval(f"""SELECT {s}.add_job('{T}', 'add', 1, '{{"a": 7}}', now() - interval '1 day')"""))
     assert (await times(conn, idle_jm, ids[-1]))["scheduled"] is False
     async with worker(idle_jm):
-        await idle_jm.events.wait_for(JobFinished, 7)
+        await within(idle_jm.events.wait_for(JobFinished, 7), "7 jobs to finish")
     for job_id in ids[:4]:
         assert_started_on_time(await times(conn, idle_jm, job_id))
     assert {j.status for j in await idle_jm.jobs()} == {"complete"}
@@ -132,10 +130,13 @@ async def test_an_earlier_job_inserted_while_the_worker_sleeps_rearms_it(
     idle_jm: JobMaster, conn: asyncpg.Connection
 ) -> None:
     later = await idle_jm.insert_job(T, "add", 1, {"a": 1}, run_at=timedelta(hours=1))
+    await idle_jm.insert_job(T, "add", 1, {"a": 0})
     async with worker(idle_jm):
-        await asyncio.sleep(0.3)  # asleep until the hour's job (or the poll)
+        # it claimed (and saw the hour's job) and ran the job due now; then it sleeps until the
+        # hour's job (or the poll)
+        await within(idle_jm.events.wait_for(JobFinished, 1), "the job due now to finish")
         sooner = await idle_jm.insert_job(T, "add", 1, {"a": 2}, run_at=timedelta(seconds=0.5))
-        await idle_jm.events.wait_for(JobFinished, 1)
+        await within(idle_jm.events.wait_for(JobFinished, 2), "the sooner job to finish")
     assert_started_on_time(await times(conn, idle_jm, sooner))
     assert (await times(conn, idle_jm, later))["status"] == "waiting"
 
@@ -174,7 +175,7 @@ async def test_pop_job_and_run_do_not_wait_for_future_jobs(
     soon = await jm.insert_job(T, "add", 1, {"a": 3}, run_at=timedelta(seconds=0.3))
     assert await jm.pop_job() is None
     assert "promote_due_jobs" not in statements  # no round trip for the future jobs while none is due
-    await asyncio.sleep(0.4)
+    await until_due(conn, jm, soon)
     popped = await jm.pop_job()
     assert popped is not None and popped.job_id == soon
     assert statements.count("promote_due_jobs") == 1
@@ -183,16 +184,18 @@ async def test_pop_job_and_run_do_not_wait_for_future_jobs(
     assert_started_on_time(await times(conn, jm, soon))
 
 
-async def test_a_due_job_is_claimed_before_a_backlog_by_its_priority(jm: JobMaster) -> None:
+async def test_a_due_job_is_claimed_before_a_backlog_by_its_priority(jm: JobMaster, conn: asyncpg.Connection) -> None:
     """Every plain claim says when the earliest scheduled job falls due, also one that took as
     many jobs as it asked for: a due job does not wait for the backlog to drain."""
     urgent = await jm.insert_job(T, "add", 9, {"a": -1}, run_at=timedelta(seconds=0.2))
     await jm.insert_jobs(T, "add", 0, [{"a": i} for i in range(10)])
-    first = await jm._worker.claim(2, 100)
-    assert urgent not in [c.job_id for c in first]
-    await asyncio.sleep(0.3)
-    second = await jm._worker.claim(2, 100)
-    assert urgent in [c.job_id for c in second]
+    first = await jm.pop_job()  # one asked for, one taken
+    assert first is not None and first.job_id != urgent
+    await until_due(conn, jm, urgent)
+    second = await jm.pop_job()
+    assert second is not None and second.job_id == urgent
+    await first.execute()
+    await second.execute()
 
 
 # -- dedupe and time -----------------------------------------------------------------------------
@@ -232,11 +235,14 @@ async def test_a_blocked_twin_is_moved_earlier(jm: JobMaster, conn: asyncpg.Conn
     arguments = {"file_path": str(tmp_path / "f"), "number": 1}
     bar = await jm.insert_job("nice_tasks", "bar", 1, arguments, run_at=timedelta(hours=1))
     assert (await times(conn, jm, bar))["status"] == "blocked"
+    before = await db_now(conn)
     again = await jm.insert_job("nice_tasks", "bar", 1, arguments, run_at=timedelta(seconds=0.3))
+    after = await db_now(conn)
     assert again == bar
     row = await times(conn, jm, bar)
-    assert row["status"] == "blocked" and row["run_at"] - row["created_at"] < timedelta(seconds=1)
-    await asyncio.sleep(0.4)
+    assert row["status"] == "blocked"
+    assert before + timedelta(seconds=0.3) <= row["run_at"] <= after + timedelta(seconds=0.3)  # the second insert's
+    await until_due(conn, jm, bar)
     assert await jm.run() == 2  # its dependency, then it: its time has come
 
 
@@ -261,10 +267,10 @@ async def test_a_scheduled_dependent_waits_for_its_dependencies_and_its_time(
     # the other way round: its time comes first, then its dependency completes: it runs at once
     other = {"file_path": str(tmp_path / "b"), "number": 2}
     soon = await jm.insert_job("nice_tasks", "bar", 1, other, run_at=timedelta(seconds=0.2))
-    await asyncio.sleep(0.3)
+    await until_due(conn, jm, soon)
     assert (await times(conn, jm, soon))["status"] == "blocked"
     async with worker(jm):
-        await jm.events.wait_for(JobFinished, 2)  # its dependency, then it
+        await within(jm.events.wait_for(JobFinished, 2), "2 jobs to finish")  # its dependency, then it
     assert (await times(conn, jm, soon))["status"] == "complete"
 
     # and a dependent whose dependency is satisfied at insert (fresh now) waits for its time alone
@@ -275,7 +281,7 @@ async def test_a_scheduled_dependent_waits_for_its_dependencies_and_its_time(
     row = await times(conn, jm, fresh)
     assert row["status"] == "waiting" and row["scheduled"]
     async with worker(jm):
-        await jm.events.wait_for(JobFinished, 3)  # counted since the JobMaster was made
+        await within(jm.events.wait_for(JobFinished, 3), "3 jobs to finish")  # counted since the JobMaster was made
     assert_started_on_time(await times(conn, jm, fresh))
 
 
@@ -311,7 +317,7 @@ async def test_a_retry_with_backoff_is_scheduled_and_runs_when_due(dsn: str, sch
     async with deployed(dsn, schema_name, poll_interval=POLL, retry_backoff=0.3) as jm:
         job_id = await jm.insert_job(T, "flaky", 1, {"key": "k"})  # retries=2
         async with worker(jm):
-            await jm.events.wait_for(JobFinished, 3)
+            await within(jm.events.wait_for(JobFinished, 3), "3 jobs to finish")
         history = await jm.history(job_id)
         assert [h["reason"] for h in history] == [
             "inserted", "claimed", "retried", "claimed", "retried", "claimed", "failed"

@@ -3,14 +3,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from zoneinfo import ZoneInfo
 
 import pytest
 
 from jobmaster_async import Cron, TaskDefinitionError
-from jobmaster_async.tasks import registry
 
 PARIS = ZoneInfo("Europe/Paris")  # 2026: spring gap 29 March 02:00-03:00, autumn overlap 25 October 02:00-03:00
 
@@ -98,14 +96,8 @@ def test_a_naive_instant_is_refused() -> None:
         Cron("* * * * *").next_tick(datetime(2026, 1, 1))
 
 
-@pytest.fixture
-def forget() -> Iterator[None]:
-    """Removes the tasks a test registers under the type key 'schedule_checks': left registered,
-    every later deploy in the session would store their schedules and every worker fire them."""
-    yield
-    for definition in list(registry):
-        if definition.type_key == "schedule_checks":
-            registry.remove(definition.type_key, definition.task_key)
+#: the type key of the tasks a test defines (removed afterwards by the ``forget`` fixture)
+SCRATCH = "schedule_checks"
 
 
 def test_a_cron_must_give_every_required_argument_and_no_unknown_one(forget: None) -> None:

@@ -16,7 +16,6 @@ database of its own, dropped afterwards."""
 from __future__ import annotations
 
 import ast
-import asyncio
 import itertools
 import json
 import re
@@ -36,7 +35,7 @@ import jobmaster_async
 from jobmaster_async import JobMaster
 from jobmaster_async.db.sql import quote_identifier
 from jobmaster_async.errors import InvalidArguments, NotRetryable, TaskNotFound
-from tests.conftest import worker
+from tests.conftest import q, worker
 from tests.polling import until
 from tests.statements import claim_statements, plain_claims
 
@@ -489,10 +488,6 @@ async def test_the_shadows_are_planted_and_would_run(hostile: Hostile) -> None:
     await hostile.clear()
 
 
-def q(jm: JobMaster) -> str:
-    return quote_identifier(jm.schema)
-
-
 async def test_no_shadow_runs_whatever_the_library_does(
     hostile: Hostile, schema_name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -758,7 +753,7 @@ async def workload(
     timed.append(await jm._store.ticks.fire(schedule_id, tick))
     assert await jm._store.ticks.fire(schedule_id, tick) is None
     assert timed[-1] in [row["last_job_id"] for row in await jm.schedules()]
-    await asyncio.sleep(0.4)
+    await until(lambda: due(jm, client, timed), "the scheduled jobs' time to come")
     assert await fast.run() > 0
     async with worker(jm, concurrency=4):
         await until(lambda: quiet(jm), "the scheduled jobs to run", seconds=30)
@@ -797,6 +792,16 @@ async def workload(
     assert await client.fetchval(f"SELECT {s}.prune_jobs(NULL, 5)") == 5
     assert await jm._store.prune_jobs_if_free(5) == 5
     assert await jm.prune() == prunable - 10
+
+
+async def due(jm: JobMaster, conn: asyncpg.Connection, job_ids: list[uuid.UUID]) -> bool:
+    """Has the database's clock passed the jobs' run_at?"""
+    now = await conn.fetchval("SELECT pg_catalog.clock_timestamp()")
+    for job_id in job_ids:
+        job = await jm.get_job(job_id)
+        if job is not None and job.run_at is not None and job.run_at > now:
+            return False
+    return True
 
 
 async def running(jm: JobMaster, *job_ids: uuid.UUID) -> bool:

@@ -12,11 +12,7 @@ import pytest
 
 from jobmaster_async import JobMaster
 from jobmaster_async.db.sql import channel_name, quote_identifier
-from tests.conftest import drop_schema, orders_table
-
-
-def q(jm: JobMaster) -> str:
-    return quote_identifier(jm.schema)
+from tests.conftest import drop_schema, orders_table, q
 
 
 async def count_jobs(conn: asyncpg.Connection, jm: JobMaster) -> int:

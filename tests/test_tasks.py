@@ -11,14 +11,8 @@ from jobmaster_async.examples import nice_tasks
 from jobmaster_async.tasks import check_cycles, check_definitions, definition_of, registry
 from tests import tasks_for_tests
 
-
-@pytest.fixture
-def forget() -> object:
-    """Removes tasks a test registers under the type key 'scratch'."""
-    yield
-    for definition in list(registry):
-        if definition.type_key == "scratch":
-            registry.remove(definition.type_key, definition.task_key)
+#: the type key of the tasks a test defines (removed afterwards by the ``forget`` fixture)
+SCRATCH = "scratch"
 
 
 def test_seed_definitions_parse() -> None:

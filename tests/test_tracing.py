@@ -506,7 +506,12 @@ async def test_without_opentelemetry_inserting_and_running_work(dsn: str, schema
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent)}
     try:
         done = await asyncio.to_thread(
-            subprocess.run, [sys.executable, "-c", textwrap.dedent(script)], capture_output=True, text=True, env=env
+            subprocess.run,
+            [sys.executable, "-c", textwrap.dedent(script)],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=120,
         )
     finally:
         await drop_schema(dsn, schema_name)

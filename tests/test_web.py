@@ -33,21 +33,12 @@ from jobmaster_async.web import Dashboard, create_app
 from jobmaster_async.web import job_pages as web_pages
 from jobmaster_async.web.live import Snapshot
 from jobmaster_async.web.security import CSRF_AGE, fingerprint, host_name, is_loopback_host, parse_origin
+from tests.conftest import SECRET
 from tests.polling import until
 from tests.web_support import client, csrf_of, served
 
 T = "tasks_for_tests"
-SECRET = "a secret for the tests"
 TOKEN = "a-token-long-enough-for-the-tests"
-
-
-@pytest.fixture
-async def dash(jm: JobMaster) -> AsyncIterator[Dashboard]:
-    app = create_app(jm, secret=SECRET)
-    try:
-        yield app
-    finally:
-        await app.aclose()
 
 
 async def finished_jobs(jm: JobMaster) -> dict[str, uuid.UUID]:

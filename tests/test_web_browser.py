@@ -22,7 +22,7 @@ import pytest
 from jobmaster_async import JobMaster
 from jobmaster_async.db.sql import quote_identifier
 from jobmaster_async.events import Claimed
-from jobmaster_async.web import Dashboard, create_app
+from jobmaster_async.web import Dashboard
 from tests.conftest import worker
 from tests.polling import within
 from tests.web_support import served
@@ -69,15 +69,6 @@ async def browser(tmp_path: Path) -> AsyncIterator[BrowserContext]:
             yield context
         finally:
             await context.close()
-
-
-@pytest.fixture
-async def dash(jm: JobMaster) -> AsyncIterator[Dashboard]:
-    app = create_app(jm, secret="browser tests")
-    try:
-        yield app
-    finally:
-        await app.aclose()
 
 
 class Watched:

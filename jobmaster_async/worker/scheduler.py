@@ -59,20 +59,30 @@ class _Schedule:
 class Scheduler:
     """A service (worker.services): ``run()`` until cancelled; ``reload()`` when the schedules
     may have changed. Each tick this worker fired that created a job or deduped into one is
-    emitted on the outage's events (``TickFired``)."""
+    emitted on the outage's events (``TickFired``). ``clock`` replaces the server's clock (tests
+    move time on with it)."""
 
-    def __init__(self, ticks: Ticks, task_ids: Callable[[], Awaitable[list[int]]], outage: Outage) -> None:
+    def __init__(
+        self,
+        ticks: Ticks,
+        task_ids: Callable[[], Awaitable[list[int]]],
+        outage: Outage,
+        clock: Callable[[], datetime] | None = None,
+    ) -> None:
         self.ticks = ticks
         self.task_ids = task_ids
         self.outage = outage
         self._reload = asyncio.Event()
         self._schedules: list[_Schedule] = []
         self._offset = timedelta(0)  # the server's clock minus ours
+        self._clock = clock
 
     def reload(self) -> None:
         self._reload.set()
 
     def _now(self) -> datetime:
+        if self._clock is not None:
+            return self._clock()
         return datetime.now(UTC) + self._offset
 
     async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
