@@ -411,12 +411,8 @@ SELECT {schema}.prune_jobs($1::interval, $2)
 
 -- name: prune_jobs_if_free
 -- The worker's background pruning: one batch, unless another worker prunes this schema now
--- (NULL then). The advisory lock ($1, per schema) is the transaction's: the batch is. The batch
--- commits without waiting for its WAL flush: a batch lost in a crash is deleted again by the next
--- pruning, and a deletion's WAL (full-page images of cold pages after each checkpoint) is large:
--- the outcomes' commits, which wait for theirs, should not also wait for the pruner's.
+-- (NULL then). The advisory lock ($1, per schema) is the transaction's: the batch is.
 SELECT CASE WHEN pg_catalog.pg_try_advisory_xact_lock($1) THEN {schema}.prune_jobs(NULL, $2) END
-  FROM (SELECT pg_catalog.set_config('synchronous_commit', 'off', true)) AS no_flush_wait
 
 -- name: count_prunable_jobs
 SELECT {schema}.count_prunable_jobs($1::interval)

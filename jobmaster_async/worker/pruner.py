@@ -6,8 +6,8 @@ batches, each its own short transaction holding the schema's prune lock (a trans
 advisory lock), so one worker at a time prunes and no batch holds locks for long. It stops when a
 batch comes back short (nothing more is due) or when another worker holds the lock (that worker
 prunes). Between batches it pauses as long as the batch took (``DUTY`` times; ``PAUSE`` at
-least), so that pruning a large backlog takes at most a third of one connection's time and
-claims and outcomes go between batches. A batch is paced by what the server can spare: one that took
+least), so that pruning a large backlog takes at most half of one connection's time and claims
+and outcomes go between batches. A batch is paced by what the server can spare: one that took
 longer than ``TARGET`` (the server is busy: claims are slowing down too) halves the next, down
 to ``MIN_BATCH`` jobs; one that took under half of it doubles the next, up to ``BATCH``
 (benchmarks/retention.py measures the cost beside claims; benchmarks/soak.py whether it keeps up).
@@ -40,7 +40,7 @@ MIN_BATCH = 50
 #: seconds a batch should take: longer halves the next one, under half of it doubles it
 TARGET = 0.1
 #: the pause after a batch, as a multiple of the time it took
-DUTY = 2.0
+DUTY = 1.0
 #: seconds between two batches of one pruning, at least
 PAUSE = 0.02
 
