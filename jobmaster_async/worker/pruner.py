@@ -2,15 +2,13 @@
 retention (DESIGN 9 "Retention"; the rules are in sql/functions/retention.sql).
 
 Every ``prune_interval`` (jittered, so that a fleet does not try in step) a worker prunes in
-batches, each its own short transaction holding the schema's prune lock (a transaction-level
-advisory lock), so one worker at a time prunes and no batch holds locks for long. It stops when a
-batch comes back short (nothing more is due) or when another worker holds the lock (that worker
-prunes). Between batches it pauses as long as the batch took (``DUTY`` times; ``PAUSE`` at
-least), so that pruning a large backlog takes at most half of one connection's time and claims
-and outcomes go between batches. A batch is paced by what the server can spare: one that took
-longer than ``TARGET`` (the server is busy: claims are slowing down too) halves the next, down
-to ``MIN_BATCH`` jobs; one that took under half of it doubles the next, up to ``BATCH``
-(benchmarks/retention.py measures the cost beside claims; benchmarks/soak.py whether it keeps up).
+batches of ``BATCH`` jobs, each its own short transaction holding the schema's prune lock (a
+transaction-level advisory lock), so one worker at a time prunes and no batch holds locks for
+long. It stops when a batch comes back short (nothing more is due) or when another worker holds
+the lock (that worker prunes). Between batches it pauses as long as the batch took (``DUTY``
+times; ``PAUSE`` at least), so that pruning a large backlog takes at most half of one
+connection's time and claims and outcomes go between batches (benchmarks/retention.py measures
+the cost beside claims; benchmarks/soak.py whether it keeps up).
 """
 
 from __future__ import annotations
@@ -29,29 +27,16 @@ import anyio.abc
 from ..events import Pruned
 from .outage import Outage, Retrier
 
-__all__ = ("BATCH", "DUTY", "MIN_BATCH", "PAUSE", "TARGET", "Pruner", "Pruning", "next_batch")
+__all__ = ("BATCH", "DUTY", "PAUSE", "Pruner", "Pruning")
 
 logger = logging.getLogger(__name__)
 
-#: jobs deleted per transaction, at most
+#: jobs deleted per transaction
 BATCH = 500
-#: and at least
-MIN_BATCH = 50
-#: seconds a batch should take: longer halves the next one, under half of it doubles it
-TARGET = 0.1
 #: the pause after a batch, as a multiple of the time it took
 DUTY = 1.0
 #: seconds between two batches of one pruning, at least
 PAUSE = 0.02
-
-
-def next_batch(size: int, took: float) -> int:
-    """The size of the batch after one of ``size`` jobs that took ``took`` seconds."""
-    if took > TARGET:
-        return max(MIN_BATCH, size // 2)
-    if took < TARGET / 2:
-        return min(BATCH, size * 2)
-    return size
 
 
 @dataclass(frozen=True)
@@ -74,8 +59,6 @@ class Pruner:
         self._prune_batch = prune_batch
         self.outage = outage
         self.prunings: deque[Pruning] = deque(maxlen=1000)
-        #: the size of the next batch (paced: next_batch); a pruning starts where the last ended
-        self.batch = BATCH
 
     async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Prunes every (jittered) interval until cancelled; database faults are retried with
@@ -92,18 +75,16 @@ class Pruner:
         """One pruning: batches until none is left or another worker prunes; how many went."""
         total, batches, started = 0, 0, time.time()
         while True:
-            began, size = time.monotonic(), self.batch
-            deleted = await self._prune_batch(size)
-            took = time.monotonic() - began
+            began = time.monotonic()
+            deleted = await self._prune_batch(BATCH)
             batches += 1
             if deleted is None:
                 logger.debug("another worker is pruning")
                 break
             total += deleted
-            self.batch = next_batch(size, took)
-            if deleted < size:
+            if deleted < BATCH:
                 break
-            await asyncio.sleep(max(PAUSE, DUTY * took))
+            await asyncio.sleep(max(PAUSE, DUTY * (time.monotonic() - began)))
         if total:
             ended = time.time()
             logger.info(
