@@ -152,6 +152,28 @@ async def test_a_detached_service_runs_until_stopped() -> None:
     assert not detached.running and not ticking.running
 
 
+class Broken:
+    """A service with a bug: it raises once started."""
+
+    async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        task_status.started()
+        raise LookupError("a bug of the service's")
+
+
+async def test_a_detached_service_that_raises_says_so(caplog: pytest.LogCaptureFixture) -> None:
+    """Nobody awaits a detached service: its error is logged with its traceback when it ends."""
+    detached = Detached(Broken(), "broken")
+    with caplog.at_level("ERROR", logger="jobmaster_async.worker.services"):
+        detached.start()
+        task = detached._task
+        assert task is not None
+        with pytest.raises(BaseException) as raised:  # the service's error, in its task group's group
+            await asyncio.wait_for(asyncio.shield(task), 10)  # its callback, added first, ran first
+        assert "LookupError" in repr(raised.value.exceptions if hasattr(raised.value, "exceptions") else raised.value)
+    assert "broken ended on an error" in caplog.text and "LookupError" in caplog.text
+    assert not detached.running
+
+
 async def test_probing_passes_to_a_pause_still_waiting_when_the_probing_one_ends() -> None:
     probed = Count()
 
