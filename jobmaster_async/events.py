@@ -14,6 +14,7 @@ emitted once the outcome was recorded (or dropped by fencing): the database show
 from __future__ import annotations
 
 import asyncio
+import logging
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -39,6 +40,8 @@ __all__ = (
     "ServerAnswered",
     "TickFired",
 )
+
+logger = logging.getLogger(__name__)
 
 E = TypeVar("E", bound="Event")
 
@@ -204,7 +207,10 @@ class Events:
             handlers = self._handlers.get(kind)
             if handlers:
                 for handler in tuple(handlers):
-                    handler(event)
+                    try:
+                        handler(event)
+                    except Exception:  # a subscriber's bug: the others, and the worker, go on
+                        logger.exception("a subscriber of %s raised on %r", kind.__name__, event)
 
     def counter(self, kind: type[Event]) -> Count:
         found = self._counts.get(kind)

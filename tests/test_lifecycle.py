@@ -224,3 +224,22 @@ async def test_a_plain_insert_cannot_skip_its_history(jm: JobMaster, conn: async
         await conn.reset()
     fast = await jm.insert_job(T, "add", 1, {"a": 9, "b": 9})  # the plain insert writes its own row
     assert await events(jm, fast) == [("waiting", "inserted")]
+
+
+async def test_a_plain_insert_that_writes_a_transitions_reason_is_still_recorded_once(
+    jm: JobMaster, conn: asyncpg.Connection
+) -> None:
+    """A plain INSERT that writes the reason the next transition will give ('claimed') has it
+    cleared by the trigger: the claim then changes the column, writes its own row, and the trigger
+    none (the claim was not taken for plain SQL and recorded twice)."""
+    s = q(jm)
+    job_id = await conn.fetchval(
+        f"INSERT INTO {s}.jobs (task_id, arguments, args_hash, status, reason) "
+        f"SELECT task_id, '{{\"a\": 3, \"b\": 4}}', md5('z')::uuid, 'waiting', 'claimed' FROM {s}.tasks "
+        "WHERE task_key = 'add' RETURNING job_id"
+    )
+    assert await conn.fetchval(f"SELECT reason FROM {s}.jobs WHERE job_id = $1", job_id) is None
+    job = await jm.pop_job()
+    assert job is not None and job.job_id == job_id
+    await job.execute()
+    assert await events(jm, job_id) == [("waiting", "inserted"), ("running", "claimed"), ("complete", "completed")]

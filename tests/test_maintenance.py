@@ -24,6 +24,7 @@ async def test_a_lost_workers_job_is_rescued_by_the_rescue_loop(jm: JobMaster, c
         beat=jm._worker.beat,
         rescue=jm._store.rescue_jobs,
         last_beat=lambda: 0.0,  # this process never beat: nothing of its own to protect
+        events=Events(),
     )
     running = asyncio.create_task(Rescuer(maintenance, Outage(Events())).run())
     try:
@@ -46,7 +47,7 @@ async def test_rescue_if_due_runs_once_per_interval_and_never_with_a_lapsed_own_
     async def beat() -> None: ...
 
     last_beat = 0.0
-    maintenance = Maintenance(JobMasterSettings(rescue_interval=3600), beat, rescue, lambda: last_beat)
+    maintenance = Maintenance(JobMasterSettings(rescue_interval=3600), beat, rescue, lambda: last_beat, Events())
     assert await maintenance.rescue_if_due() == 0 and calls == 1
     assert await maintenance.rescue_if_due() == 0 and calls == 1  # not due again for an hour
     last_beat = 1.0  # beat long ago (monotonic time 1): our own heartbeat lapsed
@@ -62,7 +63,7 @@ async def test_the_heartbeat_loop_beats_every_interval() -> None:
     async def rescue() -> int:
         return 0
 
-    maintenance = Maintenance(JobMasterSettings(heartbeat_interval=0.01), beat, rescue, lambda: 0.0)
+    maintenance = Maintenance(JobMasterSettings(heartbeat_interval=0.01), beat, rescue, lambda: 0.0, Events())
     running = asyncio.create_task(Heartbeat(maintenance, Outage(Events())).run())
     try:
         await within(beats.wait_for(3), "three heartbeats")
@@ -87,7 +88,7 @@ async def test_the_rescue_loop_rescues_only_while_the_worker_may() -> None:
 
     async def beat() -> None: ...
 
-    maintenance = Maintenance(JobMasterSettings(rescue_interval=0.01), beat, rescue, lambda: 0.0)
+    maintenance = Maintenance(JobMasterSettings(rescue_interval=0.01), beat, rescue, lambda: 0.0, Events())
     running = asyncio.create_task(Rescuer(maintenance, Outage(Events()), may_rescue).run())
     try:
         await within(asked.wait_for(3), "the loop to ask three times")

@@ -17,6 +17,7 @@ from jobmaster_async.events import Claimed, Completed, Count, Events, Failed, Jo
 from jobmaster_async.web.live import Broadcaster, Snapshot
 from jobmaster_async.worker.outage import Outage
 from jobmaster_async.worker.services import Detached, spawn, start
+from tests.conftest import worker
 from tests.polling import within
 
 
@@ -36,6 +37,38 @@ def test_events_reach_the_subscribers_of_their_kind_and_of_its_bases() -> None:
     unsubscribe()
     events.emit(Completed(uuid.uuid4(), "t.a"))
     assert finished == [done, failed] and events.count(JobFinished) == 3
+
+
+def test_a_subscriber_that_raises_is_logged_and_the_others_still_get_the_event(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    events = Events()
+    got: list[JobFinished] = []
+
+    def broken(_event: JobFinished) -> None:
+        raise KeyError("a bug of the subscriber's")
+
+    events.subscribe(JobFinished, broken)
+    events.subscribe(JobFinished, got.append)
+    done = Completed(uuid.uuid4(), "t.a")
+    with caplog.at_level("ERROR", logger="jobmaster_async.events"):
+        events.emit(done)
+    assert got == [done] and events.count(JobFinished) == 1
+    assert "a subscriber of JobFinished raised" in caplog.text and "KeyError" in caplog.text
+
+
+async def test_a_worker_goes_on_when_a_subscriber_of_its_events_raises(idle_jm: JobMaster) -> None:
+    """A subscriber's bug is not the worker's: every job still finishes and frees its slot."""
+
+    def broken(_event: JobFinished) -> None:
+        raise RuntimeError("the app's handler is broken")
+
+    idle_jm.events.subscribe(JobFinished, broken)
+    ids = await idle_jm.insert_jobs("tasks_for_tests", "add", 1, [{"a": n} for n in range(6)])
+    async with worker(idle_jm, concurrency=2) as running:
+        await within(idle_jm.events.wait_for(JobFinished, 6), "6 jobs to finish beside a broken subscriber")
+        assert not running.done()
+    assert [(await idle_jm.get_job(i)).status for i in ids] == ["complete"] * 6  # type: ignore[union-attr]
 
 
 async def test_waiting_for_events_counts_from_the_start_and_is_bounded() -> None:
@@ -117,6 +150,28 @@ async def test_a_detached_service_runs_until_stopped() -> None:
     assert detached.running and ticking.running
     await detached.stop()
     assert not detached.running and not ticking.running
+
+
+class Broken:
+    """A service with a bug: it raises once started."""
+
+    async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        task_status.started()
+        raise LookupError("a bug of the service's")
+
+
+async def test_a_detached_service_that_raises_says_so(caplog: pytest.LogCaptureFixture) -> None:
+    """Nobody awaits a detached service: its error is logged with its traceback when it ends."""
+    detached = Detached(Broken(), "broken")
+    with caplog.at_level("ERROR", logger="jobmaster_async.worker.services"):
+        detached.start()
+        task = detached._task
+        assert task is not None
+        with pytest.raises(BaseException) as raised:  # the service's error, in its task group's group
+            await asyncio.wait_for(asyncio.shield(task), 10)  # its callback, added first, ran first
+        assert "LookupError" in repr(raised.value.exceptions if hasattr(raised.value, "exceptions") else raised.value)
+    assert "broken ended on an error" in caplog.text and "LookupError" in caplog.text
+    assert not detached.running
 
 
 async def test_probing_passes_to_a_pause_still_waiting_when_the_probing_one_ends() -> None:

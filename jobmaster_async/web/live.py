@@ -148,6 +148,8 @@ class Broadcaster:
                     self._fault(exc)
                     if self._latest is None:
                         raise
+                finally:
+                    self._poke()  # a subscriber that found the lock held looks again now
         assert self._latest is not None
         return self._latest
 

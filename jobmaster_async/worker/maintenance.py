@@ -40,14 +40,14 @@ class Maintenance:
         beat: Callable[[], Awaitable[None]],
         rescue: Callable[[], Awaitable[int]],
         last_beat: Callable[[], float],
-        events: Events | None = None,
+        events: Events,
     ) -> None:
         self.settings = settings
         self.beat = beat
         self._rescue = rescue
         self._last_beat = last_beat
         self._last_rescue = -math.inf
-        self.events = events if events is not None else Events()
+        self.events = events
 
     async def rescue_if_due(self) -> int:
         """Rescues if a rescue interval passed since the last one (pop_job's way)."""

@@ -61,7 +61,7 @@ def log_outcome(claim: Claim, outcome: Outcome, seconds: float, backoff: float) 
     (saying which and when), at ERROR with its traceback when it is final."""
     job, key = claim.job_id, claim.definition.key
     delay = None if outcome.ok else retry_delay(claim, outcome, backoff)
-    #: for handlers (the CLI's live view counts outcomes per task with them)
+    #: structured fields of the record, for log handlers that read them
     extra = {
         "job_id": str(job),
         "task": key,

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import Awaitable, Callable
 from typing import Protocol
 
@@ -27,6 +28,8 @@ import anyio
 import anyio.abc
 
 __all__ = ("Detached", "Service", "Spawned", "spawn", "start")
+
+logger = logging.getLogger(__name__)
 
 
 class Service(Protocol):
@@ -93,6 +96,12 @@ class Detached:
     def start(self) -> None:
         if not self.running:
             self._task = asyncio.get_running_loop().create_task(self._run(), name=self.name)
+            self._task.add_done_callback(self._ended)
+
+    def _ended(self, task: asyncio.Task[None]) -> None:
+        """A detached service that raised says so (no caller awaits it to see the error)."""
+        if not task.cancelled() and task.exception() is not None:
+            logger.error("%s ended on an error", self.name, exc_info=task.exception())
 
     async def _run(self) -> None:
         async with anyio.create_task_group() as group:

@@ -50,12 +50,13 @@ $$;
 CREATE OR REPLACE FUNCTION {schema}._jobs_inserted()
 RETURNS trigger LANGUAGE plpgsql {search_path} AS $$
 DECLARE
-    v_wake boolean;
+    v_wake    boolean;
+    v_reasons uuid[];
 BEGIN
     WITH
     -- the jobs inserted without their history row
     unrecorded AS (
-        SELECT n.job_id, n.status, n.message FROM new_jobs AS n
+        SELECT n.job_id, n.status, n.message, n.reason FROM new_jobs AS n
          WHERE NOT EXISTS (SELECT 1 FROM {schema}.job_events AS e WHERE e.job_id = n.job_id)
     ),
     -- their history rows
@@ -64,7 +65,15 @@ BEGIN
         SELECT u.job_id, u.status, 'inserted', w.node, w.pid, u.message
           FROM unrecorded AS u, {schema}._event_origin(NULL) AS w
     )
-    SELECT coalesce(bool_or(u.status = 'waiting'), false) INTO v_wake FROM unrecorded AS u;
+    SELECT coalesce(bool_or(u.status = 'waiting'), false),
+           array_agg(u.job_id) FILTER (WHERE u.reason IS NOT NULL)
+      INTO v_wake, v_reasons
+      FROM unrecorded AS u;
+    IF v_reasons IS NOT NULL THEN
+        -- a plain INSERT that wrote a reason: cleared, so that the next transition changes it (a
+        -- reason equal to the next transition's would make it look like plain SQL, recorded twice)
+        UPDATE {schema}.jobs SET reason = NULL WHERE job_id = ANY (v_reasons);
+    END IF;
     IF v_wake THEN
         PERFORM pg_notify({channel}, 'wake');
     END IF;
